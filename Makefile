@@ -1,0 +1,67 @@
+# tuckerflow developer entry points (GNU make). Works from a fresh clone:
+# the first target that needs the virtual environment creates it.
+#
+#   make test    lint + format check + backend probe + test suite
+#   make demo    run the demo (python -m tuckerflow.demo)
+#   make docs    build the HTML docs, warnings are errors
+#   make bench   run all benchmarks into bench-results/
+#   make format  apply ruff's formatter and autofixes
+#   make clean   remove build outputs and caches (keeps .venv)
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+LINT_PATHS := tuckerflow tests backends
+
+.PHONY: all install test lint probe pytest demo docs bench format clean distclean
+
+all: test
+
+# Pins first (torch must come from backends/torch.txt: an unpinned torch
+# requirement would pull the CUDA build), then the package itself.
+$(STAMP): pyproject.toml $(wildcard backends/*.txt)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r backends/numpy.txt -r backends/torch.txt -r backends/test.txt
+	$(PIP) install -q -e '.[test,docs]'
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+probe: $(STAMP)
+	$(PY) backends/probe.py --backend all
+
+pytest: $(STAMP)
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -n 2 -q
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(PY) backends/probe.py --backend all
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -n 2 -q
+
+demo: $(STAMP)
+	$(PY) -m tuckerflow.demo
+
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+bench: $(STAMP)
+	$(PY) -m tuckerflow.bench all --out bench-results
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+clean:
+	rm -rf docs/_build docs/generated build dist bench-results .pytest_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
