@@ -1,0 +1,171 @@
+"""Dense linear algebra building blocks with deterministic signs.
+
+All SVD-like results go through :func:`flip_signs`, so that repeated runs (and different
+factorisation paths) return the same singular vectors up to round-off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorly as tl
+
+from ._backend import (
+    astype,
+    conj_t,
+    context,
+    dtype_name,
+    eps,
+    is_complex,
+    real_dtype_name,
+)
+
+__all__ = ["flip_signs", "left_singular", "orth", "svd", "SVD_METHODS"]
+
+#: Factorisation paths for the left singular vectors of an unfolding.
+SVD_METHODS = ("auto", "svd", "qr", "gram", "randomized")
+
+#: A Gram-matrix path is used by ``method="auto"`` only when the allowed squared error
+#: exceeds this multiple of ``m * eps * ||A||^2`` (its eigenvalue error), see ``left_singular``.
+GRAM_SAFETY = 1e3
+
+
+def flip_signs(u, vh=None):
+    """Make the entry of largest modulus of every column of ``u`` real and positive.
+
+    The phase removed from column ``j`` of ``u`` is put on row ``j`` of ``vh`` so that
+    ``u @ diag(s) @ vh`` is unchanged. Gather-free (works on every backend and device).
+    """
+    a = tl.abs(u)
+    hit = a == tl.max(a, axis=0)[None, :]
+    ones = tl.ones(tl.shape(u), **context(a))
+    zeros = tl.zeros(tl.shape(u), **context(a))
+    hit = tl.where(hit, ones, zeros)
+    first = tl.where(tl.cumsum(hit, axis=0) == 1, hit, zeros)  # first maximiser per column
+    pick = tl.sum(u * astype(first, dtype_name(u)), axis=0)
+    mag = tl.abs(pick)
+    mag = tl.where(mag == 0, tl.ones(tl.shape(mag), **context(mag)), mag)
+    phase = pick / astype(mag, dtype_name(pick))
+    if not is_complex(u):
+        phase = tl.where(phase == 0, tl.ones(tl.shape(phase), **context(phase)), phase)
+    u = u * tl.conj(phase)[None, :]
+    if vh is not None:
+        vh = vh * phase[:, None]
+    return u, vh
+
+
+def svd(a, *, full_matrices=False):
+    """Thin SVD ``a = u @ diag(s) @ vh`` with deterministic signs."""
+    u, s, vh = tl.svd(a, full_matrices=full_matrices)
+    u, vh = flip_signs(u, vh)
+    return u, s, vh
+
+
+def orth(a):
+    """Orthonormal basis of the columns of ``a`` by a thin Householder QR."""
+    q, _ = tl.qr(a)
+    return q
+
+
+def _gram_left(a):
+    """Left singular vectors and values through the Gram matrix, accumulated in >= float64."""
+    work = a
+    if real_dtype_name(a) == "float32":
+        work = astype(a, "complex128" if is_complex(a) else "float64")
+    g = tl.dot(work, conj_t(work))
+    lam, v = tl.eigh(g)
+    lam = tl.flip(lam, axis=0)
+    v = tl.flip(v, axis=1)
+    lam = tl.where(lam < 0, tl.zeros(tl.shape(lam), **context(lam)), lam)
+    s = tl.sqrt(lam)
+    u, _ = flip_signs(v)
+    return astype(u, dtype_name(a)), astype(s, real_dtype_name(a))
+
+
+def _qr_left(a):
+    """Left singular vectors of a wide ``a`` from the R factor of ``a^H``: backward stable."""
+    r = tl.qr(conj_t(a), mode="r")
+    if isinstance(r, tuple):  # some backends return (q, r) whatever the mode
+        r = r[-1]
+    u, s, _ = svd(conj_t(r))
+    return u, s
+
+
+def _randomized_left(a, k, *, oversample=10, power_iter=2, rng=None):
+    m, n = tl.shape(a)
+    ell = min(m, k + oversample)
+    gen = np.random.default_rng(rng if rng is not None else 0)
+    omega = gen.standard_normal((n, ell))
+    if is_complex(a):
+        omega = omega + 1j * gen.standard_normal((n, ell))
+    omega = tl.tensor(omega, **context(a))
+    y = tl.dot(a, omega)
+    q = orth(y)
+    ah = conj_t(a)
+    for _ in range(power_iter):
+        q = orth(tl.dot(ah, q))
+        q = orth(tl.dot(a, q))
+    b = tl.dot(conj_t(q), a)
+    ub, s = _qr_left(b) if tl.shape(b)[0] < tl.shape(b)[1] else svd(b)[:2]
+    u, _ = flip_signs(tl.dot(q, ub))
+    return u, s
+
+
+def left_singular(a, *, method="auto", rank_hint=None, allowed_error2=None, rng=None):
+    """Left singular vectors ``u`` and singular values ``s`` (descending) of a matrix.
+
+    Parameters
+    ----------
+    a : tensor, shape (m, n)
+    method : {"auto", "svd", "qr", "gram", "randomized"}
+        ``"svd"``: LAPACK-style thin SVD of ``a``. ``"qr"``: for wide ``a`` (``m < n``), the
+        R factor of a Householder QR of ``aᴴ`` followed by an ``m × m`` SVD; as accurate as
+        ``"svd"`` and never forms the right singular vectors. ``"gram"``: eigen-decomposition
+        of ``a aᴴ`` accumulated in at least float64; fast but squares the condition number,
+        so singular values below about ``sqrt(m · eps) ‖a‖`` are lost. ``"randomized"``: a
+        randomized range finder with ``rank_hint + 10`` samples and two power iterations
+        (Halko, Martinsson & Tropp 2011); only the leading ``rank_hint + 10`` values are
+        returned. ``"auto"`` takes ``"qr"`` for wide and ``"svd"`` for tall matrices, and the
+        Gram path only when ``allowed_error2`` (the squared error the caller may discard in
+        this mode) exceeds ``GRAM_SAFETY · m · eps64 · ‖a‖²``, i.e. when the requested
+        accuracy cannot see the Gram path's round-off.
+    rank_hint : int, optional
+        Target rank for the randomized path.
+    allowed_error2 : float, optional
+        Squared tolerance of the caller for this unfolding (enables the Gram path in "auto").
+
+    Returns
+    -------
+    u : tensor, shape (m, p)
+    s : tensor, shape (p,), real, descending
+    """
+    m, n = tl.shape(a)
+    if method == "auto":
+        method = "qr" if m < n else "svd"
+        if allowed_error2 is not None and m < n:
+            norm2 = float(tl.to_numpy(tl.norm(a))) ** 2
+            if allowed_error2 > GRAM_SAFETY * m * np.finfo(np.float64).eps * norm2:
+                method = "gram"
+    if method == "svd":
+        u, s, _ = svd(a)
+        return u, s
+    if method == "qr":
+        if m >= n:
+            u, s, _ = svd(a)
+            return u, s
+        return _qr_left(a)
+    if method == "gram":
+        return _gram_left(a)
+    if method == "randomized":
+        if rank_hint is None:
+            raise ValueError("method='randomized' needs a target rank (rank or max_rank)")
+        if rank_hint + 10 >= min(m, n):
+            return left_singular(a, method="qr")
+        return _randomized_left(a, rank_hint, rng=rng)
+    raise ValueError(f"method={method!r} is not one of {SVD_METHODS}")
+
+
+def is_orthonormal(u, *, rtol_factor=100.0):
+    """True when ``uᴴ u = I`` to ``rtol_factor · eps · max(n, r)``."""
+    r = tl.shape(u)[1]
+    err = tl.norm(tl.dot(conj_t(u), u) - tl.eye(r, **context(u)))
+    return float(tl.to_numpy(err)) <= rtol_factor * eps(u) * max(tl.shape(u))
