@@ -1,0 +1,37 @@
+"""Hypothesis strategies for the foundation tests: shape first, then a rank that fits it."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import strategies as st
+
+
+def make_valid(rank):
+    """Largest valid multilinear rank below ``rank`` (clamp to the product of the others)."""
+    r = list(rank)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(r)):
+            other = math.prod(r[:i] + r[i + 1 :]) if len(r) > 1 else r[i]
+            if r[i] > other:
+                r[i] = other
+                changed = True
+    return tuple(r)
+
+
+@st.composite
+def shapes(draw, min_dims=2, max_dims=4, min_side=1, max_side=7):
+    d = draw(st.integers(min_dims, max_dims))
+    return tuple(draw(st.integers(min_side, max_side)) for _ in range(d))
+
+
+@st.composite
+def shape_and_rank(draw, min_dims=2, max_dims=4, max_side=7):
+    shape = draw(shapes(min_dims=min_dims, max_dims=max_dims, max_side=max_side))
+    rank = tuple(draw(st.integers(1, n)) for n in shape)
+    return shape, make_valid(rank)
+
+
+seeds = st.integers(0, 2**32 - 1)
