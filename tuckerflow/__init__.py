@@ -50,10 +50,41 @@ __all__ = [
     "validate_rank",
 ]
 
-_LAZY_SUBMODULES = ("nn", "optim", "testing", "bench", "operators", "integrate")
+_LAZY_SUBMODULES = (
+    "bench",
+    "geometry",
+    "integrate",
+    "linalg",
+    "nn",
+    "operators",
+    "optim",
+    "testing",
+)
+
+# Public names living in submodules, imported on first access (keeps ``import tuckerflow``
+# light; nothing here imports torch or cupy).
+_LAZY_NAMES = {
+    "TuckerTangent": "geometry",
+    "project": "geometry",
+    "retract": "geometry",
+    "transport": "geometry",
+    "riemannian_gradient": "geometry",
+    "FixedRankTucker": "geometry",
+    "solve_ivp": "integrate",
+    "OdeResult": "integrate",
+    "METHODS": "integrate",
+}
 
 
 def __getattr__(name):
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY_SUBMODULES))
