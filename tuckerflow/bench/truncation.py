@@ -73,7 +73,7 @@ def run(args):
                 for name, fn in _variants().items():
                     out = fn(x, r)
                     err = float(tl.to_numpy(tl.norm(x - tl.tucker_to_tensor(out)))) / nx
-                    t = timeit(lambda fn=fn: fn(x, r), repeat=repeat, warmup=1, sync=sync)
+                    t = timeit(lambda fn=fn, x=x, r=r: fn(x, r), repeat=repeat, warmup=1, sync=sync)
                     results[name] = (t, err)
                 t_ref, e_ref = results["tensorly.tucker"]
                 for name, (t, err) in results.items():
