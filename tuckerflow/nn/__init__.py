@@ -1,0 +1,40 @@
+"""Tucker-factorized PyTorch layers and the conversion of dense models (``tuckerflow.nn``).
+
+Importing this module imports torch; ``import tuckerflow`` does not.
+
+References
+----------
+.. [ZSCKT24] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch and F. Tudisco,
+   "Geometry-aware training of factorized layers in tensor Tucker format", NeurIPS 2024
+   (arXiv:2305.19059).
+"""
+
+from .conv import PADDING_MODES, TuckerConv1d, TuckerConv2d, TuckerConv3d
+from .decompose import tucker_from_weight
+from .layer import FORWARD_MODES, TuckerLayer
+from .linear import TuckerLinear
+from .tuckerize import (
+    LayerReport,
+    ParameterCount,
+    TuckerizeReport,
+    compression_rate,
+    count_parameters,
+    tuckerize,
+)
+
+__all__ = [
+    "FORWARD_MODES",
+    "PADDING_MODES",
+    "LayerReport",
+    "ParameterCount",
+    "TuckerConv1d",
+    "TuckerConv2d",
+    "TuckerConv3d",
+    "TuckerLayer",
+    "TuckerLinear",
+    "TuckerizeReport",
+    "compression_rate",
+    "count_parameters",
+    "tucker_from_weight",
+    "tuckerize",
+]

@@ -1,0 +1,117 @@
+"""Tucker decomposition of a trained layer weight, factorizing only some of its modes."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import tensorly as tl
+import torch
+
+from ..linalg import left_singular, svd
+from ..truncation import select_rank
+from .layer import mode_dot, resolve_rank
+
+__all__ = ["tucker_from_weight"]
+
+
+def _per_mode(value, d, name):
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return [int(value)] * d
+    vals = list(value)
+    if len(vals) != d:
+        raise ValueError(f"{name} has {len(vals)} entries but the weight has {d} modes")
+    return [None if v is None else int(v) for v in vals]
+
+
+def tucker_from_weight(weight, full_modes, *, rank=None, rtol=None, max_rank=None, min_rank=1):
+    """Sequentially truncated HOSVD of ``weight`` in the modes not listed in ``full_modes``.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Dense weight (any float dtype and device; the SVDs run in float64 on its device).
+    full_modes : tuple of int
+        Modes left untouched (no factor; the core keeps their size).
+    rank : int, float or sequence, optional
+        Fixed ranks, as in the layer constructors. Exclusive with ``rtol``.
+    rtol : float, optional
+        Relative tolerance: ``‖W − C ×_i U_i‖_F ≤ rtol · ‖W‖_F``.
+    max_rank, min_rank : int or sequence of int, optional
+        Caps and floors on the ranks chosen by ``rtol`` (``max_rank`` may make the tolerance
+        unattainable).
+
+    Returns
+    -------
+    core : torch.Tensor
+    factors : list
+        One entry per mode: ``n_i × r_i`` orthonormal (deterministic signs) or None.
+
+    Notes
+    -----
+    Modes are processed in order; after mode ``i``, ``W ← W ×_i U_iᴴ`` (ST-HOSVD), so the
+    error obeys ``‖W − W_ST‖² = Σ_i tail_i²``. The tolerance ``ϑ = rtol ‖W‖`` is spent with the
+    rule of :mod:`tuckerflow.truncation`: mode ``k`` of ``m`` factorized modes may discard
+    ``(ϑ² − Σ_{j<k} tail_j²) / (m − k)``, so the total error is at most ``ϑ``. Factorized
+    ranks that exceed the product of the others are then lowered exactly.
+
+    References
+    ----------
+    .. [1] Vannieuwenhoven, Vandebril & Meerbergen, SIAM J. Sci. Comput. 34(2), 2012.
+    """
+    shape = tuple(weight.shape)
+    d = len(shape)
+    factorized = [i for i in range(d) if i not in full_modes]
+    if (rank is None) == (rtol is None):
+        raise ValueError("give exactly one of rank (fixed ranks) or rtol (relative tolerance)")
+    if rtol is not None:
+        rtol = float(rtol)
+        if not (math.isfinite(rtol) and 0.0 <= rtol < 1.0):
+            raise ValueError(f"rtol={rtol!r} must lie in [0, 1)")
+        fixed = None
+    else:
+        fixed = resolve_rank(shape, rank, full_modes)
+    caps = _per_mode(max_rank, d, "max_rank")
+    floors = _per_mode(min_rank, d, "min_rank")
+    w = weight.detach().to(torch.float64)
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("the weight contains non-finite values (NaN or Inf)")
+    theta2 = None if rtol is None else (rtol * float(torch.linalg.vector_norm(w))) ** 2
+    factors = [None] * d
+    used2 = 0.0
+    core = w
+    with tl.backend_context("pytorch", local_threadsafe=True):
+        for k, i in enumerate(factorized):
+            u, s = left_singular(tl.unfold(core, i), method="qr")
+            s_host = np.asarray(s.cpu(), dtype=np.float64)
+            if fixed is not None:
+                r = min(fixed[i], s_host.size)
+                tail2 = float(np.sum(s_host[r:] ** 2))
+            else:
+                budget2 = max(theta2 - used2, 0.0) / (len(factorized) - k)
+                hi = shape[i] if caps is None or caps[i] is None else caps[i]
+                lo = 1 if floors is None or floors[i] is None else floors[i]
+                r, tail2 = select_rank(s_host, budget2, min_rank=lo, max_rank=hi)
+            used2 += tail2
+            u = u[:, :r]
+            factors[i] = u
+            core = mode_dot(core, u.T, i)
+        # exact reduction of ranks no tensor can have (r_i > ∏_{j≠i} r_j)
+        changed = True
+        while changed and d > 1:
+            changed = False
+            for i in factorized:
+                r = list(core.shape)
+                other = math.prod(r[:i] + r[i + 1 :])
+                if r[i] > other:
+                    u, _, _ = svd(tl.unfold(core, i))
+                    u = u[:, :other]
+                    factors[i] = factors[i] @ u
+                    core = mode_dot(core, u.T, i)
+                    changed = True
+    core = core.to(weight.dtype)
+    factors = [None if u is None else u.to(weight.dtype) for u in factors]
+    return core.contiguous(), [None if u is None else u.contiguous() for u in factors]

@@ -1,0 +1,503 @@
+"""The base class of Tucker-factorized layers: storage, reconstruction, resizing, recording.
+
+A layer weight ``W`` of shape ``n = (n_0, …, n_{d-1})`` (PyTorch layout) is stored as a core
+``C`` of shape ``r`` and one factor ``U_i`` (``n_i × r_i``, orthonormal columns) per
+factorized mode; a mode "kept full" has no factor and ``r_i = n_i``:
+``W = C ×_{i factorized} U_i``.
+
+References
+----------
+.. [ZSCKT24] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch and F. Tudisco,
+   "Geometry-aware training of factorized layers in tensor Tucker format", NeurIPS 2024
+   (arXiv:2305.19059).
+.. [KL10] O. Koch and C. Lubich, "Dynamical tensor approximation", SIAM J. Matrix Anal.
+   Appl. 31(5), 2010.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["TuckerLayer", "FORWARD_MODES"]
+
+#: Accepted values of :attr:`TuckerLayer.forward_mode`.
+FORWARD_MODES = ("auto", "factorized", "dense")
+
+
+def mode_dot(tensor, matrix, mode):
+    """``tensor ×_mode matrix`` for a torch tensor and a ``(p, n_mode)`` matrix."""
+    return torch.movedim(torch.tensordot(matrix, tensor, dims=([1], [mode])), 0, mode)
+
+
+def orthonormal_(n, r, *, device=None, dtype=None, generator=None):
+    """Haar-random ``n × r`` matrix with orthonormal columns from torch's random generator."""
+    g = torch.randn(n, r, device=device, dtype=dtype, generator=generator)
+    q, rr = torch.linalg.qr(g)
+    signs = torch.sign(torch.diagonal(rr))
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return q * signs
+
+
+def resolve_full_modes(weight_shape, keep_full, *, default):
+    """Sorted tuple of the modes kept full (modes of size 1 are always full)."""
+    d = len(weight_shape)
+    if keep_full is None:
+        modes = set(default)
+    elif isinstance(keep_full, str):
+        if keep_full == "spatial":
+            modes = set(range(2, d))
+        elif keep_full == "none":
+            modes = set()
+        else:
+            raise ValueError(
+                f"keep_full={keep_full!r} must be None, 'spatial', 'none' or a sequence of modes"
+            )
+    else:
+        try:
+            modes = {int(m) for m in keep_full}
+        except TypeError:
+            raise TypeError(
+                f"keep_full must be None, 'spatial', 'none' or a sequence of ints, "
+                f"got {keep_full!r}"
+            ) from None
+        bad = [m for m in modes if not 0 <= m < d]
+        if bad:
+            raise ValueError(
+                f"keep_full contains mode {bad[0]}, but the weight has modes 0..{d - 1} "
+                f"(weight_shape={tuple(weight_shape)})"
+            )
+    modes |= {i for i, n in enumerate(weight_shape) if n == 1}
+    return tuple(sorted(modes))
+
+
+def _reduce_to_valid(ranks, factorized):
+    """Lower factorized ranks until ``r_i ≤ ∏_{j≠i} r_j`` holds for each factorized mode."""
+    r = list(ranks)
+    changed = True
+    while changed and len(r) > 1:
+        changed = False
+        for i in factorized:
+            other = math.prod(r[:i] + r[i + 1 :])
+            if r[i] > other:
+                r[i] = other
+                changed = True
+    return tuple(r)
+
+
+def resolve_rank(weight_shape, rank, full_modes, name="rank"):
+    """Core shape for ``rank`` (int cap, float fraction in (0, 1], or one entry per mode).
+
+    An int ``r`` means ``min(r, n_i)`` in every factorized mode and a float ``f`` means
+    ``max(1, round(f · n_i))``; both are then lowered to the largest valid multilinear rank
+    (``r_i ≤ ∏_{j≠i} r_j``). A sequence is taken literally (``None`` or ``n_i`` for a mode
+    kept full) and must be valid.
+    """
+    shape = tuple(int(n) for n in weight_shape)
+    d = len(shape)
+    factorized = [i for i in range(d) if i not in full_modes]
+    if rank is None:
+        raise TypeError(f"{name} is required: an int, a float in (0, 1] or one int per mode")
+    if isinstance(rank, bool):
+        raise TypeError(f"{name} must be an int, a float or a sequence, got {rank!r}")
+    if isinstance(rank, numbers.Real) and not isinstance(rank, numbers.Integral):
+        if not 0.0 < float(rank) <= 1.0:
+            raise ValueError(f"{name}={rank!r} as a fraction must lie in (0, 1]")
+        r = [n if i in full_modes else max(1, round(rank * n)) for i, n in enumerate(shape)]
+        return _reduce_to_valid(r, factorized)
+    if isinstance(rank, numbers.Integral):
+        if rank < 1:
+            raise ValueError(f"{name}={rank} must be at least 1")
+        r = [n if i in full_modes else min(int(rank), n) for i, n in enumerate(shape)]
+        return _reduce_to_valid(r, factorized)
+    if not isinstance(rank, Sequence):
+        raise TypeError(f"{name} must be an int, a float or a sequence, got {rank!r}")
+    if len(rank) != d:
+        raise ValueError(
+            f"{name} has {len(rank)} entries but the weight has {d} modes (weight_shape={shape})"
+        )
+    r = []
+    for i, (ri, n) in enumerate(zip(rank, shape)):
+        if i in full_modes:
+            if ri is not None and int(ri) != n:
+                raise ValueError(
+                    f"{name}[{i}]={ri} but mode {i} is kept full (size {n}); give None or {n}"
+                )
+            r.append(n)
+            continue
+        if ri is None or isinstance(ri, bool) or int(ri) != ri:
+            raise TypeError(f"{name}[{i}] must be an int for factorized mode {i}, got {ri!r}")
+        ri = int(ri)
+        if ri < 1:
+            raise ValueError(f"{name}[{i}]={ri} must be at least 1")
+        if ri > n:
+            raise ValueError(f"{name}[{i}]={ri} exceeds weight_shape[{i}]={n}")
+        r.append(ri)
+    for i in factorized:
+        other = math.prod(r[:i] + r[i + 1 :])
+        if d > 1 and r[i] > other:
+            raise ValueError(
+                f"{name}[{i}]={r[i]} exceeds the product of the other ranks ({other}); "
+                "no tensor has this multilinear rank"
+            )
+    return tuple(r)
+
+
+class TuckerLayer(nn.Module):
+    """Base class of layers whose weight is a Tucker tensor ``W = C ×_i U_i``.
+
+    Subclasses (:class:`~tuckerflow.nn.TuckerLinear`, :class:`~tuckerflow.nn.TuckerConv1d`,
+    :class:`~tuckerflow.nn.TuckerConv2d`, :class:`~tuckerflow.nn.TuckerConv3d`) define the
+    forward passes and the projected weight gradient; this class holds the parameters.
+
+    Attributes
+    ----------
+    core : torch.nn.Parameter
+        Shape :attr:`ranks`.
+    factors : torch.nn.ParameterList
+        One ``n_i × r_i`` Parameter with orthonormal columns per factorized mode, in mode order.
+    factorized_modes : tuple of int
+        Modes that carry a factor; the others are kept full (``r_i = n_i``).
+    weight_shape : tuple of int
+        Shape of the dense weight in PyTorch's layout.
+    bias : torch.nn.Parameter or None
+    forward_mode : {"auto", "factorized", "dense"}
+        ``"auto"`` picks, per call, the cheaper of the factorized contraction and the
+        reconstructed weight by the FLOP estimate of :meth:`forward_flops`.
+    record_for_galerkin : bool
+        When True, every forward pass under autograd records the layer input and (through a
+        tensor hook) the gradient of its output, from which :meth:`galerkin_gradient` and
+        :meth:`full_weight_gradient` are formed without a second backward pass.
+
+    Notes
+    -----
+    The parameter objects are created once and never replaced: :meth:`set_tucker_` swaps
+    their data (ranks may change), so an optimizer built over ``model.parameters()`` keeps
+    valid references. :meth:`load_state_dict` accepts checkpoints of other ranks and resizes
+    the parameters to them.
+
+    References
+    ----------
+    .. [1] Zangrando, Schotthöfer, Ceruti, Kusch & Tudisco, NeurIPS 2024, arXiv:2305.19059.
+    """
+
+    #: ``"auto"`` takes the factorized contraction when its FLOP estimate is below
+    #: ``auto_threshold`` times that of the reconstructed weight.
+    auto_threshold = 1.0
+
+    def _init_tucker(self, weight_shape, *, rank, keep_full, default_full, bias_size, factory):
+        self.weight_shape = tuple(int(n) for n in weight_shape)
+        full = resolve_full_modes(self.weight_shape, keep_full, default=default_full)
+        self.factorized_modes = tuple(i for i in range(len(self.weight_shape)) if i not in full)
+        ranks = resolve_rank(self.weight_shape, rank, full)
+        self.core = nn.Parameter(torch.empty(ranks, **factory))
+        self.factors = nn.ParameterList(
+            [
+                nn.Parameter(torch.empty(self.weight_shape[i], ranks[i], **factory))
+                for i in self.factorized_modes
+            ]
+        )
+        if bias_size is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(torch.empty(bias_size, **factory))
+        self._forward_mode = "auto"
+        self._record = False
+        self._records = []
+        if not self.core.is_floating_point():
+            raise TypeError(f"dtype must be a floating point dtype, got {self.core.dtype}")
+        self.reset_parameters()
+
+    # ---------------------------------------------------------------------------------------
+    # structure
+
+    @property
+    def ranks(self):
+        """Current multilinear rank (the core shape; full modes have ``r_i = n_i``)."""
+        return tuple(self.core.shape)
+
+    def factor(self, mode):
+        """The factor Parameter of ``mode``, or None when the mode is kept full."""
+        d = len(self.weight_shape)
+        if not -d <= mode < d:
+            raise IndexError(f"mode={mode} out of range for a weight with {d} modes")
+        mode %= d
+        if mode not in self.factorized_modes:
+            return None
+        return self.factors[self.factorized_modes.index(mode)]
+
+    def factor_list(self):
+        """Factors over all modes, None for modes kept full."""
+        return [self.factor(i) for i in range(len(self.weight_shape))]
+
+    @property
+    def forward_mode(self):
+        return self._forward_mode
+
+    @forward_mode.setter
+    def forward_mode(self, value):
+        if value not in FORWARD_MODES:
+            raise ValueError(f"forward_mode={value!r} is not one of {FORWARD_MODES}")
+        self._forward_mode = value
+
+    @property
+    def fan_in(self):
+        """Inputs per output unit: ``∏_{i≥1} n_i`` (``C_in/groups · ∏ k`` for a conv)."""
+        return math.prod(self.weight_shape[1:])
+
+    def parameter_count(self):
+        """Number of scalars stored (core, factors and bias)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---------------------------------------------------------------------------------------
+    # initialisation and reconstruction
+
+    def reset_parameters(self):
+        """Random orthonormal factors and a Gaussian core of matching variance.
+
+        With orthonormal factors ``‖W‖_F = ‖C‖_F``; the core entries have variance
+        ``∏ n_i / (3 · fan_in · ∏ r_i)`` so that ``E‖W‖²_F / ∏ n_i = 1 / (3 · fan_in)``, the
+        variance of PyTorch's default ``kaiming_uniform_(a=√5)`` weight. The bias is uniform in
+        ``±1/√fan_in`` as in PyTorch. Draws come from torch's global generator.
+        """
+        with torch.no_grad():
+            n_total = math.prod(self.weight_shape)
+            var = n_total / (3.0 * self.fan_in * math.prod(self.ranks))
+            self.core.normal_(0.0, math.sqrt(var))
+            for p in self.factors:
+                p.copy_(orthonormal_(p.shape[0], p.shape[1], device=p.device, dtype=p.dtype))
+            if self.bias is not None:
+                bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
+                self.bias.uniform_(-bound, bound)
+
+    def reconstruct(self):
+        """The dense weight ``C ×_i U_i`` (differentiable), shape :attr:`weight_shape`."""
+        w = self.core
+        for i, u in zip(self.factorized_modes, self.factors):
+            w = mode_dot(w, u, i)
+        return w
+
+    # ---------------------------------------------------------------------------------------
+    # resizing
+
+    def _check_tucker(self, core, factors):
+        d = len(self.weight_shape)
+        if not isinstance(core, torch.Tensor):
+            raise TypeError(f"core must be a torch.Tensor, got {type(core).__name__}")
+        if core.ndim != d:
+            raise ValueError(f"core.ndim={core.ndim} differs from the weight's {d} modes")
+        ref = self.core
+        if core.dtype != ref.dtype or core.device != ref.device:
+            raise ValueError(
+                f"core has dtype {core.dtype} on {core.device}, the layer holds "
+                f"{ref.dtype} on {ref.device}"
+            )
+        if not isinstance(factors, Sequence) or len(factors) != d:
+            raise ValueError(f"factors must be a list of {d} entries (None for full modes)")
+        for i in range(d):
+            n, r, u = self.weight_shape[i], core.shape[i], factors[i]
+            if i not in self.factorized_modes:
+                if u is not None:
+                    raise ValueError(f"factors[{i}] must be None: mode {i} is kept full")
+                if r != n:
+                    raise ValueError(
+                        f"core.shape[{i}]={r} differs from weight_shape[{i}]={n} "
+                        f"(mode {i} is kept full)"
+                    )
+                continue
+            if not isinstance(u, torch.Tensor):
+                raise TypeError(f"factors[{i}] must be a torch.Tensor, got {type(u).__name__}")
+            if tuple(u.shape) != (n, r):
+                raise ValueError(
+                    f"factors[{i}].shape={tuple(u.shape)} differs from "
+                    f"(weight_shape[{i}], core.shape[{i}])=({n}, {r})"
+                )
+            if r < 1 or r > n:
+                raise ValueError(f"core.shape[{i}]={r} must lie in 1..weight_shape[{i}]={n}")
+            if u.dtype != ref.dtype or u.device != ref.device:
+                raise ValueError(
+                    f"factors[{i}] has dtype {u.dtype} on {u.device}, the layer holds "
+                    f"{ref.dtype} on {ref.device}"
+                )
+
+    @torch.no_grad()
+    def set_tucker_(self, core, factors):
+        """Replace core and factors in place, keeping the same Parameter objects.
+
+        Parameters
+        ----------
+        core : torch.Tensor
+            New core (its shape is the new rank).
+        factors : list
+            One entry per mode: an ``n_i × r_i`` tensor for a factorized mode, None for a
+            mode kept full.
+
+        Notes
+        -----
+        Validates everything first and changes nothing on error. A Parameter whose shape
+        changes loses its ``.grad`` (it no longer fits); optimizer state is the optimizer's
+        business. Orthonormality of the factors is the caller's responsibility.
+        """
+        self._check_tucker(core, factors)
+        params = [self.core, *self.factors]
+        news = [core] + [factors[i] for i in self.factorized_modes]
+        for p, new in zip(params, news):
+            if p.grad is not None and p.grad.shape != new.shape:
+                p.grad = None
+            p.data = new.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints of other ranks: resize the (same) Parameters before torch copies into them
+        key = prefix + "core"
+        if key in state_dict and isinstance(state_dict[key], torch.Tensor):
+            core = state_dict[key]
+            facs = [state_dict.get(f"{prefix}factors.{k}") for k in range(len(self.factors))]
+            shapes_ok = core.ndim == len(self.weight_shape) and all(
+                isinstance(u, torch.Tensor)
+                and tuple(u.shape) == (self.weight_shape[i], core.shape[i])
+                for i, u in zip(self.factorized_modes, facs)
+            )
+            if shapes_ok and tuple(core.shape) != self.ranks:
+                ref = self.core
+                with torch.no_grad():
+                    for p, src in zip([self.core, *self.factors], [core, *facs]):
+                        p.grad = None
+                        p.data = torch.empty(src.shape, dtype=ref.dtype, device=ref.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ---------------------------------------------------------------------------------------
+    # forward dispatch
+
+    def forward(self, x):
+        mode = self._forward_mode
+        if mode == "auto":
+            est = self.forward_flops(tuple(x.shape))
+            use_factorized = est["factorized"] < self.auto_threshold * est["dense"]
+        else:
+            use_factorized = mode == "factorized"
+        record = self._record and torch.is_grad_enabled()
+        if record:
+            entry = [x.detach(), None]
+        y = self._forward_factorized(x) if use_factorized else self._forward_dense(x)
+        if record and y.requires_grad:
+            self._records.append(entry)
+            y.register_hook(_RecordGrad(entry))
+        return y
+
+    def forward_flops(self, input_shape):
+        """Multiply-adds of both forward paths for an input of ``input_shape``.
+
+        Returns
+        -------
+        dict
+            ``{"factorized": int, "dense": int}``, each including the (batch-independent)
+            cost of assembling the weights it uses.
+        """
+        raise NotImplementedError
+
+    def _forward_dense(self, x):
+        raise NotImplementedError
+
+    def _forward_factorized(self, x):
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------
+    # one-pass Galerkin gradient
+
+    @property
+    def record_for_galerkin(self):
+        return self._record
+
+    @record_for_galerkin.setter
+    def record_for_galerkin(self, value):
+        self._record = bool(value)
+        if not self._record:
+            self._records = []
+
+    def clear_galerkin_record(self):
+        """Drop the recorded inputs and output gradients (frees their memory)."""
+        self._records = []
+
+    def galerkin_gradient(self, U_hats):
+        """``G ×_i Û_iᴴ`` for the weight gradient ``G`` of the recorded batches.
+
+        Parameters
+        ----------
+        U_hats : list
+            One entry per mode: an ``n_i × p_i`` matrix, or None (identity: mode not projected).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(p_0, …, p_{d-1})`` (``n_i`` where the entry is None), in the core's dtype.
+
+        Notes
+        -----
+        ``G`` is the gradient of the loss with respect to the dense weight, summed over every
+        forward/backward pair recorded since the last :meth:`clear_galerkin_record` (so
+        gradient accumulation and layers used several times are covered). It is never formed
+        when projections are given: for a linear layer
+        ``G ×_0 Û_0ᴴ ×_1 Û_1ᴴ = (δY Û_0)ᵀ (X Û_1)``; for a convolution, input and output
+        gradient are first projected by 1×1 convolutions, then the weight gradient of the
+        small convolution is taken and its spatial modes projected. Under
+        ``DistributedDataParallel`` the result is the local (per-process) gradient; average
+        it over processes as the gradients are. The result equals the gradient of the loss
+        with respect to the core ``Ĉ`` of the layer parametrised by ``(Ĉ, Û_i)`` at the same
+        weight [1]_.
+
+        References
+        ----------
+        .. [1] Zangrando, Schotthöfer, Ceruti, Kusch & Tudisco, NeurIPS 2024,
+           arXiv:2305.19059, Algorithm 1.
+        """
+        d = len(self.weight_shape)
+        if not isinstance(U_hats, Sequence) or len(U_hats) != d:
+            raise ValueError(f"U_hats must be a list of {d} entries (None for identity)")
+        ref = self.core
+        cast = []
+        for i, u in enumerate(U_hats):
+            if u is None:
+                cast.append(None)
+                continue
+            if not isinstance(u, torch.Tensor) or u.ndim != 2:
+                raise TypeError(f"U_hats[{i}] must be a 2-d torch.Tensor or None")
+            if u.shape[0] != self.weight_shape[i]:
+                raise ValueError(
+                    f"U_hats[{i}].shape[0]={u.shape[0]} differs from "
+                    f"weight_shape[{i}]={self.weight_shape[i]}"
+                )
+            cast.append(u.detach().to(dtype=ref.dtype, device=ref.device))
+        done = [(x, g) for x, g in self._records if g is not None]
+        if not done:
+            raise RuntimeError(
+                "no recorded batch: set record_for_galerkin = True, then run forward and "
+                "backward before asking for the Galerkin gradient"
+            )
+        out = None
+        for x, g in done:
+            part = self._projected_weight_grad(x.to(ref.dtype), g.to(ref.dtype), cast)
+            out = part if out is None else out + part
+        return out
+
+    def full_weight_gradient(self):
+        """The dense weight gradient ``G`` of the recorded batches (see galerkin_gradient)."""
+        return self.galerkin_gradient([None] * len(self.weight_shape))
+
+    def _projected_weight_grad(self, x, grad_out, U_hats):
+        raise NotImplementedError
+
+
+class _RecordGrad:
+    """Tensor hook storing the output gradient into a record entry (grad left unchanged)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry):
+        self.entry = entry
+
+    def __call__(self, grad):
+        self.entry[1] = grad.detach() if self.entry[1] is None else self.entry[1] + grad.detach()
