@@ -1,0 +1,50 @@
+"""``tuckerflow train`` on the command line."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from tuckerflow.cli import main  # noqa: E402
+
+
+def test_train_command_writes_outputs_and_prints_table(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", "digits", "--epochs", "1", "--device", "cpu", "--out", str(out)]
+    assert main([*argv, "--test-fraction", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "compression" in printed and "conv2" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "dense" and summary["epochs"] == 1
+    assert (out / "training.png").exists() and (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("tau", ["0", "1", "1.5", "-0.1", "abc"])
+def test_tau_outside_open_unit_interval_is_a_usage_error(tau, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--tau", tau])
+    assert exit_info.value.code == 2
+    assert "tau" in capsys.readouterr().err
+
+
+def test_mismatched_npz_is_reported_with_exit_status_2(tmp_path, capsys):
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=np.zeros((4, 1, 8, 8)), y=np.zeros(3, dtype=int))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mine.npz: len(x)=4 differs from len(y)=3" in err
+    assert not out.exists()
+
+
+def test_python_dash_m_tuckerflow_shows_the_train_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "tuckerflow", "train", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    for option in ("--data", "--model", "--method", "--tau", "--resume", "--device"):
+        assert option in result.stdout

@@ -1,0 +1,109 @@
+"""The training loop: summaries, figures, atomic checkpoints and resume (tiny runs on digits)."""
+
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tuckerflow.train import TrainConfig, atomic_save, train  # noqa: E402
+
+# Tiny runs: 8×8 digits, one or two epochs, a few hundred training images.
+TINY = {"data": "digits", "batch_size": 64, "quiet": True, "device": "cpu", "test_fraction": 0.5}
+
+
+def _files(folder):
+    return sorted(os.listdir(folder))
+
+
+def test_dense_run_writes_summary_figure_and_checkpoint(tmp_path):
+    summary = train(TrainConfig(**TINY, epochs=1, out=str(tmp_path)))
+    assert _files(tmp_path) == ["checkpoint.pt", "summary.json", "training.png"]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("test_accuracy", "val_accuracy", "compression_rate", "ranks", "time_s"):
+        assert key in on_disk
+    # Ten classes: one epoch of SGD with momentum does far better than chance (10 %).
+    assert 0.3 < on_disk["test_accuracy"] <= 1.0
+    assert on_disk["test_accuracy"] == summary["test_accuracy"]
+    assert on_disk["compression_rate"] == 0.0 and on_disk["compression_rate_model"] == 0.0
+    assert on_disk["ranks"]["conv2"] == [50, 20, 5, 5]
+    assert [h["epoch"] for h in on_disk["history"]] == [0, 1]
+    assert (tmp_path / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    straight = train(TrainConfig(**TINY, epochs=2, out=str(tmp_path / "a")))
+    train(TrainConfig(**TINY, epochs=1, out=str(tmp_path / "b")))
+    resumed = train(TrainConfig(**TINY, epochs=2, out=str(tmp_path / "b"), resume=True))
+    # Same seed, same split, same batch order and RNG state after epoch 1: identical results.
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert resumed["test_loss"] == straight["test_loss"]
+    assert len(resumed["history"]) == 3
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_resume_from_another_model_raises_and_overwrites_nothing(tmp_path):
+    train(TrainConfig(**TINY, epochs=1, out=str(tmp_path)))
+    before = {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)}
+    config = TrainConfig(**TINY, model="vgg_small", epochs=2, out=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match=r"another model \(model: checkpoint 'lenet5' vs"):
+        train(config)
+    after = {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)}
+    assert after == before
+
+
+def test_existing_checkpoint_is_not_overwritten_by_default(tmp_path):
+    train(TrainConfig(**TINY, epochs=1, out=str(tmp_path)))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        train(TrainConfig(**TINY, epochs=1, out=str(tmp_path), seed=3))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_atomic_save_leaves_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "state.pt"
+    atomic_save({"step": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_save({"step": 2, "bad": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert _files(tmp_path) == ["state.pt"]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"tau": 0.0}, r"tau=0.0 must lie in the open interval \(0, 1\)"),
+        ({"tau": 1.0}, r"tau=1.0 must lie in the open interval \(0, 1\)"),
+        ({"tau": -0.2}, r"tau=-0.2 must lie"),
+        ({"method": "lora"}, r"method='lora' is not one of"),
+        ({"optimizer": "lbfgs"}, r"optimizer='lbfgs' is not one of"),
+        ({"epochs": 0}, r"epochs=0 must be a positive integer"),
+        ({"rank": 1.5}, r"rank=1.5 as a fraction must lie in \(0, 1\]"),
+        ({"max_rank": 0}, r"max_rank=0 is below min_rank=1"),
+    ],
+)
+def test_bad_options_raise_before_anything_is_written(tmp_path, option, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(**{**TINY, **option}, out=str(out)))
+    assert not out.exists()
+
+
+def test_bad_data_file_raises_before_anything_is_written(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((6, 8, 8)), y=np.zeros(5, dtype=int))
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"bad\.npz: len\(x\)=6 differs from len\(y\)=5"):
+        train(TrainConfig(**{**TINY, "data": str(path)}, out=str(out)))
+    assert not out.exists()
