@@ -1,0 +1,641 @@
+"""TDLRT: rank-adaptive, geometry-aware training of Tucker-factorized layers.
+
+One optimizer step is one step of the rank-adaptive BUG integrator applied to the gradient
+flow ``Ẏ = −∇L(Y)`` of every Tucker layer, wrapped around an arbitrary ``torch.optim``
+optimizer that performs the Galerkin (core) step and the step of every other parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import tensorly as tl
+
+from ..dlra import truncate_core
+from .basis import kstep_bases
+from .layers import tucker_layers
+from .transport import mode_products, transport_state
+
+__all__ = ["NonFiniteGradientError", "TDLRT", "ddp_ignore_tucker_parameters"]
+
+_MODES = ("one-pass", "two-pass")
+_ON_NONFINITE = ("raise", "skip")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient held NaN or Inf; the model and the optimizer were left unchanged."""
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def _work_dtype(dtype):
+    import torch
+
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@contextlib.contextmanager
+def _plain_precision():
+    """No autograd and no autocast: the small linear algebra runs in the tensors' dtype."""
+    import torch
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    for device in ("cpu", "cuda"):
+        with contextlib.suppress(RuntimeError, AttributeError):
+            stack.enter_context(torch.autocast(device_type=device, enabled=False))
+    with stack:
+        yield
+
+
+def ddp_ignore_tucker_parameters(model):
+    """Let ``DistributedDataParallel`` leave the Tucker cores and factors to :class:`TDLRT`.
+
+    DDP fixes the size of its gradient buckets when it wraps a model, so parameters whose
+    shape changes (the cores and factors of rank-adaptive layers) must not be in them. Call
+    this on the unwrapped model *before* ``DistributedDataParallel(model)``; TDLRT then
+    averages the gradients it needs over the processes itself and broadcasts the rank
+    decisions of process 0, so every process takes identical steps.
+
+    Returns the list of ignored parameter names.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = []
+    for lname, layer in tucker_layers(model).items():
+        prefix = f"{lname}." if lname else ""
+        names.append(f"{prefix}core")
+        names.extend(f"{prefix}factors.{k}" for k in range(len(layer.factorized_modes)))
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+    return names
+
+
+def _check_tau(tau):
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        raise TypeError(f"tau must be a real number in (0, 1), got {tau!r}") from None
+    if not (0.0 < value < 1.0):
+        raise ValueError(f"tau={tau!r} must lie in the open interval (0, 1)")
+    return value
+
+
+def _rank_bound(value, lname, layer, what, default_full):
+    """Per-mode bound for one layer (full modes: the mode size)."""
+    shape = tuple(layer.weight_shape)
+    d = len(shape)
+    if isinstance(value, dict):
+        value = value.get(lname)
+    if value is None:
+        return [n if default_full else 1 for n in shape]
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, a sequence of ints or a dict, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{what}={value} must be at least 1")
+        return [min(value, n) for n in shape]
+    vals = list(value)
+    if len(vals) != d:
+        raise ValueError(
+            f"{what} for layer {lname!r} has {len(vals)} entries but its weight has {d} modes "
+            f"(weight_shape={shape})"
+        )
+    out = []
+    for i, (v, n) in enumerate(zip(vals, shape)):
+        if v is None:
+            out.append(n if default_full else 1)
+            continue
+        v = int(v)
+        if v < 1:
+            raise ValueError(f"{what}[{i}]={v} for layer {lname!r} must be at least 1")
+        if v > n:
+            raise ValueError(
+                f"{what}[{i}]={v} for layer {lname!r} exceeds the size {n} of mode {i}"
+            )
+        out.append(v)
+    return out
+
+
+def _weight_gradient(layer):
+    """The layer's recorded weight gradient, or None when it took no part in the batch."""
+    try:
+        return layer.full_weight_gradient()
+    except RuntimeError:
+        return None
+
+
+def _clear_records(layers):
+    for layer in layers:
+        clear = getattr(layer, "clear_galerkin_record", None)
+        if clear is not None:
+            clear()
+
+
+@contextlib.contextmanager
+def _recording(layers, flag):
+    old = [layer.record_for_galerkin for layer in layers]
+    for layer in layers:
+        layer.record_for_galerkin = flag
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, old):
+            layer.record_for_galerkin = value
+
+
+class TDLRT:
+    """Rank-adaptive training of Tucker layers around any ``torch.optim`` optimizer.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model holding Tucker layers (``tuckerflow.nn.TuckerLayer``; a
+        ``DistributedDataParallel`` wrapper is accepted).
+    optimizer : torch.optim.Optimizer
+        Built over ``model.parameters()``; it takes the Galerkin step of every core (with the
+        learning rate of the core's parameter group, so schedulers work) and the ordinary step
+        of every other parameter. Factors are never stepped by it: they change only through
+        the K-step basis update (their gradients are dropped before ``optimizer.step()``).
+    tau : float in (0, 1)
+        Relative truncation tolerance: per layer ``ϑ = τ ‖Ĉ‖_F``.
+    min_rank, max_rank : int, sequence of int, or dict ``{layer name: int | sequence}``
+        Rank floor and cap per mode. An int applies to every mode (clamped to the mode
+        size); a sequence has one entry per weight mode (None: no bound) and must not exceed
+        the mode sizes.
+    mode : {"one-pass", "two-pass"}
+        ``"two-pass"`` is the published form: after the basis update the closure is
+        evaluated again at ``(Ĉ, Û)`` to obtain ``∇_Ĉ L``. ``"one-pass"`` forms the same
+        gradient ``G ×_i Û_iᴴ`` from the first backward pass (``layer.galerkin_gradient``),
+        which is valid because ``Ĉ ×_i Û_i = Y`` exactly.
+    on_nonfinite : {"raise", "skip"}
+        What a step does with a NaN/Inf gradient: raise :class:`NonFiniteGradientError` or
+        return without a change. In both cases model and optimizer are left unchanged.
+    freeze_ranks : bool
+        Start with frozen ranks (fixed-rank BUG steps); see :meth:`freeze_ranks`.
+    update_every : int
+        Amortized variant: basis augmentation and truncation only every ``update_every``-th
+        step; in between, the factors stay and only the cores (and the other parameters)
+        take an optimizer step with their exact gradient ``G ×_i U_iᴴ``.
+    truncation : {"hosvd", "st_hosvd"}
+        Truncation of the augmented core (HOSVD is the published rule).
+
+    Notes
+    -----
+    One step for a layer ``Y = C ×_i U_i`` with weight gradient ``G`` and learning rate
+    ``λ`` [ZSCKT24]_:
+
+    1. K-step per factorized mode: ``Mat_i(C)ᴴ = Q_i S_iᴴ``,
+       ``K_i = U_i S_i − λ Mat_i(G ×_{j≠i} U_jᴴ) Q_i``, ``Û_i = [U_i, orth((I − U_iU_iᴴ)K_i)]``,
+       ``Ĉ = C ×_i Û_iᴴ U_i`` (so that ``Ĉ ×_i Û_i = Y``).
+    2. Galerkin step: the base optimizer steps the core ``Ĉ`` with gradient
+       ``G ×_i Û_iᴴ``, after its state was carried by ``×_i Û_iᴴ U_i``.
+    3. Truncation of ``Ĉ`` by HOSVD with ``ϑ = τ‖Ĉ‖`` within the rank bounds
+       (:func:`tuckerflow.dlra.truncate_core`), ``U_i ← Û_i P_i``, state carried by
+       ``×_i P_iᴴ``.
+
+    A mode whose rank sits at its cap (below the mode size) takes the fixed-rank BUG update
+    ``Û_i = orth(K_i)`` instead [CL22]_: augmenting and truncating back to the cap would
+    mostly keep the old basis. Frozen ranks use that update in every mode. The state
+    transport rule is in :mod:`tuckerflow.optim.transport`.
+
+    Usage is that of any optimizer: ``loss.backward(); tdlrt.step()`` (or
+    ``tdlrt.step(closure)``, required in two-pass mode, where ``closure`` zeroes the
+    gradients, evaluates the loss, calls ``backward`` and returns the loss).
+
+    Under ``DistributedDataParallel`` call :func:`ddp_ignore_tucker_parameters` before
+    wrapping: TDLRT averages the weight gradients of the Tucker layers over the processes and
+    broadcasts process 0's ranks, so that every process takes identical decisions.
+
+    References
+    ----------
+    .. [ZSCKT24] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024 (arXiv:2305.19059).
+    .. [CKL22] G. Ceruti, J. Kusch, C. Lubich, "A rank-adaptive robust integrator for
+       dynamical low-rank approximation", BIT Numer. Math. 62, 2022 (arXiv:2104.05247).
+    .. [CL22] G. Ceruti, C. Lubich, "An unconventional robust integrator for dynamical
+       low-rank approximation", BIT Numer. Math. 62, 2022 (arXiv:2010.02022).
+
+    Examples
+    --------
+    ``opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)``,
+    ``tdlrt = TDLRT(model, opt, tau=0.1)``, then per batch
+    ``opt.zero_grad(); loss_fn(model(x), y).backward(); tdlrt.step()``.
+    """
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        *,
+        tau=0.1,
+        min_rank=1,
+        max_rank=None,
+        mode="one-pass",
+        on_nonfinite="raise",
+        freeze_ranks=False,
+        update_every=1,
+        truncation="hosvd",
+    ):
+        self.tau = _check_tau(tau)
+        if mode not in _MODES:
+            raise ValueError(f"mode={mode!r} is not one of {_MODES}")
+        if on_nonfinite not in _ON_NONFINITE:
+            raise ValueError(f"on_nonfinite={on_nonfinite!r} is not one of {_ON_NONFINITE}")
+        if truncation not in ("hosvd", "st_hosvd"):
+            raise ValueError(f"truncation={truncation!r} is not one of ('hosvd', 'st_hosvd')")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every={update_every!r} must be an integer >= 1")
+        self.model = model
+        self.optimizer = optimizer
+        self.mode = mode
+        self.on_nonfinite = on_nonfinite
+        self.update_every = update_every
+        self.truncation = truncation
+        self._layers = tucker_layers(model)
+        if not self._layers:
+            raise ValueError(
+                "model has no Tucker layers (modules with core, factors and set_tucker_); "
+                "convert it with tuckerflow.nn.tuckerize first"
+            )
+        for what, value in (("min_rank", min_rank), ("max_rank", max_rank)):
+            if isinstance(value, dict):
+                unknown = sorted(set(value) - set(self._layers))
+                if unknown:
+                    raise ValueError(
+                        f"{what} names {unknown}, which are not Tucker layers of the model "
+                        f"({sorted(self._layers)})"
+                    )
+        self._lo, self._hi = {}, {}
+        for name, layer in self._layers.items():
+            lo = _rank_bound(min_rank, name, layer, "min_rank", default_full=False)
+            hi = _rank_bound(max_rank, name, layer, "max_rank", default_full=True)
+            for i, (a, b) in enumerate(zip(lo, hi)):
+                if a > b:
+                    raise ValueError(
+                        f"min_rank[{i}]={a} exceeds max_rank[{i}]={b} for layer {name!r}"
+                    )
+            self._lo[name], self._hi[name] = lo, hi
+        self._group_of = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                self._group_of[id(p)] = group
+        for name, layer in self._layers.items():
+            if id(layer.core) not in self._group_of:
+                raise ValueError(
+                    f"the core of Tucker layer {name!r} is not among the optimizer's "
+                    "parameters; build the optimizer over model.parameters()"
+                )
+            layer.record_for_galerkin = True
+        self._frozen = bool(freeze_ranks)
+        self._steps = 0
+        self.skipped_steps = 0
+        #: ``{layer name: TruncationInfo}`` of the last truncation.
+        self.last_truncation = {}
+        dist = _dist()
+        if dist is not None:
+            with _plain_precision():
+                for layer in self._layers.values():
+                    for p in [layer.core, *layer.factors]:
+                        dist.broadcast(p.data, src=0)
+
+    # ---------------------------------------------------------------- public API
+
+    def ranks(self):
+        """``{layer name: multilinear rank}`` (full modes included)."""
+        return {name: tuple(layer.ranks) for name, layer in self._layers.items()}
+
+    def freeze_ranks(self):
+        """From now on take fixed-rank BUG steps (for a final fine-tuning phase)."""
+        self._frozen = True
+
+    @property
+    def frozen(self):
+        return self._frozen
+
+    @property
+    def steps(self):
+        """Number of steps taken (skipped ones excluded)."""
+        return self._steps
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        """One TDLRT step; returns the closure's loss (or None).
+
+        With a closure, it is called first (evaluation 1). Without one, the gradients of a
+        preceding ``backward()`` are used; two-pass mode needs the closure for evaluation 2.
+        """
+        try:
+            return self._step(closure)
+        finally:
+            # the layers sum what they record until cleared: every step starts afresh
+            _clear_records(self._layers.values())
+
+    def _step(self, closure):
+        import torch
+
+        kind = self._kind()
+        if closure is None and self.mode == "two-pass" and kind != "core":
+            raise ValueError(
+                "mode='two-pass' needs step(closure): the closure re-evaluates the loss at "
+                "the augmented bases"
+            )
+        loss = None
+        if closure is not None:
+            _clear_records(self._layers.values())
+            with torch.enable_grad():
+                loss = closure()
+        with _plain_precision():
+            if not self._grads_finite(kind):
+                return self._reject("a gradient")
+            if kind == "core":
+                self._core_only_step()
+                self._steps += 1
+                return loss
+            plans = self._k_steps(kind)
+            saved = self._apply_augmentation(plans)
+        if self.mode == "two-pass":
+            with torch.enable_grad(), _recording(self._layers.values(), False):
+                closure()
+        with _plain_precision():
+            galerkin = self._galerkin_gradients(plans)
+            if not self._all_finite(list(galerkin.values())):
+                self._restore(saved)
+                return self._reject("the Galerkin gradient")
+            for name, layer in self._layers.items():
+                if name in galerkin:
+                    layer.core.grad = galerkin[name].to(layer.core.dtype)
+            self._hide_factor_grads()
+            self.optimizer.step()
+            if kind == "adapt":
+                self._truncate(plans)
+        self._steps += 1
+        return loss
+
+    def state_dict(self):
+        """Base optimizer state plus the layer shapes it belongs to and TDLRT's counters."""
+        shapes = {}
+        for name, layer in self._layers.items():
+            factors = [None] * len(layer.weight_shape)
+            for mode in layer.factorized_modes:
+                factors[mode] = tuple(layer.factor(mode).shape)
+            shapes[name] = {"core": tuple(layer.core.shape), "factors": factors}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "shapes": shapes,
+            "steps": self._steps,
+            "skipped_steps": self.skipped_steps,
+            "frozen": self._frozen,
+            "tau": self.tau,
+        }
+
+    def load_state_dict(self, state_dict):
+        """Resize the Tucker layers to the stored shapes, then load the base optimizer.
+
+        The layers get placeholder values of the stored shapes (zero core, leading columns
+        of the identity); load the model's own state dict afterwards (or call
+        :func:`tuckerflow.optim.resize_like` and ``model.load_state_dict`` first).
+        """
+        import torch
+
+        for key in ("optimizer", "shapes"):
+            if key not in state_dict:
+                raise KeyError(f"state_dict has no entry {key!r}; was it made by TDLRT?")
+        shapes = state_dict["shapes"]
+        if set(shapes) != set(self._layers):
+            raise ValueError(
+                f"state_dict holds the Tucker layers {sorted(shapes)} but the model has "
+                f"{sorted(self._layers)}"
+            )
+        for name, layer in self._layers.items():
+            want = shapes[name]
+            if len(want["core"]) != len(layer.weight_shape):
+                raise ValueError(
+                    f"stored core of layer {name!r} has {len(want['core'])} modes, the layer "
+                    f"{len(layer.weight_shape)}"
+                )
+        for name, layer in self._layers.items():
+            want = shapes[name]
+            if tuple(want["core"]) == tuple(layer.core.shape):
+                continue
+            ref = layer.core
+            core = torch.zeros(tuple(want["core"]), dtype=ref.dtype, device=ref.device)
+            factors = [
+                None
+                if s is None
+                else torch.eye(s[0], dtype=ref.dtype, device=ref.device)[:, : s[1]]
+                for s in want["factors"]
+            ]
+            layer.set_tucker_(core, factors)
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self._steps = int(state_dict.get("steps", 0))
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+        self._frozen = bool(state_dict.get("frozen", False))
+
+    # ---------------------------------------------------------------- internals
+
+    def _kind(self):
+        if self._frozen:
+            return "bug"
+        return "adapt" if self._steps % self.update_every == 0 else "core"
+
+    def _lr(self, param):
+        lr = self._group_of[id(param)]["lr"]
+        return float(lr)
+
+    def _reject(self, what):
+        if self.on_nonfinite == "raise":
+            raise NonFiniteGradientError(
+                f"{what} holds NaN or Inf; the step was not taken and the model and optimizer "
+                "are unchanged (use on_nonfinite='skip' to skip such steps)"
+            )
+        self.skipped_steps += 1
+        return None
+
+    def _all_finite(self, tensors):
+        import torch
+
+        tensors = [t for t in tensors if t is not None]
+        if tensors:
+            flag = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+            flag = flag.to(torch.float32)
+        else:
+            flag = torch.ones(())
+        dist = _dist()
+        if dist is not None:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _grads_finite(self, kind):
+        tensors = [p.grad for g in self.optimizer.param_groups for p in g["params"]]
+        self._weight_grads = {}
+        if kind != "core":
+            for name, layer in self._layers.items():
+                G = _weight_gradient(layer)
+                if G is not None:
+                    G = G.detach().to(_work_dtype(layer.core.dtype))
+                    dist = _dist()
+                    if dist is not None:
+                        G = G.clone()
+                        dist.all_reduce(G)
+                        G /= dist.get_world_size()
+                    self._weight_grads[name] = G
+                    tensors.append(G)
+        return self._all_finite(tensors)
+
+    def _hide_factor_grads(self):
+        for layer in self._layers.values():
+            for p in layer.factors:
+                p.grad = None
+
+    def _average(self, t):
+        dist = _dist()
+        if dist is not None and t is not None:
+            dist.all_reduce(t)
+            t /= dist.get_world_size()
+        return t
+
+    def _core_only_step(self):
+        for layer in self._layers.values():
+            self._average(layer.core.grad)
+        self._hide_factor_grads()
+        self.optimizer.step()
+
+    def _fixed_modes(self, name, layer, kind):
+        if kind == "bug":
+            return tuple(layer.factorized_modes)
+        r, n, hi = tuple(layer.ranks), tuple(layer.weight_shape), self._hi[name]
+        return tuple(i for i in layer.factorized_modes if r[i] >= hi[i] and hi[i] < n[i])
+
+    def _k_steps(self, kind):
+        plans = {}
+        for name, layer in self._layers.items():
+            G = self._weight_grads.get(name)
+            if G is None:
+                continue
+            work = _work_dtype(layer.core.dtype)
+            core = layer.core.detach().to(work)
+            factors = [None] * len(layer.weight_shape)
+            for mode in layer.factorized_modes:
+                factors[mode] = layer.factor(mode).detach().to(work)
+            U_hats, c_hat, M_hats = kstep_bases(
+                core,
+                factors,
+                G,
+                self._lr(layer.core),
+                fixed_modes=self._fixed_modes(name, layer, kind),
+            )
+            plans[name] = (U_hats, c_hat, M_hats)
+        return plans
+
+    def _apply_augmentation(self, plans):
+        """Write ``(Ĉ, Û)`` into the layers and carry the core's state; return an undo record."""
+        opt_state = self.optimizer.state
+        saved = {}
+        for name, (U_hats, c_hat, M_hats) in plans.items():
+            layer = self._layers[name]
+            ref = layer.core
+            old_factors = [None] * len(layer.weight_shape)
+            for mode in layer.factorized_modes:
+                old_factors[mode] = layer.factor(mode).detach().clone()
+            entries = {p: opt_state[p] for p in [ref, *layer.factors] if p in opt_state}
+            saved[name] = (ref.detach().clone(), old_factors, entries)
+            new_factors = [None if u is None else u.to(ref.dtype) for u in U_hats]
+            old_shape = tuple(ref.shape)
+            layer.set_tucker_(c_hat.to(ref.dtype), new_factors)
+            if ref in entries:
+                opt_state[ref] = transport_state(entries[ref], old_shape, M_hats)
+            for p in layer.factors:
+                opt_state.pop(p, None)
+        return saved
+
+    def _restore(self, saved):
+        opt_state = self.optimizer.state
+        for name, (core, factors, entries) in saved.items():
+            layer = self._layers[name]
+            layer.set_tucker_(core, factors)
+            for p in [layer.core, *layer.factors]:
+                opt_state.pop(p, None)
+            for p, entry in entries.items():
+                opt_state[p] = entry
+
+    def _galerkin_gradients(self, plans):
+        out = {}
+        for name, (U_hats, _, _) in plans.items():
+            layer = self._layers[name]
+            work = _work_dtype(layer.core.dtype)
+            if self.mode == "two-pass":
+                g = layer.core.grad
+                out[name] = None if g is None else self._average(g.detach().to(work).clone())
+            elif _dist() is not None:
+                G = self._weight_grads[name]  # already averaged over the processes
+                out[name] = mode_products(G, [None if u is None else u.conj().T for u in U_hats])
+            else:
+                ref = layer.core
+                Uh = [None if u is None else u.to(ref.dtype) for u in U_hats]
+                out[name] = layer.galerkin_gradient(Uh).detach().to(work)
+        return out
+
+    def _truncate(self, plans):
+        import torch
+
+        opt_state = self.optimizer.state
+        results = {}
+        for name, (U_hats, _, _) in plans.items():
+            layer = self._layers[name]
+            work = _work_dtype(layer.core.dtype)
+            c_hat = layer.core.detach().to(work)
+            with tl.backend_context("pytorch", local_threadsafe=True):
+                new, P_list, info = truncate_core(
+                    c_hat,
+                    U_hats,
+                    rtol=self.tau,
+                    min_rank=self._lo[name],
+                    max_rank=self._hi[name],
+                    method=self.truncation,
+                )
+            results[name] = (c_hat, U_hats, new, P_list, info)
+        dist = _dist()
+        if dist is not None and results:
+            names = sorted(results)
+            local = torch.tensor([r for n in names for r in results[n][2].rank], dtype=torch.int64)
+            agreed = local.clone()
+            dist.broadcast(agreed, src=0)
+            if not torch.equal(local, agreed):
+                pos = 0
+                for n in names:
+                    c_hat, U_hats, new, _, _ = results[n]
+                    d = len(new.rank)
+                    want = [int(v) for v in agreed[pos : pos + d]]
+                    pos += d
+                    if tuple(want) != tuple(new.rank):
+                        with tl.backend_context("pytorch", local_threadsafe=True):
+                            new2, P2, info2 = truncate_core(
+                                c_hat,
+                                U_hats,
+                                min_rank=want,
+                                max_rank=want,
+                                method=self.truncation,
+                            )
+                        results[n] = (c_hat, U_hats, new2, P2, info2)
+        for name, (_c_hat, U_hats, new, P_list, info) in results.items():
+            layer = self._layers[name]
+            ref = layer.core
+            old_shape = tuple(ref.shape)
+            factors = [
+                None if U_hats[i] is None else new.factors[i].to(ref.dtype)
+                for i in range(len(U_hats))
+            ]
+            layer.set_tucker_(new.core.to(ref.dtype), factors)
+            if ref in opt_state:
+                mats = [None if p is None else p.conj().T for p in P_list]
+                opt_state[ref] = transport_state(opt_state[ref], old_shape, mats)
+            self.last_truncation[name] = info
