@@ -194,6 +194,9 @@ class TuckerLayer(nn.Module):
         full = resolve_full_modes(self.weight_shape, keep_full, default=default_full)
         self.factorized_modes = tuple(i for i in range(len(self.weight_shape)) if i not in full)
         ranks = resolve_rank(self.weight_shape, rank, full)
+        dtype = factory.get("dtype") or torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a real floating point dtype, got {dtype}")
         self.core = nn.Parameter(torch.empty(ranks, **factory))
         self.factors = nn.ParameterList(
             [
@@ -208,8 +211,6 @@ class TuckerLayer(nn.Module):
         self._forward_mode = "auto"
         self._record = False
         self._records = []
-        if not self.core.is_floating_point():
-            raise TypeError(f"dtype must be a floating point dtype, got {self.core.dtype}")
         self.reset_parameters()
 
     # ---------------------------------------------------------------------------------------

@@ -1,0 +1,490 @@
+"""Tucker layers: equality with the dense torch layer, gradients, Galerkin gradient, resizing."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tuckerflow.nn import (  # noqa: E402
+    FORWARD_MODES,
+    PADDING_MODES,
+    TuckerConv1d,
+    TuckerConv2d,
+    TuckerConv3d,
+    TuckerLinear,
+)
+from tuckerflow.nn.layer import mode_dot  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CONVS = {1: (TuckerConv1d, nn.Conv1d), 2: (TuckerConv2d, nn.Conv2d), 3: (TuckerConv3d, nn.Conv3d)}
+EPS64 = torch.finfo(torch.float64).eps
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def _dense_twin(layer, dense_cls, **kwargs):
+    """The dense torch layer holding ``layer.reconstruct()`` and the same bias."""
+    w = layer.reconstruct().detach()
+    dense = dense_cls(**kwargs, bias=layer.bias is not None, dtype=w.dtype, device=w.device)
+    with torch.no_grad():
+        dense.weight.copy_(w)
+        if layer.bias is not None:
+            dense.bias.copy_(layer.bias)
+    return dense
+
+
+def _run_dense(dense, x):
+    with warnings.catch_warnings():
+        # torch warns that padding='same' with an even kernel copies the input; expected here
+        warnings.simplefilter("ignore", UserWarning)
+        return dense(x)
+
+
+@st.composite
+def conv_configs(draw):
+    nd = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2, 3]))
+    c_in = groups * draw(st.integers(1, 3))
+    c_out = groups * draw(st.integers(1, 3))
+    k = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    pad_kind = draw(st.sampled_from(["int", "tuple", "same", "valid"]))
+    stride = (1,) * nd if pad_kind == "same" else tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    padding = {
+        "int": draw(st.integers(0, 2)),
+        "tuple": tuple(draw(st.integers(0, 2)) for _ in range(nd)),
+        "same": "same",
+        "valid": "valid",
+    }[pad_kind]
+    # inputs at least as large as the dilated kernel (and than any reflect padding)
+    spatial = tuple(d * (kk - 1) + 3 + draw(st.integers(0, 2)) for kk, d in zip(k, dil))
+    keep_full = draw(st.sampled_from([None, "none", "spatial", (0,), (1,)]))
+    frac = draw(st.floats(0.2, 1.0))
+    return {
+        "nd": nd,
+        "in_channels": c_in,
+        "out_channels": c_out,
+        "kernel_size": k,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dil,
+        "groups": groups,
+        "bias": draw(st.booleans()),
+        "padding_mode": draw(st.sampled_from(PADDING_MODES)),
+        "keep_full": keep_full,
+        "rank": frac,
+        "spatial": spatial,
+        "batch": draw(st.integers(1, 2)),
+    }
+
+
+def _make_conv(cfg, device="cpu", dtype=torch.float64):
+    nd = cfg["nd"]
+    cls, dense_cls = CONVS[nd]
+    opts = {
+        k: cfg[k]
+        for k in (
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "padding_mode",
+        )
+    }
+    layer = cls(
+        **opts,
+        bias=cfg["bias"],
+        rank=cfg["rank"],
+        keep_full=cfg["keep_full"],
+        device=device,
+        dtype=dtype,
+    )
+    dense = _dense_twin(layer, dense_cls, **opts)
+    x = torch.randn(cfg["batch"], cfg["in_channels"], *cfg["spatial"], dtype=dtype, device=device)
+    return layer, dense, x
+
+
+@given(cfg=conv_configs(), seed=st.integers(0, 2**31 - 1))
+def test_conv_equals_dense_layer_of_reconstructed_weight(device, cfg, seed):
+    torch.manual_seed(seed)
+    layer, dense, x = _make_conv(cfg, device)
+    ref = _run_dense(dense, x)
+    scale = ref.abs().max().item() + 1.0
+    for mode in FORWARD_MODES:
+        layer.forward_mode = mode
+        y = layer(x)
+        assert y.shape == ref.shape
+        # a few hundred multiply-adds per output entry in float64
+        assert (y - ref).abs().max().item() <= 1e3 * EPS64 * scale
+
+
+@given(
+    n_out=st.integers(1, 9),
+    n_in=st.integers(1, 9),
+    frac=st.floats(0.1, 1.0),
+    keep_full=st.sampled_from([None, (0,), (1,)]),
+    bias=st.booleans(),
+    lead=st.lists(st.integers(1, 3), max_size=2),
+)
+def test_linear_equals_dense_layer_of_reconstructed_weight(
+    device, n_out, n_in, frac, keep_full, bias, lead
+):
+    torch.manual_seed(n_out * 10 + n_in)
+    layer = TuckerLinear(
+        n_in, n_out, bias, rank=frac, keep_full=keep_full, device=device, dtype=torch.float64
+    )
+    dense = _dense_twin(layer, nn.Linear, in_features=n_in, out_features=n_out)
+    x = torch.randn(*lead, n_in, dtype=torch.float64, device=device)
+    ref = dense(x)
+    for mode in FORWARD_MODES:
+        layer.forward_mode = mode
+        # n_in + r terms per entry in float64
+        assert torch.allclose(
+            layer(x), ref, rtol=0, atol=1e3 * EPS64 * (1 + ref.abs().max().item())
+        )
+
+
+@pytest.mark.parametrize("mode", ["factorized", "dense"])
+def test_bias_is_added_exactly_once(mode):
+    torch.manual_seed(0)
+    layer = TuckerConv2d(4, 6, 3, padding=1, rank=2, dtype=torch.float64)
+    layer.forward_mode = mode
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        layer.bias.copy_(torch.arange(6, dtype=torch.float64) + 10.0)
+        with_bias = layer(x)
+        saved = layer.bias.clone()
+        layer.bias.zero_()
+        without = layer(x)
+        layer.bias.copy_(saved)
+    diff = (with_bias - without).permute(1, 0, 2, 3).reshape(6, -1)
+    assert torch.allclose(diff, saved[:, None].expand_as(diff), atol=1e-12)
+
+
+@given(cfg=conv_configs(), seed=st.integers(0, 2**31 - 1))
+def test_gradients_of_factorized_and_dense_forward_agree(cfg, seed):
+    torch.manual_seed(seed)
+    layer, _, x = _make_conv(cfg)
+    x.requires_grad_(True)
+    grads = {}
+    for mode in ("factorized", "dense"):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer.forward_mode = mode
+        y = layer(x)
+        torch.manual_seed(seed + 1)
+        (y * torch.randn_like(y)).sum().backward()
+        grads[mode] = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
+    for a, b in zip(grads["factorized"], grads["dense"]):
+        # same sums in another order: round-off relative to the largest entry
+        assert (a - b).abs().max().item() <= 1e4 * EPS64 * (1.0 + b.abs().max().item())
+
+
+def _random_projections(shape, gen, *, none_modes=()):
+    out = []
+    for i, n in enumerate(shape):
+        if i in none_modes:
+            out.append(None)
+            continue
+        p = int(torch.randint(1, n + 1, (1,), generator=gen))
+        q, _ = torch.linalg.qr(torch.randn(n, p, generator=gen, dtype=torch.float64))
+        out.append(q)
+    return out
+
+
+def _project(g, u_hats):
+    for i, u in enumerate(u_hats):
+        if u is not None:
+            g = mode_dot(g, u.t(), i)
+    return g
+
+
+@given(cfg=conv_configs(), seed=st.integers(0, 2**31 - 1), n_batches=st.integers(1, 2))
+def test_conv_galerkin_gradient_matches_autograd_of_dense_layer(cfg, seed, n_batches):
+    torch.manual_seed(seed)
+    layer, dense, _ = _make_conv(cfg)
+    layer.record_for_galerkin = True
+    for _ in range(n_batches):
+        x = torch.randn(cfg["batch"], cfg["in_channels"], *cfg["spatial"], dtype=torch.float64)
+        y = layer(x)
+        t = torch.randn_like(y)
+        (y * t).sum().backward()
+        (_run_dense(dense, x) * t).sum().backward()
+    g_ref = dense.weight.grad
+    scale = 1.0 + g_ref.abs().max().item()
+    assert (layer.full_weight_gradient() - g_ref).abs().max().item() <= 1e3 * EPS64 * scale
+    gen = torch.Generator().manual_seed(seed)
+    none_modes = {i for i in range(len(layer.weight_shape)) if seed >> i & 1}
+    u_hats = _random_projections(layer.weight_shape, gen, none_modes=none_modes)
+    got = layer.galerkin_gradient(u_hats)
+    want = _project(g_ref, u_hats)
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e3 * EPS64 * scale
+
+
+@given(seed=st.integers(0, 2**31 - 1), lead=st.lists(st.integers(1, 3), max_size=2))
+def test_linear_galerkin_gradient_is_core_gradient_in_augmented_bases(seed, lead):
+    torch.manual_seed(seed)
+    layer = TuckerLinear(7, 5, rank=2, dtype=torch.float64)
+    layer.record_for_galerkin = True
+    x = torch.randn(*lead, 7, dtype=torch.float64)
+    t = torch.randn(*lead, 5, dtype=torch.float64)
+    (layer(x) * t).sum().backward()
+    gen = torch.Generator().manual_seed(seed)
+    # augmented bases containing the current ones, as TDLRT builds them
+    u_hats = []
+    for i, n in enumerate(layer.weight_shape):
+        u = layer.factor(i).detach()
+        extra = torch.randn(n, min(2, n - u.shape[1]), generator=gen, dtype=torch.float64)
+        q, _ = torch.linalg.qr(torch.cat([u, extra], dim=1))
+        u_hats.append(q)
+    # the layer parametrised by (C_hat, U_hat) at the same weight: autograd w.r.t. C_hat
+    c_hat = _project(layer.reconstruct().detach(), u_hats).requires_grad_(True)
+    w = _project(c_hat, [u.t() for u in u_hats])
+    (torch.nn.functional.linear(x, w, layer.bias) * t).sum().backward()
+    got = layer.galerkin_gradient(u_hats)
+    assert torch.allclose(got, c_hat.grad, atol=1e3 * EPS64 * (1 + c_hat.grad.abs().max().item()))
+
+
+def test_galerkin_record_lifecycle():
+    torch.manual_seed(0)
+    layer = TuckerConv2d(3, 4, 3, rank=2, dtype=torch.float64)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="record_for_galerkin"):
+        layer.full_weight_gradient()
+    layer(x).sum().backward()  # recording off: nothing kept
+    assert layer._records == []
+    layer.record_for_galerkin = True
+    with torch.no_grad():
+        layer(x)  # no autograd: nothing to record
+    assert layer._records == []
+    layer(x).sum().backward()
+    assert len(layer._records) == 1
+    g1 = layer.full_weight_gradient()
+    layer(x).sum().backward()
+    # accumulates like .grad until cleared
+    assert torch.allclose(layer.full_weight_gradient(), 2 * g1)
+    layer.clear_galerkin_record()
+    assert layer._records == []
+    layer(x).sum().backward()
+    layer.record_for_galerkin = False
+    assert layer._records == []
+    with pytest.raises(ValueError, match="weight_shape\\[1\\]=3"):
+        layer.record_for_galerkin = True
+        layer(x).sum().backward()
+        layer.galerkin_gradient([None, torch.eye(4, dtype=torch.float64), None, None])
+    with pytest.raises(ValueError, match="4 entries"):
+        layer.galerkin_gradient([None])
+
+
+def test_set_tucker_keeps_parameter_identity_and_changes_rank():
+    torch.manual_seed(0)
+    layer = TuckerConv2d(6, 8, 3, padding=1, rank=3, dtype=torch.float64)
+    params = list(layer.parameters())
+    ids = [id(p) for p in params]
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    layer(x).sum().backward()
+    core = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    u0, _ = torch.linalg.qr(torch.randn(8, 5, dtype=torch.float64))
+    u1, _ = torch.linalg.qr(torch.randn(6, 4, dtype=torch.float64))
+    bias_grad = layer.bias.grad.clone()
+    layer.set_tucker_(core, [u0, u1, None, None])
+    assert [id(p) for p in layer.parameters()] == ids
+    assert layer.ranks == (5, 4, 3, 3)
+    assert layer.core.grad is None and layer.factor(0).grad is None  # shape changed
+    assert torch.equal(layer.bias.grad, bias_grad)
+    assert torch.equal(layer.core, core) and torch.equal(layer.factor(1), u1)
+    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], layer.parameters()))
+    want = _project(core, [u0.t(), u1.t(), None, None])
+    assert torch.allclose(layer.reconstruct(), want)
+    for mode in ("factorized", "dense"):
+        layer.forward_mode = mode
+        layer(x).sum().backward()
+    opt.step()  # the optimizer sees the resized parameters
+
+
+@pytest.mark.parametrize(
+    "core_shape, factors, match",
+    [
+        ((5, 4, 3), "ok", "core.ndim=3"),
+        ((5, 4, 3, 3), "short", "list of 4"),
+        ((5, 4, 3, 3), "full_given", "factors\\[2\\] must be None"),
+        ((5, 4, 2, 3), "ok", "core.shape\\[2\\]=2 differs"),
+        ((5, 4, 3, 3), "wrong_shape", "factors\\[0\\].shape=\\(8, 4\\)"),
+        ((5, 4, 3, 3), "float32", "dtype torch.float32"),
+        ((9, 4, 3, 3), "ok", "factors\\[0\\].shape=\\(8, 5\\)"),
+    ],
+)
+def test_set_tucker_validates_and_changes_nothing_on_error(core_shape, factors, match):
+    torch.manual_seed(0)
+    layer = TuckerConv2d(6, 8, 3, rank=3, dtype=torch.float64)
+    before = [p.detach().clone() for p in layer.parameters()]
+    core = torch.randn(core_shape, dtype=torch.float64)
+    u0 = torch.randn(8, 5, dtype=torch.float64)
+    u1 = torch.randn(6, 4, dtype=torch.float64)
+    facs = {
+        "ok": [u0, u1, None, None],
+        "short": [u0, u1],
+        "full_given": [u0, u1, torch.eye(3, dtype=torch.float64), None],
+        "wrong_shape": [torch.randn(8, 4, dtype=torch.float64), u1, None, None],
+        "float32": [u0.float(), u1, None, None],
+    }[factors]
+    with pytest.raises((ValueError, TypeError), match=match):
+        layer.set_tucker_(core, facs)
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+
+
+def test_load_state_dict_across_rank_change():
+    torch.manual_seed(0)
+    src = TuckerLinear(9, 7, rank=4, dtype=torch.float64)
+    dst = TuckerLinear(9, 7, rank=2, dtype=torch.float64)
+    ids = [id(p) for p in dst.parameters()]
+    dst.load_state_dict(src.state_dict())
+    assert dst.ranks == (4, 4)
+    assert [id(p) for p in dst.parameters()] == ids
+    assert torch.equal(dst.reconstruct(), src.reconstruct())
+    # a checkpoint of another layer shape still fails loudly
+    other = TuckerLinear(9, 6, rank=4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        dst.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_and_device_are_honoured(device, dtype):
+    layer = TuckerConv3d(4, 6, (3, 5, 5), rank=2, device=device, dtype=dtype)
+    assert layer.factorized_modes == (0, 1, 3, 4)  # 5-wide spatial modes are factorized
+    for p in layer.parameters():
+        assert p.dtype == dtype and p.device.type == torch.device(device).type
+    x = torch.randn(1, 4, 4, 6, 6, dtype=dtype, device=device)
+    assert layer(x).dtype == dtype
+    lin = TuckerLinear(5, 3, rank=2, device=device, dtype=dtype)
+    assert (
+        lin.core.dtype == dtype
+        and lin(torch.randn(2, 5, dtype=dtype, device=device)).dtype == dtype
+    )
+    with pytest.raises(TypeError, match="floating point"):
+        TuckerLinear(5, 3, rank=2, dtype=torch.int64)
+
+
+def test_initialisation_matches_torch_default_variance_with_orthonormal_factors():
+    torch.manual_seed(0)
+    layer = TuckerConv2d(64, 96, 3, rank=(16, 24, None, None))
+    for i in layer.factorized_modes:
+        u = layer.factor(i).detach()
+        assert torch.allclose(u.t() @ u, torch.eye(u.shape[1]), atol=1e-5)
+    w = layer.reconstruct().detach()
+    fan_in = 64 * 9
+    # torch's kaiming_uniform_(a=sqrt(5)) has variance 1/(3 fan_in); the mean of 96*64*9
+    # squared entries of a Gaussian core of 16*24*9 entries is within ~5 % (chi-square)
+    ratio = w.pow(2).mean().item() * 3 * fan_in
+    assert abs(ratio - 1.0) < 0.15
+    bound = 1 / math.sqrt(fan_in)
+    assert layer.bias.abs().max().item() <= bound
+
+
+def test_rank_arguments():
+    assert TuckerLinear(10, 4, rank=8).ranks == (4, 4)  # int caps, lowered to a valid rank
+    assert TuckerLinear(10, 4, rank=0.5).ranks == (2, 2)
+    assert TuckerConv2d(8, 16, 3, rank=0.25).ranks == (4, 2, 3, 3)
+    assert TuckerConv2d(8, 16, 1, rank=4).factorized_modes == (0, 1)  # size-1 modes are full
+    assert TuckerConv2d(8, 16, 3, rank=2, keep_full="none").ranks == (2, 2, 2, 2)
+    assert TuckerConv2d(8, 16, 3, rank=(4, None, None, None), keep_full=(1, 2, 3)).ranks == (
+        4,
+        8,
+        3,
+        3,
+    )
+    with pytest.raises(ValueError, match="rank\\[0\\]=17 exceeds weight_shape\\[0\\]=16"):
+        TuckerConv2d(8, 16, 3, rank=(17, 4, None, None))
+    with pytest.raises(ValueError, match="mode 2 is kept full"):
+        TuckerConv2d(8, 16, 3, rank=(4, 4, 2, None))
+    with pytest.raises(ValueError, match="product of the other ranks"):
+        TuckerLinear(10, 4, rank=(3, 2))
+    with pytest.raises(ValueError, match="fraction"):
+        TuckerLinear(10, 4, rank=1.5)
+    with pytest.raises(ValueError, match="4 modes"):
+        TuckerConv2d(8, 16, 3, rank=(4, 4))
+    with pytest.raises(ValueError, match="keep_full contains mode 5"):
+        TuckerConv2d(8, 16, 3, rank=2, keep_full=(5,))
+    with pytest.raises(ValueError, match="divisible by groups=3"):
+        TuckerConv2d(8, 16, 3, groups=3, rank=2)
+    with pytest.raises(ValueError, match="stride 1"):
+        TuckerConv2d(8, 16, 3, stride=2, padding="same", rank=2)
+    with pytest.raises(ValueError, match="padding_mode='mirror'"):
+        TuckerConv2d(8, 16, 3, padding_mode="mirror", rank=2)
+    with pytest.raises(ValueError, match="forward_mode='fast'"):
+        TuckerLinear(10, 4, rank=2).forward_mode = "fast"
+
+
+def test_auto_mode_takes_the_cheaper_path(monkeypatch):
+    low = TuckerConv2d(64, 64, 3, padding=1, rank=4)
+    full = TuckerConv2d(64, 64, 3, padding=1, rank=64)
+    # batch large enough that assembling the dense kernel does not dominate
+    x = torch.randn(16, 64, 8, 8)
+    assert low.forward_flops(x.shape)["factorized"] < low.forward_flops(x.shape)["dense"]
+    assert full.forward_flops(x.shape)["factorized"] > full.forward_flops(x.shape)["dense"]
+    calls = []
+    for layer in (low, full):
+        monkeypatch.setattr(layer, "_forward_dense", lambda x, c=calls: c.append("dense"))
+        monkeypatch.setattr(layer, "_forward_factorized", lambda x, c=calls: c.append("fact"))
+        layer(x)
+    assert calls == ["fact", "dense"]
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_from_dense_recovers_low_rank_weight_and_honours_rtol(nd):
+    torch.manual_seed(nd)
+    cls, dense_cls = CONVS[nd]
+    k = (5,) + (3,) * (nd - 1)
+    dense = dense_cls(6, 8, k, padding=1, dtype=torch.float64)
+    layer = cls(6, 8, k, padding=1, rank=(3, 2, 2) + (None,) * (nd - 1), dtype=torch.float64)
+    with torch.no_grad():
+        dense.weight.copy_(layer.reconstruct())
+    rebuilt = cls.from_dense(dense, rtol=1e-10)
+    assert rebuilt.ranks == layer.ranks
+    assert torch.allclose(rebuilt.reconstruct(), dense.weight, atol=1e-12)
+    assert torch.equal(rebuilt.bias, dense.bias)
+    assert rebuilt.padding == dense.padding and rebuilt.stride == dense.stride
+    # a noisy weight: the tolerance bounds the relative error
+    with torch.no_grad():
+        dense.weight.add_(0.1 * torch.randn_like(dense.weight))
+    for rtol in (0.05, 0.3, 0.7):
+        approx = cls.from_dense(dense, rtol=rtol)
+        err = torch.linalg.vector_norm(approx.reconstruct() - dense.weight)
+        assert err <= rtol * torch.linalg.vector_norm(dense.weight) * (1 + 1e-12)
+    fixed = cls.from_dense(dense, rank=2)
+    assert fixed.ranks[:2] == (2, 2)
+    with pytest.raises(ValueError, match="exactly one"):
+        cls.from_dense(dense, rank=2, rtol=0.1)
+
+
+def test_linear_from_dense():
+    torch.manual_seed(0)
+    dense = nn.Linear(12, 9, dtype=torch.float64)
+    exact = TuckerLinear.from_dense(dense, rtol=0.0)
+    assert exact.ranks == (9, 9)
+    x = torch.randn(3, 12, dtype=torch.float64)
+    assert torch.allclose(exact(x), dense(x), atol=1e-12)
+    half = TuckerLinear.from_dense(dense, rank=4, keep_full=(1,))
+    assert half.factorized_modes == (0,) and half.ranks == (4, 12)
+    s = torch.linalg.svdvals(dense.weight.detach())
+    err = torch.linalg.matrix_norm(half.reconstruct() - dense.weight)
+    # best rank-4 approximation of the rows (Eckart-Young)
+    assert torch.allclose(err, s[4:].pow(2).sum().sqrt(), rtol=1e-10)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        TuckerLinear.from_dense(nn.Conv1d(3, 3, 1), rank=1)
