@@ -340,16 +340,15 @@ class TuckerLayer(nn.Module):
         Notes
         -----
         Validates everything first and changes nothing on error. A Parameter whose shape
-        changes loses its ``.grad`` (it no longer fits); optimizer state is the optimizer's
-        business. Orthonormality of the factors is the caller's responsibility.
+        changes loses its ``.grad`` (it no longer fits) and autograd's cached accumulator
+        (so graphs still alive from before do not pin the old shape); optimizer state is the
+        optimizer's business. Orthonormality of the factors is the caller's responsibility.
         """
         self._check_tucker(core, factors)
         params = [self.core, *self.factors]
         news = [core] + [factors[i] for i in self.factorized_modes]
         for p, new in zip(params, news):
-            if p.grad is not None and p.grad.shape != new.shape:
-                p.grad = None
-            p.data = new.detach()
+            _assign(p, new.detach())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints of other ranks: resize the (same) Parameters before torch copies into them
@@ -366,8 +365,7 @@ class TuckerLayer(nn.Module):
                 ref = self.core
                 with torch.no_grad():
                     for p, src in zip([self.core, *self.factors], [core, *facs]):
-                        p.grad = None
-                        p.data = torch.empty(src.shape, dtype=ref.dtype, device=ref.device)
+                        _assign(p, torch.empty(src.shape, dtype=ref.dtype, device=ref.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------------------------------
@@ -490,6 +488,24 @@ class TuckerLayer(nn.Module):
 
     def _projected_weight_grad(self, x, grad_out, U_hats):
         raise NotImplementedError
+
+
+def _assign(param, data):
+    """``param.data = data``; on a shape change also drop ``.grad`` and autograd's cached
+    gradient accumulator.
+
+    Autograd keeps one accumulator node per leaf, which remembers the leaf's shape while any
+    graph (e.g. the previous iteration's loss) refers to it; the next backward would reject
+    gradients of the new shape. Assigning data of another dtype is the public way to make
+    PyTorch drop that cache.
+    """
+    if tuple(param.shape) == tuple(data.shape):
+        param.data = data
+        return
+    param.grad = None
+    other = torch.float32 if data.dtype == torch.float64 else torch.float64
+    param.data = torch.empty(0, dtype=other, device=data.device)
+    param.data = data
 
 
 class _RecordGrad:
