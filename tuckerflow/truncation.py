@@ -255,42 +255,55 @@ def _default_order(shape, spec):
     return sorted(range(d), key=lambda i: (-shape[i] / target[i], -shape[i], i))
 
 
+def _choose_rank(s_host, spec, i, budget2, margin2):
+    """Rank and discarded squared norm of mode ``i`` from its singular values."""
+    if spec.fixed is not None:
+        r = min(spec.fixed[i], s_host.size)
+    elif spec.by_tolerance:
+        return select_rank(
+            s_host, budget2, min_rank=spec.min_rank[i], max_rank=spec.max_rank[i], margin2=margin2
+        )
+    else:
+        r = min(max(spec.max_rank[i], spec.min_rank[i]), s_host.size)
+    return r, float(np.sum(s_host[r:] ** 2))
+
+
 def _mode_factor(unfolded, spec, i, budget2, method, rng):
-    """Factor and rank of one mode: returns (u_r, rank, tail2, s_host, method_used)."""
+    """Factor and rank of one mode: returns (u_r, rank, tail2, s_host, method_used).
+
+    ``method="auto"`` on a wide unfolding tries the Gram path first (one matrix product and
+    a small ``eigh``). Its eigenvalues carry an absolute error of about
+    ``round2 = m · eps64 · ‖A‖²``; the result is kept only when the error this mode may
+    commit (the tolerance budget) or does commit (the tail at a fixed rank) exceeds
+    ``GRAM_SAFETY · round2``, so that the Gram path's round-off cannot be seen in the
+    result. Otherwise the mode is recomputed by the accurate QR path.
+    """
     m, n = tl.shape(unfolded)
     rank_hint = spec.fixed[i] if spec.fixed is not None else spec.max_rank[i]
-    used = method
-    margin2 = 0.0
-    if method == "auto":
-        used = "qr" if m < n else "svd"
-        if spec.by_tolerance and m < n:
-            norm2 = float(_to_host(tl.norm(unfolded))) ** 2
-            margin2 = 10.0 * m * np.finfo(np.float64).eps * norm2
-            if budget2 > GRAM_SAFETY * m * np.finfo(np.float64).eps * norm2:
-                used = "gram"
-            else:
-                margin2 = 0.0
-    elif method == "gram":
-        norm2 = float(_to_host(tl.norm(unfolded))) ** 2
-        margin2 = 10.0 * m * np.finfo(np.float64).eps * norm2
+    eps64 = float(np.finfo(np.float64).eps)
+    if method == "auto" and m < n:
+        u, s = left_singular(unfolded, method="gram")
+        s_host = _to_host(s)
+        round2 = m * eps64 * float(np.sum(s_host**2))
+        if spec.by_tolerance:
+            if budget2 > GRAM_SAFETY * round2:
+                r, tail2 = _choose_rank(s_host, spec, i, budget2, 10.0 * round2)
+                return u[:, :r], r, tail2, s_host, "gram"
+        else:
+            r, tail2 = _choose_rank(s_host, spec, i, budget2, 0.0)
+            if tail2 > GRAM_SAFETY * round2:
+                return u[:, :r], r, tail2, s_host, "gram"
+        used = "qr"
+    elif method == "auto":
+        used = "svd"
+    else:
+        used = method
     if used == "randomized" and spec.by_tolerance and spec.max_rank[i] >= min(m, n):
         used = "qr"  # a tolerance needs every singular value; nothing caps the rank
     u, s = left_singular(unfolded, method=used, rank_hint=rank_hint, rng=rng)
     s_host = _to_host(s)
-    if spec.fixed is not None:
-        r = min(spec.fixed[i], s_host.size)
-        tail2 = float(np.sum(s_host[r:] ** 2))
-    elif spec.by_tolerance:
-        r, tail2 = select_rank(
-            s_host,
-            budget2,
-            min_rank=spec.min_rank[i],
-            max_rank=spec.max_rank[i],
-            margin2=margin2,
-        )
-    else:
-        r = min(max(spec.max_rank[i], spec.min_rank[i]), s_host.size)
-        tail2 = float(np.sum(s_host[r:] ** 2))
+    margin2 = 10.0 * m * eps64 * float(np.sum(s_host**2)) if used == "gram" else 0.0
+    r, tail2 = _choose_rank(s_host, spec, i, budget2, margin2)
     if used == "randomized":
         # only leading values are known: the tail is what the norm leaves over
         norm2 = float(_to_host(tl.norm(unfolded))) ** 2
