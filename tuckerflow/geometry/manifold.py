@@ -143,7 +143,7 @@ class FixedRankTucker:
         tol = 100.0 * eps(u.dcore) * max(self.shape)
         g = u.gauge_error()
         if not g <= tol:
-            return False, f"u violates the gauge: max_i ‖U_iᴴ δK_i‖/‖δK_i‖={g:.3g} > {tol:.3g}"
+            return False, f"u violates the gauge: max_i ‖U_iᴴ δK_i‖/‖u‖={g:.3g} > {tol:.3g}"
         return True, ""
 
     def assert_check_vector_on_tangent(self, x, u):

@@ -232,12 +232,17 @@ class TuckerTangent:
         return tl.sqrt(out)
 
     def gauge_error(self) -> float:
-        """``max_i ‖U_iᴴ δK_i‖ / ‖δK_i‖`` (0 for a zero vector): the gauge to round-off."""
+        """``max_i ‖U_iᴴ δK_i‖ / ‖ξ‖`` (0 for the zero vector): the gauge, to round-off.
+
+        Measured against the whole vector, so a mode whose component is only round-off
+        (e.g. ``r_i = n_i``, where ``δK_i`` must vanish) does not count as a violation.
+        """
+        total = to_float(self.norm())
+        if total == 0:
+            return 0.0
         worst = 0.0
         for u, k in zip(self.point.factors, self._dk):
-            nk = to_float(tl.norm(k))
-            if nk > 0:
-                worst = max(worst, to_float(tl.norm(tl.dot(conj_t(u), k))) / nk)
+            worst = max(worst, to_float(tl.norm(tl.dot(conj_t(u), k))) / total)
         return worst
 
     # -- embeddings --------------------------------------------------------------------------
