@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["is_tucker_layer", "resize_like", "tucker_layers", "unwrap_model"]
+__all__ = ["is_tucker_layer", "resize_like", "set_tucker", "tucker_layers", "unwrap_model"]
 
 _REQUIRED = ("core", "factors", "factorized_modes", "factor", "set_tucker_", "weight_shape")
 
@@ -25,6 +25,32 @@ def unwrap_model(model):
 def tucker_layers(model) -> dict:
     """``{qualified name: layer}`` for every Tucker layer of ``model``, in module order."""
     return {name: m for name, m in unwrap_model(model).named_modules() if is_tucker_layer(m)}
+
+
+def _refresh_grad_accumulator(p):
+    """Drop the cached gradient accumulator of a parameter whose shape changed.
+
+    Autograd caches one accumulator node per leaf, holding the leaf's shape, for as long as
+    any graph refers to it; a loss tensor from the previous iteration keeps it alive, and the
+    next backward would then reject gradients of the new shape. Assigning ``.data`` of
+    another dtype is the public way to make PyTorch reset that cache.
+    """
+    import torch
+
+    data = p.data
+    other = torch.float32 if data.dtype == torch.float64 else torch.float64
+    p.data = torch.empty(0, dtype=other, device=data.device)
+    p.data = data
+
+
+def set_tucker(layer, core, factors):
+    """``layer.set_tucker_(core, factors)``, then make autograd accept the new shapes."""
+    params = [layer.core, *layer.factors]
+    before = [tuple(p.shape) for p in params]
+    layer.set_tucker_(core, factors)
+    for p, shape in zip(params, before):
+        if tuple(p.shape) != shape:
+            _refresh_grad_accumulator(p)
 
 
 def _strip_prefix(state_dict):
@@ -73,4 +99,4 @@ def resize_like(model, state_dict):
             if fkey not in sd:
                 raise KeyError(f"state_dict has no entry {fkey!r} for the Tucker layer {name!r}")
             factors[mode] = sd[fkey].detach().to(device=ref.device, dtype=ref.dtype).clone()
-        layer.set_tucker_(core, factors)
+        set_tucker(layer, core, factors)

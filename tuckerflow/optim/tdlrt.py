@@ -13,7 +13,7 @@ import tensorly as tl
 
 from ..dlra import truncate_core
 from .basis import kstep_bases
-from .layers import tucker_layers
+from .layers import set_tucker, tucker_layers
 from .transport import mode_products, transport_state
 
 __all__ = ["NonFiniteGradientError", "TDLRT", "ddp_ignore_tucker_parameters"]
@@ -434,7 +434,7 @@ class TDLRT:
                 else torch.eye(s[0], dtype=ref.dtype, device=ref.device)[:, : s[1]]
                 for s in want["factors"]
             ]
-            layer.set_tucker_(core, factors)
+            set_tucker(layer, core, factors)
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._steps = int(state_dict.get("steps", 0))
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
@@ -550,7 +550,7 @@ class TDLRT:
             saved[name] = (ref.detach().clone(), old_factors, entries)
             new_factors = [None if u is None else u.to(ref.dtype) for u in U_hats]
             old_shape = tuple(ref.shape)
-            layer.set_tucker_(c_hat.to(ref.dtype), new_factors)
+            set_tucker(layer, c_hat.to(ref.dtype), new_factors)
             if ref in entries:
                 opt_state[ref] = transport_state(entries[ref], old_shape, M_hats)
             for p in layer.factors:
@@ -561,7 +561,7 @@ class TDLRT:
         opt_state = self.optimizer.state
         for name, (core, factors, entries) in saved.items():
             layer = self._layers[name]
-            layer.set_tucker_(core, factors)
+            set_tucker(layer, core, factors)
             for p in [layer.core, *layer.factors]:
                 opt_state.pop(p, None)
             for p, entry in entries.items():
@@ -634,7 +634,7 @@ class TDLRT:
                 None if U_hats[i] is None else new.factors[i].to(ref.dtype)
                 for i in range(len(U_hats))
             ]
-            layer.set_tucker_(new.core.to(ref.dtype), factors)
+            set_tucker(layer, new.core.to(ref.dtype), factors)
             if ref in opt_state:
                 mats = [None if p is None else p.conj().T for p in P_list]
                 opt_state[ref] = transport_state(opt_state[ref], old_shape, mats)

@@ -1,0 +1,418 @@
+"""TDLRT end to end: facts of algorithms.md §5, any torch.optim optimizer, state transport,
+checkpoints across rank changes, non-finite gradients, autocast, bad input."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_optim_helpers import WeightTucker, tucker_tensor
+from torch import nn
+
+import tuckerflow.nn as tnn
+from tuckerflow import validate_rank
+from tuckerflow.optim import TDLRT, NonFiniteGradientError, resize_like
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.2),
+    "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=1e-2),
+}
+
+
+def conv_net(seed=0, *, dtype=torch.float64, ranks=(4, 3)):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        tnn.TuckerConv2d(3, 6, 3, padding=1, rank=ranks[0], keep_full="none", dtype=dtype),
+        nn.ReLU(),
+        nn.Flatten(),
+        tnn.TuckerLinear(6 * 5 * 5, 4, rank=ranks[1], dtype=dtype),
+    )
+
+
+def data(seed=0, *, n=24, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 5, 5, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return x, y
+
+
+def make_closure(model, opt, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def tucker_modules(model):
+    return [m for m in model.modules() if isinstance(m, tnn.TuckerLayer)]
+
+
+def snapshot(model, opt):
+    params = [p.detach().clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+    return params, state
+
+
+def assert_same_snapshot(a, b):
+    for p, q in zip(a[0], b[0]):
+        assert p.shape == q.shape and torch.equal(p, q)
+    sa, sb = a[1]["state"], b[1]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for key, val in sa[k].items():
+            other = sb[k][key]
+            if isinstance(val, torch.Tensor):
+                assert val.shape == other.shape and torch.equal(val, other)
+            else:
+                assert val == other
+
+
+# ------------------------------------------------------------------------- facts of §5
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-8])
+def test_rank_recovery_on_a_quadratic_loss(scale):
+    rho = (3, 2, 2)
+    A = tucker_tensor((8, 6, 5), rho, seed=1)
+    layer = WeightTucker((8, 6, 5), (1, 1, 1), seed=3, scale=scale)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    tdlrt = TDLRT(layer, opt, tau=1e-3)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = 0.5 * ((layer() - A) ** 2).sum()
+        loss.backward()
+        tdlrt.step()
+        losses.append(float(loss.detach()))
+    assert tdlrt.ranks()[""] == rho
+    # the error contracts by (1 − λ) = 1/2 per step once the subspaces are found; 30 steps
+    # from O(1) bring the loss to ~1e-16 · ‖A‖², far below this threshold
+    assert losses[-1] <= 1e-12 * float((A**2).sum())
+
+
+def test_tiny_core_converges_like_a_unit_core():
+    A = tucker_tensor((7, 6, 5), (2, 3, 2), seed=4)
+    curves = {}
+    for scale in (1.0, 1e-8):
+        layer = WeightTucker((7, 6, 5), (2, 2, 2), seed=5, scale=scale)
+        opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+        tdlrt = TDLRT(layer, opt, tau=1e-4)
+        curve = []
+        for _ in range(20):
+            opt.zero_grad()
+            loss = 0.5 * ((layer() - A) ** 2).sum()
+            loss.backward()
+            tdlrt.step()
+            curve.append(float(loss.detach()))
+        curves[scale] = curve
+    a, b = curves[1.0], curves[1e-8]
+    # same linear rate: after the subspaces are found the loss falls by 4 per step in both
+    # runs; the curves differ only by the initial loss (tiny core: loss starts at ½‖A‖²)
+    for k in range(8, 19):
+        assert b[k + 1] / b[k] == pytest.approx(0.25, rel=0.2)
+        assert a[k + 1] / a[k] == pytest.approx(0.25, rel=0.2)
+    assert b[-1] <= 10 * a[-1] + 1e-20
+
+
+@pytest.mark.parametrize("opt_name", ["sgd-momentum", "adam"])
+def test_one_pass_equals_two_pass_on_the_same_batch(opt_name):
+    base = conv_net(1)
+    x, y = data(1)
+    weights = {}
+    for mode in ("one-pass", "two-pass"):
+        model = copy.deepcopy(base)
+        opt = OPTIMIZERS[opt_name](model.parameters())
+        tdlrt = TDLRT(model, opt, tau=0.2, mode=mode)
+        for _ in range(2):
+            tdlrt.step(make_closure(model, opt, x, y))
+        weights[mode] = (
+            [m.reconstruct().detach() for m in tucker_modules(model)],
+            [p.detach() for n, p in model.named_parameters() if n.endswith("bias")],
+            tdlrt.ranks(),
+        )
+    (w1, b1, r1), (w2, b2, r2) = weights["one-pass"], weights["two-pass"]
+    assert r1 == r2
+    # both forms evaluate the same gradient at the same weights (Ĉ ×_i Û_i = Y to round-off);
+    # round-off (~1e-16) is amplified by the SVDs of the truncation by at most ~1e4 here
+    for a, b in zip(w1 + b1, w2 + b2):
+        assert torch.linalg.norm(a - b) <= 1e-11 * torch.linalg.norm(a)
+
+
+# ------------------------------------------------------------------------- optimizers
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_any_optimizer_trains_and_keeps_parameter_identity(opt_name):
+    model = conv_net(2)
+    x, y = data(2)
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    tdlrt = TDLRT(model, opt, tau=0.3)
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    layers = tucker_modules(model)
+    cores = [layer.core for layer in layers]
+    closure = make_closure(model, opt, x, y)
+    seen = {tuple(tdlrt.ranks().values())}
+    first = float(tdlrt.step(closure).detach())
+    seen.add(tuple(tdlrt.ranks().values()))
+    for _ in range(7):
+        loss = float(tdlrt.step(closure).detach())
+        sched.step()
+        seen.add(tuple(tdlrt.ranks().values()))
+    assert loss < first
+    assert len(seen) > 1  # ranks did change: the transport was exercised
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == ids
+    assert all(layer.core is c for layer, c in zip(layers, cores))
+    for name, rank in tdlrt.ranks().items():
+        layer = dict(model.named_modules())[name]
+        validate_rank(layer.weight_shape, rank)
+        for u in layer.factors:
+            eye = torch.eye(u.shape[1], dtype=u.dtype)
+            assert torch.allclose(u.T @ u, eye, atol=1e-12)
+    for p in model.parameters():
+        for key, value in opt.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                assert value.shape == p.shape, key
+                assert bool(torch.isfinite(value).all()), key
+    assert all(len(opt.state.get(u, {})) == 0 for layer in layers for u in layer.factors)
+
+
+def _weight_gradient(model, x, y, layer_index):
+    """Dense weight gradient of one Tucker layer at the current weights (on a copy)."""
+    twin = copy.deepcopy(model)
+    layer = tucker_modules(twin)[layer_index]
+    layer.record_for_galerkin = True
+    F.cross_entropy(twin(x), y).backward()
+    return layer.full_weight_gradient().detach()
+
+
+def test_momentum_is_carried_across_basis_and_rank_changes():
+    model = conv_net(3)
+    x, y = data(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tdlrt = TDLRT(model, opt, tau=0.1)
+    closure = make_closure(model, opt, x, y)
+    tdlrt.step(closure)
+    layer = tucker_modules(model)[1]
+    U0, U1 = (u.detach().clone() for u in layer.factors)
+    old = U0 @ opt.state[layer.core]["momentum_buffer"] @ U1.T  # the buffer in weight space
+    G = _weight_gradient(model, x, y, 1)
+    tdlrt.step(closure)
+    V0, V1 = (u.detach() for u in layer.factors)
+    new = V0 @ opt.state[layer.core]["momentum_buffer"] @ V1.T
+    # exact transport at augmentation (Û ⊇ U) and projection at truncation give, in weight
+    # space, buf' = Π(0.9 · buf + G) with Π the projection onto the new bases
+    expected = V0 @ V0.T @ (0.9 * old + G) @ V1 @ V1.T
+    assert torch.linalg.norm(new - expected) <= 1e-12 * torch.linalg.norm(expected)
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def test_state_dict_round_trip_across_rank_changes():
+    model = conv_net(4)
+    x, y = data(4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tdlrt = TDLRT(model, opt, tau=0.3)
+    for _ in range(3):
+        tdlrt.step(make_closure(model, opt, x, y))
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "tdlrt": tdlrt.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
+
+    fresh = conv_net(5, ranks=(2, 2))
+    opt2 = torch.optim.Adam(fresh.parameters(), lr=1e-2)
+    tdlrt2 = TDLRT(fresh, opt2, tau=0.3)
+    ids = [id(p) for p in fresh.parameters()]
+    resize_like(fresh, ckpt["model"])
+    fresh.load_state_dict(ckpt["model"])
+    tdlrt2.load_state_dict(ckpt["tdlrt"])
+    assert tdlrt2.ranks() == tdlrt.ranks()
+    assert [id(p) for p in fresh.parameters()] == ids
+    assert_same_snapshot(snapshot(model, opt), snapshot(fresh, opt2))
+    x2, y2 = data(6)
+    for _ in range(2):
+        tdlrt.step(make_closure(model, opt, x2, y2))
+        tdlrt2.step(make_closure(fresh, opt2, x2, y2))
+    assert tdlrt2.ranks() == tdlrt.ranks()
+    assert_same_snapshot(snapshot(model, opt), snapshot(fresh, opt2))
+
+
+def test_load_state_dict_resizes_before_the_model_is_loaded():
+    model = conv_net(7)
+    x, y = data(7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tdlrt = TDLRT(model, opt, tau=0.3)
+    for _ in range(2):
+        tdlrt.step(make_closure(model, opt, x, y))
+    fresh = conv_net(8, ranks=(3, 4))
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    tdlrt2 = TDLRT(fresh, opt2, tau=0.3)
+    tdlrt2.load_state_dict(tdlrt.state_dict())
+    fresh.load_state_dict(model.state_dict())
+    assert_same_snapshot(snapshot(model, opt), snapshot(fresh, opt2))
+    assert tdlrt2.steps == tdlrt.steps == 2
+
+
+def test_load_state_dict_of_another_model_is_rejected_and_changes_nothing():
+    model = conv_net(9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tdlrt = TDLRT(model, opt)
+    other = nn.Sequential(tnn.TuckerLinear(4, 4, rank=2, dtype=torch.float64))
+    sd = TDLRT(other, torch.optim.SGD(other.parameters(), lr=0.1)).state_dict()
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match="Tucker layers"):
+        tdlrt.load_state_dict(sd)
+    assert_same_snapshot(before, snapshot(model, opt))
+
+
+# ------------------------------------------------------------------------- robustness
+
+
+@pytest.mark.parametrize("mode", ["one-pass", "two-pass"])
+def test_nonfinite_gradient_leaves_everything_unchanged(mode):
+    model = conv_net(10)
+    x, y = data(10)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tdlrt = TDLRT(model, opt, tau=0.2, mode=mode)
+    tdlrt.step(make_closure(model, opt, x, y))
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    before = snapshot(model, opt)
+    ranks = tdlrt.ranks()
+    with pytest.raises(NonFiniteGradientError):
+        tdlrt.step(make_closure(model, opt, bad, y))
+    assert_same_snapshot(before, snapshot(model, opt))
+    assert tdlrt.ranks() == ranks and tdlrt.steps == 1
+
+    tdlrt.on_nonfinite = "skip"
+    assert tdlrt.step(make_closure(model, opt, bad, y)) is None
+    assert_same_snapshot(before, snapshot(model, opt))
+    assert tdlrt.skipped_steps == 1
+    # and training goes on afterwards
+    tdlrt.step(make_closure(model, opt, x, y))
+    assert tdlrt.steps == 2
+
+
+def test_frozen_ranks_take_fixed_rank_steps():
+    model = conv_net(11)
+    x, y = data(11)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    tdlrt = TDLRT(model, opt, tau=0.5)
+    tdlrt.freeze_ranks()
+    ranks = tdlrt.ranks()
+    layer = tucker_modules(model)[0]
+    U0 = layer.factor(0).detach().clone()
+    for _ in range(3):
+        tdlrt.step(make_closure(model, opt, x, y))
+    assert tdlrt.ranks() == ranks and tdlrt.frozen
+    U1 = layer.factor(0).detach()
+    assert not torch.allclose(U0, U1)  # the basis moves (BUG), only the rank is fixed
+    assert torch.allclose(U1.T @ U1, torch.eye(U1.shape[1], dtype=U1.dtype), atol=1e-12)
+
+
+def test_rank_cap_falls_back_to_moving_fixed_rank_bases():
+    model = conv_net(12, ranks=(2, 2))
+    x, y = data(12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    tdlrt = TDLRT(model, opt, tau=1e-6, max_rank=2)
+    layer = tucker_modules(model)[1]
+    U0 = layer.factor(1).detach().clone()
+    for _ in range(3):
+        tdlrt.step(make_closure(model, opt, x, y))
+    for name, rank in tdlrt.ranks().items():
+        assert max(rank) <= 2, name
+    U1 = layer.factor(1).detach()
+    overlap = torch.linalg.svdvals(U0.T @ U1)
+    assert float(overlap.min()) < 1 - 1e-6  # the capped basis is not frozen
+
+
+def test_update_every_amortizes_basis_updates():
+    model = conv_net(13)
+    x, y = data(13)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tdlrt = TDLRT(model, opt, tau=0.2, update_every=3)
+    layer = tucker_modules(model)[0]
+    closure = make_closure(model, opt, x, y)
+    tdlrt.step(closure)
+    U, C = layer.factor(0).detach().clone(), layer.core.detach().clone()
+    tdlrt.step(closure)
+    assert torch.equal(layer.factor(0).detach(), U)  # in between: core steps only
+    assert not torch.equal(layer.core.detach(), C)
+    tdlrt.step(closure)
+    tdlrt.step(closure)  # step 3: augmentation and truncation again
+    assert layer.factor(0).shape != U.shape or not torch.equal(layer.factor(0).detach(), U)
+
+
+def test_bf16_autocast_on_cpu():
+    torch.manual_seed(14)
+    model = nn.Sequential(
+        tnn.TuckerConv2d(3, 6, 3, padding=1, rank=4),
+        nn.ReLU(),
+        nn.Flatten(),
+        tnn.TuckerLinear(6 * 5 * 5, 4, rank=3),
+    )
+    for layer in tucker_modules(model):
+        layer.forward_mode = "factorized"
+    x, y = data(14, dtype=torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    tdlrt = TDLRT(model, opt, tau=0.2)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            tdlrt.step()  # called inside the autocast region on purpose
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    for layer in tucker_modules(model):
+        assert layer.core.dtype == torch.float32
+        assert all(bool(torch.isfinite(p).all()) for p in layer.parameters())
+        u = layer.factor(0).detach()
+        # small linear algebra in float32: orthonormal to float32 round-off
+        assert torch.allclose(u.T @ u, torch.eye(u.shape[1]), atol=1e-5)
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0, -0.1, 1.5, float("nan")])
+def test_tau_outside_the_open_unit_interval_is_rejected(tau):
+    model = conv_net(0)
+    with pytest.raises(ValueError, match="tau"):
+        TDLRT(model, torch.optim.SGD(model.parameters(), lr=0.1), tau=tau)
+
+
+def test_bad_options_are_rejected_with_clear_messages():
+    model = conv_net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"max_rank\[0\]=9 for layer '3' exceeds the size 4"):
+        TDLRT(model, opt, max_rank={"3": (9, 9)})
+    with pytest.raises(ValueError, match="min_rank"):
+        TDLRT(model, opt, min_rank=3, max_rank=2)
+    with pytest.raises(ValueError, match="not Tucker layers"):
+        TDLRT(model, opt, max_rank={"nope": 2})
+    with pytest.raises(ValueError, match="mode="):
+        TDLRT(model, opt, mode="three-pass")
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        TDLRT(model, opt, on_nonfinite="ignore")
+    with pytest.raises(ValueError, match="update_every"):
+        TDLRT(model, opt, update_every=0)
+    with pytest.raises(ValueError, match="no Tucker layers"):
+        TDLRT(nn.Linear(2, 2), opt)
+    head_only = torch.optim.SGD(model[3].parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="not among the optimizer's parameters"):
+        TDLRT(model, head_only)
+    two = TDLRT(model, opt, mode="two-pass")
+    with pytest.raises(ValueError, match="closure"):
+        two.step()

@@ -1,0 +1,93 @@
+"""The optimizer-state transport rule across basis and rank changes."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tuckerflow.optim import (
+    NONNEGATIVE_STATE_KEYS,
+    transport_linear,
+    transport_nonnegative,
+    transport_state,
+)
+
+
+@st.composite
+def state_and_bases(draw):
+    d = draw(st.integers(1, 4))
+    old = [draw(st.integers(1, 4)) for _ in range(d)]
+    new = [draw(st.integers(1, 5)) for _ in range(d)]
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    mats = []
+    for a, b in zip(old, new):
+        # B = U'ᴴ U with orthonormal U (n × a) and U' (n × b): rows of norm at most one
+        n = a + b
+        u = torch.linalg.qr(torch.randn(n, a, generator=g, dtype=torch.float64))[0]
+        w = torch.linalg.qr(torch.randn(n, b, generator=g, dtype=torch.float64))[0]
+        mats.append(w.T @ u)
+    m = torch.randn(old, generator=g, dtype=torch.float64)
+    v = torch.rand(old, generator=g, dtype=torch.float64)
+    return m, v, mats
+
+
+@given(case=state_and_bases())
+def test_linear_transport_is_the_mode_product(case):
+    m, _, mats = case
+    out = transport_linear(m, mats)
+    expected = m
+    for i, b in enumerate(mats):
+        expected = torch.movedim(torch.tensordot(b, expected, dims=([1], [i])), 0, i)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-13)
+    assert out.shape == tuple(b.shape[0] for b in mats)
+
+
+@given(case=state_and_bases())
+def test_second_moments_stay_nonnegative_finite_and_bounded(case):
+    _, v, mats = case
+    out = transport_nonnegative(v, mats)
+    assert out.shape == tuple(b.shape[0] for b in mats)
+    assert bool(torch.isfinite(out).all())
+    assert float(out.min()) >= 0.0
+    # a convex mixture of old variances and their mean never exceeds the old maximum
+    assert float(out.max()) <= float(v.max()) * (1 + 1e-12)
+
+
+def test_augmentation_pads_first_moments_with_zeros_and_second_with_the_mean():
+    m = torch.arange(6.0, dtype=torch.float64).reshape(2, 3)
+    v = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0]], dtype=torch.float64)
+    B0, B1 = torch.eye(4, 2, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    mo = transport_linear(m, [B0, B1])
+    assert torch.equal(mo[:2], m) and torch.equal(mo[2:], torch.zeros(2, 3, dtype=m.dtype))
+    vo = transport_nonnegative(v, [B0, B1])
+    assert torch.equal(vo[:2], v)
+    assert torch.allclose(vo[2:], torch.full((2, 3), float(v.mean()), dtype=v.dtype))
+
+
+def test_truncation_with_a_permutation_permutes_second_moments_exactly():
+    v = torch.rand(3, 4, dtype=torch.float64)
+    perm = torch.eye(3, dtype=torch.float64)[[2, 0, 1]]
+    out = transport_nonnegative(v, [perm, None])
+    assert torch.allclose(out, v[[2, 0, 1]], rtol=0, atol=1e-15)
+
+
+def test_state_dict_transport_keeps_counters_and_foreign_shapes():
+    shape = (2, 3)
+    state = {
+        "step": torch.tensor(7.0),
+        "exp_avg": torch.ones(shape),
+        "exp_avg_sq": torch.full(shape, 4.0),
+        "other_shape": torch.ones(5),
+        "lr_factor": 0.5,
+    }
+    B = [torch.eye(3, 2), None]
+    out = transport_state(state, shape, B)
+    assert out["step"] is state["step"] and out["other_shape"] is state["other_shape"]
+    assert out["lr_factor"] == 0.5
+    assert out["exp_avg"].shape == (3, 3) and out["exp_avg_sq"].shape == (3, 3)
+    assert float(out["exp_avg"][2].abs().max()) == 0.0
+    assert torch.allclose(out["exp_avg_sq"][2], torch.full((3,), 4.0))
+    assert state["exp_avg"].shape == shape  # the input is not modified
+    assert {"exp_avg_sq", "max_exp_avg_sq", "square_avg"} <= NONNEGATIVE_STATE_KEYS
