@@ -13,7 +13,7 @@ from ._point import check_point, same_point, v_factors
 
 __all__ = ["TuckerTangent"]
 
-#: The gauge ``U_iᴴ δU_i = 0`` is accepted to ``GAUGE_FACTOR · eps · max(n_i, r_i) · ‖δU_i‖``.
+#: The gauge is accepted when ``‖U_iᴴ δK_i‖ ≤ GAUGE_FACTOR · eps · max(n_i, r_i) · ‖ξ‖``.
 GAUGE_FACTOR = 100.0
 
 
@@ -88,17 +88,21 @@ class TuckerTangent:
         point = check_point(point, "point")
         base = _Base(point)
         dcore, dfactors = _check_components(point, dcore, dfactors)
-        for i, (u, du) in enumerate(zip(point.factors, dfactors)):
-            g = to_float(tl.norm(tl.dot(conj_t(u), du)))
-            tol = GAUGE_FACTOR * eps(u) * max(tl.shape(u)) * max(to_float(tl.norm(du)), 1e-300)
-            if not g <= tol:
-                raise ValueError(
-                    f"dfactors[{i}] violates the gauge U_iᴴ δU_i = 0: ‖U_iᴴ δU_i‖={g:.3g} "
-                    f"exceeds {tol:.3g}; project it first with (I − U_i U_iᴴ) or use "
-                    "tuckerflow.project"
-                )
         dk = [tl.dot(du, s) for du, s in zip(dfactors, base.ss)]
         self._set(base, dcore, dk)
+        self._check_gauge("dfactors", "U_iᴴ δU_i")
+
+    def _check_gauge(self, name, what):
+        total = to_float(self.norm())
+        for i, (u, k) in enumerate(zip(self.point.factors, self._dk)):
+            g = to_float(tl.norm(tl.dot(conj_t(u), k)))
+            tol = GAUGE_FACTOR * eps(u) * max(tl.shape(u)) * total
+            if not g <= tol:
+                raise ValueError(
+                    f"{name}[{i}] violates the gauge {what} = 0: ‖U_iᴴ δK_i‖={g:.3g} exceeds "
+                    f"{tol:.3g} (100·eps·max(n, r)·‖ξ‖); project it first with (I − U_i U_iᴴ) "
+                    "or use tuckerflow.project"
+                )
 
     def _set(self, base, dcore, dk):
         self._base = base
@@ -119,14 +123,9 @@ class TuckerTangent:
         """
         point = check_point(point, "point")
         dcore, dk = _check_components(point, dcore, scaled_dfactors, "scaled_dfactors")
-        for i, (u, k) in enumerate(zip(point.factors, dk)):
-            g = to_float(tl.norm(tl.dot(conj_t(u), k)))
-            tol = GAUGE_FACTOR * eps(u) * max(tl.shape(u)) * max(to_float(tl.norm(k)), 1e-300)
-            if not g <= tol:
-                raise ValueError(
-                    f"scaled_dfactors[{i}] violates the gauge: ‖U_iᴴ δK_i‖={g:.3g} > {tol:.3g}"
-                )
-        return cls._from_scaled(_Base(point), dcore, dk)
+        out = cls._from_scaled(_Base(point), dcore, dk)
+        out._check_gauge("scaled_dfactors", "U_iᴴ δK_i")
+        return out
 
     @classmethod
     def zeros(cls, point) -> TuckerTangent:
