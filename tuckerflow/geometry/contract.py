@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import tensorly as tl
 from tensorly import tucker_tensor as _tl_tucker
+from tensorly.tenalg import mode_dot as _tl_mode_dot
 from tensorly.tenalg import multi_mode_dot as _tl_multi_mode_dot
 
 from .._backend import check_tensor
@@ -110,8 +111,9 @@ def contract(z, matrices):
     -----
     For a Tucker tensor ``Z = D ×_j W_j`` the result is
     ``D ×_j (M_j W_j)`` (``W_j`` itself where ``M_j`` is ``None``): the products ``M_j W_j``
-    cost ``O(m_j n_j s_j)`` and the final multi-mode product acts on the small core, so the
-    cost never involves ``∏ n_j`` unless modes are left alone on purpose. A dense ``Z`` goes
+    cost ``O(m_j n_j s_j)`` and the mode products act on the small core, shrinking modes first
+    and expanding ones last, so the cost never involves ``∏ n_j`` unless modes are left alone
+    on purpose. A dense ``Z`` goes
     through ``tensorly.tenalg.multi_mode_dot``; any other object is asked for
     ``Z.contract(matrices)`` (the :class:`Contractible` protocol), whose result is checked
     for shape.
@@ -138,7 +140,13 @@ def contract(z, matrices):
     if _is_tucker(z):
         y = as_tucker(z, "Z")
         mats = [u if m is None else tl.dot(m, u) for m, u in zip(matrices, y.factors)]
-        return _tl_multi_mode_dot(y.core, mats)
+        # shrinking modes first, expanding ones (e.g. a mode left alone) last: the
+        # intermediate tensors stay as small as possible
+        order = sorted(range(len(mats)), key=lambda j: tl.shape(mats[j])[0] / tl.shape(mats[j])[1])
+        out = y.core
+        for j in order:
+            out = _tl_mode_dot(out, mats[j], j)
+        return out
     out = z.contract(matrices)
     check_tensor(out, "Z.contract(matrices)")
     if tuple(tl.shape(out)) != expected:
