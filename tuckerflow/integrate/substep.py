@@ -1,0 +1,168 @@
+"""Solvers for the small substep ODEs of the low-rank integrators.
+
+Every substep of a DLRA integrator (a K-step, an S-step, a Galerkin core step) is an ODE
+``y' = f(t, y)`` for a small array ``y`` (a factor-sized matrix or a core). A substep solver
+is any callable ``solver(f, t0, y0, h) -> y1`` that approximates ``y(t0 + h)``; ``f`` returns
+an array of the shape of ``y``. Three are provided: explicit Euler (order 1), the classical
+Runge–Kutta method (order 4), and a Krylov exponential integrator that is exact (to a
+tolerance) for linear ``f``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorly as tl
+
+from .._backend import eps, is_complex, to_float
+
+__all__ = [
+    "SUBSTEPS",
+    "KrylovExponential",
+    "explicit_euler",
+    "resolve_substep",
+    "rk4",
+]
+
+
+def explicit_euler(f, t0, y0, h):
+    """One explicit Euler step ``y1 = y0 + h f(t0, y0)`` (order 1, one evaluation)."""
+    return y0 + h * f(t0, y0)
+
+
+def rk4(f, t0, y0, h):
+    """One step of the classical fourth-order Runge–Kutta method (four evaluations)."""
+    k1 = f(t0, y0)
+    k2 = f(t0 + h / 2, y0 + (h / 2) * k1)
+    k3 = f(t0 + h / 2, y0 + (h / 2) * k2)
+    k4 = f(t0 + h, y0 + h * k3)
+    return y0 + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def expm_small(a):
+    """``exp(a)`` of a small host matrix by scaling and squaring of a degree-18 Taylor series.
+
+    With ``‖a / 2^s‖_1 ≤ 1/2`` the truncated series errs by less than ``0.5^19 / 19!``
+    (far below round-off); the squarings then cost ``s`` products. Used for the
+    Hessenberg matrices of :class:`KrylovExponential`, for which a general-purpose Padé
+    routine has a large fixed overhead.
+    """
+    a = np.asarray(a)
+    norm1 = float(np.abs(a).sum(axis=0).max()) if a.size else 0.0
+    s = max(0, math.ceil(math.log2(norm1 / 0.5))) if norm1 > 0.5 else 0
+    b = a / 2.0**s
+    out = np.eye(a.shape[0], dtype=a.dtype)
+    term = np.eye(a.shape[0], dtype=a.dtype)
+    for k in range(1, 19):
+        term = term @ b / k
+        out = out + term
+    for _ in range(s):
+        out = out @ out
+    return out
+
+
+def _vdot(a, b):
+    """``Σ conj(a) b`` as a Python number (host sync)."""
+    v = tl.to_numpy(tl.sum(tl.conj(a) * b) if is_complex(a) else tl.sum(a * b))
+    return complex(v) if np.iscomplexobj(v) else float(v)
+
+
+class KrylovExponential:
+    """``y(t0 + h) = exp(h A) y0`` for a linear right-hand side ``f(t, y) = A y``.
+
+    Parameters
+    ----------
+    krylov_dim : int
+        Largest Arnoldi basis built from one starting vector.
+    rtol : float, optional
+        Relative accuracy of each step; default ``100 · eps`` of the state's dtype.
+
+    Notes
+    -----
+    Arnoldi on ``v_1 = y/‖y‖`` gives ``A V_m = V_m H_m + h_{m+1,m} v_{m+1} e_mᵀ`` and
+    ``exp(τA) y ≈ ‖y‖ V_m exp(τ H_m) e_1`` with the a-posteriori error estimate
+    ``‖y‖ h_{m+1,m} |e_mᵀ exp(τ H_m) e_1|`` (Saad, SINUM 1992; Hochbruck & Lubich, SINUM 1997).
+    When the estimate exceeds the tolerance the step is split (the basis is reused for the
+    shorter step, then rebuilt). An invariant subspace (``h_{m+1,m}`` at round-off level)
+    makes the result exact. ``f`` is sampled at the midpoint ``t0 + h/2``: exact for
+    autonomous linear problems, second order for time-dependent ones. Costs one evaluation of
+    ``f`` per basis vector; the small exponentials are taken on the host
+    (:func:`expm_small`). A skew-Hermitian ``A`` (Schrödinger) gives a unitary propagator.
+    """
+
+    def __init__(self, *, krylov_dim=30, rtol=None):
+        if int(krylov_dim) < 1:
+            raise ValueError(f"krylov_dim={krylov_dim} must be at least 1")
+        self.krylov_dim = int(krylov_dim)
+        self.rtol = rtol
+
+    def __repr__(self):
+        return f"KrylovExponential(krylov_dim={self.krylov_dim}, rtol={self.rtol})"
+
+    def __call__(self, f, t0, y0, h):
+        tm = t0 + h / 2
+        cplx = is_complex(y0)
+        rtol = self.rtol if self.rtol is not None else 100.0 * eps(y0)
+        y = y0
+        done = 0.0
+        while done < h * (1 - 1e-14):
+            beta = to_float(tl.norm(y))
+            if beta == 0.0:
+                return y
+            basis = [y / beta]
+            m = self.krylov_dim
+            hess = np.zeros((m + 1, m), dtype=np.complex128 if cplx else np.float64)
+            size = 0
+            exact = False
+            for j in range(m):
+                w = f(tm, basis[j])
+                scale = to_float(tl.norm(w))
+                for _ in range(2):  # Gram–Schmidt twice: orthogonal to round-off
+                    for i in range(j + 1):
+                        c = _vdot(basis[i], w)
+                        hess[i, j] += c
+                        w = w - c * basis[i]
+                nxt = to_float(tl.norm(w))
+                size = j + 1
+                if nxt <= 10.0 * eps(y0) * max(scale, 1e-300) or nxt == 0.0:
+                    exact = True
+                    break
+                hess[j + 1, j] = nxt
+                basis.append(w / nxt)
+            tau = h - done
+            while True:
+                e = expm_small(tau * hess[:size, :size])[:, 0]
+                err = 0.0 if exact else beta * hess[size, size - 1] * abs(e[size - 1])
+                if err <= rtol * beta or tau <= h * 1e-6:
+                    break
+                tau /= 2
+            if not cplx:
+                e = e.real
+            acc = basis[0] * (beta * e[0])
+            for i in range(1, size):
+                acc = acc + basis[i] * (beta * e[i])
+            y = acc
+            done += tau
+        return y
+
+
+#: Substep solvers by name.
+SUBSTEPS = {"euler": explicit_euler, "rk4": rk4, "exp": KrylovExponential()}
+
+
+def resolve_substep(substep):
+    """A substep solver from a name in :data:`SUBSTEPS` or a callable ``(f, t0, y0, h)``."""
+    if isinstance(substep, str):
+        try:
+            return SUBSTEPS[substep]
+        except KeyError:
+            raise ValueError(
+                f"substep={substep!r} is not one of {sorted(SUBSTEPS)} (or pass a callable "
+                "solver(f, t0, y0, h) -> y1)"
+            ) from None
+    if callable(substep):
+        return substep
+    raise TypeError(
+        f"substep must be a name in {sorted(SUBSTEPS)} or a callable, got {type(substep).__name__}"
+    )
