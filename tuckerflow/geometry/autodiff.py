@@ -75,13 +75,15 @@ def autodiff_riemannian_gradient(f, Y, *, method="tangent", return_value=False):
             f"(active: {tl.get_backend()!r}); use tl.backend_context('pytorch')"
         )
     y = check_point(Y, "Y")
+    # the base point of the result holds no autograd history (Y may hold Parameters)
+    y = TuckerTensor(y.core.detach(), [u.detach() for u in y.factors])
     base = _Base(y)
     d = len(y.shape)
-    factors = [u.detach() for u in y.factors]
-    core = y.core.detach().clone().requires_grad_(True)
+    factors = list(y.factors)
+    core = y.core.clone().requires_grad_(True)
     if method == "tangent":
         ks = [torch.zeros_like(u, requires_grad=True) for u in factors]
-        blocks = [tl.fold(conj_t(q.detach()), i, tuple(y.rank)) for i, q in enumerate(base.qs)]
+        blocks = [tl.fold(conj_t(q), i, tuple(y.rank)) for i, q in enumerate(base.qs)]
         r = tuple(y.rank)
         parts = [(core, (0,) * d)]
         for i in range(d):
