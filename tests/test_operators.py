@@ -1,0 +1,145 @@
+"""Kronecker-sum operators act on Tucker tensors exactly and without densifying."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorly as tl
+from conftest import tol
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import seeds, shape_and_rank
+
+import tuckerflow as tf
+from tuckerflow.geometry import contract
+from tuckerflow.operators import (
+    AmbientSum,
+    KroneckerSum,
+    laplacian,
+    pointwise,
+    schrodinger,
+    second_difference,
+)
+
+
+def _dense_apply(terms, x, t=0.0):
+    out = np.zeros_like(x, dtype=np.result_type(x, complex) if _is_c(terms) else x.dtype)
+    for c, mats in terms:
+        c = c(t) if callable(c) else c
+        y = x
+        for j, a in enumerate(mats):
+            if a is not None:
+                y = np.moveaxis(np.tensordot(a, y, axes=(1, j)), 0, j)
+        out = out + c * y
+    return out
+
+
+def _is_c(terms):
+    return any(isinstance(c, complex) or np.iscomplexobj(m) for c, ms in terms for m in ms)
+
+
+@given(sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6), seed=seeds, k=st.integers(1, 3))
+def test_kronecker_sum_is_exact_and_low_rank(backend, dtype, sr, seed, k):
+    shape, rank = sr
+    gen = np.random.default_rng(seed % 1000)
+    d = len(shape)
+    terms = []
+    for _ in range(k):
+        mats = [gen.standard_normal((n, n)) if gen.random() < 0.6 else None for n in shape]
+        terms.append((float(gen.standard_normal()), mats))
+    op = KroneckerSum(shape, terms)
+    y = tf.random_tucker(shape, rank, rng=seed % 1000, dtype=dtype, device=backend.device)
+    out = op(0.0, y)
+    x = backend.numpy(y.to_tensor())
+    ref = _dense_apply(op.terms, x)
+    # a few products of O(1) matrices: round-off relative to the largest entry
+    scale = max(np.abs(ref).max(), 1.0)
+    np.testing.assert_allclose(backend.numpy(out.to_tensor()), ref, atol=tol(dtype, 1e3) * scale)
+    np.testing.assert_allclose(
+        backend.numpy(op.apply_dense(y.to_tensor())), ref, atol=tol(dtype, 1e3) * scale
+    )
+    # rank in mode j is (number of distinct matrices in mode j) * r_j
+    for j in range(d):
+        distinct = {id(m) if m is not None else None for _, ms in op.terms for m in [ms[j]]}
+        assert out.rank[j] == len(distinct) * rank[j]
+
+
+def test_laplacian_matches_dense_stencil(backend):
+    shape, h = (6, 5, 4), 0.3
+    y = tf.random_tucker(shape, (2, 2, 2), rng=0, device=backend.device)
+    x = backend.numpy(y.to_tensor())
+    ref = np.zeros_like(x)
+    padded = np.pad(x, 1)
+    core = padded[1:-1, 1:-1, 1:-1]
+    for j in range(3):
+        lo = [slice(1, -1)] * 3
+        hi = [slice(1, -1)] * 3
+        lo[j], hi[j] = slice(0, -2), slice(2, None)
+        ref += (padded[tuple(lo)] - 2 * core + padded[tuple(hi)]) / h**2
+    out = laplacian(shape, h)(0.0, y)
+    np.testing.assert_allclose(backend.numpy(out.to_tensor()), ref, atol=1e-10)
+    per = second_difference(5, 1.0, boundary="periodic")
+    assert per[0, -1] == 1.0 and np.allclose(per.sum(axis=1), 0)
+
+
+def test_schrodinger_is_skew_hermitian(backend):
+    x = np.linspace(-3, 3, 7)
+    op = schrodinger((7, 7, 7), x[1] - x[0], [x**2, None, x], couplings=[(0.5, [x, x, None])])
+    a = tf.random_tucker((7, 7, 7), 2, rng=1, dtype="complex128", device=backend.device)
+    b = tf.random_tucker((7, 7, 7), 2, rng=2, dtype="complex128", device=backend.device)
+    # F = -iH with H Hermitian: <A, F B> = -<F A, B>, so Re <Y, F Y> = 0 (norm conserved)
+    lhs = complex(backend.numpy(tf.inner(a, op(0.0, b))))
+    rhs = complex(backend.numpy(tf.inner(op(0.0, a), b)))
+    assert abs(lhs + rhs) <= 1e-10 * max(abs(lhs), 1.0)
+    assert abs(complex(backend.numpy(tf.inner(a, op(0.0, a)))).real) <= 1e-10
+    with pytest.raises(TypeError, match="complex coefficient cannot act on a real tensor"):
+        op(0.0, tf.random_tucker((7, 7, 7), 2, rng=1, device=backend.device))
+
+
+def test_time_dependent_coefficients_and_algebra(backend):
+    shape = (4, 5, 3)
+    lap = laplacian(shape, 0.5)
+    drive = KroneckerSum(shape, [(lambda t: 2.0 * t, [None, None, None])])
+    op = -0.5 * lap + drive
+    y = tf.random_tucker(shape, 2, rng=0, device=backend.device)
+    x = backend.numpy(y.to_tensor())
+    ref = -0.5 * _dense_apply(lap.terms, x) + 2.0 * 0.7 * x
+    np.testing.assert_allclose(backend.numpy(op(0.7, y).to_tensor()), ref, atol=1e-10)
+
+
+def test_pointwise_sum_contracts_term_by_term(backend):
+    shape = (5, 4, 3)
+    lap = laplacian(shape, 0.5)
+    op = lap + pointwise(lambda t, x: x * x)
+    y = tf.random_tucker(shape, 2, rng=3, device=backend.device)
+    out = op(0.0, y)
+    assert isinstance(out, AmbientSum) and out.shape == shape
+    x = backend.numpy(y.to_tensor())
+    dense = _dense_apply(lap.terms, x) + x * x
+    np.testing.assert_allclose(backend.numpy(out.to_tensor()), dense, atol=1e-10)
+    mats = [
+        backend.tensor(np.random.default_rng(j).standard_normal((2, n)))
+        for j, n in enumerate(shape)
+    ]
+    mats[1] = None
+    ref = contract(backend.tensor(dense), mats)
+    np.testing.assert_allclose(backend.numpy(contract(out, mats)), backend.numpy(ref), atol=1e-9)
+
+
+def test_bad_input(backend):
+    with pytest.raises(ValueError, match="terms must hold at least one"):
+        KroneckerSum((3, 3), [])
+    with pytest.raises(
+        ValueError, match=r"terms\[0\] matrix for mode 1 has shape \(2, 2\), expected \(3, 3\)"
+    ):
+        KroneckerSum((3, 3), [(1.0, [None, np.eye(2)])])
+    with pytest.raises(
+        ValueError, match=r"terms\[0\] has 1 matrices but shape=\(3, 3\) has 2 modes"
+    ):
+        KroneckerSum((3, 3), [(1.0, [None])])
+    y = tf.random_tucker((4, 4), 2, rng=0, device=backend.device)
+    with pytest.raises(ValueError, match=r"Y.shape=\(4, 4\) differs from operator shape=\(3, 3\)"):
+        laplacian((3, 3), 0.1)(0.0, y)
+    with pytest.raises(ValueError, match="boundary='neumann' is not one of"):
+        laplacian((3, 3), 0.1, boundary="neumann")
+    assert tl.shape(laplacian((4, 4), 0.1)(0.0, y).core) == (4, 4)
