@@ -119,3 +119,28 @@ def test_truncation_error_is_below_sqrt_d_theta(sr, seed, tau):
     for u, p, n in zip(U_hats, P_list, new.rank):
         assert p.shape == (u.shape[1], n)
     assert np.isclose(info.tolerance, theta)
+
+
+@given(sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6), seed=st.integers(0, 2**31 - 1))
+def test_kstep_from_factor_gradients_spans_the_same_space(sr, seed):
+    shape, rank = sr
+    core, factors, G = _point(shape, rank, seed)
+    # autograd gradient of ⟨G, C ×_i U_i⟩ with respect to each factor
+    leaves = [u.clone().requires_grad_(True) for u in factors]
+    torch.sum(G * mode_products(core, leaves)).backward()
+    lr = 0.3
+    by_weight, _, _ = kstep_bases(core, factors, G, lr)
+    by_factors, c_hat, _ = kstep_bases(
+        core, factors, None, lr, factor_grads=[u.grad for u in leaves]
+    )
+    with tl.backend_context("pytorch", local_threadsafe=True):
+        conds = [torch.linalg.cond(tl.unfold(core, i)) for i in range(len(shape))]
+    for u, a, b, cond in zip(factors, by_weight, by_factors, conds):
+        assert torch.equal(b[:, : u.shape[1]], u)
+        # same subspace (directions of size ≲ eps · cond(Mat_i C) may be kept by one only)
+        pa, pb = a @ a.T, b @ b.T
+        if a.shape == b.shape:
+            assert torch.linalg.norm(pa - pb) <= 1e4 * EPS64 * float(cond) ** 2
+    assert torch.linalg.norm(mode_products(c_hat, by_factors) - mode_products(core, factors)) <= (
+        100 * max(shape) * EPS64 * torch.linalg.norm(core)
+    )

@@ -21,35 +21,41 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _train(rank, kstep):
+    # different initial weights per process: TDLRT broadcasts process 0's Tucker layers
+    torch.manual_seed(0 if rank == 0 else 1234)
+    model = nn.Sequential(
+        tnn.TuckerConv2d(3, 6, 3, padding=1, rank=2, keep_full="none", dtype=torch.float64),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 5 * 5, 4, dtype=torch.float64),
+    )
+    ddp_ignore_tucker_parameters(model)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.2, momentum=0.9)
+    tdlrt = TDLRT(ddp, opt, tau=0.05, kstep=kstep)
+    g = torch.Generator().manual_seed(100 + rank)  # each process sees its own shard
+    history = []
+    for _ in range(3):
+        x = torch.randn(8, 3, 5, 5, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 4, (8,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(ddp(x), y).backward()
+        tdlrt.step()
+        history.append(tdlrt.ranks())
+    return {"ranks": history, "params": [p.detach().clone() for p in model.parameters()]}
+
+
 def _worker(rank, world, port, out_dir):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        # different initial weights per process: TDLRT broadcasts process 0's Tucker layers
-        torch.manual_seed(0 if rank == 0 else 1234)
-        model = nn.Sequential(
-            tnn.TuckerConv2d(3, 6, 3, padding=1, rank=2, keep_full="none", dtype=torch.float64),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(6 * 5 * 5, 4, dtype=torch.float64),
-        )
-        ddp_ignore_tucker_parameters(model)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.2, momentum=0.9)
-        tdlrt = TDLRT(ddp, opt, tau=0.05)
-        g = torch.Generator().manual_seed(100 + rank)  # each process sees its own shard
-        history = []
-        for _ in range(3):
-            x = torch.randn(8, 3, 5, 5, generator=g, dtype=torch.float64)
-            y = torch.randint(0, 4, (8,), generator=g)
-            opt.zero_grad()
-            F.cross_entropy(ddp(x), y).backward()
-            tdlrt.step()
-            history.append(tdlrt.ranks())
-        params = [p.detach().clone() for p in model.parameters()]
-        torch.save({"ranks": history, "params": params}, os.path.join(out_dir, f"{rank}.pt"))
+        results = {}
+        for kstep in ("weight", "factors"):
+            results[kstep] = _train(rank, kstep)
+        torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -59,8 +65,10 @@ def test_ddp_processes_take_identical_rank_decisions_and_steps(tmp_path):
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
     a = torch.load(tmp_path / "0.pt", weights_only=False)
     b = torch.load(tmp_path / "1.pt", weights_only=False)
-    assert a["ranks"] == b["ranks"]
-    assert a["ranks"][-1]["0"] != (2, 2, 2, 2)  # the ranks did adapt during the run
-    for p, q in zip(a["params"], b["params"]):
-        assert p.shape == q.shape
-        assert torch.equal(p, q)
+    for kstep in ("weight", "factors"):
+        ra, rb = a[kstep], b[kstep]
+        assert ra["ranks"] == rb["ranks"]
+        assert ra["ranks"][-1]["0"] != (2, 2, 2, 2)  # the ranks did adapt during the run
+        for p, q in zip(ra["params"], rb["params"]):
+            assert p.shape == q.shape
+            assert torch.equal(p, q)

@@ -21,7 +21,7 @@ def partial_contraction(G, factors, skip):
     return mode_products(G, mats)
 
 
-def kstep_bases(core, factors, G, lr, *, fixed_modes=()):
+def kstep_bases(core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
     """New bases and the core written in them, from the K-steps of all factorized modes.
 
     Parameters
@@ -36,6 +36,9 @@ def kstep_bases(core, factors, G, lr, *, fixed_modes=()):
     fixed_modes : iterable of int
         Modes taking the fixed-rank BUG update ``Û_i = orth(K_i)`` (``r_i`` columns) instead
         of the augmentation (rank cap reached, or ranks frozen).
+    factor_grads : list of torch.Tensor or None, optional
+        The autograd gradients ``∇_{U_i}L`` of the factors. When given, ``G`` is not used
+        (pass None) and the K-step is formed without the dense weight gradient (see Notes).
 
     Returns
     -------
@@ -54,6 +57,12 @@ def kstep_bases(core, factors, G, lr, *, fixed_modes=()):
     ``g_i = Mat_i(G ×_{j≠i} U_jᴴ) Q_i`` [ZSCKT24]_. The augmented span
     ``span[U_i, K_i] = span[U_i, g_i]`` does not depend on ``λ``; it contains the tangent
     directions of ``−∇L`` at ``Y`` [CKL22]_. No inverse of a core unfolding appears.
+
+    Since ``∇_{U_i}L = Mat_i(G ×_{j≠i} U_jᴴ) Mat_i(C)ᴴ = g_i S_iᴴ``, the matrix
+    ``K_i S_iᴴ = U_i Mat_i(C) Mat_i(C)ᴴ − λ ∇_{U_i}L`` needs only the gradients autograd
+    already computed; it spans the same space as ``K_i`` whenever ``Mat_i(C)`` has full row
+    rank (the generic case; a core with a rank-deficient unfolding, e.g. an all-zero core,
+    needs ``G``).
 
     References
     ----------
@@ -86,8 +95,12 @@ def kstep_bases(core, factors, G, lr, *, fixed_modes=()):
             if u is None:
                 U_hats.append(None)
                 continue
-            q, s = core_qr(core, i)
-            k = u @ s - lr * (tl.unfold(partial_contraction(G, factors, i), i) @ q)
+            if factor_grads is not None:
+                unfolded = tl.unfold(core, i)
+                k = u @ (unfolded @ unfolded.conj().T) - lr * factor_grads[i]
+            else:
+                q, s = core_qr(core, i)
+                k = u @ s - lr * (tl.unfold(partial_contraction(G, factors, i), i) @ q)
             if i in fixed:
                 U_hats.append(orth(k))
             else:

@@ -184,6 +184,15 @@ class TDLRT:
         take an optimizer step with their exact gradient ``G ×_i U_iᴴ``.
     truncation : {"hosvd", "st_hosvd"}
         Truncation of the augmented core (HOSVD is the published rule).
+    kstep : {"weight", "factors"}
+        Source of the K-step. ``"weight"`` (published): from the dense weight gradient ``G``
+        the layers record (in one-pass mode the Galerkin gradient ``G ×_i Û_iᴴ`` is then
+        formed from the same ``G``). ``"factors"``: from the autograd gradients of the
+        factors, ``K_i S_iᴴ = U_i Mat_i(C)Mat_i(C)ᴴ − λ∇_{U_i}L`` (same span when the core
+        unfoldings have full row rank), and the Galerkin gradient from the layer's
+        :meth:`galerkin_gradient`; no dense weight gradient is formed, which is cheaper for
+        large convolutions, and two-pass mode then needs no recording at all. Use
+        ``"weight"`` for cores that may be exactly rank-deficient (e.g. zero).
 
     Notes
     -----
@@ -242,12 +251,16 @@ class TDLRT:
         freeze_ranks=False,
         update_every=1,
         truncation="hosvd",
+        kstep="weight",
     ):
         self.tau = _check_tau(tau)
         if mode not in _MODES:
             raise ValueError(f"mode={mode!r} is not one of {_MODES}")
         if on_nonfinite not in _ON_NONFINITE:
             raise ValueError(f"on_nonfinite={on_nonfinite!r} is not one of {_ON_NONFINITE}")
+        if kstep not in ("weight", "factors"):
+            raise ValueError(f"kstep={kstep!r} is not one of ('weight', 'factors')")
+        self.kstep = kstep
         if truncation not in ("hosvd", "st_hosvd"):
             raise ValueError(f"truncation={truncation!r} is not one of ('hosvd', 'st_hosvd')")
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
@@ -292,7 +305,7 @@ class TDLRT:
                     f"the core of Tucker layer {name!r} is not among the optimizer's "
                     "parameters; build the optimizer over model.parameters()"
                 )
-            layer.record_for_galerkin = True
+            layer.record_for_galerkin = not (mode == "two-pass" and kstep == "factors")
         self._frozen = bool(freeze_ranks)
         self._steps = 0
         self.skipped_steps = 0
@@ -477,7 +490,7 @@ class TDLRT:
     def _grads_finite(self, kind):
         tensors = [p.grad for g in self.optimizer.param_groups for p in g["params"]]
         self._weight_grads = {}
-        if kind != "core":
+        if kind != "core" and self.kstep == "weight":
             for name, layer in self._layers.items():
                 G = _weight_gradient(layer)
                 if G is not None:
@@ -518,10 +531,17 @@ class TDLRT:
     def _k_steps(self, kind):
         plans = {}
         for name, layer in self._layers.items():
-            G = self._weight_grads.get(name)
-            if G is None:
-                continue
             work = _work_dtype(layer.core.dtype)
+            G, factor_grads = self._weight_grads.get(name), None
+            if self.kstep == "factors":
+                grads = [p.grad for p in layer.factors]
+                if any(g is None for g in grads):
+                    continue
+                factor_grads = [None] * len(layer.weight_shape)
+                for mode, g in zip(layer.factorized_modes, grads):
+                    factor_grads[mode] = self._average(g.detach().to(work).clone())
+            elif G is None:
+                continue
             core = layer.core.detach().to(work)
             factors = [None] * len(layer.weight_shape)
             for mode in layer.factorized_modes:
@@ -532,6 +552,7 @@ class TDLRT:
                 G,
                 self._lr(layer.core),
                 fixed_modes=self._fixed_modes(name, layer, kind),
+                factor_grads=factor_grads,
             )
             plans[name] = (U_hats, c_hat, M_hats)
         return plans
@@ -575,13 +596,14 @@ class TDLRT:
             if self.mode == "two-pass":
                 g = layer.core.grad
                 out[name] = None if g is None else self._average(g.detach().to(work).clone())
-            elif _dist() is not None:
-                G = self._weight_grads[name]  # already averaged over the processes
+            elif name in self._weight_grads:
+                # G of this batch (averaged over the processes): G ×_i Û_iᴴ directly
+                G = self._weight_grads[name]
                 out[name] = mode_products(G, [None if u is None else u.conj().T for u in U_hats])
             else:
                 ref = layer.core
                 Uh = [None if u is None else u.to(ref.dtype) for u in U_hats]
-                out[name] = layer.galerkin_gradient(Uh).detach().to(work)
+                out[name] = self._average(layer.galerkin_gradient(Uh).detach().to(work).clone())
         return out
 
     def _truncate(self, plans):
