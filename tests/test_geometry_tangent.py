@@ -172,3 +172,17 @@ def test_same_point_by_value_is_accepted(backend):
     xi, eta = tf.project(y, z), tf.project(copy, z)
     assert relative_distance(xi + eta, 2.0 * xi) <= tol("float64")
     assert relative_distance(tf.retract(copy, xi, 0.2), tf.retract(y, xi, 0.2)) <= tol("float64")
+
+
+def test_huge_shapes_never_densify(backend):
+    # 10^15 entries: any dense step would fail; the factor-wise algorithms take milliseconds
+    shape, rank = (100_000, 100_000, 100_000), (2, 2, 2)
+    y = tf.random_tucker(shape, rank, rng=0, device=backend.device)
+    z = tf.random_tucker(shape, (3, 3, 3), rng=1, device=backend.device)
+    xi = tf.project(y, z)
+    # ⟨P_Y Z, Z⟩ = ‖P_Y Z‖² (self-adjoint idempotent), from compressed products only
+    lhs = float(np.real(np.asarray(tl.to_numpy(tf.inner(xi.to_tucker(), z)))))
+    assert abs(lhs - float(tl.to_numpy(xi.norm())) ** 2) <= tol("float64", 1000)
+    y1 = tf.retract(y, xi, 0.1)
+    assert y1.rank == rank and tuple(y1.shape) == shape
+    assert tf.FixedRankTucker(shape, rank).check_point_on_manifold(y1)

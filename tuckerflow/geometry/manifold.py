@@ -177,20 +177,28 @@ class FixedRankTucker:
         """Transport ``v ∈ T_x M_r`` to ``T_y M_r`` by projection (:func:`tuckerflow.transport`)."""
         self._check_shape(x, "x")
         self._check_shape(y, "y")
-        if isinstance(v, TuckerTangent):
-            same, why = same_point(as_tucker(x, "x"), v.point)
-            if not same:
-                raise ValueError(f"v is not attached to x ({why})")
+        self._check_attached(x, v, "v")
         return transport(y, v)
 
+    def _check_attached(self, x, u, name="u"):
+        if not isinstance(u, TuckerTangent):
+            raise TypeError(f"{name} must be a TuckerTangent, got {type(u).__name__}")
+        same, why = same_point(as_tucker(x, "x"), u.point)
+        if not same:
+            raise ValueError(f"{name} is not attached to x ({why})")
+
     def inner(self, x, u, v=None):
-        """``⟨u, v⟩`` in ``T_x M_r`` (``⟨u, u⟩`` when ``v`` is None)."""
-        self.assert_check_vector_on_tangent(x, u)
+        """``⟨u, v⟩`` in ``T_x M_r`` (``⟨u, u⟩`` when ``v`` is None).
+
+        Checks only that ``u`` is attached to ``x`` (cheap); use
+        :meth:`assert_check_vector_on_tangent` for the full check.
+        """
+        self._check_attached(x, u)
         return u.inner(u if v is None else v)
 
     def norm(self, x, u):
         """``‖u‖`` in ``T_x M_r``."""
-        self.assert_check_vector_on_tangent(x, u)
+        self._check_attached(x, u)
         return u.norm()
 
     def projx(self, z, *, method="st_hosvd") -> TuckerTensor:
