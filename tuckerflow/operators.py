@@ -26,6 +26,7 @@ from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
     "AmbientSum",
+    "Banded",
     "KroneckerSum",
     "OperatorSum",
     "Pointwise",
@@ -58,8 +59,9 @@ class KroneckerSum:
     distinct matrices used in mode ``j`` (the identity counted once), and the core holding
     ``c_k C`` in the block ``(b_{k,1}, …, b_{k,d})`` picked by term ``k``. Its rank is
     ``p_j r_j`` in mode ``j`` (``2 r_j`` for a Laplacian), and it equals ``L(Y)`` exactly. The
-    cost is ``O(Σ_j p_j n_j² r_j + K ∏ r_j)`` for dense ``B`` (the matrices are applied as
-    given; pass banded structure through a custom class if ``n`` is large).
+    cost is ``O(Σ_j p_j n_j² r_j + K ∏ r_j)`` for dense ``B`` and
+    ``O(Σ_j p_j n_j r_j · bands + K ∏ r_j)`` for :class:`Banded` ones (finite differences,
+    diagonal potentials), i.e. linear in the mode sizes.
 
     Examples
     --------
@@ -99,7 +101,8 @@ class KroneckerSum:
             blocks = []
             for j, a in enumerate(mats):
                 if a is not None:
-                    a = np.asarray(tl.to_numpy(a) if tl.is_tensor(a) else a)
+                    if not isinstance(a, Banded):
+                        a = np.asarray(tl.to_numpy(a) if tl.is_tensor(a) else a)
                     if a.shape != (self.shape[j], self.shape[j]):
                         raise ValueError(
                             f"terms[{k}] matrix for mode {j} has shape {a.shape}, expected "
@@ -139,12 +142,13 @@ class KroneckerSum:
                     if m is None:
                         row.append(None)
                         continue
-                    if np.iscomplexobj(m) and not is_complex(ref):
+                    cplx = m.is_complex if isinstance(m, Banded) else np.iscomplexobj(m)
+                    if cplx and not is_complex(ref):
                         raise TypeError(
                             "a complex operator cannot act on a real tensor of dtype "
                             f"{name}; make the initial value complex"
                         )
-                    row.append(tl.tensor(m, **kw))
+                    row.append(m.bind(kw) if isinstance(m, Banded) else tl.tensor(m, **kw))
                 conv.append(row)
             self._cache[key] = conv
         return self._cache[key]
@@ -168,7 +172,7 @@ class KroneckerSum:
         rank = tuple(Y.rank)
         factors = []
         for j, u in enumerate(Y.factors):
-            parts = [u if m is None else tl.dot(m, u) for m in mats[j]]
+            parts = [u if m is None else _apply(m, u) for m in mats[j]]
             factors.append(tl.concatenate(parts, axis=1))
         counts = [len(m) for m in mats]
         core = None
@@ -183,7 +187,12 @@ class KroneckerSum:
         coefs = self._coefficients(t, X)
         out = None
         for c, (_, blocks) in zip(coefs, self._terms):
-            term = contract(X, [mats[j][b] for j, b in enumerate(blocks)]) * c
+            term = X
+            for j, b in enumerate(blocks):
+                m = mats[j][b]
+                if m is not None:
+                    term = tl.fold(_apply(m, tl.unfold(term, j)), j, tl.shape(term))
+            term = term * c
             out = term if out is None else out + term
         return out
 
@@ -208,6 +217,91 @@ class KroneckerSum:
 
     def __repr__(self):
         return f"KroneckerSum(shape={self.shape}, terms={len(self._terms)})"
+
+
+def _apply(m, u):
+    """``m @ u`` for a backend matrix or a bound :class:`Banded` matrix."""
+    return m.apply(u) if isinstance(m, _BoundBanded) else tl.dot(m, u)
+
+
+class Banded:
+    """A banded ``n × n`` matrix stored by diagonals, applied in ``O(n · bands)`` per column.
+
+    Parameters
+    ----------
+    n : int
+    diagonals : dict ``{offset: values}``
+        ``values`` a scalar or a length-``n`` array: entry ``(i, i + offset)`` is
+        ``values[i]`` (entries falling outside the matrix are ignored).
+    periodic : bool
+        Wrap the off-diagonals around (circulant boundary).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tuckerflow.operators import Banded
+    >>> B = Banded(4, {-1: 1.0, 0: -2.0, 1: 1.0})
+    >>> B.to_dense()[1]
+    array([ 1., -2.,  1.,  0.])
+    """
+
+    def __init__(self, n, diagonals, *, periodic=False):
+        self.n = int(n)
+        self.shape = (self.n, self.n)
+        self.periodic = bool(periodic)
+        self.diagonals = {}
+        for off, vals in diagonals.items():
+            off = int(off)
+            if abs(off) >= max(self.n, 1):
+                raise ValueError(f"offset {off} is outside an {self.n} x {self.n} matrix")
+            v = np.broadcast_to(np.asarray(vals), (self.n,)).copy()
+            self.diagonals[off] = v
+        self.is_complex = any(np.iscomplexobj(v) for v in self.diagonals.values())
+
+    def to_dense(self):
+        """The matrix as a NumPy array."""
+        out = np.zeros(self.shape, dtype=np.complex128 if self.is_complex else np.float64)
+        idx = np.arange(self.n)
+        for off, v in self.diagonals.items():
+            cols = idx + off
+            ok = (cols >= 0) & (cols < self.n)
+            if self.periodic:
+                out[idx, cols % self.n] += v
+            else:
+                out[idx[ok], cols[ok]] += v[ok]
+        return out
+
+    def bind(self, kw):
+        return _BoundBanded(self, kw)
+
+    def __repr__(self):
+        return f"Banded(n={self.n}, offsets={sorted(self.diagonals)}, periodic={self.periodic})"
+
+
+class _BoundBanded:
+    """A :class:`Banded` matrix with diagonals converted to backend columns."""
+
+    def __init__(self, banded, kw):
+        self.periodic = banded.periodic
+        self.n = banded.n
+        self.diagonals = [(off, tl.tensor(v[:, None], **kw)) for off, v in banded.diagonals.items()]
+
+    def apply(self, u):
+        out = None
+        for off, v in self.diagonals:
+            if off == 0:
+                shifted = u
+            elif self.periodic:
+                shifted = tl.concatenate([u[off:], u[:off]], axis=0)
+            elif off > 0:
+                pad = tl.zeros((off, tl.shape(u)[1]), **tl.context(u))
+                shifted = tl.concatenate([u[off:], pad], axis=0)
+            else:
+                pad = tl.zeros((-off, tl.shape(u)[1]), **tl.context(u))
+                shifted = tl.concatenate([pad, u[:off]], axis=0)
+            term = v * shifted
+            out = term if out is None else out + term
+        return out
 
 
 def _scaled(c, a):
@@ -331,6 +425,16 @@ def second_difference(n, h, *, boundary="dirichlet"):
     return a / h**2
 
 
+def _second_difference_banded(n, h, boundary):
+    if boundary not in ("dirichlet", "periodic"):
+        raise ValueError(f"boundary={boundary!r} is not one of ('dirichlet', 'periodic')")
+    if n < 1 or not h > 0:
+        raise ValueError(f"need n >= 1 and h > 0, got n={n}, h={h}")
+    if n < 3:  # the wrap-around would double the off-diagonals
+        return Banded(n, {-1: 1 / h**2, 0: -2 / h**2, 1: 1 / h**2} if n > 1 else {0: -2 / h**2})
+    return Banded(n, {-1: 1 / h**2, 0: -2 / h**2, 1: 1 / h**2}, periodic=boundary == "periodic")
+
+
 def _spacings(shape, spacing):
     if isinstance(spacing, Number):
         return [float(spacing)] * len(shape)
@@ -342,6 +446,9 @@ def _spacings(shape, spacing):
 
 def laplacian(shape, spacing, *, boundary="dirichlet"):
     """Finite-difference Laplacian ``Δ = Σ_j I ⊗ ⋯ ⊗ D_j ⊗ ⋯ ⊗ I`` as a :class:`KroneckerSum`.
+
+    The second-difference matrices ``D_j`` are :class:`Banded` (three diagonals), so one
+    application to a Tucker tensor costs ``O(Σ_j n_j r_j)``.
 
     Parameters
     ----------
@@ -363,7 +470,7 @@ def laplacian(shape, spacing, *, boundary="dirichlet"):
     terms = []
     for j in range(d):
         mats = [None] * d
-        mats[j] = second_difference(shape[j], sp[j], boundary=boundary)
+        mats[j] = _second_difference_banded(shape[j], sp[j], boundary)
         terms.append((1.0, mats))
     return KroneckerSum(shape, terms)
 
@@ -405,19 +512,23 @@ def schrodinger(shape, spacing, potentials=None, *, couplings=(), boundary="diri
         raise ValueError(f"potentials has {len(potentials)} entries but shape has {d} modes")
     terms = []
     for j in range(d):
-        h_j = -0.5 * second_difference(shape[j], sp[j], boundary=boundary)
+        diag = np.full(shape[j], 1.0 / sp[j] ** 2)
         if potentials[j] is not None:
             v = np.asarray(potentials[j], dtype=np.float64)
             if v.shape != (shape[j],):
                 raise ValueError(f"potentials[{j}] has shape {v.shape}, expected {(shape[j],)}")
-            h_j = h_j + np.diag(v)
+            diag = diag + v
+        off = -0.5 / sp[j] ** 2
         mats = [None] * d
-        mats[j] = h_j
+        mats[j] = Banded(shape[j], {-1: off, 0: diag, 1: off}, periodic=boundary == "periodic")
         terms.append((-1j, mats))
     for k, (lam, ws) in enumerate(couplings):
         ws = list(ws)
         if len(ws) != d:
             raise ValueError(f"couplings[{k}] has {len(ws)} entries but shape has {d} modes")
-        mats = [None if w is None else np.diag(np.asarray(w, dtype=np.float64)) for w in ws]
+        mats = [
+            None if w is None else Banded(n, {0: np.asarray(w, dtype=np.float64)})
+            for n, w in zip(shape, ws)
+        ]
         terms.append((-1j * lam, mats))
     return KroneckerSum(shape, terms)
