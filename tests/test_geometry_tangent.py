@@ -62,6 +62,17 @@ def test_components_round_trip(backend, dtype64, sr, seed):
     assert relative_distance(again, xi) <= tol(dtype64)
     assert relative_distance(again.dcore, xi.dcore) <= tol(dtype64)
     assert tf.TuckerTangent.zeros(y).norm() == 0
+    scaled = tf.TuckerTangent.from_scaled(y, xi.dcore, xi.scaled_dfactors)
+    assert relative_distance(scaled, xi) <= tol(dtype64)
+    with pytest.raises(ValueError, match=r"scaled_dfactors\[\d\] violates the gauge"):
+        tf.TuckerTangent.from_scaled(
+            y, xi.dcore, [k + u for k, u in zip(xi.scaled_dfactors, y.factors)]
+        )
+    # conjugate-linear in the first argument, linear in the second
+    ip = complex(np.asarray(tl.to_numpy(xi.inner(again))))
+    if "complex" in dtype64:
+        ip_i = complex(np.asarray(tl.to_numpy((1j * xi).inner(again))))
+        assert abs(ip_i + 1j * ip) <= tol(dtype64) * max(1.0, abs(ip))
     # the classical formula dU_i = (I − U_iU_iᴴ) Mat_i(Z ×_{j≠i} U_jᴴ) Mat_i(C)^+
     zn = to_numpy(z)
     un = [to_numpy(f) for f in y.factors]
