@@ -21,7 +21,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _train(rank, kstep):
+def _train(rank, kstep, tau=0.05):
     # different initial weights per process: TDLRT broadcasts process 0's Tucker layers
     torch.manual_seed(0 if rank == 0 else 1234)
     model = nn.Sequential(
@@ -33,7 +33,7 @@ def _train(rank, kstep):
     ddp_ignore_tucker_parameters(model)
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.2, momentum=0.9)
-    tdlrt = TDLRT(ddp, opt, tau=0.05, kstep=kstep)
+    tdlrt = TDLRT(ddp, opt, tau=tau, kstep=kstep)
     g = torch.Generator().manual_seed(100 + rank)  # each process sees its own shard
     history = []
     for _ in range(3):
@@ -55,6 +55,8 @@ def _worker(rank, world, port, out_dir):
         results = {}
         for kstep in ("weight", "factors"):
             results[kstep] = _train(rank, kstep)
+        # a process configured differently still follows process 0's rank decisions
+        results["consensus"] = _train(rank, "weight", tau=0.05 if rank == 0 else 0.6)
         torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -65,7 +67,7 @@ def test_ddp_processes_take_identical_rank_decisions_and_steps(tmp_path):
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
     a = torch.load(tmp_path / "0.pt", weights_only=False)
     b = torch.load(tmp_path / "1.pt", weights_only=False)
-    for kstep in ("weight", "factors"):
+    for kstep in ("weight", "factors", "consensus"):
         ra, rb = a[kstep], b[kstep]
         assert ra["ranks"] == rb["ranks"]
         assert ra["ranks"][-1]["0"] != (2, 2, 2, 2)  # the ranks did adapt during the run

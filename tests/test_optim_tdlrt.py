@@ -24,21 +24,30 @@ OPTIMIZERS = {
 }
 
 
-def conv_net(seed=0, *, dtype=torch.float64, ranks=(4, 3)):
+# CUDA runs the same tests when a GPU is present (CPU only otherwise)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def conv_net(seed=0, *, dtype=torch.float64, ranks=(4, 3), device="cpu"):
     torch.manual_seed(seed)
     return nn.Sequential(
         tnn.TuckerConv2d(3, 6, 3, padding=1, rank=ranks[0], keep_full="none", dtype=dtype),
         nn.ReLU(),
         nn.Flatten(),
         tnn.TuckerLinear(6 * 5 * 5, 4, rank=ranks[1], dtype=dtype),
-    )
+    ).to(device)
 
 
-def data(seed=0, *, n=24, dtype=torch.float64):
+def data(seed=0, *, n=24, dtype=torch.float64, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, 5, 5, generator=g, dtype=torch.float64).to(dtype)
     y = torch.randint(0, 4, (n,), generator=g)
-    return x, y
+    return x.to(device), y.to(device)
 
 
 def make_closure(model, opt, x, y):
@@ -125,9 +134,9 @@ def test_tiny_core_converges_like_a_unit_core():
 @pytest.mark.parametrize(
     ("opt_name", "kstep"), [("sgd-momentum", "weight"), ("adam", "weight"), ("adam", "factors")]
 )
-def test_one_pass_equals_two_pass_on_the_same_batch(opt_name, kstep):
-    base = conv_net(1)
-    x, y = data(1)
+def test_one_pass_equals_two_pass_on_the_same_batch(opt_name, kstep, device):
+    base = conv_net(1, device=device)
+    x, y = data(1, device=device)
     weights = {}
     for mode in ("one-pass", "two-pass"):
         model = copy.deepcopy(base)
@@ -170,9 +179,9 @@ def test_kstep_from_factor_gradients_takes_the_same_step():
 
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
-def test_any_optimizer_trains_and_keeps_parameter_identity(opt_name):
-    model = conv_net(2)
-    x, y = data(2)
+def test_any_optimizer_trains_and_keeps_parameter_identity(opt_name, device):
+    model = conv_net(2, device=device)
+    x, y = data(2, device=device)
     opt = OPTIMIZERS[opt_name](model.parameters())
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     tdlrt = TDLRT(model, opt, tau=0.3)
@@ -195,7 +204,7 @@ def test_any_optimizer_trains_and_keeps_parameter_identity(opt_name):
         layer = dict(model.named_modules())[name]
         validate_rank(layer.weight_shape, rank)
         for u in layer.factors:
-            eye = torch.eye(u.shape[1], dtype=u.dtype)
+            eye = torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
             assert torch.allclose(u.T @ u, eye, atol=1e-12)
     for p in model.parameters():
         for key, value in opt.state.get(p, {}).items():
@@ -237,9 +246,9 @@ def test_momentum_is_carried_across_basis_and_rank_changes():
 # ------------------------------------------------------------------------- checkpoints
 
 
-def test_state_dict_round_trip_across_rank_changes():
-    model = conv_net(4)
-    x, y = data(4)
+def test_state_dict_round_trip_across_rank_changes(device):
+    model = conv_net(4, device=device)
+    x, y = data(4, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     tdlrt = TDLRT(model, opt, tau=0.3)
     for _ in range(3):
@@ -249,7 +258,7 @@ def test_state_dict_round_trip_across_rank_changes():
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=False)
 
-    fresh = conv_net(5, ranks=(2, 2))
+    fresh = conv_net(5, ranks=(2, 2), device=device)
     opt2 = torch.optim.Adam(fresh.parameters(), lr=1e-2)
     tdlrt2 = TDLRT(fresh, opt2, tau=0.3)
     ids = [id(p) for p in fresh.parameters()]
@@ -259,7 +268,7 @@ def test_state_dict_round_trip_across_rank_changes():
     assert tdlrt2.ranks() == tdlrt.ranks()
     assert [id(p) for p in fresh.parameters()] == ids
     assert_same_snapshot(snapshot(model, opt), snapshot(fresh, opt2))
-    x2, y2 = data(6)
+    x2, y2 = data(6, device=device)
     for _ in range(2):
         tdlrt.step(make_closure(model, opt, x2, y2))
         tdlrt2.step(make_closure(fresh, opt2, x2, y2))
@@ -299,9 +308,9 @@ def test_load_state_dict_of_another_model_is_rejected_and_changes_nothing():
 
 
 @pytest.mark.parametrize("mode", ["one-pass", "two-pass"])
-def test_nonfinite_gradient_leaves_everything_unchanged(mode):
-    model = conv_net(10)
-    x, y = data(10)
+def test_nonfinite_gradient_leaves_everything_unchanged(mode, device):
+    model = conv_net(10, device=device)
+    x, y = data(10, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     tdlrt = TDLRT(model, opt, tau=0.2, mode=mode)
     tdlrt.step(make_closure(model, opt, x, y))
@@ -321,6 +330,32 @@ def test_nonfinite_gradient_leaves_everything_unchanged(mode):
     # and training goes on afterwards
     tdlrt.step(make_closure(model, opt, x, y))
     assert tdlrt.steps == 2
+
+
+def test_nonfinite_second_evaluation_rolls_back_the_augmentation():
+    model = conv_net(16)
+    x, y = data(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tdlrt = TDLRT(model, opt, tau=0.2, mode="two-pass")
+    tdlrt.step(make_closure(model, opt, x, y))
+    bad = x.clone()
+    bad[:, 0] = float("inf")
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x if len(calls) == 1 else bad), y)
+        loss.backward()
+        return loss
+
+    before = snapshot(model, opt)
+    ranks = tdlrt.ranks()
+    with pytest.raises(NonFiniteGradientError, match="Galerkin"):
+        tdlrt.step(closure)
+    assert len(calls) == 2
+    assert tdlrt.ranks() == ranks
+    assert_same_snapshot(before, snapshot(model, opt))
 
 
 def test_frozen_ranks_take_fixed_rank_steps():

@@ -464,6 +464,9 @@ class TDLRT:
         lr = self._group_of[id(param)]["lr"]
         return float(lr)
 
+    def _device(self):
+        return next(iter(self._layers.values())).core.device
+
     def _reject(self, what):
         if self.on_nonfinite == "raise":
             raise NonFiniteGradientError(
@@ -481,7 +484,7 @@ class TDLRT:
             flag = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
             flag = flag.to(torch.float32)
         else:
-            flag = torch.ones(())
+            flag = torch.ones((), device=self._device())
         dist = _dist()
         if dist is not None:
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -628,7 +631,9 @@ class TDLRT:
         dist = _dist()
         if dist is not None and results:
             names = sorted(results)
-            local = torch.tensor([r for n in names for r in results[n][2].rank], dtype=torch.int64)
+            # on the parameters' device: NCCL communicates CUDA tensors only
+            ranks = [r for n in names for r in results[n][2].rank]
+            local = torch.tensor(ranks, dtype=torch.int64, device=self._device())
             agreed = local.clone()
             dist.broadcast(agreed, src=0)
             if not torch.equal(local, agreed):
@@ -636,7 +641,7 @@ class TDLRT:
                 for n in names:
                     c_hat, U_hats, new, _, _ = results[n]
                     d = len(new.rank)
-                    want = [int(v) for v in agreed[pos : pos + d]]
+                    want = [int(v) for v in agreed[pos : pos + d].tolist()]
                     pos += d
                     if tuple(want) != tuple(new.rank):
                         with tl.backend_context("pytorch", local_threadsafe=True):
