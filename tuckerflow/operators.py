@@ -19,6 +19,7 @@ from numbers import Number
 
 import numpy as np
 import tensorly as tl
+from tensorly.tenalg import multi_mode_dot
 
 from ._backend import backend_dtype, device_of, dtype_name, is_complex
 from .geometry.contract import contract
@@ -26,6 +27,7 @@ from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
     "AmbientSum",
+    "AppliedKroneckerSum",
     "Banded",
     "KroneckerSum",
     "OperatorSum",
@@ -54,7 +56,8 @@ class KroneckerSum:
 
     Notes
     -----
-    Calling ``L(t, Y)`` on ``Y = C ×_j U_j`` returns the Tucker tensor with factors
+    Calling ``L(t, Y)`` on ``Y = C ×_j U_j`` returns an :class:`AppliedKroneckerSum`, which
+    the integrators contract term by term; its ``to_tucker()`` is the Tucker tensor with factors
     ``W_j = [B_{j,1} U_j, …, B_{j,p_j} U_j]``, where ``B_{j,1}, …, B_{j,p_j}`` are the
     distinct matrices used in mode ``j`` (the identity counted once), and the core holding
     ``c_k C`` in the block ``(b_{k,1}, …, b_{k,d})`` picked by term ``k``. Its rank is
@@ -69,7 +72,7 @@ class KroneckerSum:
     >>> from tuckerflow.operators import laplacian
     >>> L = laplacian((6, 5, 4), 0.1)
     >>> Y = tf.random_tucker((6, 5, 4), 2, rng=0)
-    >>> LY = L(0.0, Y)
+    >>> LY = L(0.0, Y).to_tucker()
     >>> LY.rank
     (4, 4, 4)
     >>> bool(np.allclose(LY.to_tensor(), L.apply_dense(Y.to_tensor())))
@@ -163,23 +166,16 @@ class KroneckerSum:
         return [c.real if isinstance(c, complex) and not is_complex(ref) else c for c in cs]
 
     def __call__(self, t, Y):
-        """``L(t, Y)`` as an exact Tucker tensor (never densified)."""
+        """``L(t, Y)`` as a lazy :class:`AppliedKroneckerSum` (never densified)."""
         Y = as_tucker(Y, "Y")
         if tuple(Y.shape) != self.shape:
             raise ValueError(f"Y.shape={tuple(Y.shape)} differs from operator shape={self.shape}")
         mats = self._matrices(Y.core)
         coefs = self._coefficients(t, Y.core)
-        rank = tuple(Y.rank)
-        factors = []
-        for j, u in enumerate(Y.factors):
-            parts = [u if m is None else _apply(m, u) for m in mats[j]]
-            factors.append(tl.concatenate(parts, axis=1))
-        counts = [len(m) for m in mats]
-        core = None
-        for c, blocks in zip(coefs, self._terms):
-            block = _placed(Y.core * c, blocks[1], rank, counts)
-            core = block if core is None else core + block
-        return TuckerTensor(core, factors)
+        images = [
+            [u if m is None else _apply(m, u) for m in mats[j]] for j, u in enumerate(Y.factors)
+        ]
+        return AppliedKroneckerSum(self.shape, Y.core, images, coefs, [b for _, b in self._terms])
 
     def apply_dense(self, X, t=0.0):
         """``L(t, X)`` for a dense tensor ``X`` (for tests and small reference solutions)."""
@@ -217,6 +213,60 @@ class KroneckerSum:
 
     def __repr__(self):
         return f"KroneckerSum(shape={self.shape}, terms={len(self._terms)})"
+
+
+class AppliedKroneckerSum:
+    """``L(Y) = Σ_k c_k · C ×_j (B_{k,j} U_j)`` kept as its terms (what ``L(t, Y)`` returns).
+
+    Follows the :class:`~tuckerflow.geometry.Contractible` protocol:
+    ``contract(matrices)`` costs ``O(Σ_{j,b} m_j n_j r_j + K ∏ r_j · Σ m_j)`` and never forms
+    the rank-``p_j r_j`` Tucker tensor; :meth:`to_tucker` gives that exact Tucker tensor (factors
+    ``[B_{j,1} U_j, …]``, block core) and :meth:`to_tensor` the dense tensor.
+    """
+
+    def __init__(self, shape, core, images, coefficients, blocks):
+        self.shape = tuple(shape)
+        self.core = core
+        self.images = images  # images[j][b] = B_{j,b} U_j
+        self.coefficients = coefficients
+        self.blocks = blocks
+
+    def contract(self, matrices):
+        reduced = [
+            [img if m is None else tl.dot(m, img) for img in imgs]
+            for m, imgs in zip(matrices, self.images)
+        ]
+        out = None
+        for c, blocks in zip(self.coefficients, self.blocks):
+            term = multi_mode_dot(self.core, [reduced[j][b] for j, b in enumerate(blocks)]) * c
+            out = term if out is None else out + term
+        return out
+
+    def to_tucker(self):
+        """The exact Tucker tensor of rank ``p_j r_j`` (distinct matrices per mode times r)."""
+        rank = tuple(tl.shape(self.core))
+        factors = [tl.concatenate(imgs, axis=1) for imgs in self.images]
+        counts = [len(imgs) for imgs in self.images]
+        core = None
+        for c, blocks in zip(self.coefficients, self.blocks):
+            block = _placed(self.core * c, blocks, rank, counts)
+            core = block if core is None else core + block
+        return TuckerTensor(core, factors)
+
+    def to_tensor(self):
+        """The dense tensor (small problems only)."""
+        return self.contract([None] * len(self.shape))
+
+    def __mul__(self, a):
+        if not isinstance(a, Number):
+            return NotImplemented
+        coefs = [a * c for c in self.coefficients]
+        return AppliedKroneckerSum(self.shape, self.core, self.images, coefs, self.blocks)
+
+    __rmul__ = __mul__
+
+    def __repr__(self):
+        return f"AppliedKroneckerSum(shape={self.shape}, terms={len(self.blocks)})"
 
 
 def _apply(m, u):
@@ -405,7 +455,7 @@ class AmbientSum:
         """The dense sum (small problems only)."""
         out = None
         for p in self.parts:
-            x = p if tl.is_tensor(p) else as_tucker(p).to_tensor()
+            x = p if tl.is_tensor(p) else p.to_tensor()
             out = x if out is None else out + x
         return out
 

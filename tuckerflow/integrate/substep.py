@@ -15,7 +15,7 @@ import math
 import numpy as np
 import tensorly as tl
 
-from .._backend import eps, is_complex, to_float
+from .._backend import context, eps, is_complex, to_float
 
 __all__ = [
     "SUBSTEPS",
@@ -62,12 +62,6 @@ def expm_small(a):
     return out
 
 
-def _vdot(a, b):
-    """``Σ conj(a) b`` as a Python number (host sync)."""
-    v = tl.to_numpy(tl.sum(tl.conj(a) * b) if is_complex(a) else tl.sum(a * b))
-    return complex(v) if np.iscomplexobj(v) else float(v)
-
-
 class KrylovExponential:
     """``y(t0 + h) = exp(h A) y0`` for a linear right-hand side ``f(t, y) = A y``.
 
@@ -104,32 +98,33 @@ class KrylovExponential:
         tm = t0 + h / 2
         cplx = is_complex(y0)
         rtol = self.rtol if self.rtol is not None else 100.0 * eps(y0)
-        y = y0
+        shape = tl.shape(y0)
+        y = tl.reshape(y0, (-1,))
+        tiny = 10.0 * eps(y0)
         done = 0.0
         while done < h * (1 - 1e-14):
             beta = to_float(tl.norm(y))
             if beta == 0.0:
-                return y
-            basis = [y / beta]
+                break
+            basis = tl.reshape(y / beta, (1, -1))  # rows: orthonormal Krylov vectors
             m = self.krylov_dim
             hess = np.zeros((m + 1, m), dtype=np.complex128 if cplx else np.float64)
             size = 0
             exact = False
             for j in range(m):
-                w = f(tm, basis[j])
+                w = tl.reshape(f(tm, tl.reshape(basis[j], shape)), (-1,))
                 scale = to_float(tl.norm(w))
-                for _ in range(2):  # Gram–Schmidt twice: orthogonal to round-off
-                    for i in range(j + 1):
-                        c = _vdot(basis[i], w)
-                        hess[i, j] += c
-                        w = w - c * basis[i]
+                for _ in range(2):  # classical Gram–Schmidt twice: orthogonal to round-off
+                    c = tl.dot(tl.conj(basis), w)
+                    w = w - tl.dot(c, basis)
+                    hess[: j + 1, j] += np.asarray(tl.to_numpy(c))
                 nxt = to_float(tl.norm(w))
                 size = j + 1
-                if nxt <= 10.0 * eps(y0) * max(scale, 1e-300) or nxt == 0.0:
+                if nxt <= tiny * max(scale, 1e-300):
                     exact = True
                     break
                 hess[j + 1, j] = nxt
-                basis.append(w / nxt)
+                basis = tl.concatenate([basis, tl.reshape(w / nxt, (1, -1))], axis=0)
             tau = h - done
             while True:
                 e = expm_small(tau * hess[:size, :size])[:, 0]
@@ -139,12 +134,9 @@ class KrylovExponential:
                 tau /= 2
             if not cplx:
                 e = e.real
-            acc = basis[0] * (beta * e[0])
-            for i in range(1, size):
-                acc = acc + basis[i] * (beta * e[i])
-            y = acc
+            y = tl.dot(tl.tensor(beta * e, **context(y0)), basis[:size])
             done += tau
-        return y
+        return tl.reshape(y, shape)
 
 
 #: Substep solvers by name.
