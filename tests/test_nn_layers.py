@@ -28,6 +28,15 @@ CONVS = {1: (TuckerConv1d, nn.Conv1d), 2: (TuckerConv2d, nn.Conv2d), 3: (TuckerC
 EPS64 = torch.finfo(torch.float64).eps
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # these tensors are tiny: with parallel test workers, torch's thread pools only contend
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

@@ -21,6 +21,15 @@ from tuckerflow.nn import (  # noqa: E402
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # these tensors are tiny: with parallel test workers, torch's thread pools only contend
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(
