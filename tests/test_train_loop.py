@@ -10,7 +10,14 @@ torch = pytest.importorskip("torch")
 from tuckerflow.train import TrainConfig, atomic_save, train  # noqa: E402
 
 # Tiny runs: 8×8 digits, one or two epochs, a few hundred training images.
-TINY = {"data": "digits", "batch_size": 64, "quiet": True, "device": "cpu", "test_fraction": 0.5}
+TINY = {
+    "data": "digits",
+    "batch_size": 64,
+    "quiet": True,
+    "device": "cpu",
+    "test_fraction": 0.5,
+    "threads": 1,
+}
 
 
 def _files(folder):
@@ -18,7 +25,9 @@ def _files(folder):
 
 
 def test_dense_run_writes_summary_figure_and_checkpoint(tmp_path):
-    summary = train(TrainConfig(**TINY, epochs=1, out=str(tmp_path)))
+    threads = torch.get_num_threads()
+    summary = train(TrainConfig(**{**TINY, "threads": threads + 1}, epochs=1, out=str(tmp_path)))
+    assert torch.get_num_threads() == threads  # the thread count is restored
     assert _files(tmp_path) == ["checkpoint.pt", "summary.json", "training.png"]
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "compression_rate", "ranks", "time_s"):
@@ -107,3 +116,46 @@ def test_bad_data_file_raises_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.npz: len\(x\)=6 differs from len\(y\)=5"):
         train(TrainConfig(**{**TINY, "data": str(path)}, out=str(out)))
     assert not out.exists()
+
+
+def test_tucker_fixed_keeps_its_ranks_and_reports_compression(tmp_path):
+    ranks = {"conv1": (4, 1, 3, 3), "conv2": (8, 6, 3, 3), "fc1": (10, 10)}
+    summary = train(TrainConfig(**TINY, method="tucker-fixed", epochs=1, ranks=ranks))
+    assert summary["tucker_layers"] == ["conv1", "conv2", "fc1"]
+    for name, rank in ranks.items():
+        assert summary["ranks"][name] == list(rank)
+        assert [h["ranks"][name] for h in summary["history"]] == [list(rank)] * 2
+    # conv parameters: dense 20·25+20 + 50·20·25+50; Tucker: core + factors + the same biases.
+    conv_after = (4 * 9 + 20 * 4 + 5 * 3 * 2 + 20) + (8 * 6 * 9 + 50 * 8 + 20 * 6 + 5 * 3 * 2 + 50)
+    conv_before = 20 * 25 + 20 + 50 * 20 * 25 + 50
+    assert summary["parameters"]["conv"] == conv_after
+    assert summary["compression_rate_conv"] == pytest.approx(1 - conv_after / conv_before)
+    assert 0.0 < summary["compression_rate"] < 1.0
+    assert summary["test_loss"] < 2.4  # below the ≈ ln 10 = 2.30 of chance plus a margin
+
+
+def test_tdlrt_run_adapts_ranks_within_bounds(tmp_path):
+    summary = train(
+        TrainConfig(
+            **TINY, method="tdlrt", epochs=1, rank=8, max_rank=12, tau=0.2, out=str(tmp_path)
+        )
+    )
+    shapes = {"conv1": (20, 1, 5, 5), "conv2": (50, 20, 5, 5), "fc1": (500, 200)}
+    for name, shape in shapes.items():
+        ranks = summary["ranks"][name]
+        # modes of size > 3 are factorized: the cap 12 holds there.
+        assert all(1 <= r <= min(n, 12) or r == n == 1 for r, n in zip(ranks, shape))
+    assert summary["history"][0]["ranks"]["fc1"] == [8, 8]
+    assert 0.5 < summary["compression_rate"] < 1.0
+    assert summary["tau"] == 0.2
+    assert summary["test_accuracy"] > 0.2
+
+
+def test_tdlrt_resume_across_rank_changes_matches_a_straight_run(tmp_path):
+    options = {**TINY, "method": "tdlrt", "rank": 10, "tau": 0.3, "test_fraction": 0.75}
+    straight = train(TrainConfig(**options, epochs=2, out=str(tmp_path / "a")))
+    first = train(TrainConfig(**options, epochs=1, out=str(tmp_path / "b")))
+    assert first["ranks"] != first["history"][0]["ranks"]  # ranks did change before the cut
+    resumed = train(TrainConfig(**options, epochs=2, out=str(tmp_path / "b"), resume=True))
+    assert resumed["ranks"] == straight["ranks"]
+    assert resumed["test_loss"] == pytest.approx(straight["test_loss"], rel=1e-5)

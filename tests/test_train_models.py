@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tuckerflow.train.models import MODELS, build_model, dense_weight_counts  # noqa: E402
+from tuckerflow.train.models import MODELS, build_model, layer_parameter_counts  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -21,12 +21,12 @@ def test_models_map_images_to_class_logits(name, input_shape):
 
 def test_lenet5_has_the_caffe_layer_sizes_on_mnist():
     model = build_model("lenet5", (1, 28, 28), 10)
-    counts = dense_weight_counts(model)
+    counts = layer_parameter_counts(model)
     assert counts == {
-        "conv1": ("conv", 20 * 1 * 5 * 5),
-        "conv2": ("conv", 50 * 20 * 5 * 5),
-        "fc1": ("linear", 500 * 800),
-        "fc2": ("linear", 10 * 500),
+        "conv1": ("conv", 20 * 1 * 5 * 5 + 20),
+        "conv2": ("conv", 50 * 20 * 5 * 5 + 50),
+        "fc1": ("linear", 500 * 800 + 500),
+        "fc2": ("linear", 10 * 500 + 10),
     }
 
 

@@ -80,9 +80,9 @@ def _add_train_arguments(parser):
     tucker.add_argument(
         "--rank",
         type=_rank,
-        default=0.5,
-        help="initial (tdlrt) or fixed (tucker-fixed) rank: fraction of each mode size or "
-        "integer cap; default: 0.5",
+        default=32,
+        help="initial (tdlrt) or fixed (tucker-fixed) rank: fraction of each mode size (0.25) "
+        "or integer cap per mode (16); default: 32",
     )
     tucker.add_argument("--min-rank", type=int, default=1, help="per-mode lower rank bound")
     tucker.add_argument("--max-rank", type=int, default=None, help="per-mode rank cap")
@@ -118,6 +118,7 @@ def _add_train_arguments(parser):
         "--overwrite", action="store_true", help="start afresh in a folder holding a checkpoint"
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads of PyTorch")
     run.add_argument("--quiet", action="store_true", help="no progress bars and no table")
 
 
@@ -168,6 +169,7 @@ def _config_from_args(args):
         resume=args.resume,
         overwrite=args.overwrite,
         device=args.device,
+        threads=args.threads,
         quiet=args.quiet,
     )
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tuckerflow.train.data import load_dataset, split_dataset
-from tuckerflow.train.models import MODELS, build_model, dense_weight_counts
+from tuckerflow.train.models import MODELS, build_model, layer_parameter_counts
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -84,7 +84,10 @@ class TrainConfig:
         Which layers become Tucker layers: ``"all-but-last"`` (every ``Conv*d``/``Linear``
         except the classifier), ``"all"`` or ``"conv"``.
     seed : int
-        Seeds the split, the initialization and the batch order.
+        Seeds the initialization, the batch order and (unless ``split_seed`` is given) the
+        held-out split.
+    split_seed : int or None
+        Seed of the held-out split alone (to compare initializations on one split).
     val_fraction, test_fraction : float
         Held-out shares of the data.
     out : str or None
@@ -95,6 +98,9 @@ class TrainConfig:
         Allow starting afresh in a folder that already holds a checkpoint.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
+    threads : int or None
+        CPU threads of PyTorch (``torch.set_num_threads``); None keeps PyTorch's default. One
+        thread is often fastest for these small networks on a busy machine.
     quiet : bool
         No progress bars and no table.
     """
@@ -110,19 +116,21 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: str = "momentum"
     scheduler: str = "none"
-    rank: float = 0.5
+    rank: float | int = 32
     ranks: dict | None = None
     min_rank: int = 1
     max_rank: int | None = None
     tdlrt_mode: str = "one-pass"
     factorize: str = "all-but-last"
     seed: int = 0
+    split_seed: int | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     out: str | None = None
     resume: bool | str = False
     overwrite: bool = False
     device: str = "auto"
+    threads: int | None = None
     quiet: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -162,6 +170,8 @@ class TrainConfig:
             raise ValueError(
                 f"factorize={self.factorize!r} is not one of ['all-but-last', 'all', 'conv']"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads} must be at least 1")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         if self.resume is True and self.out is None:
@@ -190,7 +200,7 @@ def _resolve_device(name):
 
 def _factorizable_names(model, policy):
     """Names of the modules that become Tucker layers under ``policy``."""
-    counts = dense_weight_counts(model)
+    counts = layer_parameter_counts(model)
     names = [name for name, (kind, _) in counts.items() if policy != "conv" or kind == "conv"]
     if policy == "all-but-last" and names:
         last = list(counts)[-1]
@@ -198,28 +208,20 @@ def _factorizable_names(model, policy):
     return names
 
 
-def _initial_rank(shape, rank):
-    """Per-mode initial rank from a fraction of each mode size or an integer cap."""
-    if isinstance(rank, float):
-        return tuple(max(1, math.ceil(rank * n)) for n in shape)
-    return tuple(min(int(rank), n) for n in shape)
-
-
 def _tuckerize(model, config, names):
     """Replace the modules ``names`` by Tucker layers initialised from scratch."""
     from tuckerflow.nn import tuckerize
 
-    counts = dense_weight_counts(model)
-    modules = dict(model.named_modules())
-    ranks = {}
-    for name in names:
-        shape = tuple(modules[name].weight.shape)
-        if config.ranks is not None and name in config.ranks:
-            ranks[name] = tuple(int(r) for r in config.ranks[name])
-        else:
-            ranks[name] = _initial_rank(shape, config.rank)
-    del counts
-    return tuckerize(model, ranks=ranks, init="random", include=names)
+    per_layer = dict(config.ranks or {})
+    unknown = sorted(set(per_layer) - set(names))
+    if unknown:
+        raise ValueError(f"ranks names {unknown}, which are not factorized layers ({names})")
+    shared = [name for name in names if name not in per_layer]
+    if shared:
+        model, _ = tuckerize(model, filter=shared, rank=config.rank, init="random")
+    for name, rank in per_layer.items():
+        model, _ = tuckerize(model, filter=[name], rank=tuple(rank), init="random")
+    return model
 
 
 def tucker_layers(model):
@@ -253,8 +255,8 @@ def compression_report(dense_counts, model, dense_total):
     Parameters
     ----------
     dense_counts : dict
-        ``{name: (kind, weight entries)}`` of the dense network (see
-        :func:`tuckerflow.train.models.dense_weight_counts`).
+        ``{name: (kind, parameters)}`` of the dense network (see
+        :func:`tuckerflow.train.models.layer_parameter_counts`).
     model : torch.nn.Module
         The trained network (Tucker layers count core + factors).
     dense_total : int
@@ -263,8 +265,9 @@ def compression_report(dense_counts, model, dense_total):
     Returns
     -------
     dict
-        ``compression_rate`` over all ``Conv*d``/``Linear`` weights, ``compression_rate_conv``
-        over convolution weights only, ``compression_rate_model`` over all parameters, and the
+        ``compression_rate`` over the parameters of all ``Conv*d``/``Linear`` layers
+        (weights and biases; Tucker layers: core, factors and bias), ``compression_rate_conv``
+        over the convolutions only, ``compression_rate_model`` over all parameters, and the
         parameter counts.
 
     Notes
@@ -277,17 +280,14 @@ def compression_report(dense_counts, model, dense_total):
     .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco, "Geometry-aware training
        of factorized layers in tensor Tucker format", NeurIPS 2024, arXiv:2305.19059.
     """
-    tucker = tucker_layers(model)
     modules = dict(model.named_modules())
     before = {"conv": 0, "linear": 0}
     after = {"conv": 0, "linear": 0}
     for name, (kind, count) in dense_counts.items():
         before[kind] += count
         module = modules.get(name)
-        if name in tucker:
-            after[kind] += module.core.numel() + sum(f.numel() for f in module.factors)
-        elif module is not None:
-            after[kind] += module.weight.numel()
+        if module is not None:
+            after[kind] += sum(p.numel() for p in module.parameters())
     total_after = sum(p.numel() for p in model.parameters())
 
     def rate(a, b):
@@ -302,10 +302,10 @@ def compression_report(dense_counts, model, dense_total):
         "parameters": {
             "dense_model": int(dense_total),
             "model": int(total_after),
-            "dense_conv_weights": int(before["conv"]),
-            "conv_weights": int(after["conv"]),
-            "dense_linear_weights": int(before["linear"]),
-            "linear_weights": int(after["linear"]),
+            "dense_conv": int(before["conv"]),
+            "conv": int(after["conv"]),
+            "dense_linear": int(before["linear"]),
+            "linear": int(after["linear"]),
         },
     }
 
@@ -415,16 +415,6 @@ def load_checkpoint(path, fingerprint, *, map_location="cpu"):
     return payload
 
 
-def _resize_tucker_layers(model, model_state):
-    """Give every Tucker layer the core/factor shapes stored in ``model_state``."""
-    for name, layer in tucker_layers(model).items():
-        prefix = f"{name}." if name else ""
-        core = model_state[f"{prefix}core"]
-        stored = iter(model_state[f"{prefix}factors.{k}"] for k in range(len(layer.factors)))
-        factors = [next(stored) if i in layer.factorized_modes else None for i in range(core.ndim)]
-        layer.set_tucker_(core, factors)
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -492,7 +482,7 @@ def format_summary_table(summary):
         f"method          {summary['method']}  (model {summary['model']}, data {summary['data']})",
         f"test accuracy   {100 * summary['test_accuracy']:.2f} %",
         f"val accuracy    {100 * summary['val_accuracy']:.2f} %",
-        f"compression     {100 * summary['compression_rate']:.1f} % (conv+linear weights), "
+        f"compression     {100 * summary['compression_rate']:.1f} % (conv+linear layers), "
         f"{100 * summary['compression_rate_conv']:.1f} % (conv only), "
         f"{100 * summary['compression_rate_model']:.1f} % (whole model)",
         f"time            {summary['time_s']:.1f} s ({summary['epochs']} epochs)",
@@ -532,13 +522,17 @@ def _prepare_output(config):
     return resume_path
 
 
-def train(config):
+def train(config, *, transform=None):
     """Train a network as described by ``config`` and return its summary.
 
     Parameters
     ----------
     config : TrainConfig
         The run (see :class:`TrainConfig`); validated first, before anything is written.
+    transform : callable, optional
+        ``transform(model) -> model`` applied to the freshly built dense network before
+        training (with ``method="dense"`` only), e.g. to train a baseline whose layers some
+        other library factorizes. Compression is measured against the network before it.
 
     Returns
     -------
@@ -561,6 +555,17 @@ def train(config):
     .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco, "Geometry-aware training
        of factorized layers in tensor Tucker format", NeurIPS 2024, arXiv:2305.19059.
     """
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        config.validate()
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, transform)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config, transform):
     config.validate()
     resume_path = _prepare_output(config)
     device = _resolve_device(config.device)
@@ -571,19 +576,25 @@ def train(config):
         y,
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
-        seed=config.seed,
+        seed=config.seed if config.split_seed is None else config.split_seed,
         name=str(config.data),
     )
     torch.manual_seed(config.seed)
     model = build_model(config.model, splits.input_shape, splits.num_classes)
-    dense_counts = dense_weight_counts(model)
+    dense_counts = layer_parameter_counts(model)
     dense_total = sum(p.numel() for p in model.parameters())
     fingerprint = model_fingerprint(config, model, splits.input_shape, splits.num_classes)
 
+    fingerprint["transform"] = None
+    if transform is not None:
+        if config.method != "dense":
+            raise ValueError(f"transform needs method='dense', got method={config.method!r}")
+        fingerprint["transform"] = getattr(transform, "__name__", type(transform).__name__)
     payload = None
     if resume_path is not None:
         payload = load_checkpoint(resume_path, fingerprint)
-
+    if transform is not None:
+        model = transform(model)
     factorized = []
     if config.method != "dense":
         factorized = _factorizable_names(model, config.factorize)
@@ -621,11 +632,13 @@ def train(config):
     start_epoch = 0
     elapsed = 0.0
     if payload is not None:
-        _resize_tucker_layers(model, payload["model"])
+        # Tucker layers take the stored ranks while loading; TDLRT's state holds the base
+        # optimizer's state (carried across the rank changes).
         model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        if tdlrt is not None and payload.get("tdlrt") is not None:
+        if tdlrt is not None:
             tdlrt.load_state_dict(payload["tdlrt"])
+        else:
+            optimizer.load_state_dict(payload["optimizer"])
         if scheduler is not None and payload.get("scheduler") is not None:
             scheduler.load_state_dict(payload["scheduler"])
         batch_order.set_state(payload["batch_order"])
@@ -722,7 +735,7 @@ def train(config):
                     "config": json.loads(json.dumps(config.to_dict())),
                     "epoch": epoch,
                     "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": optimizer.state_dict() if tdlrt is None else None,
                     "tdlrt": tdlrt.state_dict() if tdlrt is not None else None,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "batch_order": batch_order.get_state(),

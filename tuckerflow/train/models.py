@@ -16,7 +16,7 @@ __all__ = [
     "LeNet5",
     "ResNet",
     "build_model",
-    "dense_weight_counts",
+    "layer_parameter_counts",
     "lenet5",
     "resnet18",
     "vgg_small",
@@ -188,15 +188,15 @@ def build_model(name, input_shape, num_classes):
     return MODELS[name](channels, (height, width), num_classes)
 
 
-def dense_weight_counts(model):
-    """Weight entries of each ``Conv*d`` and ``Linear`` module: ``{name: (kind, count)}``.
+def layer_parameter_counts(model):
+    """Parameters (weight and bias) of each ``Conv*d``/``Linear`` module: ``{name: (kind, n)}``.
 
-    ``kind`` is ``"conv"`` or ``"linear"``; biases are not counted (they are never factorized).
+    ``kind`` is ``"conv"`` or ``"linear"``.
     """
     counts = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            counts[name] = ("conv", module.weight.numel())
+            counts[name] = ("conv", sum(p.numel() for p in module.parameters()))
         elif isinstance(module, nn.Linear):
-            counts[name] = ("linear", module.weight.numel())
+            counts[name] = ("linear", sum(p.numel() for p in module.parameters()))
     return counts

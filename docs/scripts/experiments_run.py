@@ -1,0 +1,253 @@
+"""LeNet5 on mnist5k: dense, TDLRT at three tolerances, directly trained Tucker factors and
+tensorly-torch ``FactorizedConv`` at the ranks TDLRT found; several initializations each.
+
+Usage (from the repository root)::
+
+    python docs/scripts/experiments_run.py --out runs/experiments            # run + figures
+    python docs/scripts/experiments_run.py --out runs/experiments --plot-only
+
+Writes ``OUT/results.json`` (one record per run), ``OUT/table.md`` and the figures
+``docs/figures/experiments_accuracy_compression.png`` and ``docs/figures/experiments_spread.png``.
+The held-out split is the same for every run (``split_seed=0``); the seed changes the
+initialization and the batch order only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+FIGURES = os.path.join(os.path.dirname(__file__), "..", "figures")
+TAUS = (0.1, 0.2, 0.3)
+REFERENCE_TAU = 0.2  # the TDLRT run whose final ranks the fixed-rank baselines reuse
+
+COMMON = {
+    "data": "mnist5k",
+    "model": "lenet5",
+    "split_seed": 0,
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "batch_size": 128,
+    "optimizer": "momentum",
+    "momentum": 0.9,
+    "lr": 0.02,
+    "rank": 32,
+    "quiet": True,
+    "device": "cpu",
+    "threads": 1,
+}
+
+
+def _std_like_pytorch(fan_in):
+    # PyTorch's default Conv/Linear init is uniform(±1/√fan_in): standard deviation 1/√(3 fan_in)
+    return 1.0 / math.sqrt(3.0 * fan_in)
+
+
+def tltorch_transform(ranks):
+    """Replace conv1/conv2 by tensorly-torch Tucker ``FactorizedConv`` and fc1 by ``B A``."""
+
+    def tensorly_torch_factorized(model):
+        import tltorch
+        import torch
+        from torch import nn
+
+        for name in ("conv1", "conv2"):
+            conv = getattr(model, name)
+            layer = tltorch.FactorizedConv.from_conv(
+                conv,
+                rank=tuple(ranks[name]),
+                factorization="tucker",
+                implementation="factorized",
+                decompose_weights=False,
+            )
+            fan_in = conv.in_channels * math.prod(conv.kernel_size)
+            layer.weight.normal_(0.0, _std_like_pytorch(fan_in))
+            with torch.no_grad():
+                layer.bias.copy_(conv.bias)
+            setattr(model, name, layer)
+        fc = model.fc1
+        r = int(ranks["fc1"][0])
+        low_rank = nn.Sequential(
+            nn.Linear(fc.in_features, r, bias=False), nn.Linear(r, fc.out_features)
+        )
+        with torch.no_grad():
+            # product B A with the entry variance of PyTorch's default init of fc
+            target = _std_like_pytorch(fc.in_features)
+            scale = math.sqrt(target / math.sqrt(r))
+            low_rank[0].weight.normal_(0.0, scale)
+            low_rank[1].weight.normal_(0.0, scale)
+            low_rank[1].bias.copy_(fc.bias)
+        model.fc1 = low_rank
+        return model
+
+    return tensorly_torch_factorized
+
+
+def _std(values):
+    """Sample standard deviation (0 for a single run)."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _record(label, method, seed, summary, extra=None):
+    return {
+        "label": label,
+        "method": method,
+        "seed": seed,
+        "test_accuracy": summary["test_accuracy"],
+        "val_accuracy": summary["val_accuracy"],
+        "compression_rate": summary["compression_rate"],
+        "compression_rate_conv": summary["compression_rate_conv"],
+        "ranks": summary["ranks"],
+        "time_s": summary["time_s"],
+        "val_curve": [h["val_accuracy"] for h in summary["history"]],
+        **(extra or {}),
+    }
+
+
+def run_seed(seed, epochs):
+    """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks)."""
+    from tuckerflow.train import TrainConfig, train
+
+    records = []
+    reference = None
+    for tau in TAUS:
+        config = TrainConfig(**COMMON, method="tdlrt", tau=tau, epochs=epochs, seed=seed)
+        summary = train(config)
+        records.append(_record(f"TDLRT τ={tau}", "tdlrt", seed, summary, {"tau": tau}))
+        if tau == REFERENCE_TAU:
+            reference = {k: summary["ranks"][k] for k in summary["tucker_layers"]}
+    summary = train(TrainConfig(**COMMON, method="dense", epochs=epochs, seed=seed))
+    records.append(_record("dense", "dense", seed, summary))
+    config = TrainConfig(**COMMON, method="tucker-fixed", ranks=reference, epochs=epochs, seed=seed)
+    summary = train(config)
+    records.append(_record("Tucker factors (direct)", "tucker-fixed", seed, summary))
+    config = TrainConfig(**COMMON, method="dense", epochs=epochs, seed=seed)
+    summary = train(config, transform=tltorch_transform(reference))
+    records.append(_record("tensorly-torch FactorizedConv", "tltorch", seed, summary))
+    return records
+
+
+ORDER = [
+    "dense",
+    "TDLRT τ=0.1",
+    "TDLRT τ=0.2",
+    "TDLRT τ=0.3",
+    "Tucker factors (direct)",
+    "tensorly-torch FactorizedConv",
+]
+
+
+def table(records):
+    """Markdown table: mean, std, min and max of test accuracy, compression, time."""
+    import numpy as np
+
+    lines = [
+        "| method | runs | test accuracy (%) mean ± std | min – max | compression (%) | "
+        "conv-only c.r. (%) | time per run (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label in ORDER:
+        rows = [r for r in records if r["label"] == label]
+        if not rows:
+            continue
+        acc = 100 * np.array([r["test_accuracy"] for r in rows])
+        cr = 100 * np.array([r["compression_rate"] for r in rows])
+        crc = 100 * np.array([r["compression_rate_conv"] for r in rows])
+        t = np.array([r["time_s"] for r in rows])
+        lines.append(
+            f"| {label} | {len(rows)} | {acc.mean():.2f} ± {_std(acc):.2f} | "
+            f"{acc.min():.2f} – {acc.max():.2f} | {cr.mean():.1f} ± {_std(cr):.1f} | "
+            f"{crc.mean():.1f} | {t.mean():.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(records, folder):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = dict(zip(ORDER, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for label in ORDER:
+        rows = [r for r in records if r["label"] == label]
+        if not rows:
+            continue
+        cr = 100 * np.array([r["compression_rate"] for r in rows])
+        acc = 100 * np.array([r["test_accuracy"] for r in rows])
+        ax.scatter(cr, acc, s=12, alpha=0.35, color=colors[label])
+        ax.errorbar(
+            cr.mean(),
+            acc.mean(),
+            xerr=_std(cr),
+            yerr=_std(acc),
+            fmt="o",
+            capsize=3,
+            color=colors[label],
+            label=label,
+        )
+    ax.set_xlabel("compression rate, all Conv/Linear layers (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("LeNet5 on mnist5k (held-out test set), mean ± std over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "experiments_accuracy_compression.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=100)
+    present = [label for label in ORDER if any(r["label"] == label for r in records)]
+    data = [[100 * r["test_accuracy"] for r in records if r["label"] == lb] for lb in present]
+    ax.boxplot(data, whis=(0, 100))
+    ax.set_xticks(range(1, len(present) + 1))
+    ax.set_xticklabels([lb.replace(" ", "\n", 1) for lb in present], fontsize=7)
+    for k, values in enumerate(data, start=1):
+        ax.scatter([k] * len(values), values, s=10, color="k", alpha=0.5, zorder=3)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("spread over initializations (box: min, quartiles, max)", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "experiments_spread.png"))
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/experiments")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--plot-only", action="store_true")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    results = os.path.join(args.out, "results.json")
+    if not args.plot_only:
+        tick = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            jobs = [pool.submit(run_seed, seed, args.epochs) for seed in range(args.seeds)]
+            records = []
+            for job in jobs:
+                records += job.result()
+                print(f"{len(records)} runs done, {time.perf_counter() - tick:.0f} s", flush=True)
+        meta = {"epochs": args.epochs, "seeds": args.seeds, "wall_s": time.perf_counter() - tick}
+        with open(results, "w") as handle:
+            json.dump({"meta": meta, "common": COMMON, "runs": records}, handle, indent=1)
+    with open(results) as handle:
+        payload = json.load(handle)
+    records = payload["runs"]
+    text = table(records)
+    with open(os.path.join(args.out, "table.md"), "w") as handle:
+        handle.write(text + "\n")
+    print(text)
+    print(json.dumps(payload.get("meta", {})))
+    plot(records, FIGURES)
+
+
+if __name__ == "__main__":
+    main()
