@@ -48,3 +48,30 @@ def test_python_dash_m_tuckerflow_shows_the_train_options():
     assert result.returncode == 0, result.stderr
     for option in ("--data", "--model", "--method", "--tau", "--resume", "--device"):
         assert option in result.stdout
+
+
+def test_demo_prints_dense_and_tdlrt_side_by_side():
+    from tuckerflow.demo import format_comparison
+
+    def summary(accuracy, rate, params, ranks, tau):
+        return {
+            "test_accuracy": accuracy,
+            "compression_rate": rate,
+            "parameters": {"model": params},
+            "time_s": 12.5,
+            "ranks": ranks,
+            "tucker_layers": [k for k in ranks if k != "fc2"],
+            "tau": tau,
+        }
+
+    text = format_comparison(
+        {
+            "dense": summary(0.981, 0.0, 431080, {"fc1": [500, 800]}, None),
+            "tdlrt": summary(0.975, 0.93, 30172, {"fc1": [12, 12], "fc2": [10, 500]}, 0.2),
+        }
+    )
+    lines = text.splitlines()
+    assert lines[1].split()[-2:] == ["98.10", "97.50"]
+    assert lines[2].split()[-2:] == ["0.0", "93.0"]
+    assert lines[3].split()[-2:] == ["431080", "30172"]
+    assert "fc1 (12, 12)" in text and "fc2" not in text.splitlines()[-1]

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tuckerflow.train.data import load_dataset, load_npz, split_dataset
+from tuckerflow.train.data import arrays_from_dataset, load_dataset, load_npz, split_dataset
 
 
 def _save(tmp_path, **arrays):
@@ -112,3 +112,20 @@ def test_split_depends_on_seed_and_rejects_bad_fractions():
         split_dataset(x, y, test_fraction=1.0)
     with pytest.raises(ValueError, match="leaves no training data"):
         split_dataset(x, y, val_fraction=0.5, test_fraction=0.5)
+
+
+def test_arrays_from_an_indexable_dataset():
+    torch = pytest.importorskip("torch")
+    pairs = [(torch.full((3, 5, 4), 0.5), 2), (torch.zeros(3, 5, 4), 0)]
+    x, y = arrays_from_dataset(pairs)
+    assert x.shape == (2, 3, 5, 4) and y.tolist() == [2, 0]
+    np.testing.assert_array_equal(x[0], np.full((3, 5, 4), 0.5, dtype=np.float32))
+    gray = [(np.full((5, 4), 255, dtype=np.uint8), 1)]
+    assert arrays_from_dataset(gray)[0].shape == (1, 1, 5, 4)
+    with pytest.raises(ValueError, match="images of different shapes"):
+        arrays_from_dataset([(np.zeros((4, 4)), 0), (np.zeros((5, 4)), 1)])
+
+
+def test_torchvision_spec_is_checked():
+    with pytest.raises(ValueError, match="torchvision:NAME:ROOT"):
+        load_dataset("torchvision:CIFAR10")

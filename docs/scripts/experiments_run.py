@@ -102,32 +102,64 @@ def _record(label, method, seed, summary, extra=None):
         "compression_rate": summary["compression_rate"],
         "compression_rate_conv": summary["compression_rate_conv"],
         "ranks": summary["ranks"],
+        "tucker_layers": summary["tucker_layers"],
         "time_s": summary["time_s"],
         "val_curve": [h["val_accuracy"] for h in summary["history"]],
         **(extra or {}),
     }
 
 
-def run_seed(seed, epochs):
-    """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks)."""
+def _slug(label):
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()
+
+
+def run_seed(seed, epochs, folder):
+    """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks).
+
+    Each finished run is written to ``folder/seed{seed}-{label}.json`` at once; runs found
+    there already are not repeated, so an interrupted experiment continues where it stopped.
+    """
     from tuckerflow.train import TrainConfig, train
+
+    def done(label):
+        path = os.path.join(folder, f"seed{seed}-{_slug(label)}.json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                return json.load(handle)
+        return None
+
+    def keep(record):
+        path = os.path.join(folder, f"seed{seed}-{_slug(record['label'])}.json")
+        with open(path + ".tmp", "w") as handle:
+            json.dump(record, handle)
+        os.replace(path + ".tmp", path)
+        return record
 
     records = []
     reference = None
     for tau in TAUS:
-        config = TrainConfig(**COMMON, method="tdlrt", tau=tau, epochs=epochs, seed=seed)
-        summary = train(config)
-        records.append(_record(f"TDLRT τ={tau}", "tdlrt", seed, summary, {"tau": tau}))
+        label = f"TDLRT τ={tau}"
+        record = done(label)
+        if record is None:
+            config = TrainConfig(**COMMON, method="tdlrt", tau=tau, epochs=epochs, seed=seed)
+            summary = train(config)
+            record = keep(_record(label, "tdlrt", seed, summary, {"tau": tau}))
+        records.append(record)
         if tau == REFERENCE_TAU:
-            reference = {k: summary["ranks"][k] for k in summary["tucker_layers"]}
-    summary = train(TrainConfig(**COMMON, method="dense", epochs=epochs, seed=seed))
-    records.append(_record("dense", "dense", seed, summary))
-    config = TrainConfig(**COMMON, method="tucker-fixed", ranks=reference, epochs=epochs, seed=seed)
-    summary = train(config)
-    records.append(_record("Tucker factors (direct)", "tucker-fixed", seed, summary))
-    config = TrainConfig(**COMMON, method="dense", epochs=epochs, seed=seed)
-    summary = train(config, transform=tltorch_transform(reference))
-    records.append(_record("tensorly-torch FactorizedConv", "tltorch", seed, summary))
+            reference = {k: v for k, v in record["ranks"].items() if k in record["tucker_layers"]}
+    baselines = [
+        ("dense", "dense", {}, None),
+        ("Tucker factors (direct)", "tucker-fixed", {"ranks": reference}, None),
+        ("tensorly-torch FactorizedConv", "dense", {}, tltorch_transform(reference)),
+    ]
+    for label, method, options, transform in baselines:
+        record = done(label)
+        if record is None:
+            config = TrainConfig(**COMMON, method=method, epochs=epochs, seed=seed, **options)
+            summary = train(config, transform=transform)
+            kind = "tltorch" if transform is not None else method
+            record = keep(_record(label, kind, seed, summary))
+        records.append(record)
     return records
 
 
@@ -221,25 +253,31 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/experiments")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot-only", action="store_true")
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    folder = os.path.join(args.out, "runs")
+    os.makedirs(folder, exist_ok=True)
     results = os.path.join(args.out, "results.json")
     if not args.plot_only:
         tick = time.perf_counter()
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            jobs = [pool.submit(run_seed, seed, args.epochs) for seed in range(args.seeds)]
-            records = []
+            jobs = [pool.submit(run_seed, seed, args.epochs, folder) for seed in range(args.seeds)]
             for job in jobs:
-                records += job.result()
-                print(f"{len(records)} runs done, {time.perf_counter() - tick:.0f} s", flush=True)
+                job.result()
+                print(f"seed done, {time.perf_counter() - tick:.0f} s", flush=True)
         meta = {"epochs": args.epochs, "seeds": args.seeds, "wall_s": time.perf_counter() - tick}
-        with open(results, "w") as handle:
-            json.dump({"meta": meta, "common": COMMON, "runs": records}, handle, indent=1)
-    with open(results) as handle:
-        payload = json.load(handle)
+    else:
+        meta = {"epochs": args.epochs, "seeds": args.seeds, "partial": True}
+    records = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name)) as handle:
+                records.append(json.load(handle))
+    payload = {"meta": meta, "common": COMMON, "runs": records}
+    with open(results, "w") as handle:
+        json.dump(payload, handle, indent=1)
     records = payload["runs"]
     text = table(records)
     with open(os.path.join(args.out, "table.md"), "w") as handle:

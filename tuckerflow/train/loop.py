@@ -444,6 +444,7 @@ def plot_history(history, path, *, title=None):
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_acc, ax_rank) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
@@ -469,6 +470,8 @@ def plot_history(history, path, *, title=None):
     if layers:
         ax_rank.legend(fontsize=7, loc="upper right")
     ax_rank.grid(alpha=0.3)
+    for ax in (ax_acc, ax_rank):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
