@@ -500,3 +500,38 @@ def test_linear_from_dense():
     assert torch.allclose(err, s[4:].pow(2).sum().sqrt(), rtol=1e-10)
     with pytest.raises(TypeError, match="nn.Linear"):
         TuckerLinear.from_dense(nn.Conv1d(3, 3, 1), rank=1)
+
+
+def _saved_bytes(fn):
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+def test_recomputed_factorized_forward_gives_same_gradients_with_less_saved_memory():
+    torch.manual_seed(0)
+    layer = TuckerConv2d(8, 8, 3, padding=1, rank=3, dtype=torch.float64)
+    layer.forward_mode = "factorized"
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for recompute in (False, True):
+        layer.recompute_factorized = recompute
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        y, saved = _saved_bytes(lambda: layer(x))
+        y.pow(2).sum().backward()
+        grads = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
+        results[recompute] = (y.detach(), saved, grads)
+    assert torch.equal(results[True][0], results[False][0])
+    for a, b in zip(results[True][2], results[False][2]):
+        assert torch.allclose(a, b, rtol=0, atol=1e3 * EPS64 * (1 + b.abs().max().item()))
+    # only the input (and the small weights) are kept: no r-channel intermediate maps
+    weights = sum(p.numel() * 8 for p in layer.parameters())
+    assert results[True][1] <= x.numel() * 8 + weights
+    assert results[False][1] > results[True][1]

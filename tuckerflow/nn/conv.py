@@ -275,17 +275,19 @@ class _TuckerConvNd(TuckerLayer):
 
     def _projected_weight_grad(self, x, grad_out, U_hats):
         g = self.groups
-        b = x.shape[0]
-        spatial_in = x.shape[2:]
         u_out, u_in = U_hats[0], U_hats[1]
+        ones = (1,) * self._ndim
         if u_in is not None:
-            # channels c of group q are input channels q·C_in/g + c
-            xs = x.reshape(b, g, self.in_channels // g, *spatial_in)
-            x = torch.einsum("bgc...,cs->bgs...", xs, u_in).reshape(b, -1, *spatial_in)
+            # a 1×1 convolution per group: channels c of group q are inputs q·C_in/g + c
+            w_in = u_in.t().reshape(u_in.shape[1], -1, *ones)
+            if g > 1:
+                w_in = w_in.repeat(g, *(1,) * (self._ndim + 1))
+            x = self._conv(x, w_in, None, 1, 0, 1, g)
         p_in = x.shape[1] // g
         x, pad = self._pad(x)
         if g == 1 and u_out is not None:
-            grad_out = torch.einsum("bo...,os->bs...", grad_out, u_out)
+            w_out = u_out.t().reshape(u_out.shape[1], -1, *ones)
+            grad_out = self._conv(grad_out, w_out)
             project_out = False
         else:
             project_out = u_out is not None

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["TuckerLayer", "FORWARD_MODES"]
 
@@ -168,6 +169,11 @@ class TuckerLayer(nn.Module):
     forward_mode : {"auto", "factorized", "dense"}
         ``"auto"`` picks, per call, the cheaper of the factorized contraction and the
         reconstructed weight by the FLOP estimate of :meth:`forward_flops`.
+    recompute_factorized : bool
+        When True, the factorized forward keeps only its input for backward and recomputes
+        the low-rank intermediate maps there (activation checkpointing of this layer). It
+        costs one more factorized forward per step and brings the activation memory of the
+        layer down to that of the dense layer. Default False.
     record_for_galerkin : bool
         When True, every forward pass under autograd records the layer input and (through a
         tensor hook) the gradient of its output, from which :meth:`galerkin_gradient` and
@@ -209,6 +215,7 @@ class TuckerLayer(nn.Module):
         else:
             self.bias = nn.Parameter(torch.empty(bias_size, **factory))
         self._forward_mode = "auto"
+        self.recompute_factorized = False
         self._record = False
         self._records = []
         self.reset_parameters()
@@ -381,7 +388,12 @@ class TuckerLayer(nn.Module):
         record = self._record and torch.is_grad_enabled()
         if record:
             entry = [x.detach(), None]
-        y = self._forward_factorized(x) if use_factorized else self._forward_dense(x)
+        if not use_factorized:
+            y = self._forward_dense(x)
+        elif self.recompute_factorized and torch.is_grad_enabled():
+            y = checkpoint(self._forward_factorized, x, use_reentrant=False)
+        else:
+            y = self._forward_factorized(x)
         if record and y.requires_grad:
             self._records.append(entry)
             y.register_hook(_RecordGrad(entry))
