@@ -109,8 +109,9 @@ class KrylovExponential:
             basis = tl.reshape(y / beta, (1, -1))  # rows: orthonormal Krylov vectors
             m = self.krylov_dim
             hess = np.zeros((m + 1, m), dtype=np.complex128 if cplx else np.float64)
+            tau = h - done
             size = 0
-            exact = False
+            e = None
             for j in range(m):
                 w = tl.reshape(f(tm, tl.reshape(basis[j], shape)), (-1,))
                 scale = to_float(tl.norm(w))
@@ -120,18 +121,23 @@ class KrylovExponential:
                     hess[: j + 1, j] += np.asarray(tl.to_numpy(c))
                 nxt = to_float(tl.norm(w))
                 size = j + 1
-                if nxt <= tiny * max(scale, 1e-300):
-                    exact = True
+                if nxt <= tiny * max(scale, 1e-300):  # invariant subspace: exact
+                    e = expm_small(tau * hess[:size, :size])[:, 0]
                     break
                 hess[j + 1, j] = nxt
-                basis = tl.concatenate([basis, tl.reshape(w / nxt, (1, -1))], axis=0)
-            tau = h - done
-            while True:
+                # stop as soon as the whole remaining substep is resolved
                 e = expm_small(tau * hess[:size, :size])[:, 0]
-                err = 0.0 if exact else beta * hess[size, size - 1] * abs(e[size - 1])
-                if err <= rtol * beta or tau <= h * 1e-6:
+                if beta * nxt * abs(e[size - 1]) <= rtol * beta:
                     break
-                tau /= 2
+                if j + 1 < m:
+                    basis = tl.concatenate([basis, tl.reshape(w / nxt, (1, -1))], axis=0)
+            else:
+                # basis exhausted: shorten the step until the estimate is met
+                while beta * hess[size, size - 1] * abs(e[size - 1]) > rtol * beta:
+                    if tau <= h * 1e-6:
+                        break
+                    tau /= 2
+                    e = expm_small(tau * hess[:size, :size])[:, 0]
             if not cplx:
                 e = e.real
             y = tl.dot(tl.tensor(beta * e, **context(y0)), basis[:size])
