@@ -16,6 +16,13 @@ import pytest
 import tensorly as tl
 from hypothesis import HealthCheck, settings
 
+if importlib.util.find_spec("torch") is not None:
+    import torch
+
+    # pytest-xdist already runs one process per core; torch's intra-op thread pool only adds
+    # start-up latency to the many tiny factorizations of the tests
+    torch.set_num_threads(1)
+
 settings.register_profile(
     "ci",
     derandomize=True,
