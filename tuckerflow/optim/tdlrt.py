@@ -481,7 +481,14 @@ class TDLRT:
 
         tensors = [t for t in tensors if t is not None]
         if tensors:
-            flag = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+            # max |entry| over all tensors (grouped multi-tensor kernels where available):
+            # Inf and NaN propagate, finite values cannot overflow
+            try:
+                from torch.nn.utils import get_total_norm
+            except ImportError:  # torch < 2.6
+                flag = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+            else:
+                flag = torch.isfinite(get_total_norm(tensors, norm_type=float("inf")))
             flag = flag.to(torch.float32)
         else:
             flag = torch.ones((), device=self._device())
