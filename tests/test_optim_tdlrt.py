@@ -9,6 +9,9 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import shape_and_rank
 from test_optim_helpers import WeightTucker, tucker_tensor
 from torch import nn
 
@@ -105,6 +108,35 @@ def test_rank_recovery_on_a_quadratic_loss(scale):
     # the error contracts by (1 − λ) = 1/2 per step once the subspaces are found; 30 steps
     # from O(1) bring the loss to ~1e-16 · ‖A‖², far below this threshold
     assert losses[-1] <= 1e-12 * float((A**2).sum())
+
+
+@settings(max_examples=10)
+@given(
+    sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6),
+    seed=st.integers(0, 2**31 - 1),
+    tau=st.sampled_from([0.01, 0.2, 0.5]),
+    cap=st.integers(1, 6),
+)
+def test_every_step_returns_valid_ranks_that_at_most_double(sr, seed, tau, cap):
+    shape, rank = sr
+    A = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    layer = WeightTucker(shape, rank, seed=seed)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.3)
+    tdlrt = TDLRT(layer, opt, tau=tau, max_rank=cap)
+    before = layer.ranks
+    for _ in range(2):
+        opt.zero_grad()
+        (0.5 * ((layer() - A) ** 2).sum()).backward()
+        tdlrt.step()
+        after = layer.ranks
+        validate_rank(shape, after)
+        for b, a, n in zip(before, after, shape):
+            assert a <= min(2 * b, n)
+            assert a <= cap  # the cap holds from the first step on
+        for u in layer.factors:
+            eye = torch.eye(u.shape[1], dtype=u.dtype)
+            assert torch.allclose(u.T @ u, eye, atol=1e3 * torch.finfo(u.dtype).eps)
+        before = after
 
 
 def test_tiny_core_converges_like_a_unit_core():
