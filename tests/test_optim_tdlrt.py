@@ -390,6 +390,25 @@ def test_nonfinite_second_evaluation_rolls_back_the_augmentation():
     assert_same_snapshot(before, snapshot(model, opt))
 
 
+def test_zero_grad_discards_a_recorded_backward_pass():
+    base = conv_net(17)
+    x, y = data(17)
+    x_other, y_other = data(18)
+    weights = []
+    for discard in (False, True):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        tdlrt = TDLRT(model, opt, tau=0.2)
+        if discard:
+            F.cross_entropy(model(x_other), y_other).backward()
+        tdlrt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        tdlrt.step()
+        weights.append([m.reconstruct().detach() for m in tucker_modules(model)])
+    for a, b in zip(*weights):
+        assert torch.equal(a, b)
+
+
 def test_frozen_ranks_take_fixed_rank_steps():
     model = conv_net(11)
     x, y = data(11)
@@ -500,6 +519,12 @@ def test_bad_options_are_rejected_with_clear_messages():
     head_only = torch.optim.SGD(model[3].parameters(), lr=0.1)
     with pytest.raises(ValueError, match="not among the optimizer's parameters"):
         TDLRT(model, head_only)
+    with torch.no_grad():
+        model[0].factors[0].mul_(2.0)
+    with pytest.raises(ValueError, match="factor of mode 0 of layer '0' is not orthonormal"):
+        TDLRT(model, opt)
+    model = conv_net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     two = TDLRT(model, opt, mode="two-pass")
     with pytest.raises(ValueError, match="closure"):
         two.step()

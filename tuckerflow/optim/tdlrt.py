@@ -26,6 +26,17 @@ class NonFiniteGradientError(FloatingPointError):
     """A gradient held NaN or Inf; the model and the optimizer were left unchanged."""
 
 
+#: Largest ``max |UᴴU − I|`` accepted for the factors of a layer handed to :class:`TDLRT`
+#: (float32 round-off is far below, a factor that is not orthonormal far above).
+ORTHONORMALITY_TOLERANCE = 1e-4
+
+
+def _eye_like(u):
+    import torch
+
+    return torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+
+
 def _dist():
     import torch.distributed as dist
 
@@ -295,6 +306,17 @@ class TDLRT:
                         f"min_rank[{i}]={a} exceeds max_rank[{i}]={b} for layer {name!r}"
                     )
             self._lo[name], self._hi[name] = lo, hi
+        for name, layer in self._layers.items():
+            for mode in layer.factorized_modes:
+                u = layer.factor(mode).detach()
+                err = float((u.conj().T @ u - _eye_like(u)).abs().max()) if u.numel() else 0.0
+                if not err <= ORTHONORMALITY_TOLERANCE:
+                    raise ValueError(
+                        f"factor of mode {mode} of layer {name!r} is not orthonormal "
+                        f"(max |UᴴU − I| = {err:.2e} > {ORTHONORMALITY_TOLERANCE:g}); TDLRT "
+                        "needs orthonormal factors (re-orthonormalize with a QR and absorb R "
+                        "into the core)"
+                    )
         self._group_of = {}
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -338,7 +360,14 @@ class TDLRT:
         return self._steps
 
     def zero_grad(self, set_to_none=True):
+        """Zero the base optimizer's gradients and drop what the layers recorded.
+
+        The layers sum the weight gradients of every recorded forward/backward pair until a
+        step consumes them; use this (rather than ``optimizer.zero_grad()``) when a backward
+        pass is discarded without a step.
+        """
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        _clear_records(self._layers.values())
 
     def step(self, closure=None):
         """One TDLRT step; returns the closure's loss (or None).
