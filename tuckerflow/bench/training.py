@@ -622,6 +622,7 @@ def run(args):
         "params_state_MB/dense",
         "activations_MB/dense",
         "recorded_MB",
+        "compression_end",
     ]
     if not cpu:
         columns[8:8] = ["gpu_ms", "gpu_ms/dense", "kernels", "graph_ms", "graph_ms/dense"]

@@ -325,10 +325,10 @@ class TuckerConv2d(_TuckerConvNd):
 
     Parameters
     ----------
-    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, \
-padding_mode :
-        As for ``torch.nn.Conv2d`` (``padding='same'`` includes even kernels and dilation;
-        every padding mode is honoured).
+    in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias :
+        As for ``torch.nn.Conv2d`` (``padding='same'`` includes even kernels and dilation).
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        As for ``torch.nn.Conv2d``.
     rank : int, float or sequence
         An int caps every factorized mode (``min(rank, n_i)``, lowered to a valid rank), a
         float in (0, 1] is a fraction of each mode size, a sequence of 4 is taken literally
