@@ -535,3 +535,56 @@ def test_recomputed_factorized_forward_gives_same_gradients_with_less_saved_memo
     weights = sum(p.numel() * 8 for p in layer.parameters())
     assert results[True][1] <= x.numel() * 8 + weights
     assert results[False][1] > results[True][1]
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d-groups", "conv3d"])
+def test_galerkin_gradient_in_current_bases_is_the_core_gradient(kind):
+    torch.manual_seed(0)
+    f64 = {"dtype": torch.float64}
+    layer, x = {
+        "linear": lambda: (TuckerLinear(6, 5, rank=2, **f64), torch.randn(3, 6, **f64)),
+        "conv1d": lambda: (
+            TuckerConv1d(4, 6, 5, padding="same", rank=2, **f64),
+            torch.randn(2, 4, 9, **f64),
+        ),
+        "conv2d-groups": lambda: (
+            TuckerConv2d(
+                4, 6, 3, stride=2, groups=2, padding_mode="reflect", padding=1, rank=2, **f64
+            ),
+            torch.randn(2, 4, 7, 7, **f64),
+        ),
+        "conv3d": lambda: (
+            TuckerConv3d(3, 4, (1, 3, 5), rank=2, keep_full="none", **f64),
+            torch.randn(1, 3, 4, 5, 6, **f64),
+        ),
+    }[kind]()
+    layer.record_for_galerkin = True
+    y = layer(x)
+    (y * torch.randn_like(y)).sum().backward()
+    got = layer.galerkin_gradient(
+        [u.detach() if u is not None else None for u in layer.factor_list()]
+    )
+    # the core gradient of C ×_i U_i is G ×_i U_iᵀ
+    assert torch.allclose(
+        got, layer.core.grad, rtol=0, atol=1e3 * EPS64 * (1 + got.abs().max().item())
+    )
+
+
+def test_galerkin_gradient_under_bf16_autocast_and_eval_mode():
+    torch.manual_seed(0)
+    layer = TuckerConv2d(8, 8, 3, padding=1, rank=4)
+    layer.record_for_galerkin = True
+    x = torch.randn(2, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().pow(2).sum().backward()
+    got = layer.galerkin_gradient(layer.factor_list())
+    assert got.dtype == torch.float32
+    # bf16 has 8 significant bits: agreement to a few percent of the largest entry
+    err = (got - layer.core.grad).abs().max() / layer.core.grad.abs().max()
+    assert err < 5e-2
+    layer.clear_galerkin_record()
+    layer.eval()  # validation passes without no_grad() record nothing
+    layer(x).sum().backward()
+    assert layer._records == []

@@ -175,9 +175,10 @@ class TuckerLayer(nn.Module):
         costs one more factorized forward per step and brings the activation memory of the
         layer down to that of the dense layer. Default False.
     record_for_galerkin : bool
-        When True, every forward pass under autograd records the layer input and (through a
-        tensor hook) the gradient of its output, from which :meth:`galerkin_gradient` and
-        :meth:`full_weight_gradient` are formed without a second backward pass.
+        When True, every forward pass in training mode under autograd records the layer
+        input and (through a tensor hook) the gradient of its output, from which
+        :meth:`galerkin_gradient` and :meth:`full_weight_gradient` are formed without a
+        second backward pass.
 
     Notes
     -----
@@ -385,7 +386,7 @@ class TuckerLayer(nn.Module):
             use_factorized = est["factorized"] < self.auto_threshold * est["dense"]
         else:
             use_factorized = mode == "factorized"
-        record = self._record and torch.is_grad_enabled()
+        record = self._record and self.training and torch.is_grad_enabled()
         if record:
             entry = [x.detach(), None]
         if not use_factorized:
