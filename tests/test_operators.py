@@ -183,3 +183,28 @@ def test_bad_input(backend):
     with pytest.raises(ValueError, match="boundary='neumann' is not one of"):
         laplacian((3, 3), 0.1, boundary="neumann")
     assert tl.shape(laplacian((4, 4), 0.1)(0.0, y).to_tucker().core) == (4, 4)
+
+
+@given(sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6), seed=seeds)
+def test_unfolded_contract_matches_contract_then_unfold(backend, dtype, sr, seed):
+    from tuckerflow.integrate.base import unfolded_contract
+
+    shape, rank = sr
+    gen = np.random.default_rng(seed % 1000)
+    op = laplacian(shape, 0.5) + KroneckerSum(
+        shape, [(0.3, [gen.standard_normal((n, n)) for n in shape])]
+    )
+    y = tf.random_tucker(shape, rank, rng=seed % 1000, dtype=dtype, device=backend.device)
+    lazy = op(0.0, y)
+    mode = int(gen.integers(len(shape)))
+    mats = [backend.tensor(gen.standard_normal((2, n)), dtype) for n in shape]
+    mats[mode] = None
+    right = backend.tensor(gen.standard_normal((2 ** (len(shape) - 1), 3)), dtype)
+    scale = max(1.0, float(np.abs(backend.numpy(lazy.to_tensor())).max()))
+    for F in (lazy, lazy.to_tucker(), lazy.to_tensor(), AmbientSum([lazy, y.to_tensor()])):
+        ref = tl.dot(tl.unfold(contract(F, mats), mode), right)
+        np.testing.assert_allclose(
+            backend.numpy(unfolded_contract(F, mats, mode, right)),
+            backend.numpy(ref),
+            atol=tol(dtype, 1e4) * scale,
+        )

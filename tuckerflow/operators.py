@@ -21,7 +21,7 @@ import numpy as np
 import tensorly as tl
 from tensorly.tenalg import multi_mode_dot
 
-from ._backend import backend_dtype, device_of, dtype_name, is_complex
+from ._backend import context, device_of, dtype_name, is_complex
 from .geometry.contract import contract
 from .tucker import TuckerTensor, as_tucker
 
@@ -134,10 +134,7 @@ class KroneckerSum:
         key = (tl.get_backend(), dtype_name(ref), device_of(ref))
         if key not in self._cache:
             name = dtype_name(ref)
-            kw = {"dtype": backend_dtype(name)}
-            dev = getattr(ref, "device", None)
-            if dev is not None and tl.get_backend() != "numpy":
-                kw["device"] = dev
+            kw = context(ref)
             conv = []
             for mats in self._distinct:
                 row = []
@@ -239,6 +236,30 @@ class AppliedKroneckerSum:
         out = None
         for c, blocks in zip(self.coefficients, self.blocks):
             term = multi_mode_dot(self.core, [reduced[j][b] for j, b in enumerate(blocks)]) * c
+            out = term if out is None else out + term
+        return out
+
+    def unfolded_contract(self, matrices, mode, right):
+        """``Mat_mode(self.contract(matrices)) @ right`` with ``matrices[mode] = None``.
+
+        Terms are grouped by the matrix they use in ``mode``; each group contracts the small
+        core first, so the cost is ``O(n_mode r_mode · cols(right))`` plus core work, with no
+        ``n_mode × ∏_{j≠mode} m_j`` intermediate.
+        """
+        reduced = [
+            None if j == mode else [img if m is None else tl.dot(m, img) for img in imgs]
+            for j, (m, imgs) in enumerate(zip(matrices, self.images))
+        ]
+        groups = {}
+        for c, blocks in zip(self.coefficients, self.blocks):
+            mats = [reduced[j][b] for j, b in enumerate(blocks) if j != mode]
+            modes = [j for j in range(len(blocks)) if j != mode]
+            small = multi_mode_dot(self.core, mats, modes=modes) * c
+            b = blocks[mode]
+            groups[b] = small if b not in groups else groups[b] + small
+        out = None
+        for b, small in groups.items():
+            term = tl.dot(self.images[mode][b], tl.dot(tl.unfold(small, mode), right))
             out = term if out is None else out + term
         return out
 
@@ -448,6 +469,16 @@ class AmbientSum:
         out = None
         for p in self.parts:
             c = contract(p, matrices)
+            out = c if out is None else out + c
+        return out
+
+    def unfolded_contract(self, matrices, mode, right):
+        """Sum of the parts' ``Mat_mode(contract(part, matrices)) @ right``."""
+        from .integrate.base import unfolded_contract
+
+        out = None
+        for p in self.parts:
+            c = unfolded_contract(p, matrices, mode, right)
             out = c if out is None else out + c
         return out
 

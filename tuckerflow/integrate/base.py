@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 import tensorly as tl
+from tensorly import tucker_tensor as _tl_tucker
+from tensorly.tenalg import multi_mode_dot
 
 from .._backend import conj_t, to_float
 from ..geometry.contract import ambient_shape, contract
@@ -67,11 +69,41 @@ class CheckedRightHandSide:
 
     def contract(self, F, matrices, t):
         """``contract(F, matrices)`` checked for NaN/Inf (one small reduction)."""
-        out = contract(F, matrices)
+        return self._checked(contract(F, matrices), t)
+
+    def unfolded_contract(self, F, matrices, mode, right, t):
+        """``Mat_mode(contract(F, matrices)) @ right`` (``matrices[mode]`` is None), checked."""
+        return self._checked(unfolded_contract(F, matrices, mode, right), t)
+
+    @staticmethod
+    def _checked(out, t):
         m = to_float(tl.max(tl.abs(out))) if int(np.prod(tl.shape(out))) else 0.0
         if not math.isfinite(m):
             raise RightHandSideError(t, "fun(t, Y) returned non-finite values (NaN or Inf)")
         return out
+
+
+def unfolded_contract(F, matrices, mode, right):
+    """``Mat_mode(F ×_{j≠mode} M_j) @ right`` without the ``n_mode × ∏ m_j`` intermediate
+    where the structure of ``F`` allows it.
+
+    A Tucker ``F = D ×_j W_j`` gives ``W_mode · (Mat_mode(D ×_{j≠mode} M_j W_j) @ right)``,
+    costing ``O(n_mode s · cols(right))`` instead of ``O(n_mode ∏ m_j)`` memory traffic; objects
+    with an ``unfolded_contract(matrices, mode, right)`` method are asked for it; anything else
+    goes through :func:`tuckerflow.geometry.contract`.
+    """
+    method = getattr(F, "unfolded_contract", None)
+    if method is not None:
+        return method(matrices, mode, right)
+    if isinstance(F, _tl_tucker.TuckerTensor) or (
+        isinstance(F, (tuple, list)) and len(F) == 2 and tl.is_tensor(F[0])
+    ):
+        y = as_tucker(F, "F")
+        mats = [tl.dot(m, u) for m, u in zip(matrices, y.factors) if m is not None]
+        modes = [j for j, m in enumerate(matrices) if m is not None]
+        small = multi_mode_dot(y.core, mats, modes=modes)
+        return tl.dot(y.factors[mode], tl.dot(tl.unfold(small, mode), right))
+    return tl.dot(tl.unfold(contract(F, matrices), mode), right)
 
 
 def _check_time(name, value):
@@ -226,7 +258,7 @@ def k_step(rhs, substep, t0, h, core, factors, i):
         fac = list(factors)
         fac[i] = k
         F = rhs(t, TuckerTensor(k_core, fac))
-        return tl.dot(tl.unfold(rhs.contract(F, mats, t), i), q)
+        return rhs.unfolded_contract(F, mats, i, q, t)
 
     return substep(f, t0, k0, h), q
 

@@ -8,8 +8,6 @@ References
 
 from __future__ import annotations
 
-import tensorly as tl
-
 from ..dlra import augment_basis, augmented_core, core_qr
 from ..tucker import TuckerTensor
 from .base import TuckerOdeSolver, ct, galerkin_step, k_step
@@ -68,7 +66,7 @@ class MidpointBUG(RankAdaptiveMixin, TuckerOdeSolver):
             q, _ = core_qr(core_half, i)
             mats = [ct(u) for u in u_half]
             mats[i] = None
-            w = tl.dot(tl.unfold(self.fun.contract(F_half, mats, t + half), i), q)
+            w = self.fun.unfolded_contract(F_half, mats, i, q, t + half)
             u_check.append(augment_basis(u_half[i], w))
         core_check = augmented_core(core, factors, u_check)
         core_check = galerkin_step(self.fun, self.substep, t, h, core_check, u_check)
