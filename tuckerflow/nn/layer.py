@@ -216,6 +216,7 @@ class TuckerLayer(nn.Module):
         else:
             self.bias = nn.Parameter(torch.empty(bias_size, **factory))
         self._forward_mode = "auto"
+        self._auto_choice = {}
         self.recompute_factorized = False
         self._record = False
         self._records = []
@@ -382,8 +383,14 @@ class TuckerLayer(nn.Module):
     def forward(self, x):
         mode = self._forward_mode
         if mode == "auto":
-            est = self.forward_flops(tuple(x.shape))
-            use_factorized = est["factorized"] < self.auto_threshold * est["dense"]
+            key = (tuple(x.shape), tuple(self.core.shape), self.auto_threshold)
+            use_factorized = self._auto_choice.get(key)
+            if use_factorized is None:
+                est = self.forward_flops(key[0])
+                use_factorized = est["factorized"] < self.auto_threshold * est["dense"]
+                if len(self._auto_choice) > 64:  # many input shapes: keep the cache small
+                    self._auto_choice.clear()
+                self._auto_choice[key] = use_factorized
         else:
             use_factorized = mode == "factorized"
         record = self._record and self.training and torch.is_grad_enabled()
