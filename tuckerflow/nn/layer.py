@@ -497,9 +497,11 @@ class TuckerLayer(nn.Module):
                 "backward before asking for the Galerkin gradient"
             )
         out = None
-        for x, g in done:
-            part = self._projected_weight_grad(x.to(ref.dtype), g.to(ref.dtype), cast)
-            out = part if out is None else out + part
+        # in the parameters' precision even when called inside an autocast region
+        with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
+            for x, g in done:
+                part = self._projected_weight_grad(x.to(ref.dtype), g.to(ref.dtype), cast)
+                out = part if out is None else out + part
         return out
 
     def full_weight_gradient(self):
