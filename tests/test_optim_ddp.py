@@ -46,13 +46,23 @@ def _train(rank, kstep, tau=0.05):
     return {"ranks": history, "params": [p.detach().clone() for p in model.parameters()]}
 
 
+def _unprepared_model_is_rejected():
+    model = nn.Sequential(tnn.TuckerLinear(4, 4, rank=2, dtype=torch.float64))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    try:
+        TDLRT(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1))
+    except ValueError as err:
+        return "ddp_ignore_tucker_parameters" in str(err)
+    return False
+
+
 def _worker(rank, world, port, out_dir):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        results = {}
+        results = {"rejected": _unprepared_model_is_rejected()}
         for kstep in ("weight", "factors"):
             results[kstep] = _train(rank, kstep)
         # a process configured differently still follows process 0's rank decisions
@@ -67,6 +77,7 @@ def test_ddp_processes_take_identical_rank_decisions_and_steps(tmp_path):
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
     a = torch.load(tmp_path / "0.pt", weights_only=False)
     b = torch.load(tmp_path / "1.pt", weights_only=False)
+    assert a["rejected"] and b["rejected"]
     for kstep in ("weight", "factors", "consensus"):
         ra, rb = a[kstep], b[kstep]
         assert ra["ranks"] == rb["ranks"]

@@ -65,6 +65,15 @@ def _plain_precision():
         yield
 
 
+def _tucker_parameter_names(model):
+    names = []
+    for lname, layer in tucker_layers(model).items():
+        prefix = f"{lname}." if lname else ""
+        names.append(f"{prefix}core")
+        names.extend(f"{prefix}factors.{k}" for k in range(len(layer.factorized_modes)))
+    return names
+
+
 def ddp_ignore_tucker_parameters(model):
     """Let ``DistributedDataParallel`` leave the Tucker cores and factors to :class:`TDLRT`.
 
@@ -78,11 +87,7 @@ def ddp_ignore_tucker_parameters(model):
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    names = []
-    for lname, layer in tucker_layers(model).items():
-        prefix = f"{lname}." if lname else ""
-        names.append(f"{prefix}core")
-        names.extend(f"{prefix}factors.{k}" for k in range(len(layer.factorized_modes)))
+    names = _tucker_parameter_names(model)
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
     return names
 
@@ -306,6 +311,15 @@ class TDLRT:
                         f"min_rank[{i}]={a} exceeds max_rank[{i}]={b} for layer {name!r}"
                     )
             self._lo[name], self._hi[name] = lo, hi
+        if type(model).__name__ == "DistributedDataParallel":
+            ignored = set(getattr(model, "parameters_to_ignore", ()))
+            missing = [n for n in _tucker_parameter_names(model.module) if n not in ignored]
+            if missing:
+                raise ValueError(
+                    f"the DistributedDataParallel model synchronises the Tucker parameter "
+                    f"{missing[0]!r}, whose shape TDLRT changes; call "
+                    "tuckerflow.optim.ddp_ignore_tucker_parameters(model) before wrapping it"
+                )
         for name, layer in self._layers.items():
             for mode in layer.factorized_modes:
                 u = layer.factor(mode).detach()
