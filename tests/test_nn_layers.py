@@ -589,3 +589,30 @@ def test_galerkin_gradient_under_bf16_autocast_and_eval_mode():
     layer.eval()  # validation passes without no_grad() record nothing
     layer(x).sum().backward()
     assert layer._records == []
+
+
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=2, max_size=4).map(tuple),
+    full_bits=st.integers(0, 15),
+    rtol=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_tucker_from_weight_meets_tolerance_with_orthonormal_factors(shape, full_bits, rtol, seed):
+    from tuckerflow.nn import tucker_from_weight
+
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=gen, dtype=torch.float64)
+    full = tuple(i for i in range(len(shape)) if full_bits >> i & 1)
+    core, factors = tucker_from_weight(w, full, rtol=rtol)
+    approx = _project(core, [None if u is None else u.t() for u in factors])
+    # ST-HOSVD: ‖W − W_ST‖² = Σ tails² ≤ ϑ² (up to round-off of the SVDs)
+    assert torch.linalg.vector_norm(approx - w) <= rtol * torch.linalg.vector_norm(w) + 1e-12
+    for i, n in enumerate(shape):
+        u = factors[i]
+        if i in full:
+            assert u is None and core.shape[i] == n
+        else:
+            assert u.shape == (n, core.shape[i])
+            assert torch.allclose(u.t() @ u, torch.eye(u.shape[1], dtype=u.dtype), atol=1e-12)
+            other = math.prod(core.shape[:i] + core.shape[i + 1 :])
+            assert core.shape[i] <= other
