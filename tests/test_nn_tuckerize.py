@@ -160,3 +160,13 @@ def test_compression_rate_arguments():
     with pytest.raises(ValueError, match="scope"):
         compression_rate(nn.Linear(3, 3), nn.Linear(3, 3), scope="all")
     assert compression_rate(nn.Linear(3, 3), nn.Linear(3, 3), scope="model") == 0.0
+
+
+def test_per_module_ranks_from_a_mapping():
+    model = _model()
+    model, report = tuckerize(model, rank={"2.0": (4, 2, None, None), "5": 3}, init="random")
+    assert [r.path for r in report.layers] == ["2.0", "5"]
+    assert model[2][0].ranks == (4, 2, 3, 3) and model[5].ranks == (3, 3)
+    assert isinstance(model[0], nn.Conv2d)
+    with pytest.raises(ValueError, match="no entry for the selected module '0'"):
+        tuckerize(_model(), rank={"5": 3}, filter=["0", "5"], init="random")

@@ -504,6 +504,10 @@ class TuckerLayer(nn.Module):
                 out = part if out is None else out + part
         return out
 
+    def weight_grad_projected(self, U_hats):
+        """Alias of :meth:`galerkin_gradient`."""
+        return self.galerkin_gradient(U_hats)
+
     def full_weight_gradient(self):
         """The dense weight gradient ``G`` of the recorded batches (see galerkin_gradient)."""
         return self.galerkin_gradient([None] * len(self.weight_shape))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -235,9 +235,11 @@ def tuckerize(
         one of the four supported ones (subclasses and modules inside
         ``nn.MultiheadAttention`` are left alone). A module selected explicitly that cannot
         be replaced raises an error naming its path.
-    rank : int, float or sequence, optional
+    rank : int, float, sequence or mapping, optional
         Ranks as in the layer constructors (an int caps each factorized mode, a float is a
-        fraction of each mode size). Required for ``init="random"``.
+        fraction of each mode size), or a mapping ``{path: rank}`` with one entry per replaced
+        module (without ``filter``, its keys select the modules). Required for
+        ``init="random"``.
     rtol : float, optional
         With ``init="weight"`` only: relative Frobenius error of each weight's truncated
         HOSVD (ranks chosen per mode). Exclusive with ``rank``.
@@ -291,6 +293,9 @@ def tuckerize(
             raise ValueError("init='random' needs rank")
     elif (rank is None) == (rtol is None):
         raise ValueError("give exactly one of rank and rtol with init='weight'")
+    per_path = isinstance(rank, Mapping)
+    if per_path and filter is None:
+        filter = list(rank)
     if filter is not None and not callable(filter):
         filter = {filter} if isinstance(filter, str) else set(filter)
         missing = sorted(filter - {name for name, _ in model.named_modules()})
@@ -314,7 +319,10 @@ def tuckerize(
         if id(module) not in built:
             cls = _REPLACEMENTS[type(module)]
             try:
-                new = _build(cls, module, init, rank, rtol, keep_full, max_rank, min_rank)
+                if per_path and path not in rank:
+                    raise ValueError(f"rank has no entry for the selected module {path!r}")
+                r = rank[path] if per_path else rank
+                new = _build(cls, module, init, r, rtol, keep_full, max_rank, min_rank)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"cannot tuckerize module {path!r}: {err}") from err
             new.train(module.training)
