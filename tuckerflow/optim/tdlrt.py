@@ -59,8 +59,13 @@ def _plain_precision():
     stack = contextlib.ExitStack()
     stack.enter_context(torch.no_grad())
     for device in ("cpu", "cuda"):
-        with contextlib.suppress(RuntimeError, AttributeError):
-            stack.enter_context(torch.autocast(device_type=device, enabled=False))
+        try:
+            enabled = torch.is_autocast_enabled(device)
+        except TypeError:  # torch < 2.4 has no per-device query
+            enabled = True
+        if enabled:
+            with contextlib.suppress(RuntimeError):
+                stack.enter_context(torch.autocast(device_type=device, enabled=False))
     with stack:
         yield
 
@@ -344,6 +349,7 @@ class TDLRT:
             layer.record_for_galerkin = not (mode == "two-pass" and kstep == "factors")
         self._frozen = bool(freeze_ranks)
         self._steps = 0
+        self._weight_grads = {}
         self.skipped_steps = 0
         #: ``{layer name: TruncationInfo}`` of the last truncation.
         self.last_truncation = {}
@@ -394,6 +400,7 @@ class TDLRT:
         finally:
             # the layers sum what they record until cleared: every step starts afresh
             _clear_records(self._layers.values())
+            self._weight_grads = {}
 
     def _step(self, closure):
         import torch
