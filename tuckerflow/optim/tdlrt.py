@@ -192,8 +192,9 @@ class TDLRT:
     mode : {"one-pass", "two-pass"}
         ``"two-pass"`` is the published form: after the basis update the closure is
         evaluated again at ``(Ĉ, Û)`` to obtain ``∇_Ĉ L``. ``"one-pass"`` forms the same
-        gradient ``G ×_i Û_iᴴ`` from the first backward pass (``layer.galerkin_gradient``),
-        which is valid because ``Ĉ ×_i Û_i = Y`` exactly.
+        gradient ``G ×_i Û_iᴴ`` from quantities of the first backward pass (the recorded
+        ``G``, or ``layer.galerkin_gradient``), which is valid because ``Ĉ ×_i Û_i = Y``
+        exactly.
     on_nonfinite : {"raise", "skip"}
         What a step does with a NaN/Inf gradient: raise :class:`NonFiniteGradientError` or
         return without a change. In both cases model and optimizer are left unchanged.
@@ -211,7 +212,7 @@ class TDLRT:
         formed from the same ``G``). ``"factors"``: from the autograd gradients of the
         factors, ``K_i S_iᴴ = U_i Mat_i(C)Mat_i(C)ᴴ − λ∇_{U_i}L`` (same span when the core
         unfoldings have full row rank), and the Galerkin gradient from the layer's
-        :meth:`galerkin_gradient`; no dense weight gradient is formed, which is cheaper for
+        ``galerkin_gradient``; no dense weight gradient is formed, which is cheaper for
         large convolutions, and two-pass mode then needs no recording at all. Use
         ``"weight"`` for cores that may be exactly rank-deficient (e.g. zero).
 
