@@ -459,7 +459,8 @@ def test_update_every_amortizes_basis_updates():
     assert layer.factor(0).shape != U.shape or not torch.equal(layer.factor(0).detach(), U)
 
 
-def test_bf16_autocast_on_cpu():
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_autocast_on_cpu(half):
     torch.manual_seed(14)
     model = nn.Sequential(
         tnn.TuckerConv2d(3, 6, 3, padding=1, rank=4),
@@ -475,7 +476,7 @@ def test_bf16_autocast_on_cpu():
     losses = []
     for _ in range(6):
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=half):
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             tdlrt.step()  # called inside the autocast region on purpose
