@@ -113,7 +113,7 @@ def _slug(label):
     return "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()
 
 
-def run_seed(seed, epochs, folder):
+def run_seed(seed, epochs, folder, taus=TAUS, baselines=("dense", "direct", "tltorch")):
     """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks).
 
     Each finished run is written to ``folder/seed{seed}-{label}.json`` at once; runs found
@@ -137,7 +137,7 @@ def run_seed(seed, epochs, folder):
 
     records = []
     reference = None
-    for tau in TAUS:
+    for tau in sorted(set(taus) | {REFERENCE_TAU}):
         label = f"TDLRT τ={tau}"
         record = done(label)
         if record is None:
@@ -147,12 +147,17 @@ def run_seed(seed, epochs, folder):
         records.append(record)
         if tau == REFERENCE_TAU:
             reference = {k: v for k, v in record["ranks"].items() if k in record["tucker_layers"]}
-    baselines = [
-        ("dense", "dense", {}, None),
-        ("Tucker factors (direct)", "tucker-fixed", {"ranks": reference}, None),
-        ("tensorly-torch FactorizedConv", "dense", {}, tltorch_transform(reference)),
-    ]
-    for label, method, options, transform in baselines:
+    runs = {
+        "dense": ("dense", "dense", {}, None),
+        "direct": ("Tucker factors (direct)", "tucker-fixed", {"ranks": reference}, None),
+        "tltorch": (
+            "tensorly-torch FactorizedConv",
+            "dense",
+            {},
+            tltorch_transform(reference),
+        ),
+    }
+    for label, method, options, transform in (runs[name] for name in baselines):
         record = done(label)
         if record is None:
             config = TrainConfig(**COMMON, method=method, epochs=epochs, seed=seed, **options)
@@ -198,7 +203,7 @@ def table(records):
     return "\n".join(lines)
 
 
-def plot(records, folder):
+def plot(records, folder, prefix="experiments", epochs=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,6 +218,13 @@ def plot(records, folder):
             continue
         cr = 100 * np.array([r["compression_rate"] for r in rows])
         acc = 100 * np.array([r["test_accuracy"] for r in rows])
+        if label == "dense":
+            # the dense network has no compression: a band (mean ± std) across the plot
+            ax.axhline(acc.mean(), color=colors[label], label=f"dense ({len(rows)} seeds)")
+            ax.axhspan(
+                acc.mean() - _std(acc), acc.mean() + _std(acc), color=colors[label], alpha=0.15
+            )
+            continue
         ax.scatter(cr, acc, s=12, alpha=0.35, color=colors[label])
         ax.errorbar(
             cr.mean(),
@@ -226,11 +238,15 @@ def plot(records, folder):
         )
     ax.set_xlabel("compression rate, all Conv/Linear layers (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("LeNet5 on mnist5k (held-out test set), mean ± std over seeds", fontsize=10)
+    seeds = len({r["seed"] for r in records})
+    ax.set_title(
+        f"LeNet5 on mnist5k, {epochs} epochs: test accuracy, mean ± std over {seeds} seeds",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "experiments_accuracy_compression.png"))
+    fig.savefig(os.path.join(folder, f"{prefix}_accuracy_compression.png"))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=100)
@@ -242,10 +258,12 @@ def plot(records, folder):
     for k, values in enumerate(data, start=1):
         ax.scatter([k] * len(values), values, s=10, color="k", alpha=0.5, zorder=3)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("spread over initializations (box: min, quartiles, max)", fontsize=10)
+    ax.set_title(
+        f"{epochs} epochs: spread over initializations (box: min, quartiles, max)", fontsize=9
+    )
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "experiments_spread.png"))
+    fig.savefig(os.path.join(folder, f"{prefix}_spread.png"))
     plt.close(fig)
 
 
@@ -256,6 +274,16 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--taus", type=float, nargs="+", default=list(TAUS))
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["dense", "direct", "tltorch"],
+        help="dense direct tltorch",
+    )
+    parser.add_argument(
+        "--figure-prefix", default="experiments", help="figures: PREFIX_accuracy_compression.png …"
+    )
     args = parser.parse_args(argv)
     folder = os.path.join(args.out, "runs")
     os.makedirs(folder, exist_ok=True)
@@ -263,13 +291,19 @@ def main(argv=None):
     if not args.plot_only:
         tick = time.perf_counter()
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            jobs = [pool.submit(run_seed, seed, args.epochs, folder) for seed in range(args.seeds)]
+            jobs = [
+                pool.submit(run_seed, seed, args.epochs, folder, args.taus, args.baselines)
+                for seed in range(args.seeds)
+            ]
             for job in jobs:
                 job.result()
                 print(f"seed done, {time.perf_counter() - tick:.0f} s", flush=True)
         meta = {"epochs": args.epochs, "seeds": args.seeds, "wall_s": time.perf_counter() - tick}
     else:
-        meta = {"epochs": args.epochs, "seeds": args.seeds, "partial": True}
+        meta = {"epochs": args.epochs, "seeds": args.seeds, "plot_only": True}
+        if os.path.exists(results):
+            with open(results) as handle:
+                meta = json.load(handle).get("meta", meta)
     records = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".json"):
@@ -284,7 +318,7 @@ def main(argv=None):
         handle.write(text + "\n")
     print(text)
     print(json.dumps(payload.get("meta", {})))
-    plot(records, FIGURES)
+    plot(records, FIGURES, args.figure_prefix, args.epochs)
 
 
 if __name__ == "__main__":
