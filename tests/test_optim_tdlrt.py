@@ -409,6 +409,28 @@ def test_zero_grad_discards_a_recorded_backward_pass():
         assert torch.equal(a, b)
 
 
+def test_a_failing_second_evaluation_leaves_the_model_unchanged():
+    model = conv_net(19)
+    x, y = data(19)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tdlrt = TDLRT(model, opt, tau=0.2, mode="two-pass")
+    tdlrt.step(make_closure(model, opt, x, y))
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("data loader failed")
+        return make_closure(model, opt, x, y)()
+
+    before = snapshot(model, opt)
+    ranks = tdlrt.ranks()
+    with pytest.raises(RuntimeError, match="data loader failed"):
+        tdlrt.step(closure)
+    assert tdlrt.ranks() == ranks and tdlrt.steps == 1
+    assert_same_snapshot(before, snapshot(model, opt))
+
+
 def test_frozen_ranks_take_fixed_rank_steps():
     model = conv_net(11)
     x, y = data(11)

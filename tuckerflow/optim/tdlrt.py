@@ -426,12 +426,20 @@ class TDLRT:
                 return loss
             plans = self._k_steps(kind)
             saved = self._apply_augmentation(plans)
-        if self.mode == "two-pass":
-            with torch.enable_grad(), _recording(self._layers.values(), False):
-                closure()
+        try:
+            if self.mode == "two-pass":
+                with torch.enable_grad(), _recording(self._layers.values(), False):
+                    closure()
+            with _plain_precision():
+                galerkin = self._galerkin_gradients(plans)
+                finite = self._all_finite(list(galerkin.values()))
+        except BaseException:
+            # e.g. the closure failed at the augmented bases: leave the model as it was
+            with _plain_precision():
+                self._restore(saved)
+            raise
         with _plain_precision():
-            galerkin = self._galerkin_gradients(plans)
-            if not self._all_finite(list(galerkin.values())):
+            if not finite:
                 self._restore(saved)
                 return self._reject("the Galerkin gradient")
             for name, layer in self._layers.items():
