@@ -60,7 +60,7 @@ def core_qr(core, mode):
     -----
     ``Mat_i(C)ᴴ = Q Sᴴ``. With ``V_i = (⊗_{j≠i} U_j) Q`` (never formed) the unfolding of
     ``Y = C ×_j U_j`` factors as ``Mat_i(Y) = (U_i S) V_iᴴ``: ``K_i = U_i S`` is the starting
-    value of the K-step of mode ``i`` [CL22]_.
+    value of the K-step of mode ``i`` [1]_.
 
     References
     ----------
@@ -115,7 +115,7 @@ def augment_basis(U0, K, *, rtol=None):
     Gram–Schmidt twice is enough), its left singular vectors with singular values above the
     threshold span the new directions, which are projected once more against ``U0`` and
     orthonormalised by QR. This is the augmentation ``Û = orth([K, U0])`` of the
-    rank-adaptive BUG integrator [CKL22]_ and of TDLRT [ZSCKT24]_, written so that the old
+    rank-adaptive BUG integrator [1]_ and of TDLRT [2]_, written so that the old
     basis is kept as is.
 
     References
@@ -183,7 +183,7 @@ def augmented_core(C0, U0s, U_hats):
 
     Notes
     -----
-    When ``span U_j⁰ ⊆ span Û_j`` for every mode, ``Ĉ ×_j Û_j = Y0`` exactly [CKL22]_. When
+    When ``span U_j⁰ ⊆ span Û_j`` for every mode, ``Ĉ ×_j Û_j = Y0`` exactly [1]_. When
     ``Û_j`` starts with ``U_j⁰`` (as :func:`augment_basis` returns it), ``Û_jᴴ U_j⁰`` is the
     identity on top of zeros up to round-off.
 
@@ -311,7 +311,7 @@ def truncate_core(
     Rank selection is the rule of :mod:`tuckerflow.truncation`: mode ``i`` keeps the smallest
     ``ρ`` with ``(Σ_{j>ρ} σ_j²)^{1/2} ≤ ϑ_i``, the total budget ``ϑ²`` being split over the
     truncated modes so that ``‖Ĉ − Ĉ ×_i P_i P_iᴴ‖ ≤ ϑ``. Since the ``Û_i`` are orthonormal the
-    same bound holds for the full tensors [CKL22]_, [ZSCKT24]_.
+    same bound holds for the full tensors [1]_, [2]_.
 
     References
     ----------

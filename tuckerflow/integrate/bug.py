@@ -58,8 +58,8 @@ def _tolerance(value, name):
 class RankAdaptiveMixin:
     """Options and truncation shared by the rank-adaptive methods.
 
-    Options
-    -------
+    Parameters
+    ----------
     rank_rtol, rank_atol : float, optional
         Tolerance ``ϑ = min(rank_atol, rank_rtol · ‖Ĉ‖)`` of the truncation at the end of every
         step (the rule of :mod:`tuckerflow.truncation`). Default (neither given):
@@ -126,7 +126,7 @@ class FixedRankBUG(TuckerOdeSolver):
     ``V_i = (⊗_{j≠i} U_j⁰) Q_i``; K-step ``K_i' = Mat_i(F(t, Ten_i(K_i V_iᴴ))) V_i`` from
     ``K_i(t0) = U_i⁰ S_i``; ``U_i¹ = orth(K_i(t1))``, ``M_i = U_i¹ᴴ U_i⁰``. Galerkin step
     ``C' = F(t, C ×_j U_j¹) ×_j U_j¹ᴴ`` from ``C(t0) = C0 ×_j M_j``; ``Y1 = C(t1) ×_j U_j¹``
-    [CL22]_. Exact for tensors of constant rank ``r`` when ``F(t, Y) = Ȧ(t)``; robust to small
+    [1]_. Exact for tensors of constant rank ``r`` when ``F(t, Y) = Ȧ(t)``; robust to small
     singular values (no inverse of the core anywhere).
 
     References
@@ -158,7 +158,7 @@ class RankAdaptiveBUG(RankAdaptiveMixin, TuckerOdeSolver):
     K-steps as in :class:`FixedRankBUG`; ``Û_i = [U_i⁰, orth((I − U_i⁰U_i⁰ᴴ) K_i(t1))]``
     (:func:`tuckerflow.dlra.augment_basis`, at most ``2 r_i`` columns); Galerkin step from
     ``Ĉ(t0) = C0 ×_j (Û_jᴴ U_j⁰)`` (so ``Ĉ(t0) ×_j Û_j = Y0`` exactly); truncation of
-    ``Ĉ(t1)`` with tolerance ``ϑ`` and ``U_i ← Û_i P_i`` [CKL22]_. Exact for tensors of
+    ``Ĉ(t1)`` with tolerance ``ϑ`` and ``U_i ← Û_i P_i`` [1]_. Exact for tensors of
     constant rank when ``F(t, Y) = Ȧ(t)``, up to ``ϑ``.
 
     References

@@ -33,8 +33,8 @@ MESSAGES = {
 class OdeResult(dict):
     """Result of :func:`solve_ivp`: a dict whose keys are also attributes.
 
-    Keys
-    ----
+    Attributes
+    ----------
     t : numpy array
         Output times.
     y : list of TuckerTensor
@@ -141,19 +141,19 @@ def solve_ivp(
     Dynamical low-rank approximation replaces ``Ẏ = F(t, Y)`` by an evolution on (or near)
     the manifold of Tucker tensors of rank ``r``; every method reduces a step to small
     substep ODEs for factor-sized matrices and cores. The fixed-rank BUG
-    [CL22]_, rank-adaptive BUG [CKL22]_ and projector-splitting [LVW18]_ integrators are
+    [2]_, rank-adaptive BUG [3]_ and projector-splitting [1]_ integrators are
     exact for constant-rank solutions and robust to small singular values; the parallel BUG
-    [CKL24]_ runs all substeps from the same state; the midpoint BUG [CEKL24]_ is second
+    [4]_ runs all substeps from the same state; the midpoint BUG [5]_ is second
     order. The right-hand side is only accessed through contractions with small matrices
     (:func:`tuckerflow.geometry.contract`), so structured operators never densify.
 
     References
     ----------
-    .. [LVW18] Lubich, Vandereycken & Walach, SINUM 56(3), 2018 (arXiv:1709.02594).
-    .. [CL22] Ceruti & Lubich, BIT 62, 2022 (arXiv:2010.02022).
-    .. [CKL22] Ceruti, Kusch & Lubich, BIT 62, 2022 (arXiv:2104.05247).
-    .. [CKL24] Ceruti, Kusch & Lubich, SISC 46, 2024 (arXiv:2304.05660).
-    .. [CEKL24] Ceruti, Einkemmer, Kusch & Lubich, BIT 64, 2024.
+    .. [1] Lubich, Vandereycken & Walach, SINUM 56(3), 2018 (arXiv:1709.02594).
+    .. [2] Ceruti & Lubich, BIT 62, 2022 (arXiv:2010.02022).
+    .. [3] Ceruti, Kusch & Lubich, BIT 62, 2022 (arXiv:2104.05247).
+    .. [4] Ceruti, Kusch & Lubich, SISC 46, 2024 (arXiv:2304.05660).
+    .. [5] Ceruti, Einkemmer, Kusch & Lubich, BIT 64, 2024.
 
     Examples
     --------

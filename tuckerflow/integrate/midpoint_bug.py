@@ -33,7 +33,7 @@ class MidpointBUG(RankAdaptiveMixin, TuckerOdeSolver):
     3. Galerkin step over the whole step from ``C0 ×_j (Ǔ_jᴴ U_j⁰)``; truncation with
        tolerance ``ϑ``.
 
-    This is the Tucker form of the matrix midpoint BUG integrator [CEKL24]_: the K-, L- and
+    This is the Tucker form of the matrix midpoint BUG integrator [1]_: the K-, L- and
     extra directions of the matrix paper become one augmentation per mode. Ranks grow to at
     most ``4 r_i`` inside a step.
 

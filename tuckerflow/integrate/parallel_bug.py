@@ -82,7 +82,7 @@ class ParallelBUG(RankAdaptiveMixin, TuckerOdeSolver):
     * the core evolves in the old bases, ``C̄' = F(t, C̄ ×_j U_j⁰) ×_j U_j⁰ᴴ`` from ``C0``;
     * the augmented core holds ``C̄(t1)`` in the all-old block, ``Ten_i(B_i)`` in the blocks
       with exactly one new index ``i`` and zeros elsewhere; it is truncated with tolerance
-      ``ϑ`` [CKL24]_, [CKLS24]_.
+      ``ϑ`` [1]_, [2]_.
 
     Step rejection: the step is redone from the augmented start ``Ĉ0 ×_j Û_j`` (``= Y0``)
     when the truncation keeps the whole augmented rank in a mode that was augmented (the

@@ -43,7 +43,7 @@ class ProjectorSplitting(TuckerOdeSolver):
        ``S(t0) = Ŝ_i``; then ``C ← Ten_i(S(t1) Q_iᴴ)`` and ``U_i ← U_i¹``.
 
     After all modes, a forward Galerkin core step ``C' = F(t, C ×_j U_j) ×_j U_jᴴ``
-    [LVW18]_. Every substep runs over the whole interval ``[t0, t0 + h]``. Exact for tensors
+    [1]_. Every substep runs over the whole interval ``[t0, t0 + h]``. Exact for tensors
     of constant rank ``r`` when ``F(t, Y) = Ȧ(t)``; first order; robust to small singular
     values. The modes cannot be processed in parallel (unlike the BUG integrators) and the
     S-step runs backward in time, which is unstable for dissipative problems.
