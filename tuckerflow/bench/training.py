@@ -23,6 +23,9 @@ cross-entropy, backward and the optimizer step (SGD with momentum 0.9). Variants
     adaptation with tolerance ``--tau`` included; the time is the mean over the timed steps,
     i.e. amortized over the run; the final compression is reported).
 
+``--compile`` wraps the models of the non-TDLRT rows in ``torch.compile`` (compilation happens
+in the warm-up steps; TDLRT changes shapes and stays eager).
+
 Every convolution but the first is factorized, 3×3 spatial modes are kept full and the
 compression rate is ``1 − conv parameters / dense conv parameters`` (all convolutions). Ranks
 are one fraction of each channel count, rounded to multiples of ``--rank-multiple``, found by
@@ -76,6 +79,7 @@ def add_arguments(parser):
     )
     parser.add_argument("--rank-multiple", type=int, default=None)
     parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the non-TDLRT models")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -295,6 +299,10 @@ class _Step:
                 options["kstep"] = args.tdlrt_kstep
             self.tdlrt = TDLRT(model, self.optimizer, **options)
         self.loss_fn = torch.nn.CrossEntropyLoss()
+        # rank changes would recompile every step: TDLRT rows stay eager
+        self.forward = model
+        if args.compile and self.tdlrt is None:
+            self.forward = torch.compile(model)
 
     def _autocast(self):
         import torch
@@ -312,7 +320,7 @@ class _Step:
         def closure():
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                loss = self.loss_fn(self.model(x), y)
+                loss = self.loss_fn(self.forward(x), y)
             loss.backward()
             return loss
 
@@ -643,6 +651,7 @@ def run(args):
         "warmup": warmup,
         "tau": args.tau,
         "tdlrt_kstep": args.tdlrt_kstep,
+        "compile": args.compile,
         "rank_multiple": args.rank_multiple,
         "notes": notes,
         "rows": rows,
