@@ -374,6 +374,12 @@ def test_load_state_dict_across_rank_change():
     other = TuckerLinear(9, 6, rank=4, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="size mismatch"):
         dst.load_state_dict(other.state_dict())
+    # a full mode of another size is not resized either
+    conv = TuckerConv2d(4, 6, 3, rank=2, dtype=torch.float64)
+    wider = TuckerConv2d(4, 6, 5, rank=(2, 2, 5, 5), keep_full="spatial", dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        conv.load_state_dict(wider.state_dict())
+    assert conv.ranks == (2, 2, 3, 3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

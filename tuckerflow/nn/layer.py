@@ -365,10 +365,19 @@ class TuckerLayer(nn.Module):
         if key in state_dict and isinstance(state_dict[key], torch.Tensor):
             core = state_dict[key]
             facs = [state_dict.get(f"{prefix}factors.{k}") for k in range(len(self.factors))]
-            shapes_ok = core.ndim == len(self.weight_shape) and all(
-                isinstance(u, torch.Tensor)
-                and tuple(u.shape) == (self.weight_shape[i], core.shape[i])
-                for i, u in zip(self.factorized_modes, facs)
+            shapes_ok = (
+                core.ndim == len(self.weight_shape)
+                and all(
+                    isinstance(u, torch.Tensor)
+                    and tuple(u.shape) == (self.weight_shape[i], core.shape[i])
+                    and 1 <= core.shape[i] <= self.weight_shape[i]
+                    for i, u in zip(self.factorized_modes, facs)
+                )
+                and all(
+                    core.shape[i] == n
+                    for i, n in enumerate(self.weight_shape)
+                    if i not in self.factorized_modes
+                )
             )
             if shapes_ok and tuple(core.shape) != self.ranks:
                 ref = self.core
