@@ -304,12 +304,13 @@ class _Step:
         if args.compile and self.tdlrt is None:
             self.forward = torch.compile(model)
 
-    def _autocast(self):
+    def _autocast(self, cache_enabled=True):
         import torch
 
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        # CUDA-graph capture needs the autocast weight cache off
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
 
     def _batch(self):
         x, y = self.batches[self.index % len(self.batches)]
@@ -445,7 +446,7 @@ def _cuda_graph_ms(step, n):
     with torch.cuda.stream(stream):
         for _ in range(3):
             step.optimizer.zero_grad(set_to_none=True)
-            with step._autocast():
+            with step._autocast(cache_enabled=False):
                 loss = step.loss_fn(step.model(static_x), static_y)
             loss.backward()
             step.optimizer.step()
@@ -453,7 +454,7 @@ def _cuda_graph_ms(step, n):
     graph = torch.cuda.CUDAGraph()
     step.optimizer.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
-        with step._autocast():
+        with step._autocast(cache_enabled=False):
             loss = step.loss_fn(step.model(static_x), static_y)
         loss.backward()
         step.optimizer.step()
