@@ -184,6 +184,43 @@ def test_observed_order(backend, method):
         assert 0.8 <= order <= 1.4, errs
 
 
+@pytest.mark.parametrize("method", list(METHODS))
+def test_dtype_and_device_preserved(backend, dtype, method):
+    shape = (5, 4, 3)
+    x = np.linspace(-1, 1, 5)
+    op = 0.1 * laplacian(shape, 0.5)
+    if "complex" in dtype:
+        op = op + schrodinger(shape, 0.5, [x, None, None])
+    y0 = tf.random_tucker(shape, 2, rng=0, dtype=dtype, device=backend.device)
+    sol = tf.solve_ivp(op, (0, 0.2), y0, method=method, step=0.1, substep="exp")
+    assert sol.success
+    for y in sol.y:
+        for a in (y.core, *y.factors):
+            assert str(a.dtype).rsplit(".", 1)[-1] == dtype
+            assert tf._backend.device_of(a) == tf._backend.device_of(y0.core)
+    # the low-precision run follows the float64/complex128 one to its own precision
+    ref = tf.solve_ivp(
+        op,
+        (0, 0.2),
+        tf.random_tucker(
+            shape,
+            2,
+            rng=0,
+            dtype={"float32": "float64", "complex64": "complex128"}[dtype],
+            device=backend.device,
+        ),
+        method=method,
+        step=0.1,
+        substep="exp",
+    )
+    diff = np.linalg.norm(
+        backend.numpy(sol.y[-1].to_tensor()) - backend.numpy(ref.y[-1].to_tensor())
+    )
+    # a few hundred operations with relative error eps32 ~ 1e-7 on a tensor of norm 1, plus,
+    # for the rank-adaptive methods, two truncations at the default sqrt(eps32) ~ 3e-4
+    assert diff <= 1e-3
+
+
 # ------------------------------------------------------------------------------------------
 # structure: norms, ranks, d = 2
 
