@@ -1,6 +1,7 @@
 """The training loop: summaries, figures, atomic checkpoints and resume (tiny runs on digits)."""
 
 import json
+import math
 import os
 
 import pytest
@@ -159,3 +160,13 @@ def test_tdlrt_resume_across_rank_changes_matches_a_straight_run(tmp_path):
     resumed = train(TrainConfig(**options, epochs=2, out=str(tmp_path / "b"), resume=True))
     assert resumed["ranks"] == straight["ranks"]
     assert resumed["test_loss"] == pytest.approx(straight["test_loss"], rel=1e-5)
+
+
+def test_tdlrt_trains_under_bfloat16_autocast():
+    # vgg_small: 3×3 kernels, whose spatial modes Tucker layers keep full by default
+    options = {**TINY, "model": "vgg_small", "test_fraction": 0.7, "lr": 0.05}
+    config = TrainConfig(**options, method="tdlrt", rank=8, epochs=1, autocast="bf16")
+    summary = train(config)
+    assert math.isfinite(summary["test_loss"])
+    assert len(summary["tucker_layers"]) == 7  # six convolutions and the hidden Linear
+    assert 0.0 < summary["compression_rate"] < 1.0

@@ -118,6 +118,12 @@ def _add_train_arguments(parser):
         "--overwrite", action="store_true", help="start afresh in a folder holding a checkpoint"
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, …")
+    run.add_argument(
+        "--autocast",
+        default="none",
+        choices=("none", "bf16"),
+        help="train under torch.autocast in bfloat16; default: none",
+    )
     run.add_argument("--threads", type=int, default=None, help="CPU threads of PyTorch")
     run.add_argument("--quiet", action="store_true", help="no progress bars and no table")
 
@@ -169,6 +175,7 @@ def _config_from_args(args):
         resume=args.resume,
         overwrite=args.overwrite,
         device=args.device,
+        autocast=args.autocast,
         threads=args.threads,
         quiet=args.quiet,
     )

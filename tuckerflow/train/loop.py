@@ -98,6 +98,9 @@ class TrainConfig:
         Allow starting afresh in a folder that already holds a checkpoint.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, …
+    autocast : str
+        ``"none"`` or ``"bf16"``: forward and backward under ``torch.autocast`` in bfloat16
+        (TDLRT keeps its small linear algebra in float32); evaluation stays in float32.
     threads : int or None
         CPU threads of PyTorch (``torch.set_num_threads``); None keeps PyTorch's default. One
         thread is often fastest for these small networks on a busy machine.
@@ -130,6 +133,7 @@ class TrainConfig:
     resume: bool | str = False
     overwrite: bool = False
     device: str = "auto"
+    autocast: str = "none"
     threads: int | None = None
     quiet: bool = False
     extra: dict = field(default_factory=dict)
@@ -170,6 +174,8 @@ class TrainConfig:
             raise ValueError(
                 f"factorize={self.factorize!r} is not one of ['all-but-last', 'all', 'conv']"
             )
+        if self.autocast not in ("none", "bf16"):
+            raise ValueError(f"autocast={self.autocast!r} is not one of ['none', 'bf16']")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads} must be at least 1")
         if self.resume and self.overwrite:
@@ -501,6 +507,14 @@ def format_summary_table(summary):
 # --------------------------------------------------------------------------- the loop
 
 
+def _autocast(kind, device):
+    import contextlib
+
+    if kind == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def _progress(iterable, *, total, desc, disable):
     from tqdm.auto import tqdm
 
@@ -687,8 +701,9 @@ def _train(config, transform):
 
             def closure(xb=xb, yb=yb, outputs=outputs):
                 optimizer.zero_grad(set_to_none=True)
-                logits = model(xb)
-                loss = nn.functional.cross_entropy(logits, yb)
+                with _autocast(config.autocast, device):
+                    logits = model(xb)
+                    loss = nn.functional.cross_entropy(logits.float(), yb)
                 loss.backward()
                 outputs.setdefault("logits", logits.detach())
                 outputs.setdefault("loss", loss.detach())
