@@ -91,3 +91,24 @@ def test_state_dict_transport_keeps_counters_and_foreign_shapes():
     assert torch.allclose(out["exp_avg_sq"][2], torch.full((3,), 4.0))
     assert state["exp_avg"].shape == shape  # the input is not modified
     assert {"exp_avg_sq", "max_exp_avg_sq", "square_avg"} <= NONNEGATIVE_STATE_KEYS
+
+
+def test_factored_second_moments_follow_the_core_shape():
+    g = torch.Generator().manual_seed(3)
+    full = torch.rand(2, 3, 4, generator=g, dtype=torch.float64) + 0.1
+    state = {
+        "step": torch.tensor(3.0),
+        "row_var": full.mean(dim=-1, keepdim=True),
+        "col_var": full.mean(dim=-2, keepdim=True),
+    }
+    B = [torch.eye(3, 2, dtype=torch.float64), None, torch.eye(5, 4, dtype=torch.float64)]
+    out = transport_state(state, (2, 3, 4), B)
+    assert out["row_var"].shape == (3, 3, 1) and out["col_var"].shape == (3, 1, 5)
+    for key in ("row_var", "col_var"):
+        assert bool(torch.isfinite(out[key]).all()) and float(out[key].min()) > 0.0
+    # Adafactor's estimate row ⊗ col / mean(row) in the new coordinates stays within the
+    # range of the old one's entries up to the factoring (a convex mixture, then means)
+    old = state["row_var"] @ state["col_var"] / state["row_var"].mean(dim=-2, keepdim=True)
+    new = out["row_var"] @ out["col_var"] / out["row_var"].mean(dim=-2, keepdim=True)
+    lo, hi = float(old.min()), float(old.max())
+    assert lo**2 / hi <= float(new.min()) and float(new.max()) <= hi**2 / lo

@@ -20,6 +20,10 @@ Rule (documented in ``docs/api/optim.rst``):
   which no history exists) is filled with the mean old variance. This keeps Adam-type steps in
   new directions at the size of steps in old ones, instead of the ``1/√(1−β₂)`` times larger
   first step that a zero second moment would give.
+* Factored second moments (Adafactor's ``row_var`` of shape ``(…, m, 1)`` and ``col_var``
+  of shape ``(…, 1, n)``) are expanded to the full variance estimate
+  ``row ⊗ col / mean(row)`` that Adafactor itself uses, transported by the non-negative
+  rule, and factored again by row and column means.
 * Everything else (step counters, tensors of other shapes, Python scalars) is kept as is.
 """
 
@@ -119,7 +123,15 @@ def transport_state(state, old_shape, matrices):
 
     out = {}
     old_shape = tuple(old_shape)
+    row, col = state.get("row_var"), state.get("col_var")
+    if _is_factored_pair(row, col, old_shape):
+        full = (row @ col) / row.mean(dim=-2, keepdim=True).clamp_min(torch.finfo(row.dtype).tiny)
+        moved = transport_nonnegative(full, matrices)
+        out["row_var"] = moved.mean(dim=-1, keepdim=True)
+        out["col_var"] = moved.mean(dim=-2, keepdim=True)
     for key, value in state.items():
+        if key in out:
+            continue
         if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) == old_shape:
             if key in NONNEGATIVE_STATE_KEYS:
                 out[key] = transport_nonnegative(value, matrices)
@@ -128,3 +140,13 @@ def transport_state(state, old_shape, matrices):
         else:
             out[key] = value
     return out
+
+
+def _is_factored_pair(row, col, shape):
+    import torch
+
+    if not (isinstance(row, torch.Tensor) and isinstance(col, torch.Tensor)) or len(shape) < 2:
+        return False
+    return tuple(row.shape) == shape[:-1] + (1,) and tuple(col.shape) == (
+        shape[:-2] + (1,) + shape[-1:]
+    )
