@@ -16,6 +16,7 @@ from tensorly import tucker_tensor as _tl_tucker
 from tensorly.tenalg import multi_mode_dot
 
 from .._backend import conj_t, to_float
+from ..dlra import core_qr
 from ..geometry.contract import ambient_shape, contract
 from ..truncation import validate_rank
 from ..tucker import TuckerTensor, as_tucker, orthonormalize
@@ -244,8 +245,6 @@ def k_step(rhs, substep, t0, h, core, factors, i):
 
     Returns ``(K(t0 + h), Q_i)`` where ``Mat_i(C)ᴴ = Q_i S_iᴴ`` and ``V_i = (⊗_{j≠i} U_j) Q_i``.
     """
-    from ..dlra import core_qr
-
     q, s = core_qr(core, i)
     k0 = tl.dot(factors[i], s)
     k_rank = list(tl.shape(core))
