@@ -222,11 +222,17 @@ def _project(g, u_hats):
     return g
 
 
-@given(cfg=conv_configs(), seed=st.integers(0, 2**31 - 1), n_batches=st.integers(1, 2))
-def test_conv_galerkin_gradient_matches_autograd_of_dense_layer(cfg, seed, n_batches):
+@given(
+    cfg=conv_configs(),
+    seed=st.integers(0, 2**31 - 1),
+    n_batches=st.integers(1, 2),
+    kind=st.sampled_from(["output_grad", "weight_grad"]),
+)
+def test_conv_galerkin_gradient_matches_autograd_of_dense_layer(cfg, seed, n_batches, kind):
     torch.manual_seed(seed)
     layer, dense, _ = _make_conv(cfg)
     layer.record_for_galerkin = True
+    layer.galerkin_record = kind
     for _ in range(n_batches):
         x = torch.randn(cfg["batch"], cfg["in_channels"], *cfg["spatial"], dtype=torch.float64)
         y = layer(x)
@@ -292,6 +298,16 @@ def test_galerkin_record_lifecycle():
     layer(x).sum().backward()
     layer.record_for_galerkin = False
     assert layer._records == []
+    # weight_grad: only G is kept once the output gradient has arrived
+    layer.record_for_galerkin = True
+    layer.galerkin_record = "weight_grad"
+    layer(x).sum().backward()
+    (entry,) = layer._records
+    assert entry.x is None and entry.grad is None and entry.weight_grad.shape == (4, 3, 3, 3)
+    assert torch.allclose(layer.full_weight_gradient(), g1)
+    with pytest.raises(ValueError, match="galerkin_record='dense'"):
+        layer.galerkin_record = "dense"
+    layer.record_for_galerkin = False
     with pytest.raises(ValueError, match="weight_shape\\[1\\]=3"):
         layer.record_for_galerkin = True
         layer(x).sum().backward()

@@ -402,17 +402,18 @@ def _activation_bytes(step):
 
 
 def _recorded_bytes(step):
-    """Bytes of output gradients the layers hold for the one-pass Galerkin gradient."""
+    """Bytes of gradients the layers hold for the one-pass Galerkin gradient."""
     from ..nn import TuckerLayer
 
     x, y = step._batch()
     step._closure_for(x, y)()
     total = sum(
-        g.numel() * g.element_size()
+        t.numel() * t.element_size()
         for m in step.model.modules()
         if isinstance(m, TuckerLayer)
-        for _, g in m._records
-        if g is not None
+        for r in m._records
+        for t in (r.grad, r.weight_grad)
+        if t is not None
     )
     step.tdlrt.step()
     return total

@@ -219,6 +219,7 @@ class TuckerLayer(nn.Module):
         self._auto_choice = {}
         self.recompute_factorized = False
         self._record = False
+        self._record_kind = "output_grad"
         self._records = []
         self.reset_parameters()
 
@@ -403,8 +404,6 @@ class TuckerLayer(nn.Module):
         else:
             use_factorized = mode == "factorized"
         record = self._record and self.training and torch.is_grad_enabled()
-        if record:
-            entry = [x.detach(), None]
         if not use_factorized:
             y = self._forward_dense(x)
         elif self.recompute_factorized and torch.is_grad_enabled():
@@ -412,8 +411,9 @@ class TuckerLayer(nn.Module):
         else:
             y = self._forward_factorized(x)
         if record and y.requires_grad:
+            entry = _Record()
             self._records.append(entry)
-            y.register_hook(_RecordGrad(entry))
+            y.register_hook(_RecordGrad(self, entry, x.detach()))
         return y
 
     def forward_flops(self, input_shape):
@@ -446,8 +446,30 @@ class TuckerLayer(nn.Module):
         if not self._record:
             self._records = []
 
+    @property
+    def galerkin_record(self):
+        """What a recorded batch keeps: ``"output_grad"`` or ``"weight_grad"``.
+
+        ``"output_grad"`` (default) keeps the layer input and the output gradient and forms
+        ``G ×_i Û_iᴴ`` from them at the end, without ever forming ``G`` (cheapest in
+        arithmetic for low ranks; holds one activation-sized gradient per layer until
+        :meth:`clear_galerkin_record`). ``"weight_grad"`` forms the dense weight gradient
+        ``G`` as soon as the output gradient arrives and keeps only ``G`` (weight-sized
+        memory, the arithmetic of a dense weight gradient; the better choice when ``G`` is
+        needed anyway, e.g. through :meth:`full_weight_gradient`).
+        """
+        return self._record_kind
+
+    @galerkin_record.setter
+    def galerkin_record(self, value):
+        if value not in ("output_grad", "weight_grad"):
+            raise ValueError(
+                f"galerkin_record={value!r} is not one of ('output_grad', 'weight_grad')"
+            )
+        self._record_kind = value
+
     def clear_galerkin_record(self):
-        """Drop the recorded inputs and output gradients (frees their memory)."""
+        """Drop the recorded inputs and gradients (frees their memory)."""
         self._records = []
 
     def galerkin_gradient(self, U_hats):
@@ -499,7 +521,7 @@ class TuckerLayer(nn.Module):
                     f"weight_shape[{i}]={self.weight_shape[i]}"
                 )
             cast.append(u.detach().to(dtype=ref.dtype, device=ref.device))
-        done = [(x, g) for x, g in self._records if g is not None]
+        done = [r for r in self._records if r.grad is not None or r.weight_grad is not None]
         if not done:
             raise RuntimeError(
                 "no recorded batch: set record_for_galerkin = True, then run forward and "
@@ -508,10 +530,29 @@ class TuckerLayer(nn.Module):
         out = None
         # in the parameters' precision even when called inside an autocast region
         with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
-            for x, g in done:
-                part = self._projected_weight_grad(x.to(ref.dtype), g.to(ref.dtype), cast)
-                out = part if out is None else out + part
+            weight_grads = [r.weight_grad for r in done if r.weight_grad is not None]
+            if weight_grads:
+                out = weight_grads[0]
+                for w in weight_grads[1:]:
+                    out = out + w
+                for i, u in enumerate(cast):
+                    if u is not None:
+                        out = mode_dot(out, u.t(), i)
+            for r in done:
+                if r.grad is not None:
+                    part = self._projected_weight_grad(
+                        r.x.to(ref.dtype), r.grad.to(ref.dtype), cast
+                    )
+                    out = part if out is None else out + part
         return out
+
+    def _weight_grad_of(self, x, grad_out):
+        """Dense weight gradient of one batch, in the parameters' precision."""
+        ref = self.core
+        with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
+            return self._projected_weight_grad(
+                x.to(ref.dtype), grad_out.to(ref.dtype), [None] * len(self.weight_shape)
+            )
 
     def weight_grad_projected(self, U_hats):
         """Alias of :meth:`galerkin_gradient`."""
@@ -543,13 +584,32 @@ def _assign(param, data):
     param.data = data
 
 
+class _Record:
+    """One recorded forward: input and output gradient, or the weight gradient."""
+
+    __slots__ = ("x", "grad", "weight_grad")
+
+    def __init__(self):
+        self.x = self.grad = self.weight_grad = None
+
+
 class _RecordGrad:
-    """Tensor hook storing the output gradient into a record entry (grad left unchanged)."""
+    """Tensor hook on a layer output: records what the Galerkin gradient needs.
 
-    __slots__ = ("entry",)
+    The hook (and with it the input ``x``) lives as long as the autograd graph; the grad it
+    receives is returned unchanged.
+    """
 
-    def __init__(self, entry):
-        self.entry = entry
+    __slots__ = ("layer", "entry", "x")
+
+    def __init__(self, layer, entry, x):
+        self.layer, self.entry, self.x = layer, entry, x
 
     def __call__(self, grad):
-        self.entry[1] = grad.detach() if self.entry[1] is None else self.entry[1] + grad.detach()
+        entry, grad = self.entry, grad.detach()
+        if self.layer.galerkin_record == "weight_grad":
+            g = self.layer._weight_grad_of(self.x, grad)
+            entry.weight_grad = g if entry.weight_grad is None else entry.weight_grad + g
+        else:
+            entry.x = self.x
+            entry.grad = grad if entry.grad is None else entry.grad + grad
