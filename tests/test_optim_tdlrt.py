@@ -282,6 +282,47 @@ def test_momentum_is_carried_across_basis_and_rank_changes():
     assert torch.linalg.norm(new - expected) <= 1e-12 * torch.linalg.norm(expected)
 
 
+def test_full_square_ranks_reproduce_dense_sgd_with_momentum():
+    # with square orthogonal factors the tangent space is everything and every basis change
+    # is a rotation: TDLRT must be dense SGD (momentum carried exactly) to round-off
+    torch.manual_seed(0)
+    dt = torch.float64
+    tucker = nn.Sequential(
+        tnn.TuckerConv2d(2, 4, 3, padding=1, rank=1.0, keep_full="none", dtype=dt),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 6, dtype=dt),
+        tnn.TuckerLinear(6, 6, rank=1.0, dtype=dt),
+    )
+    dense = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, dtype=dt),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 6, dtype=dt),
+        nn.Linear(6, 6, dtype=dt),
+    )
+    with torch.no_grad():
+        for i in (0, 4):
+            dense[i].weight.copy_(tucker[i].reconstruct())
+            dense[i].bias.copy_(tucker[i].bias)
+        dense[3].load_state_dict(tucker[3].state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 2, 5, 5, generator=g, dtype=dt)
+    y = torch.randint(0, 6, (16,), generator=g)
+    opt_t = torch.optim.SGD(tucker.parameters(), lr=0.1, momentum=0.9)
+    opt_d = torch.optim.SGD(dense.parameters(), lr=0.1, momentum=0.9)
+    tdlrt = TDLRT(tucker, opt_t, tau=1e-13)
+    for _ in range(6):
+        tdlrt.step(make_closure(tucker, opt_t, x, y))
+        make_closure(dense, opt_d, x, y)()
+        opt_d.step()
+    for i in (0, 4):
+        w = dense[i].weight.detach()
+        assert torch.linalg.norm(tucker[i].reconstruct().detach() - w) <= 1e-12 * torch.linalg.norm(
+            w
+        )
+
+
 # ------------------------------------------------------------------------- checkpoints
 
 
