@@ -444,6 +444,26 @@ def test_t_eval_callback_and_counters(backend):
     assert tf.solve_ivp(op, (0.5, 0.5), y0, method="bug", step=0.1).nsteps == 0
 
 
+def test_method_accepts_a_subclass(backend):
+    class CountingBUG(FixedRankBUG):
+        steps_taken = 0
+
+        def _step_impl(self, t, y, h):
+            CountingBUG.steps_taken += 1
+            return super()._step_impl(t, y, h)
+
+    op = 0.05 * laplacian((6, 5, 4), 0.25)
+    y0 = tf.random_tucker((6, 5, 4), 2, rng=0, device=backend.device)
+    sol = tf.solve_ivp(op, (0, 0.3), y0, method=CountingBUG, step=0.1)
+    ref = tf.solve_ivp(op, (0, 0.3), y0, method="bug", step=0.1)
+    assert CountingBUG.steps_taken == 3 and sol.nsteps == 3
+    np.testing.assert_array_equal(
+        backend.numpy(sol.y[-1].to_tensor()), backend.numpy(ref.y[-1].to_tensor())
+    )
+    with pytest.raises(TypeError, match="method must be a name in"):
+        tf.solve_ivp(op, (0, 0.3), y0, method=int, step=0.1)
+
+
 # ------------------------------------------------------------------------------------------
 # bad input
 
