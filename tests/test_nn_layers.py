@@ -638,3 +638,18 @@ def test_tucker_from_weight_meets_tolerance_with_orthonormal_factors(shape, full
             assert torch.allclose(u.t() @ u, torch.eye(u.shape[1], dtype=u.dtype), atol=1e-12)
             other = math.prod(core.shape[:i] + core.shape[i + 1 :])
             assert core.shape[i] <= other
+
+
+def test_unbatched_input_and_input_checks():
+    torch.manual_seed(0)
+    layer = TuckerConv2d(3, 4, 3, padding=1, padding_mode="reflect", rank=2, dtype=torch.float64)
+    x = torch.randn(3, 5, 5, dtype=torch.float64)
+    for mode in FORWARD_MODES:
+        layer.forward_mode = mode
+        assert torch.allclose(layer(x), layer(x[None])[0], atol=1e-14)
+    with pytest.raises(ValueError, match="x.shape\\[1\\]=2 differs from in_channels=3"):
+        layer(torch.randn(1, 2, 5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="4-d"):
+        layer(torch.randn(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="in_features=5"):
+        TuckerLinear(5, 3, rank=2)(torch.randn(2, 4))

@@ -208,6 +208,19 @@ class _TuckerConvNd(TuckerLayer):
     # ------------------------------------------------------------------------------------
     # forward
 
+    def forward(self, x):
+        n = self._ndim
+        if x.ndim == n + 1:  # unbatched input, as torch's ConvNd accepts
+            return super().forward(x.unsqueeze(0)).squeeze(0)
+        if x.ndim != n + 2:
+            raise ValueError(
+                f"expected a {n + 2}-d (batched) or {n + 1}-d (unbatched) input, "
+                f"got x.shape={tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x.shape[1]={x.shape[1]} differs from in_channels={self.in_channels}")
+        return super().forward(x)
+
     def forward_flops(self, input_shape):
         batch = int(input_shape[0]) if len(input_shape) == self._ndim + 2 else 1
         spatial = tuple(int(n) for n in input_shape[-self._ndim :])

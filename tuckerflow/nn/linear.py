@@ -113,6 +113,14 @@ class TuckerLinear(TuckerLayer):
             f"factorized_modes={self.factorized_modes}"
         )
 
+    def forward(self, x):
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x.shape[-1] must equal in_features={self.in_features}, "
+                f"got x.shape={tuple(x.shape)}"
+            )
+        return super().forward(x)
+
     def forward_flops(self, input_shape):
         batch = 1
         for n in input_shape[:-1]:
