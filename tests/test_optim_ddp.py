@@ -21,7 +21,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _train(rank, kstep, tau=0.05):
+def _train(rank, kstep, tau=0.05, mode="one-pass"):
     # different initial weights per process: TDLRT broadcasts process 0's Tucker layers
     torch.manual_seed(0 if rank == 0 else 1234)
     model = nn.Sequential(
@@ -33,15 +33,20 @@ def _train(rank, kstep, tau=0.05):
     ddp_ignore_tucker_parameters(model)
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.2, momentum=0.9)
-    tdlrt = TDLRT(ddp, opt, tau=tau, kstep=kstep)
+    tdlrt = TDLRT(ddp, opt, tau=tau, kstep=kstep, mode=mode)
     g = torch.Generator().manual_seed(100 + rank)  # each process sees its own shard
     history = []
     for _ in range(3):
         x = torch.randn(8, 3, 5, 5, generator=g, dtype=torch.float64)
         y = torch.randint(0, 4, (8,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(ddp(x), y).backward()
-        tdlrt.step()
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = F.cross_entropy(ddp(x), y)
+            loss.backward()
+            return loss
+
+        tdlrt.step(closure)
         history.append(tdlrt.ranks())
     return {"ranks": history, "params": [p.detach().clone() for p in model.parameters()]}
 
@@ -65,6 +70,7 @@ def _worker(rank, world, port, out_dir):
         results = {"rejected": _unprepared_model_is_rejected()}
         for kstep in ("weight", "factors"):
             results[kstep] = _train(rank, kstep)
+        results["two-pass"] = _train(rank, "factors", mode="two-pass")
         # a process configured differently still follows process 0's rank decisions
         results["consensus"] = _train(rank, "weight", tau=0.05 if rank == 0 else 0.6)
         torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
@@ -78,7 +84,7 @@ def test_ddp_processes_take_identical_rank_decisions_and_steps(tmp_path):
     a = torch.load(tmp_path / "0.pt", weights_only=False)
     b = torch.load(tmp_path / "1.pt", weights_only=False)
     assert a["rejected"] and b["rejected"]
-    for kstep in ("weight", "factors", "consensus"):
+    for kstep in ("weight", "factors", "two-pass", "consensus"):
         ra, rb = a[kstep], b[kstep]
         assert ra["ranks"] == rb["ranks"]
         assert ra["ranks"][-1]["0"] != (2, 2, 2, 2)  # the ranks did adapt during the run
