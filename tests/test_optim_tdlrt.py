@@ -519,12 +519,15 @@ def test_update_every_amortizes_basis_updates():
     tdlrt = TDLRT(model, opt, tau=0.2, update_every=3)
     layer = tucker_modules(model)[0]
     closure = make_closure(model, opt, x, y)
+    assert layer.record_for_galerkin  # the first step updates the bases
     tdlrt.step(closure)
+    assert not layer.record_for_galerkin  # steps in between need no record
     U, C = layer.factor(0).detach().clone(), layer.core.detach().clone()
     tdlrt.step(closure)
     assert torch.equal(layer.factor(0).detach(), U)  # in between: core steps only
     assert not torch.equal(layer.core.detach(), C)
     tdlrt.step(closure)
+    assert layer.record_for_galerkin
     tdlrt.step(closure)  # step 3: augmentation and truncation again
     assert layer.factor(0).shape != U.shape or not torch.equal(layer.factor(0).detach(), U)
 

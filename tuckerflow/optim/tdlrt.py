@@ -347,13 +347,13 @@ class TDLRT:
                     f"the core of Tucker layer {name!r} is not among the optimizer's "
                     "parameters; build the optimizer over model.parameters()"
                 )
-            layer.record_for_galerkin = not (mode == "two-pass" and kstep == "factors")
         self._frozen = bool(freeze_ranks)
         self._steps = 0
         self._weight_grads = {}
         self.skipped_steps = 0
         #: ``{layer name: TruncationInfo}`` of the last truncation.
         self.last_truncation = {}
+        self._arm_recording()
         dist = _dist()
         if dist is not None:
             with _plain_precision():
@@ -370,6 +370,7 @@ class TDLRT:
     def freeze_ranks(self):
         """From now on take fixed-rank BUG steps (for a final fine-tuning phase)."""
         self._frozen = True
+        self._arm_recording()
 
     @property
     def frozen(self):
@@ -402,6 +403,7 @@ class TDLRT:
             # the layers sum what they record until cleared: every step starts afresh
             _clear_records(self._layers.values())
             self._weight_grads = {}
+            self._arm_recording()
 
     def _step(self, closure):
         import torch
@@ -511,8 +513,21 @@ class TDLRT:
         self._steps = int(state_dict.get("steps", 0))
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._frozen = bool(state_dict.get("frozen", False))
+        self._arm_recording()
 
     # ---------------------------------------------------------------- internals
+
+    def _arm_recording(self):
+        """Let the layers record their batch only when the next step needs it.
+
+        The record is read by basis-updating steps in one-pass form, and by the K-step from
+        the weight gradient; steps between amortized updates and the two-pass form with
+        ``kstep="factors"`` need none (saves the hooks and the stored output gradients).
+        """
+        need = self._kind() != "core" and not (self.mode == "two-pass" and self.kstep == "factors")
+        for layer in self._layers.values():
+            if layer.record_for_galerkin != need:
+                layer.record_for_galerkin = need
 
     def _kind(self):
         if self._frozen:
