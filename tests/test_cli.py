@@ -75,3 +75,22 @@ def test_demo_prints_dense_and_tdlrt_side_by_side():
     assert lines[2].split()[-2:] == ["0.0", "93.0"]
     assert lines[3].split()[-2:] == ["431080", "30172"]
     assert "fc1 (12, 12)" in text and "fc2" not in text.splitlines()[-1]
+
+
+def test_tdlrt_from_the_command_line_and_resume_checks(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--data", "digits", "--device", "cpu", "--threads", "1", "--quiet"]
+    common += ["--test-fraction", "0.7", "--out", str(out)]
+    argv = ["train", *common, "--method", "tdlrt", "--tau", "0.2", "--rank", "8"]
+    assert main([*argv, "--epochs", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "tdlrt" and summary["tau"] == 0.2
+    assert summary["tucker_layers"] == ["conv1", "conv2", "fc1"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # another method cannot continue this run; nothing in the folder changes
+    assert main(["train", *common, "--method", "dense", "--epochs", "2", "--resume"]) == 2
+    assert "written for another model (method: checkpoint 'tdlrt'" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the same run continues
+    assert main([*argv, "--epochs", "2", "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["history"][-1]["epoch"] == 2
