@@ -171,3 +171,26 @@ def test_tdlrt_trains_under_bfloat16_autocast():
     assert math.isfinite(summary["test_loss"])
     assert len(summary["tucker_layers"]) == 7  # six convolutions and the hidden Linear
     assert 0.0 < summary["compression_rate"] < 1.0
+
+
+def test_transform_baseline_and_conv_only_factorization():
+    def low_rank_fc1(model):
+        fc = model.fc1
+        model.fc1 = torch.nn.Sequential(
+            torch.nn.Linear(fc.in_features, 4, bias=False), torch.nn.Linear(4, fc.out_features)
+        )
+        return model
+
+    summary = train(TrainConfig(**TINY, epochs=1), transform=low_rank_fc1)
+    dense_fc1 = 500 * 200 + 500
+    after_fc1 = 200 * 4 + 4 * 500 + 500
+    assert summary["parameters"]["dense_linear"] - summary["parameters"]["linear"] == (
+        dense_fc1 - after_fc1
+    )
+    assert summary["compression_rate_conv"] == 0.0 and summary["compression_rate"] > 0.5
+    with pytest.raises(ValueError, match=r"transform needs method='dense'"):
+        train(TrainConfig(**TINY, method="tdlrt", epochs=1), transform=low_rank_fc1)
+
+    summary = train(TrainConfig(**TINY, method="tucker-fixed", factorize="conv", rank=4, epochs=1))
+    assert summary["tucker_layers"] == ["conv1", "conv2"]
+    assert summary["ranks"]["fc1"] == [500, 200]
