@@ -194,3 +194,13 @@ def test_transform_baseline_and_conv_only_factorization():
     summary = train(TrainConfig(**TINY, method="tucker-fixed", factorize="conv", rank=4, epochs=1))
     assert summary["tucker_layers"] == ["conv1", "conv2"]
     assert summary["ranks"]["fc1"] == [500, 200]
+
+
+def test_frozen_ranks_stay_fixed_after_freeze_after_epochs():
+    options = {**TINY, "method": "tdlrt", "rank": 10, "tau": 0.3, "test_fraction": 0.75}
+    summary = train(TrainConfig(**options, epochs=2, freeze_after=1))
+    ranks = [h["ranks"] for h in summary["history"]]
+    assert ranks[1] != ranks[0]  # epoch 1 adapts
+    assert ranks[2] == ranks[1]  # epoch 2 runs at frozen ranks
+    with pytest.raises(ValueError, match="freeze_after=-1 must be non-negative"):
+        train(TrainConfig(**options, freeze_after=-1))

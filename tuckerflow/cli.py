@@ -93,6 +93,13 @@ def _add_train_arguments(parser):
         help="Galerkin gradient from the first backward pass or from a second evaluation",
     )
     tucker.add_argument(
+        "--freeze-after",
+        type=int,
+        default=None,
+        metavar="EPOCHS",
+        help="TDLRT: fixed ranks after this many epochs (final fine-tuning phase)",
+    )
+    tucker.add_argument(
         "--factorize",
         default="all-but-last",
         choices=("all-but-last", "all", "conv"),
@@ -167,6 +174,7 @@ def _config_from_args(args):
         min_rank=args.min_rank,
         max_rank=args.max_rank,
         tdlrt_mode=args.tdlrt_mode,
+        freeze_after=args.freeze_after,
         factorize=args.factorize,
         seed=args.seed,
         val_fraction=args.val_fraction,

@@ -80,6 +80,9 @@ class TrainConfig:
         Per-mode rank bounds of TDLRT.
     tdlrt_mode : str
         ``"one-pass"`` or ``"two-pass"`` (see :class:`tuckerflow.optim.TDLRT`).
+    freeze_after : int or None
+        TDLRT only: freeze the ranks after this many epochs (fixed-rank steps for a final
+        fine-tuning phase); None never freezes.
     factorize : str
         Which layers become Tucker layers: ``"all-but-last"`` (every ``Conv*d``/``Linear``
         except the classifier), ``"all"`` or ``"conv"``.
@@ -124,6 +127,7 @@ class TrainConfig:
     min_rank: int = 1
     max_rank: int | None = None
     tdlrt_mode: str = "one-pass"
+    freeze_after: int | None = None
     factorize: str = "all-but-last"
     seed: int = 0
     split_seed: int | None = None
@@ -168,6 +172,8 @@ class TrainConfig:
             raise ValueError(f"min_rank={self.min_rank} must be at least 1")
         if self.max_rank is not None and self.max_rank < self.min_rank:
             raise ValueError(f"max_rank={self.max_rank} is below min_rank={self.min_rank}")
+        if self.freeze_after is not None and self.freeze_after < 0:
+            raise ValueError(f"freeze_after={self.freeze_after} must be non-negative")
         if self.tdlrt_mode not in ("one-pass", "two-pass"):
             raise ValueError(f"tdlrt_mode={self.tdlrt_mode!r} is not 'one-pass' or 'two-pass'")
         if self.factorize not in ("all-but-last", "all", "conv"):
@@ -682,6 +688,8 @@ def _train(config, transform):
         os.makedirs(config.out, exist_ok=True)
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
+        if tdlrt is not None and config.freeze_after is not None and epoch > config.freeze_after:
+            tdlrt.freeze_ranks()
         model.train()
         tick = time.perf_counter()
         order = torch.randperm(len(y_train), generator=batch_order).to(device)
