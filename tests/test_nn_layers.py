@@ -592,6 +592,23 @@ def test_galerkin_gradient_in_current_bases_is_the_core_gradient(kind):
     )
 
 
+@pytest.mark.parametrize("forward_mode", ["factorized", "dense"])
+def test_factorized_spatial_modes_under_bf16_autocast(forward_mode):
+    # 5×5 kernels: the spatial modes carry factors, whose mode products meet bf16 activations
+    torch.manual_seed(0)
+    layer = TuckerConv2d(4, 6, 5, padding=2, rank=3)
+    assert layer.factor(2) is not None and layer.factor(3) is not None
+    layer.forward_mode = forward_mode
+    x = torch.randn(2, 4, 7, 7)
+    ref = nn.functional.conv2d(x, layer.reconstruct().detach(), layer.bias.detach(), padding=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().sum().backward()
+    assert layer.core.grad is not None and torch.isfinite(layer.core.grad).all()
+    # bf16 keeps 8 significant bits: a few percent of the largest output
+    assert (y.float() - ref).abs().max() <= 5e-2 * ref.abs().max()
+
+
 def test_galerkin_gradient_under_bf16_autocast_and_eval_mode():
     torch.manual_seed(0)
     layer = TuckerConv2d(8, 8, 3, padding=1, rank=4)

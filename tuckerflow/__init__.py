@@ -59,6 +59,7 @@ _LAZY_SUBMODULES = (
     "operators",
     "optim",
     "testing",
+    "train",
 )
 
 # Public names living in submodules, imported on first access (keeps ``import tuckerflow``

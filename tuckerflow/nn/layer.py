@@ -31,8 +31,16 @@ FORWARD_MODES = ("auto", "factorized", "dense")
 
 
 def mode_dot(tensor, matrix, mode):
-    """``tensor ×_mode matrix`` for a torch tensor and a ``(p, n_mode)`` matrix."""
-    return torch.movedim(torch.tensordot(matrix, tensor, dims=([1], [mode])), 0, mode)
+    """``tensor ×_mode matrix`` for a torch tensor and a ``(p, n_mode)`` matrix.
+
+    ``tensordot`` is not on autocast's cast lists, so under autocast one operand may come
+    out of an autocast op in bf16/fp16 while the other is a float32 parameter: both are
+    brought to their promoted dtype.
+    """
+    dtype = torch.promote_types(tensor.dtype, matrix.dtype)
+    return torch.movedim(
+        torch.tensordot(matrix.to(dtype), tensor.to(dtype), dims=([1], [mode])), 0, mode
+    )
 
 
 def orthonormal_(n, r, *, device=None, dtype=None, generator=None):
