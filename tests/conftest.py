@@ -26,7 +26,7 @@ if importlib.util.find_spec("torch") is not None:
 settings.register_profile(
     "ci",
     derandomize=True,
-    max_examples=20,
+    max_examples=60,
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
