@@ -32,6 +32,7 @@ def _variants():
     return {
         "tensorly.tucker": lambda x, r: tucker(x, rank=[r] * 3),
         "st_hosvd": lambda x, r: st_hosvd(x, rank=r),
+        "st_hosvd[qr]": lambda x, r: st_hosvd(x, rank=r, method="qr"),
         "st_hosvd[gram]": lambda x, r: st_hosvd(x, rank=r, method="gram"),
         "st_hosvd[randomized]": lambda x, r: st_hosvd(x, rank=r, method="randomized", rng=0),
         "hosvd": lambda x, r: hosvd(x, rank=r),
