@@ -6,6 +6,8 @@ import platform
 import statistics
 import time
 
+import numpy as np
+
 
 def timeit(fn, *, repeat=5, warmup=1, sync=None):
     """Median, p10 and p90 wall time in seconds of ``fn()`` after ``warmup`` calls."""
@@ -70,3 +72,23 @@ def print_table(rows, columns):
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def sync_for(backend, device):
+    """A function that waits for queued GPU work of ``backend`` (None on the CPU)."""
+    if backend == "pytorch" and device and str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.synchronize
+    if backend == "cupy":
+        import cupy
+
+        return cupy.cuda.Device().synchronize
+    return None
+
+
+def fitted_exponent(sizes, times):
+    """Least-squares slope of ``log time`` against ``log n`` (nan with fewer than 2 sizes)."""
+    if len(sizes) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(sizes), np.log(times), 1)[0])

@@ -20,12 +20,11 @@ factor-wise algorithms have ``p ≤ 1`` up to overheads.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorly as tl
 
 from .. import random_tucker
 from ..geometry import FixedRankTucker, project, retract
-from ._util import environment, print_table, timeit
+from ._util import environment, fitted_exponent, print_table, sync_for, timeit
 
 
 def add_arguments(parser):
@@ -39,25 +38,6 @@ def add_arguments(parser):
     parser.add_argument("--fit-from", type=int, default=256)
 
 
-def _sync_for(backend, device):
-    if backend == "pytorch" and device and str(device).startswith("cuda"):
-        import torch
-
-        return torch.cuda.synchronize
-    if backend == "cupy":
-        import cupy
-
-        return cupy.cuda.Device().synchronize
-    return None
-
-
-def fitted_exponent(sizes, times):
-    """Least-squares slope of ``log time`` against ``log n`` (nan with fewer than 2 sizes)."""
-    if len(sizes) < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(sizes), np.log(times), 1)[0])
-
-
 def run(args):
     sizes = [32, 64, 128] if args.quick else args.sizes
     rank = 4 if args.quick else args.rank
@@ -65,7 +45,7 @@ def run(args):
     fit_from = 0 if args.quick else args.fit_from
     rows = []
     with tl.backend_context(args.backend, local_threadsafe=True):
-        sync = _sync_for(args.backend, args.device)
+        sync = sync_for(args.backend, args.device)
         for n in sizes:
             shape = (n, n, n)
             y = random_tucker(shape, rank, rng=n, dtype=args.dtype, device=args.device)

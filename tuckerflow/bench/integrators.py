@@ -30,7 +30,7 @@ from ..integrate.substep import KrylovExponential, rk4
 from ..operators import Banded, KroneckerSum, laplacian
 from ..random import random_tucker
 from ..tucker import TuckerTensor
-from ._util import environment, print_table, timeit
+from ._util import environment, fitted_exponent, print_table, sync_for, timeit
 
 
 def add_arguments(parser):
@@ -40,24 +40,6 @@ def add_arguments(parser):
     parser.add_argument("--dense-sizes", type=int, nargs="*", default=[32, 64])
     parser.add_argument("--fit-from", type=int, default=256)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-
-
-def _sync_for(backend, device):
-    if backend == "pytorch" and device and str(device).startswith("cuda"):
-        import torch
-
-        return torch.cuda.synchronize
-    if backend == "cupy":
-        import cupy
-
-        return cupy.cuda.Device().synchronize
-    return None
-
-
-def fitted_exponent(sizes, times):
-    if len(sizes) < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(sizes), np.log(times), 1)[0])
 
 
 def scaling_operator(n, *, kappa=0.1, coupling=1.0):
@@ -176,7 +158,7 @@ def run(args):
     dense_sizes = [16] if args.quick else args.dense_sizes
     fit_from = 0 if args.quick else args.fit_from
     with tl.backend_context(args.backend, local_threadsafe=True):
-        sync = _sync_for(args.backend, args.device)
+        sync = sync_for(args.backend, args.device)
         rows = _scaling(args, sizes, rank, repeat, sync)
         exponents = {}
         for name in args.methods:

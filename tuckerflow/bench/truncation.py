@@ -15,7 +15,7 @@ import numpy as np
 import tensorly as tl
 
 from .. import hosvd, random_tucker, st_hosvd
-from ._util import environment, print_table, timeit
+from ._util import environment, print_table, sync_for, timeit
 
 
 def add_arguments(parser):
@@ -39,25 +39,13 @@ def _variants():
     }
 
 
-def _sync_for(backend, device):
-    if backend == "pytorch" and device and str(device).startswith("cuda"):
-        import torch
-
-        return torch.cuda.synchronize
-    if backend == "cupy":
-        import cupy
-
-        return cupy.cuda.Device().synchronize
-    return None
-
-
 def run(args):
     sizes = [32, 48] if args.quick else args.sizes
     ranks = [4] if args.quick else args.ranks
     repeat = 1 if args.quick else args.repeat
     rows = []
     with tl.backend_context(args.backend, local_threadsafe=True):
-        sync = _sync_for(args.backend, args.device)
+        sync = sync_for(args.backend, args.device)
         for n in sizes:
             for r in ranks:
                 y = random_tucker((n, n, n), r, rng=n + r, dtype=args.dtype, device=args.device)
