@@ -69,6 +69,8 @@ def tltorch_transform(ranks):
             with torch.no_grad():
                 layer.bias.copy_(conv.bias)
             setattr(model, name, layer)
+        if "fc1" not in ranks:  # convolutions only
+            return model
         fc = model.fc1
         r = int(ranks["fc1"][0])
         low_rank = nn.Sequential(
@@ -113,7 +115,15 @@ def _slug(label):
     return "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()
 
 
-def run_seed(seed, epochs, folder, taus=TAUS, baselines=("dense", "direct", "tltorch")):
+def run_seed(
+    seed,
+    epochs,
+    folder,
+    taus=TAUS,
+    baselines=("dense", "direct", "tltorch"),
+    factorize="all-but-last",
+    reference_tau=REFERENCE_TAU,
+):
     """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks).
 
     Each finished run is written to ``folder/seed{seed}-{label}.json`` at once; runs found
@@ -137,15 +147,16 @@ def run_seed(seed, epochs, folder, taus=TAUS, baselines=("dense", "direct", "tlt
 
     records = []
     reference = None
-    for tau in sorted(set(taus) | {REFERENCE_TAU}):
+    common = {**COMMON, "factorize": factorize}
+    for tau in sorted(set(taus) | {reference_tau}):
         label = f"TDLRT τ={tau}"
         record = done(label)
         if record is None:
-            config = TrainConfig(**COMMON, method="tdlrt", tau=tau, epochs=epochs, seed=seed)
+            config = TrainConfig(**common, method="tdlrt", tau=tau, epochs=epochs, seed=seed)
             summary = train(config)
             record = keep(_record(label, "tdlrt", seed, summary, {"tau": tau}))
         records.append(record)
-        if tau == REFERENCE_TAU:
+        if tau == reference_tau:
             reference = {k: v for k, v in record["ranks"].items() if k in record["tucker_layers"]}
     runs = {
         "dense": ("dense", "dense", {}, None),
@@ -160,7 +171,7 @@ def run_seed(seed, epochs, folder, taus=TAUS, baselines=("dense", "direct", "tlt
     for label, method, options, transform in (runs[name] for name in baselines):
         record = done(label)
         if record is None:
-            config = TrainConfig(**COMMON, method=method, epochs=epochs, seed=seed, **options)
+            config = TrainConfig(**common, method=method, epochs=epochs, seed=seed, **options)
             summary = train(config, transform=transform)
             kind = "tltorch" if transform is not None else method
             record = keep(_record(label, kind, seed, summary))
@@ -168,14 +179,15 @@ def run_seed(seed, epochs, folder, taus=TAUS, baselines=("dense", "direct", "tlt
     return records
 
 
-ORDER = [
-    "dense",
-    "TDLRT τ=0.1",
-    "TDLRT τ=0.2",
-    "TDLRT τ=0.3",
-    "Tucker factors (direct)",
-    "tensorly-torch FactorizedConv",
-]
+BASELINE_LABELS = ["Tucker factors (direct)", "tensorly-torch FactorizedConv"]
+
+
+def _order(records):
+    """Labels present in ``records``: dense, TDLRT by increasing τ, then the baselines."""
+    present = {r["label"] for r in records}
+    taus = sorted({r["tau"] for r in records if r["method"] == "tdlrt"})
+    labels = ["dense", *(f"TDLRT τ={t}" for t in taus), *BASELINE_LABELS]
+    return [label for label in labels if label in present]
 
 
 def table(records):
@@ -187,10 +199,8 @@ def table(records):
         "conv-only c.r. (%) | time per run (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label in ORDER:
+    for label in _order(records):
         rows = [r for r in records if r["label"] == label]
-        if not rows:
-            continue
         acc = 100 * np.array([r["test_accuracy"] for r in rows])
         cr = 100 * np.array([r["compression_rate"] for r in rows])
         crc = 100 * np.array([r["compression_rate_conv"] for r in rows])
@@ -203,20 +213,20 @@ def table(records):
     return "\n".join(lines)
 
 
-def plot(records, folder, prefix="experiments", epochs=None):
+def plot(records, folder, prefix="experiments", epochs=None, conv_only=False):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    colors = dict(zip(ORDER, plt.get_cmap("tab10").colors))
+    order = _order(records)
+    colors = dict(zip(order, plt.get_cmap("tab10").colors))
+    key = "compression_rate_conv" if conv_only else "compression_rate"
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for label in ORDER:
+    for label in order:
         rows = [r for r in records if r["label"] == label]
-        if not rows:
-            continue
-        cr = 100 * np.array([r["compression_rate"] for r in rows])
+        cr = 100 * np.array([r[key] for r in rows])
         acc = 100 * np.array([r["test_accuracy"] for r in rows])
         if label == "dense":
             # the dense network has no compression: a band (mean ± std) across the plot
@@ -236,7 +246,11 @@ def plot(records, folder, prefix="experiments", epochs=None):
             color=colors[label],
             label=label,
         )
-    ax.set_xlabel("compression rate, all Conv/Linear layers (%)")
+    ax.set_xlabel(
+        "compression rate, convolutions only (%)"
+        if conv_only
+        else "compression rate, all Conv/Linear layers (%)"
+    )
     ax.set_ylabel("test accuracy (%)")
     seeds = len({r["seed"] for r in records})
     ax.set_title(
@@ -250,7 +264,7 @@ def plot(records, folder, prefix="experiments", epochs=None):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=100)
-    present = [label for label in ORDER if any(r["label"] == label for r in records)]
+    present = order
     data = [[100 * r["test_accuracy"] for r in records if r["label"] == lb] for lb in present]
     ax.boxplot(data, whis=(0, 100))
     ax.set_xticks(range(1, len(present) + 1))
@@ -282,6 +296,18 @@ def main(argv=None):
         help="dense direct tltorch",
     )
     parser.add_argument(
+        "--factorize",
+        default="all-but-last",
+        choices=("all-but-last", "all", "conv"),
+        help="which layers are factorized (conv: convolutions only, the paper's setting)",
+    )
+    parser.add_argument(
+        "--reference-tau",
+        type=float,
+        default=REFERENCE_TAU,
+        help="TDLRT run whose final ranks the fixed-rank baselines reuse",
+    )
+    parser.add_argument(
         "--figure-prefix", default="experiments", help="figures: PREFIX_accuracy_compression.png …"
     )
     args = parser.parse_args(argv)
@@ -292,7 +318,16 @@ def main(argv=None):
         tick = time.perf_counter()
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             jobs = [
-                pool.submit(run_seed, seed, args.epochs, folder, args.taus, args.baselines)
+                pool.submit(
+                    run_seed,
+                    seed,
+                    args.epochs,
+                    folder,
+                    args.taus,
+                    args.baselines,
+                    args.factorize,
+                    args.reference_tau,
+                )
                 for seed in range(args.seeds)
             ]
             for job in jobs:
@@ -309,7 +344,7 @@ def main(argv=None):
         if name.endswith(".json"):
             with open(os.path.join(folder, name)) as handle:
                 records.append(json.load(handle))
-    payload = {"meta": meta, "common": COMMON, "runs": records}
+    payload = {"meta": meta, "common": {**COMMON, "factorize": args.factorize}, "runs": records}
     with open(results, "w") as handle:
         json.dump(payload, handle, indent=1)
     records = payload["runs"]
@@ -318,7 +353,7 @@ def main(argv=None):
         handle.write(text + "\n")
     print(text)
     print(json.dumps(payload.get("meta", {})))
-    plot(records, FIGURES, args.figure_prefix, args.epochs)
+    plot(records, FIGURES, args.figure_prefix, args.epochs, conv_only=args.factorize == "conv")
 
 
 if __name__ == "__main__":
