@@ -53,10 +53,11 @@ def test_python_dash_m_tuckerflow_shows_the_train_options():
 def test_demo_prints_dense_and_tdlrt_side_by_side():
     from tuckerflow.demo import format_comparison
 
-    def summary(accuracy, rate, params, ranks, tau):
+    def summary(accuracy, rate, params, ranks, tau, rate_conv=0.0):
         return {
             "test_accuracy": accuracy,
             "compression_rate": rate,
+            "compression_rate_conv": rate_conv,
             "parameters": {"model": params},
             "time_s": 12.5,
             "ranks": ranks,
@@ -67,13 +68,14 @@ def test_demo_prints_dense_and_tdlrt_side_by_side():
     text = format_comparison(
         {
             "dense": summary(0.981, 0.0, 431080, {"fc1": [500, 800]}, None),
-            "tdlrt": summary(0.975, 0.93, 30172, {"fc1": [12, 12], "fc2": [10, 500]}, 0.2),
+            "tdlrt": summary(0.975, 0.93, 30172, {"fc1": [12, 12], "fc2": [10, 500]}, 0.2, 0.27),
         }
     )
     lines = text.splitlines()
     assert lines[1].split()[-2:] == ["98.10", "97.50"]
     assert lines[2].split()[-2:] == ["0.0", "93.0"]
-    assert lines[3].split()[-2:] == ["431080", "30172"]
+    assert lines[3].split()[-2:] == ["0.0", "27.0"]
+    assert lines[4].split()[-2:] == ["431080", "30172"]
     assert "fc1 (12, 12)" in text and "fc2" not in text.splitlines()[-1]
 
 

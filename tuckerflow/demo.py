@@ -73,6 +73,12 @@ def format_comparison(summaries):
             100 * tdlrt["compression_rate"],
         ),
         (
+            "conv-only c.r. (%)",
+            "{:.1f}",
+            100 * dense["compression_rate_conv"],
+            100 * tdlrt["compression_rate_conv"],
+        ),
+        (
             "parameters",
             "{:d}",
             dense["parameters"]["model"],
