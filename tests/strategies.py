@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 from hypothesis import strategies as st
 
+from tuckerflow import largest_valid_rank
 
-def make_valid(rank):
-    """Largest valid multilinear rank below ``rank`` (clamp to the product of the others)."""
-    r = list(rank)
-    changed = True
-    while changed:
-        changed = False
-        for i in range(len(r)):
-            other = math.prod(r[:i] + r[i + 1 :]) if len(r) > 1 else r[i]
-            if r[i] > other:
-                r[i] = other
-                changed = True
-    return tuple(r)
+make_valid = largest_valid_rank
 
 
 @st.composite

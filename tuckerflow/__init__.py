@@ -14,7 +14,15 @@ import importlib
 
 from .linalg import left_singular
 from .random import random_orthonormal, random_tucker
-from .truncation import TruncationInfo, hosvd, select_rank, st_hosvd, truncate, validate_rank
+from .truncation import (
+    TruncationInfo,
+    hosvd,
+    largest_valid_rank,
+    select_rank,
+    st_hosvd,
+    truncate,
+    validate_rank,
+)
 from .tucker import (
     TuckerTensor,
     add,
@@ -36,6 +44,7 @@ __all__ = [
     "as_tucker",
     "hosvd",
     "inner",
+    "largest_valid_rank",
     "left_singular",
     "mode_dot",
     "multi_mode_dot",

@@ -31,7 +31,14 @@ from tensorly.tenalg import mode_dot
 
 from ._backend import check_tensor, conj_t, eps
 from .linalg import orth, svd
-from .truncation import TruncationInfo, _budget, _mode_factor, _rank_spec, _to_host
+from .truncation import (
+    TruncationInfo,
+    _budget,
+    _mode_factor,
+    _rank_spec,
+    _to_host,
+    largest_valid_rank,
+)
 from .tucker import TuckerTensor
 
 __all__ = ["augment_basis", "augmented_core", "core_qr", "truncate_core"]
@@ -228,20 +235,6 @@ def augmented_core(C0, U0s, U_hats):
     return out
 
 
-def _valid_floor(rank):
-    """Largest valid multilinear rank below ``rank`` (product rule), for rank floors."""
-    r = list(rank)
-    changed = True
-    while changed and len(r) > 1:
-        changed = False
-        for i in range(len(r)):
-            other = math.prod(r[:i] + r[i + 1 :])
-            if r[i] > other:
-                r[i] = other
-                changed = True
-    return r
-
-
 def _clamped(value, cshape, default, name):
     d = len(cshape)
     if value is None:
@@ -350,7 +343,7 @@ def truncate_core(
         if U_hats[i] is None:
             lo[i] = hi[i] = cshape[i]
     lo = [min(a, b) for a, b in zip(lo, hi)]
-    lo = _valid_floor(lo)
+    lo = list(largest_valid_rank(lo))
     spec = _rank_spec(cshape, None, rtol, atol, hi, None)
     spec.min_rank = lo
     norm_c = float(_to_host(tl.norm(C_hat)))

@@ -29,7 +29,15 @@ from ._backend import check_finite, check_tensor, conj_t
 from .linalg import GRAM_SAFETY, SVD_METHODS, left_singular, svd
 from .tucker import TuckerTensor, as_tucker
 
-__all__ = ["TruncationInfo", "hosvd", "st_hosvd", "truncate", "validate_rank", "select_rank"]
+__all__ = [
+    "TruncationInfo",
+    "hosvd",
+    "largest_valid_rank",
+    "select_rank",
+    "st_hosvd",
+    "truncate",
+    "validate_rank",
+]
 
 
 @dataclass
@@ -106,6 +114,29 @@ def validate_rank(shape, rank, name="rank"):
                     f"{name}[{i}]={ri} exceeds the product of the other ranks ({other}); "
                     "no tensor has this multilinear rank"
                 )
+    return tuple(r)
+
+
+def largest_valid_rank(rank):
+    """Largest multilinear rank ``≤ rank`` (entrywise) that satisfies ``r_i ≤ ∏_{j≠i} r_j``.
+
+    Entries are lowered to the product of the others until none exceeds it; each pass only
+    lowers entries, so the loop ends.
+
+    Examples
+    --------
+    >>> largest_valid_rank((9, 2, 3))
+    (6, 2, 3)
+    """
+    r = [int(v) for v in rank]
+    changed = True
+    while changed and len(r) > 1:
+        changed = False
+        for i in range(len(r)):
+            other = math.prod(r[:i] + r[i + 1 :])
+            if r[i] > other:
+                r[i] = other
+                changed = True
     return tuple(r)
 
 

@@ -7,12 +7,11 @@ created on the TensorLy backend active when the example is drawn (draw inside th
 
 from __future__ import annotations
 
-import math
-
 from hypothesis import strategies as st
 
 from ..geometry.manifold import FixedRankTucker
 from ..random import random_tucker
+from ..truncation import largest_valid_rank
 
 __all__ = [
     "DTYPES",
@@ -28,17 +27,8 @@ DTYPES = ("float32", "float64", "complex64", "complex128")
 
 
 def make_valid_rank(rank):
-    """Largest valid multilinear rank below ``rank`` (clamp to the product of the others)."""
-    r = [int(v) for v in rank]
-    changed = True
-    while changed and len(r) > 1:
-        changed = False
-        for i in range(len(r)):
-            other = math.prod(r[:i] + r[i + 1 :])
-            if r[i] > other:
-                r[i] = other
-                changed = True
-    return tuple(r)
+    """Largest valid multilinear rank below ``rank``: :func:`tuckerflow.largest_valid_rank`."""
+    return largest_valid_rank(rank)
 
 
 def dtypes(real=True, complex_=True):
