@@ -29,24 +29,26 @@ SVD_METHODS = ("auto", "svd", "qr", "gram", "randomized")
 GRAM_SAFETY = 1e3
 
 
+def _column_entries(u, rows):
+    """``u[rows[j], j]`` for every column ``j`` (one gather, on the array's device)."""
+    if hasattr(u, "gather"):  # torch
+        return u.gather(0, rows[None, :])[0]
+    # NumPy, and CuPy through NumPy's array-function dispatch
+    return np.take_along_axis(u, rows[None, :], axis=0)[0]
+
+
 def flip_signs(u, vh=None):
     """Make the entry of largest modulus of every column of ``u`` real and positive.
 
     The phase removed from column ``j`` of ``u`` is put on row ``j`` of ``vh`` so that
-    ``u @ diag(s) @ vh`` is unchanged. Gather-free (works on every backend and device).
+    ``u @ diag(s) @ vh`` is unchanged. Ties go to the first row (``argmax``), so the result
+    is deterministic. A handful of kernels and no host synchronisation.
     """
-    a = tl.abs(u)
-    hit = a == tl.max(a, axis=0)[None, :]
-    ones = tl.ones(tl.shape(u), **context(a))
-    zeros = tl.zeros(tl.shape(u), **context(a))
-    hit = tl.where(hit, ones, zeros)
-    first = tl.where(tl.cumsum(hit, axis=0) == 1, hit, zeros)  # first maximiser per column
-    pick = tl.sum(u * astype(first, dtype_name(u)), axis=0)
+    pick = _column_entries(u, tl.argmax(tl.abs(u), axis=0))
     mag = tl.abs(pick)
-    mag = tl.where(mag == 0, tl.ones(tl.shape(mag), **context(mag)), mag)
-    phase = pick / astype(mag, dtype_name(pick))
-    if not is_complex(u):
-        phase = tl.where(phase == 0, tl.ones(tl.shape(phase), **context(phase)), phase)
+    safe = tl.where(mag == 0, tl.ones(tl.shape(mag), **context(mag)), mag)
+    phase = pick / astype(safe, dtype_name(pick))
+    phase = tl.where(mag == 0, tl.ones(tl.shape(phase), **context(phase)), phase)
     u = u * tl.conj(phase)[None, :]
     if vh is not None:
         vh = vh * phase[:, None]
