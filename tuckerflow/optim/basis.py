@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorly as tl
 
-from ..dlra import augment_basis, augmented_core, core_qr
+from ..dlra import augment_basis, core_qr
 from ..linalg import orth
 from .transport import mode_products
 
@@ -105,6 +105,8 @@ def kstep_bases(core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
                 U_hats.append(orth(k))
             else:
                 U_hats.append(augment_basis(u, k))
-        c_hat = augmented_core(core, factors, U_hats)
+    # one product Û_iᴴ U_i per mode, shared by the core and the optimizer-state transport
+    # (what augmented_core would form again, with checks the shapes here pass by construction)
     M_hats = [None if u is None else uh.conj().T @ u for u, uh in zip(factors, U_hats)]
+    c_hat = mode_products(core, M_hats)
     return U_hats, c_hat, M_hats
