@@ -159,14 +159,15 @@ def augment_basis(U0, K, *, rtol=None):
     room = n - r
     if room == 0 or tl.shape(K)[1] == 0:
         return U0
-    norm_k = float(_to_host(tl.norm(K)))
-    if norm_k == 0.0:
-        return U0
     u0h = conj_t(U0)
     w = K - tl.dot(U0, tl.dot(u0h, K))
     w = w - tl.dot(U0, tl.dot(u0h, w))
     u, s, _ = svd(w)
-    s_host = _to_host(s)
+    # ‖K‖ and the singular values reach the host together: one device synchronisation
+    host = _to_host(tl.concatenate([tl.reshape(tl.norm(K), (1,)), s]))
+    norm_k, s_host = float(host[0]), host[1:]
+    if norm_k == 0.0:
+        return U0
     m = min(int(np.count_nonzero(s_host > rtol * norm_k)), room)
     if m == 0:
         return U0
