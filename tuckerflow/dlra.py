@@ -30,10 +30,11 @@ import tensorly as tl
 from tensorly.tenalg import mode_dot
 
 from ._backend import check_tensor, conj_t, eps
-from .linalg import orth, svd
+from .linalg import left_singular, orth, svd
 from .truncation import (
     TruncationInfo,
     _budget,
+    _choose_rank,
     _mode_factor,
     _rank_spec,
     _to_host,
@@ -347,7 +348,13 @@ def truncate_core(
     lo = list(largest_valid_rank(lo))
     spec = _rank_spec(cshape, None, rtol, atol, hi, None)
     spec.min_rank = lo
-    norm_c = float(_to_host(tl.norm(C_hat)))
+    pairs = []
+    if method == "hosvd":
+        # every mode factors an unfolding of C_hat itself: all factorisations first, then the
+        # norm and every singular value reach the host in one transfer (one device sync)
+        pairs = [left_singular(tl.unfold(C_hat, i), method="qr") for i in free]
+    host = _to_host(tl.concatenate([tl.reshape(tl.norm(C_hat), (1,)), *[s for _, s in pairs]]))
+    norm_c = float(host[0])
     theta = spec.theta(norm_c) if spec.by_tolerance else None
     info = TruncationInfo(tolerance=theta, order=list(free))
     info.singular_values = [None] * d
@@ -356,9 +363,20 @@ def truncate_core(
     P_list = [None] * d
     used2 = 0.0
     work = C_hat
+    start = 1
     for k, i in enumerate(free):
         budget2 = _budget(theta, used2, len(free) - k)
-        p, _, tail2, s_host, used = _mode_factor(tl.unfold(work, i), spec, i, budget2, "qr", None)
+        if pairs:
+            # what _mode_factor does on the "qr" path, with the values already on the host
+            u, s = pairs[k]
+            s_host = host[start : start + tl.shape(s)[0]]
+            start += tl.shape(s)[0]
+            r, tail2 = _choose_rank(s_host, spec, i, budget2, 0.0)
+            p, used = u[:, :r], "qr"
+        else:
+            p, _, tail2, s_host, used = _mode_factor(
+                tl.unfold(work, i), spec, i, budget2, "qr", None
+            )
         P_list[i] = p
         if method == "st_hosvd":
             work = mode_dot(work, conj_t(p), i)
