@@ -28,6 +28,22 @@ __all__ = ["FixedRankBUG", "RankAdaptiveBUG", "RankAdaptiveMixin"]
 TRUNCATIONS = ("hosvd", "st_hosvd")
 
 
+def augmented_bug_step(fun, substep, t, h, core, factors):
+    """One untruncated augmented BUG step from ``t`` to ``t + h``.
+
+    K-steps in every mode, bases ``Û_i = [U_i, new directions]``, and the Galerkin step on
+    ``Ĉ(t) = C ×_j (Û_jᴴ U_j)``. Returns ``(Ĉ(t + h), [Û_i])``, a Tucker tensor of rank up
+    to ``2 r`` that the rank-adaptive BUG truncates and the midpoint BUG uses as its half
+    step (Ceruti, Kusch & Lubich, BIT 2022).
+    """
+    u_hats = []
+    for i in range(len(factors)):
+        k1, _ = k_step(fun, substep, t, h, core, factors, i)
+        u_hats.append(augment_basis(factors[i], k1))
+    core_hat = augmented_core(core, factors, u_hats)
+    return galerkin_step(fun, substep, t, h, core_hat, u_hats), u_hats
+
+
 def _per_mode_bound(value, d, name):
     if value is None:
         return None
@@ -175,12 +191,6 @@ class RankAdaptiveBUG(RankAdaptiveMixin, TuckerOdeSolver):
         self._configure_ranks(**options)
 
     def _step_impl(self, t, y, h):
-        core, factors = y.core, list(y.factors)
-        u_hats = []
-        for i in range(len(factors)):
-            k1, _ = k_step(self.fun, self.substep, t, h, core, factors, i)
-            u_hats.append(augment_basis(factors[i], k1))
-        core_hat = augmented_core(core, factors, u_hats)
-        core_hat = galerkin_step(self.fun, self.substep, t, h, core_hat, u_hats)
+        core_hat, u_hats = augmented_bug_step(self.fun, self.substep, t, h, y.core, list(y.factors))
         y1, _, _ = self._truncate(core_hat, u_hats)
         return y1

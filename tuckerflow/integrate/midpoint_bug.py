@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ..dlra import augment_basis, augmented_core, core_qr
 from ..tucker import TuckerTensor
-from .base import TuckerOdeSolver, ct, galerkin_step, k_step
-from .bug import RankAdaptiveMixin
+from .base import TuckerOdeSolver, ct, galerkin_step
+from .bug import RankAdaptiveMixin, augmented_bug_step
 
 __all__ = ["MidpointBUG"]
 
@@ -54,12 +54,7 @@ class MidpointBUG(RankAdaptiveMixin, TuckerOdeSolver):
         core, factors = y.core, list(y.factors)
         d = len(factors)
         half = h / 2
-        u_half = []
-        for i in range(d):
-            k1, _ = k_step(self.fun, self.substep, t, half, core, factors, i)
-            u_half.append(augment_basis(factors[i], k1))
-        core_half = augmented_core(core, factors, u_half)
-        core_half = galerkin_step(self.fun, self.substep, t, half, core_half, u_half)
+        core_half, u_half = augmented_bug_step(self.fun, self.substep, t, half, core, factors)
         F_half = self.fun(t + half, TuckerTensor(core_half, u_half))
         u_check = []
         for i in range(d):
