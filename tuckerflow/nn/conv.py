@@ -169,6 +169,14 @@ class _TuckerConvNd(TuckerLayer):
         core, factors = tucker_from_weight(
             w, full, rank=rank, rtol=rtol, max_rank=max_rank, min_rank=min_rank
         )
+        layer = cls._like(module, rank=tuple(core.shape), keep_full=full)
+        layer.set_tucker_(core, factors)
+        return layer
+
+    @classmethod
+    def _like(cls, module, *, rank, keep_full):
+        """A layer with the options, device, dtype and bias of the dense ``module``."""
+        w = module.weight
         layer = cls(
             module.in_channels,
             module.out_channels,
@@ -179,12 +187,11 @@ class _TuckerConvNd(TuckerLayer):
             groups=module.groups,
             bias=module.bias is not None,
             padding_mode=module.padding_mode,
-            rank=tuple(core.shape),
-            keep_full=full,
+            rank=rank,
+            keep_full=keep_full,
             device=w.device,
             dtype=w.dtype,
         )
-        layer.set_tucker_(core, factors)
         if module.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(module.bias)

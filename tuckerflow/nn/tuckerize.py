@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from .conv import TuckerConv1d, TuckerConv2d, TuckerConv3d
@@ -358,34 +357,4 @@ def _build(cls, module, init, rank, rtol, keep_full, max_rank, min_rank):
             max_rank=max_rank,
             min_rank=min_rank,
         )
-    w = module.weight
-    if cls is TuckerLinear:
-        new = cls(
-            module.in_features,
-            module.out_features,
-            module.bias is not None,
-            rank=rank,
-            keep_full=keep_full,
-            device=w.device,
-            dtype=w.dtype,
-        )
-    else:
-        new = cls(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=module.groups,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-            rank=rank,
-            keep_full=keep_full,
-            device=w.device,
-            dtype=w.dtype,
-        )
-    if module.bias is not None:
-        with torch.no_grad():
-            new.bias.copy_(module.bias)
-    return new
+    return cls._like(module, rank=rank, keep_full=keep_full)
