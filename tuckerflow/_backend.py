@@ -17,14 +17,12 @@ __all__ = [
     "backend_dtype",
     "check_tensor",
     "check_finite",
-    "check_same_device",
     "conj_t",
     "context",
     "device_of",
     "dtype_name",
     "eps",
     "is_complex",
-    "real_context",
     "real_dtype_name",
     "to_float",
 ]
@@ -70,13 +68,6 @@ def backend_dtype(name: str):
     return getattr(tl.backend.current_backend(), name)
 
 
-def real_context(x) -> dict:
-    """Like :func:`context` with the real dtype matching ``x`` (float64 for complex128)."""
-    ctx = context(x)
-    ctx["dtype"] = backend_dtype(real_dtype_name(x))
-    return ctx
-
-
 def astype(x, name: str):
     """``x`` cast to the dtype called ``name``, keeping device and autograd history."""
     dtype = backend_dtype(name)
@@ -101,14 +92,6 @@ def check_finite(x, name: str) -> None:
     m = to_float(tl.max(tl.abs(x))) if tl.shape(x) and int(np.prod(tl.shape(x))) else 0.0
     if not math.isfinite(m):
         raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
-
-
-def check_same_device(arrays, names) -> None:
-    """All arrays share dtype family and device; raise naming the first mismatch."""
-    ref_dev = device_of(arrays[0])
-    for a, n in zip(arrays[1:], names[1:]):
-        if device_of(a) != ref_dev:
-            raise ValueError(f"{n} is on device {device_of(a)!r} but {names[0]} is on {ref_dev!r}")
 
 
 def to_float(x) -> float:

@@ -14,7 +14,6 @@ from ._backend import (
     conj_t,
     context,
     dtype_name,
-    eps,
     is_complex,
     real_dtype_name,
 )
@@ -164,10 +163,3 @@ def left_singular(a, *, method="auto", rank_hint=None, allowed_error2=None, rng=
             return left_singular(a, method="qr")
         return _randomized_left(a, rank_hint, rng=rng)
     raise ValueError(f"method={method!r} is not one of {SVD_METHODS}")
-
-
-def is_orthonormal(u, *, rtol_factor=100.0):
-    """True when ``uᴴ u = I`` to ``rtol_factor · eps · max(n, r)``."""
-    r = tl.shape(u)[1]
-    err = tl.norm(tl.dot(conj_t(u), u) - tl.eye(r, **context(u)))
-    return float(tl.to_numpy(err)) <= rtol_factor * eps(u) * max(tl.shape(u))

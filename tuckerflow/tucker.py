@@ -20,7 +20,7 @@ import tensorly as tl
 from tensorly import tucker_tensor as _tl_tucker
 from tensorly.tenalg import multi_mode_dot as _tl_multi_mode_dot
 
-from ._backend import check_tensor, conj_t, device_of, dtype_name, eps
+from ._backend import check_tensor, conj_t, context, device_of, dtype_name, eps
 
 __all__ = [
     "TuckerTensor",
@@ -267,12 +267,12 @@ def _block_diagonal(a, b):
     for i in range(len(ra)):
         pad_shape = list(tl.shape(out))
         pad_shape[i] = rb[i]
-        out = tl.concatenate([out, tl.zeros(tuple(pad_shape), **tl.context(a))], axis=i)
+        out = tl.concatenate([out, tl.zeros(tuple(pad_shape), **context(a))], axis=i)
     low = b
     for i in range(len(rb)):
         pad_shape = list(tl.shape(low))
         pad_shape[i] = ra[i]
-        low = tl.concatenate([tl.zeros(tuple(pad_shape), **tl.context(b)), low], axis=i)
+        low = tl.concatenate([tl.zeros(tuple(pad_shape), **context(b)), low], axis=i)
     return out + low
 
 
