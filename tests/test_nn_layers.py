@@ -203,6 +203,54 @@ def test_gradients_of_factorized_and_dense_forward_agree(cfg, seed):
         assert (a - b).abs().max().item() <= 1e4 * EPS64 * (1.0 + b.abs().max().item())
 
 
+@given(cfg=conv_configs(), seed=st.integers(0, 2**31 - 1))
+def test_factor_gradients_off_leaves_every_other_gradient_unchanged(cfg, seed):
+    torch.manual_seed(seed)
+    layer, _, x = _make_conv(cfg)
+    x.requires_grad_(True)
+    for mode in ("factorized", "dense"):
+        layer.forward_mode = mode
+        grads = {}
+        for flag in (True, False):
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            layer.factor_gradients = flag
+            y = layer(x)
+            torch.manual_seed(seed + 1)
+            (y * torch.randn_like(y)).sum().backward()
+            grads[flag] = [layer.core.grad, x.grad] + (
+                [layer.bias.grad] if layer.bias is not None else []
+            )
+            if not flag:
+                assert all(p.grad is None for p in layer.factors)
+            else:
+                assert all(p.grad is not None for p in layer.factors)
+        for a, b in zip(grads[True], grads[False]):
+            # the same products; only the (skipped) factor branches differ
+            assert (a - b).abs().max().item() <= 16 * EPS64 * (1.0 + b.abs().max().item())
+    layer.factor_gradients = True
+
+
+def test_linear_factor_gradients_off():
+    torch.manual_seed(3)
+    layer = TuckerLinear(7, 5, rank=2, dtype=torch.float64)
+    x = torch.randn(4, 7, dtype=torch.float64)
+    for mode in ("factorized", "dense"):
+        layer.forward_mode = mode
+        layer.zero_grad(set_to_none=True)
+        layer.factor_gradients = True
+        layer(x).square().sum().backward()
+        core_grad = layer.core.grad.clone()
+        layer.zero_grad(set_to_none=True)
+        layer.factor_gradients = False
+        y = layer(x)
+        y.square().sum().backward()
+        assert all(p.grad is None for p in layer.factors)
+        assert torch.allclose(layer.core.grad, core_grad, rtol=16 * EPS64, atol=0)
+        # the reconstruction still carries the core's graph
+        assert layer.reconstruct().requires_grad
+
+
 def _random_projections(shape, gen, *, none_modes=()):
     out = []
     for i, n in enumerate(shape):

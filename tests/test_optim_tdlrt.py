@@ -29,6 +29,8 @@ OPTIMIZERS = {
 }
 
 
+EPS64 = torch.finfo(torch.float64).eps
+
 # CUDA runs the same tests when a GPU is present (CPU only otherwise)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -530,6 +532,35 @@ def test_update_every_amortizes_basis_updates():
     assert layer.record_for_galerkin
     tdlrt.step(closure)  # step 3: augmentation and truncation again
     assert layer.factor(0).shape != U.shape or not torch.equal(layer.factor(0).detach(), U)
+
+
+@pytest.mark.parametrize("kstep", ["weight", "factors"])
+@pytest.mark.parametrize("mode", ["one-pass", "two-pass"])
+def test_factor_gradients_are_formed_only_when_a_step_reads_them(kstep, mode):
+    def run(force):
+        model = conv_net(17)
+        x, y = data(17)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        tdlrt = TDLRT(model, opt, tau=0.2, update_every=3, kstep=kstep, mode=mode)
+        layers = tucker_modules(model)
+        closure = make_closure(model, opt, x, y)
+        seen = []
+        for _ in range(7):
+            if force:  # the behaviour without the switch: every backward forms them
+                for layer in layers:
+                    layer.factor_gradients = True
+            seen.append(layers[0].factor_gradients)
+            tdlrt.step(closure)
+        return [p.detach().clone() for p in model.parameters()], seen
+
+    params, seen = run(False)
+    forced, _ = run(True)
+    # steps 0, 3, 6 update the bases: only there, and only for kstep="factors"
+    assert seen == [kstep == "factors" and k % 3 == 0 for k in range(7)]
+    for p, q in zip(params, forced):
+        # the factor gradients only ever fed the K-step: the trajectory is the same
+        assert p.shape == q.shape
+        assert (p - q).abs().max().item() <= 1e3 * EPS64 * (1.0 + q.abs().max().item())
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])

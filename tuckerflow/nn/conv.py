@@ -266,14 +266,14 @@ class _TuckerConvNd(TuckerLayer):
     def _spatial_kernel(self):
         k = self.core
         for i in range(2, 2 + self._ndim):
-            u = self.factor(i)
+            u = self._forward_factor(i)
             if u is not None:
                 k = mode_dot(k, u, i)
         return k
 
     def _forward_factorized(self, x):
         g, ones = self.groups, (1,) * self._ndim
-        u0, u1 = self.factor(0), self.factor(1)
+        u0, u1 = self._forward_factor(0), self._forward_factor(1)
         kernel = self._spatial_kernel()
         r0, r1 = kernel.shape[0], kernel.shape[1]
         h = x

@@ -187,6 +187,12 @@ class TuckerLayer(nn.Module):
         input and (through a tensor hook) the gradient of its output, from which
         :meth:`galerkin_gradient` and :meth:`full_weight_gradient` are formed without a
         second backward pass.
+    factor_gradients : bool
+        When False, the forward passes (and :meth:`reconstruct`) use the factors as constants:
+        no gradient flows to them and backward skips their (batch-sized) weight-gradient
+        products; the core, the bias and the layer input still get theirs. Default True.
+        :class:`tuckerflow.optim.TDLRT` switches it off for the steps that do not read the
+        factor gradients (it moves the factors by its basis update only).
 
     Notes
     -----
@@ -227,6 +233,7 @@ class TuckerLayer(nn.Module):
         self._auto_choice = {}
         self.recompute_factorized = False
         self._record = False
+        self._factor_grads = True
         self._record_kind = "output_grad"
         self._records = []
         self.reset_parameters()
@@ -252,6 +259,21 @@ class TuckerLayer(nn.Module):
     def factor_list(self):
         """Factors over all modes, None for modes kept full."""
         return [self.factor(i) for i in range(len(self.weight_shape))]
+
+    @property
+    def factor_gradients(self):
+        return self._factor_grads
+
+    @factor_gradients.setter
+    def factor_gradients(self, value):
+        self._factor_grads = bool(value)
+
+    def _forward_factor(self, mode):
+        """The factor as the forward passes use it (detached when ``factor_gradients`` is off)."""
+        u = self.factor(mode)
+        if u is not None and not self._factor_grads:
+            u = u.detach()
+        return u
 
     @property
     def forward_mode(self):
@@ -294,10 +316,13 @@ class TuckerLayer(nn.Module):
                 self.bias.uniform_(-bound, bound)
 
     def reconstruct(self):
-        """The dense weight ``C ×_i U_i`` (differentiable), shape :attr:`weight_shape`."""
+        """The dense weight ``C ×_i U_i`` (differentiable), shape :attr:`weight_shape`.
+
+        With :attr:`factor_gradients` off, only the core carries the autograd graph.
+        """
         w = self.core
-        for i, u in zip(self.factorized_modes, self.factors):
-            w = mode_dot(w, u, i)
+        for i in self.factorized_modes:
+            w = mode_dot(w, self._forward_factor(i), i)
         return w
 
     # ---------------------------------------------------------------------------------------

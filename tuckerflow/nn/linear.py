@@ -147,7 +147,7 @@ class TuckerLinear(TuckerLayer):
         return F.linear(x, self.reconstruct(), self.bias)
 
     def _forward_factorized(self, x):
-        u0, u1 = self.factor(0), self.factor(1)
+        u0, u1 = self._forward_factor(0), self._forward_factor(1)
         h = x if u1 is None else F.linear(x, u1.t())
         if u0 is None:
             return F.linear(h, self.core, self.bias)

@@ -160,14 +160,18 @@ def _clear_records(layers):
 
 @contextlib.contextmanager
 def _recording(layers, flag):
-    old = [layer.record_for_galerkin for layer in layers]
+    """Set ``record_for_galerkin`` and ``factor_gradients`` of the layers for a block."""
+    layers = list(layers)
+    old = [(layer.record_for_galerkin, layer.factor_gradients) for layer in layers]
     for layer in layers:
         layer.record_for_galerkin = flag
+        layer.factor_gradients = flag
     try:
         yield
     finally:
-        for layer, value in zip(layers, old):
-            layer.record_for_galerkin = value
+        for layer, (record, grads) in zip(layers, old):
+            layer.record_for_galerkin = record
+            layer.factor_gradients = grads
 
 
 class TDLRT:
@@ -234,6 +238,13 @@ class TDLRT:
     ``Û_i = orth(K_i)`` instead [CL22]_: augmenting and truncating back to the cap would
     mostly keep the old basis. Frozen ranks use that update in every mode. The state
     transport rule is in :mod:`tuckerflow.optim.transport`.
+
+    After each step TDLRT sets the layers' ``record_for_galerkin`` and ``factor_gradients``
+    to what the next step reads, so a backward pass forms nothing that is thrown away: the
+    factor gradients exist only before basis-updating steps with ``kstep="factors"`` (the
+    factors never take an optimizer step). Change the rank schedule (``freeze_ranks``)
+    between steps, not between ``backward`` and ``step``. To train the layers with another
+    optimizer afterwards, set ``factor_gradients = True`` on them again.
 
     Usage is that of any optimizer: ``loss.backward(); tdlrt.step()`` (or
     ``tdlrt.step(closure)``, required in two-pass mode, where ``closure`` zeroes the
@@ -430,6 +441,7 @@ class TDLRT:
             saved = self._apply_augmentation(plans)
         try:
             if self.mode == "two-pass":
+                # evaluation 2 needs the core gradients only
                 with torch.enable_grad(), _recording(self._layers.values(), False):
                     closure()
             with _plain_precision():
@@ -518,16 +530,21 @@ class TDLRT:
     # ---------------------------------------------------------------- internals
 
     def _arm_recording(self):
-        """Let the layers record their batch only when the next step needs it.
+        """Let the layers record their batch, and form factor gradients, only when needed.
 
         The record is read by basis-updating steps in one-pass form, and by the K-step from
         the weight gradient; steps between amortized updates and the two-pass form with
         ``kstep="factors"`` need none (saves the hooks and the stored output gradients).
+        The factor gradients are read only by the K-step of ``kstep="factors"``; every other
+        step drops them, so backward need not form them.
         """
-        need = self._kind() != "core" and not (self.mode == "two-pass" and self.kstep == "factors")
+        update = self._kind() != "core"
+        record = update and not (self.mode == "two-pass" and self.kstep == "factors")
+        factor_grads = update and self.kstep == "factors"
         for layer in self._layers.values():
-            if layer.record_for_galerkin != need:
-                layer.record_for_galerkin = need
+            if layer.record_for_galerkin != record:
+                layer.record_for_galerkin = record
+            layer.factor_gradients = factor_grads
 
     def _kind(self):
         if self._frozen:
