@@ -74,6 +74,28 @@ def test_augment_basis_drops_null_directions(backend, dtype):
     assert tl.shape(u)[1] == r
 
 
+@pytest.mark.parametrize("dtype", ["float32", "complex64", "float64"])
+def test_augment_basis_separates_directions_at_its_threshold(backend, dtype):
+    # single precision takes the float64-accumulated Gram path, double the SVD: both must
+    # keep exactly the directions above rtol·‖K‖ and capture K up to that level
+    n, r = 12, 3
+    gen = np.random.default_rng(5)
+    u0 = np.linalg.qr(_gauss((n, r), dtype, 0))[0]
+    rest = np.linalg.qr((np.eye(n) - u0 @ u0.conj().T) @ _gauss((n, 4), dtype, 1))[0]
+    rtol = 100 * tol(dtype, 1) * n
+    sv = np.array([1.0, 0.3, 0.1 * rtol, 0.0])  # two directions above the threshold
+    kk = (
+        u0 @ _gauss((r, 4), dtype, 2)
+        + rest @ np.diag(sv) @ np.linalg.qr(gen.standard_normal((4, 4)))[0]
+    )
+    u = backend.numpy(augment_basis(backend.tensor(u0, dtype), backend.tensor(kk, dtype)))
+    assert u.shape[1] == r + 2
+    assert _orth_err(u) <= tol(dtype, 100)
+    res = kk - u @ (u.conj().T @ kk)
+    # what is left of K is the dropped direction (0.1·rtol·‖K‖) plus round-off
+    assert np.linalg.norm(res) <= (0.1 * rtol * 1.01 + tol(dtype, 100)) * np.linalg.norm(kk)
+
+
 @given(sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6), seed=seeds)
 def test_augmented_core_represents_the_same_tensor(backend, dtype, sr, seed):
     shape, rank = sr
@@ -116,6 +138,34 @@ def test_truncate_core_honours_tolerance_and_returns_kept_directions(
     for i, p in enumerate(p_list):
         core = tl.tenalg.mode_dot(core, tl.conj(tl.transpose(p)), i)
     np.testing.assert_allclose(backend.numpy(core), backend.numpy(y.core), atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["hosvd", "st_hosvd"])
+@pytest.mark.parametrize("dtype", ["float32", "complex64", "float64", "complex128"])
+def test_truncate_core_takes_the_gram_path_only_where_its_round_off_is_invisible(
+    backend, dtype, method
+):
+    shape = (10, 9, 8)
+    x = _gauss(shape, dtype, 3) * np.geomspace(1.0, 1e-3, 10)[:, None, None]
+    full = tf.hosvd(backend.tensor(x, dtype))
+    c = backend.numpy(full.core)
+    norm = np.linalg.norm(c)
+    for rtol, expect in ((0.1, "gram"), (1e-7, "qr")):
+        y, p_list, info = truncate_core(full.core, full.factors, rtol=rtol, method=method)
+        assert info.methods == [expect] * 3
+        # the tolerance holds whatever the path: ‖Ĉ − Ĉ ×_i P_iP_iᴴ‖ ≤ rtol·‖Ĉ‖ + round-off
+        proj = c
+        for i, p in enumerate(p_list):
+            pn = backend.numpy(p)
+            proj = np.moveaxis(np.tensordot(pn @ pn.conj().T, proj, axes=(1, i)), 0, i)
+        assert np.linalg.norm(proj - c) <= (rtol + tol(dtype, 100)) * norm
+        if method == "hosvd":
+            # singular values of each unfolding: float64-accumulated Gram values are as
+            # accurate as an SVD in the working precision (error ~ eps·‖Ĉ‖)
+            for i in range(3):
+                ref = np.linalg.svd(np.moveaxis(c, i, 0).reshape(shape[i], -1), compute_uv=False)
+                got = np.asarray(info.singular_values[i])
+                assert np.abs(got - ref).max() <= tol(dtype, 100) * norm
 
 
 @given(sr=shape_and_rank(min_dims=3, max_dims=3, max_side=6), seed=seeds, cap=st.integers(1, 3))

@@ -30,7 +30,7 @@ import tensorly as tl
 from tensorly.tenalg import mode_dot
 
 from ._backend import check_tensor, conj_t, eps
-from .linalg import left_singular, orth, svd
+from .linalg import GRAM_SAFETY, left_singular, orth, svd
 from .truncation import (
     TruncationInfo,
     _budget,
@@ -47,6 +47,18 @@ __all__ = ["augment_basis", "augmented_core", "core_qr", "truncate_core"]
 #: Default relative threshold factor of :func:`augment_basis`: directions whose norm after
 #: projection is below ``AUGMENT_RTOL_FACTOR · eps · max(n, r) · ‖K‖`` are dropped.
 AUGMENT_RTOL_FACTOR = 100.0
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _gram_is_invisible(rel2, rows):
+    """Whether a Gram matrix accumulated in float64 resolves a relative squared level ``rel2``.
+
+    The eigenvalues of ``AᴴA`` (or ``AAᴴ``) formed and decomposed in float64 carry an absolute
+    error of about ``rows · eps64 · ‖A‖²`` (``rows``: length of the inner products); a
+    decision taken at ``rel2 · ‖A‖²`` is unaffected when it is ``GRAM_SAFETY`` times larger.
+    """
+    return rel2 > GRAM_SAFETY * rows * _EPS64
 
 
 def core_qr(core, mode):
@@ -163,7 +175,14 @@ def augment_basis(U0, K, *, rtol=None):
     u0h = conj_t(U0)
     w = K - tl.dot(U0, tl.dot(u0h, K))
     w = w - tl.dot(U0, tl.dot(u0h, w))
-    u, s, _ = svd(w)
+    # the threshold rtol·‖K‖ ≥ rtol·‖w‖: with the default rtol in single precision it lies far
+    # above the round-off of wᴴw accumulated in float64, whose eigen-decomposition is then
+    # as good as an SVD of w and much cheaper; otherwise the thin SVD of w
+    gram = tl.shape(w)[1] < n and _gram_is_invisible(rtol**2, n)
+    if gram:
+        v, s = left_singular(conj_t(w), method="gram")
+    else:
+        u, s, _ = svd(w)
     # ‖K‖ and the singular values reach the host together: one device synchronisation
     host = _to_host(tl.concatenate([tl.reshape(tl.norm(K), (1,)), s]))
     norm_k, s_host = float(host[0]), host[1:]
@@ -172,7 +191,11 @@ def augment_basis(U0, K, *, rtol=None):
     m = min(int(np.count_nonzero(s_host > rtol * norm_k)), room)
     if m == 0:
         return U0
-    new = u[:, :m]
+    if gram:
+        # w v_j / σ_j are the left singular vectors (σ_j > rtol·‖K‖ > 0 here)
+        new = tl.dot(w, v[:, :m]) / s[None, :m]
+    else:
+        new = u[:, :m]
     new = orth(new - tl.dot(U0, tl.dot(u0h, new)))
     return tl.concatenate([U0, new], axis=1)
 
@@ -349,10 +372,23 @@ def truncate_core(
     spec = _rank_spec(cshape, None, rtol, atol, hi, None)
     spec.min_rank = lo
     pairs = []
+    # A relative tolerance rtol gives every mode a squared budget of at least
+    # rtol²‖Ĉ‖²/len(free). When that lies far above the round-off of a Gram matrix accumulated
+    # in float64, a wide unfolding is factored through its Gram matrix (one product and a
+    # small eigh; the error bound is kept by a margin, as in tuckerflow.truncation);
+    # otherwise by the accurate QR path.
+    total = math.prod(cshape)
+    gram_ok = (
+        atol is None
+        and rtol is not None
+        and bool(free)
+        and _gram_is_invisible(float(rtol) ** 2 / len(free), max(cshape[i] for i in free))
+    )
+    used_method = ["gram" if gram_ok and cshape[i] ** 2 < total else "qr" for i in range(d)]
     if method == "hosvd":
         # every mode factors an unfolding of C_hat itself: all factorisations first, then the
         # norm and every singular value reach the host in one transfer (one device sync)
-        pairs = [left_singular(tl.unfold(C_hat, i), method="qr") for i in free]
+        pairs = [left_singular(tl.unfold(C_hat, i), method=used_method[i]) for i in free]
     host = _to_host(tl.concatenate([tl.reshape(tl.norm(C_hat), (1,)), *[s for _, s in pairs]]))
     norm_c = float(host[0])
     theta = spec.theta(norm_c) if spec.by_tolerance else None
@@ -371,11 +407,13 @@ def truncate_core(
             u, s = pairs[k]
             s_host = host[start : start + tl.shape(s)[0]]
             start += tl.shape(s)[0]
-            r, tail2 = _choose_rank(s_host, spec, i, budget2, 0.0)
-            p, used = u[:, :r], "qr"
+            used = used_method[i]
+            margin2 = 10.0 * cshape[i] * _EPS64 * norm_c**2 if used == "gram" else 0.0
+            r, tail2 = _choose_rank(s_host, spec, i, budget2, margin2)
+            p = u[:, :r]
         else:
             p, _, tail2, s_host, used = _mode_factor(
-                tl.unfold(work, i), spec, i, budget2, "qr", None
+                tl.unfold(work, i), spec, i, budget2, "auto" if gram_ok else "qr", None
             )
         P_list[i] = p
         if method == "st_hosvd":

@@ -743,9 +743,12 @@ class TDLRT:
                     pos += d
                     if tuple(want) != tuple(new.rank):
                         with tl.backend_context("pytorch", local_threadsafe=True):
+                            # this process's tolerance (process 0's in a consistent set-up,
+                            # so the same factorisation path), ranks pinned to process 0's
                             new2, P2, info2 = truncate_core(
                                 c_hat,
                                 U_hats,
+                                rtol=self.tau,
                                 min_rank=want,
                                 max_rank=want,
                                 method=self.truncation,
