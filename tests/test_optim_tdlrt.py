@@ -522,15 +522,19 @@ def test_update_every_amortizes_basis_updates():
     layer = tucker_modules(model)[0]
     closure = make_closure(model, opt, x, y)
     assert layer.record_for_galerkin  # the first step updates the bases
+    assert tdlrt.next_step == "adapt"
     tdlrt.step(closure)
     assert not layer.record_for_galerkin  # steps in between need no record
+    assert tdlrt.next_step == "core"
     U, C = layer.factor(0).detach().clone(), layer.core.detach().clone()
     tdlrt.step(closure)
     assert torch.equal(layer.factor(0).detach(), U)  # in between: core steps only
     assert not torch.equal(layer.core.detach(), C)
     tdlrt.step(closure)
-    assert layer.record_for_galerkin
+    assert layer.record_for_galerkin and tdlrt.next_step == "adapt"
     tdlrt.step(closure)  # step 3: augmentation and truncation again
+    tdlrt.freeze_ranks()
+    assert tdlrt.next_step == "bug"
     assert layer.factor(0).shape != U.shape or not torch.equal(layer.factor(0).detach(), U)
 
 

@@ -402,9 +402,16 @@ def _activation_bytes(step):
 
 
 def _recorded_bytes(step):
-    """Bytes of gradients the layers hold for the one-pass Galerkin gradient."""
+    """Bytes of gradients the layers hold for the one-pass Galerkin gradient.
+
+    Measured before a basis-updating step (the steps in between record nothing).
+    """
     from ..nn import TuckerLayer
 
+    for _ in range(step.tdlrt.update_every):
+        if step.tdlrt.next_step != "core":
+            break
+        step()
     x, y = step._batch()
     step._closure_for(x, y)()
     total = sum(

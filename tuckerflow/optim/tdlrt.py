@@ -388,6 +388,13 @@ class TDLRT:
         return self._frozen
 
     @property
+    def next_step(self):
+        """Kind of the next step: ``"adapt"`` (augmentation, Galerkin step, truncation),
+        ``"bug"`` (fixed-rank basis update, ranks frozen) or ``"core"`` (Galerkin step of the
+        cores only, between the basis updates of ``update_every > 1``)."""
+        return self._kind()
+
+    @property
     def steps(self):
         """Number of steps taken (skipped ones excluded)."""
         return self._steps
