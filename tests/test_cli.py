@@ -96,3 +96,10 @@ def test_tdlrt_from_the_command_line_and_resume_checks(tmp_path, capsys):
     # the same run continues
     assert main([*argv, "--epochs", "2", "--resume"]) == 0
     assert json.loads((out / "summary.json").read_text())["history"][-1]["epoch"] == 2
+
+
+def test_diverging_run_exits_with_status_1_and_a_message(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", "digits", "--lr", "1e6", "--epochs", "1", "--quiet"]
+    assert main([*argv, "--method", "tdlrt", "--out", str(out)]) == 1
+    assert "training diverged in epoch 1" in capsys.readouterr().err

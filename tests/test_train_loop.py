@@ -204,3 +204,37 @@ def test_frozen_ranks_stay_fixed_after_freeze_after_epochs():
     assert ranks[2] == ranks[1]  # epoch 2 runs at frozen ranks
     with pytest.raises(ValueError, match="freeze_after=-1 must be non-negative"):
         train(TrainConfig(**options, freeze_after=-1))
+
+
+@pytest.mark.parametrize("method", ["dense", "tucker-fixed", "tdlrt"])
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+    tmp_path, method, monkeypatch
+):
+    import tuckerflow.train.loop as loop
+    from tuckerflow.train import TrainingDiverged
+
+    build = loop.build_model
+    seen = {"train": 0}
+
+    def build_poisoned(*args, **kwargs):
+        # the 15th training forward (epoch 2: 12 steps per epoch) returns NaN logits
+        model = build(*args, **kwargs)
+
+        def hook(module, inputs, output):
+            if module.training:
+                seen["train"] += 1
+                if seen["train"] >= 15:
+                    return output * float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_poisoned)
+    out = tmp_path / "run"
+    config = TrainConfig(**TINY, method=method, epochs=3, out=str(out))
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2, step 3/12") as info:
+        train(config)
+    assert "holds epoch 1" in str(info.value) and "smaller learning rate" in str(info.value)
+    payload = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert payload["epoch"] == 1

@@ -190,7 +190,9 @@ def _config_from_args(args):
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status (0 on success, 2 on a usage error).
+    """Run the command line; returns the exit status.
+
+    0 on success, 1 when training diverged (NaN/Inf loss or gradient), 2 on a usage error.
 
     Parameters
     ----------
@@ -202,7 +204,7 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    from tuckerflow.train.loop import format_summary_table, train
+    from tuckerflow.train.loop import TrainingDiverged, format_summary_table, train
 
     try:
         config = _config_from_args(args)
@@ -210,6 +212,9 @@ def main(argv=None):
     except _USER_ERRORS as err:
         print(f"tuckerflow {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"tuckerflow {args.command}: error: {err}", file=sys.stderr)
+        return 1
     if not config.quiet:
         print()
         print(format_summary_table(summary))

@@ -27,6 +27,7 @@ __all__ = [
     "METHODS",
     "OPTIMIZERS",
     "TrainConfig",
+    "TrainingDiverged",
     "atomic_save",
     "compression_report",
     "evaluate",
@@ -43,6 +44,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 SUMMARY_NAME = "summary.json"
 FIGURE_NAME = "training.png"
 _CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(FloatingPointError):
+    """A training step met a NaN/Inf loss or gradient; the step was not taken.
+
+    The model and optimizer are left as they were before the step, and the checkpoint of the
+    last completed epoch (if ``out`` was given) is kept.
+    """
 
 
 @dataclass
@@ -717,14 +726,29 @@ def _train(config, transform):
                 outputs.setdefault("loss", loss.detach())
                 return loss
 
-            if tdlrt is None:
-                closure()
-                optimizer.step()
-            elif config.tdlrt_mode == "two-pass":
-                tdlrt.step(closure)
-            else:
-                closure()
-                tdlrt.step()
+            try:
+                if tdlrt is None:
+                    closure()
+                    if not math.isfinite(float(outputs["loss"])):
+                        raise FloatingPointError("the loss is NaN or Inf")
+                    optimizer.step()
+                elif config.tdlrt_mode == "two-pass":
+                    tdlrt.step(closure)
+                else:
+                    closure()
+                    tdlrt.step()
+            except FloatingPointError as err:  # includes TDLRT's NonFiniteGradientError
+                kept = (
+                    f"; {os.path.join(config.out, CHECKPOINT_NAME)} holds epoch {epoch - 1}"
+                    if config.out is not None and epoch > 1
+                    else ""
+                )
+                reason = str(err).split(";")[0]  # the cause, without TDLRT's API advice
+                raise TrainingDiverged(
+                    f"training diverged in epoch {epoch}, step {step + 1}/{steps_per_epoch} "
+                    f"(lr={optimizer.param_groups[0]['lr']:g}): {reason}, the step was not "
+                    f"taken{kept}; try a smaller learning rate"
+                ) from err
             if scheduler is not None:
                 scheduler.step()
             loss_sum += float(outputs["loss"]) * len(yb)
