@@ -463,6 +463,33 @@ def test_dtype_and_device_are_honoured(device, dtype):
         TuckerLinear(5, 3, rank=2, dtype=torch.int64)
 
 
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_layers_start_orthonormal_at_their_precision(half):
+    layer = TuckerConv2d(8, 12, 5, rank=4, dtype=half)  # QR in float32, stored in half
+    for u in layer.factors:
+        assert u.dtype == half
+        u32 = u.detach().float()
+        # rounding each entry by eps/2 moves UᵀU by at most eps per entry
+        assert (u32.T @ u32 - torch.eye(u.shape[1])).abs().max() <= torch.finfo(half).eps
+    assert layer(torch.randn(2, 8, 9, 9, dtype=half)).dtype == half
+
+
+def test_set_tucker_stores_contiguous_data_and_gradients():
+    torch.manual_seed(4)
+    layer = TuckerConv2d(4, 6, 3, rank=2, keep_full="none", dtype=torch.float64)
+    core = torch.randn(2, 3, 2, 2, dtype=torch.float64).permute(1, 0, 3, 2)  # a permuted view
+    assert not core.is_contiguous()
+    factors = [
+        torch.linalg.qr(torch.randn(n, r, dtype=torch.float64))[0]
+        for n, r in zip(layer.weight_shape, core.shape)
+    ]
+    layer.set_tucker_(core, factors)
+    assert torch.equal(layer.core.detach(), core)
+    layer(torch.randn(1, 4, 5, 5, dtype=torch.float64)).sum().backward()
+    for p in layer.parameters():
+        assert p.is_contiguous() and (p.grad is None or p.grad.is_contiguous())
+
+
 def test_initialisation_matches_torch_default_variance_with_orthonormal_factors():
     torch.manual_seed(0)
     layer = TuckerConv2d(64, 96, 3, rank=(16, 24, None, None))

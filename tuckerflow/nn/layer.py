@@ -45,11 +45,14 @@ def mode_dot(tensor, matrix, mode):
 
 def orthonormal_(n, r, *, device=None, dtype=None, generator=None):
     """Haar-random ``n × r`` matrix with orthonormal columns from torch's random generator."""
-    g = torch.randn(n, r, device=device, dtype=dtype, generator=generator)
+    dtype = dtype or torch.get_default_dtype()
+    # half precision has no QR kernels: factor in float32, store in the requested dtype
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    g = torch.randn(n, r, device=device, dtype=work, generator=generator)
     q, rr = torch.linalg.qr(g)
     signs = torch.sign(torch.diagonal(rr))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    return q * signs
+    return (q * signs).to(dtype)
 
 
 def resolve_full_modes(weight_shape, keep_full, *, default):
@@ -385,13 +388,17 @@ class TuckerLayer(nn.Module):
         Validates everything first and changes nothing on error. A Parameter whose shape
         changes loses its ``.grad`` (it no longer fits) and autograd's cached accumulator
         (so graphs still alive from before do not pin the old shape); optimizer state is the
-        optimizer's business. Orthonormality of the factors is the caller's responsibility.
+        optimizer's business. The data are stored contiguously (a copy where the given tensor
+        is a permuted view). Orthonormality of the factors is the caller's responsibility.
         """
         self._check_tucker(core, factors)
         params = [self.core, *self.factors]
         news = [core] + [factors[i] for i in self.factorized_modes]
         for p, new in zip(params, news):
-            _assign(p, new.detach())
+            # contiguous storage: views from mode products would otherwise give the
+            # parameters (and, by autograd's layout rule, their gradients) permuted strides,
+            # which NCCL collectives reject and convolutions copy at every call
+            _assign(p, new.detach().contiguous())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints of other ranks: resize the (same) Parameters before torch copies into them
@@ -440,7 +447,11 @@ class TuckerLayer(nn.Module):
         if not use_factorized:
             y = self._forward_dense(x)
         elif self.recompute_factorized and torch.is_grad_enabled():
-            y = checkpoint(self._forward_factorized, x, use_reentrant=False)
+            # the factorized forward draws no random numbers: no RNG state to save (fetching
+            # the CUDA one would also fail under CUDA-graph capture)
+            y = checkpoint(
+                self._forward_factorized, x, use_reentrant=False, preserve_rng_state=False
+            )
         else:
             y = self._forward_factorized(x)
         if record and y.requires_grad:
@@ -500,6 +511,12 @@ class TuckerLayer(nn.Module):
                 f"galerkin_record={value!r} is not one of ('output_grad', 'weight_grad')"
             )
         self._record_kind = value
+
+    @property
+    def recorded_batches(self):
+        """Number of forward/backward pairs recorded since the last clear (see
+        :meth:`galerkin_gradient`)."""
+        return sum(1 for r in self._records if r.grad is not None or r.weight_grad is not None)
 
     def clear_galerkin_record(self):
         """Drop the recorded inputs and gradients (frees their memory)."""
