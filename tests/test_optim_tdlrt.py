@@ -598,6 +598,90 @@ def test_autocast_on_cpu(half):
         assert torch.allclose(u.T @ u, torch.eye(u.shape[1]), atol=1e-5)
 
 
+def test_half_precision_parameters_train():
+    # parameters stored in bfloat16 (not autocast): checks and linear algebra in float32
+    model = conv_net(21, dtype=torch.float32).to(torch.bfloat16)
+    x, y = data(21, dtype=torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tdlrt = TDLRT(model, opt, tau=0.2, kstep="factors")
+    for _ in range(4):
+        tdlrt.step(make_closure(model, opt, x, y))
+    eps = torch.finfo(torch.bfloat16).eps
+    for layer in tucker_modules(model):
+        assert layer.core.dtype == torch.bfloat16
+        validate_rank(layer.weight_shape, layer.ranks)
+        for u in layer.factors:
+            u32 = u.detach().float()
+            assert (u32.T @ u32 - torch.eye(u.shape[1])).abs().max() <= 2 * eps
+
+
+def test_parameters_and_their_gradients_stay_contiguous_across_steps():
+    model = conv_net(22)
+    x, y = data(22)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tdlrt = TDLRT(model, opt, tau=0.2, kstep="factors", update_every=2)
+    closure = make_closure(model, opt, x, y)
+    for _ in range(4):
+        closure()
+        for p in model.parameters():
+            assert p.is_contiguous() and (p.grad is None or p.grad.is_contiguous())
+        tdlrt.step()
+
+
+def test_process_average_accepts_non_contiguous_tensors(monkeypatch):
+    import tuckerflow.optim.tdlrt as mod
+
+    class TwoProcesses:  # what NCCL does: contiguous tensors only; the other process agrees
+        @staticmethod
+        def all_reduce(t, op=None):
+            if not t.is_contiguous():
+                raise ValueError("Tensors must be contiguous")
+            t.mul_(2)
+
+        @staticmethod
+        def get_world_size():
+            return 2
+
+    model = conv_net(23)
+    tdlrt = TDLRT(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    monkeypatch.setattr(mod, "_dist", lambda: TwoProcesses)
+    t = torch.arange(24.0, dtype=torch.float64).reshape(2, 3, 4).permute(2, 0, 1)
+    expect = t.clone()
+    assert tdlrt._average(t) is t and torch.equal(t, expect)
+
+
+def test_an_error_forming_the_weight_gradient_is_not_taken_for_an_absent_layer(monkeypatch):
+    model = conv_net(24)
+    x, y = data(24)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tdlrt = TDLRT(model, opt, tau=0.2)  # kstep="weight": reads the recorded gradient
+    layer = tucker_modules(model)[0]
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(layer, "full_weight_gradient", out_of_memory)
+    make_closure(model, opt, x, y)()
+    before = snapshot(model, opt)
+    with pytest.raises(torch.OutOfMemoryError):
+        tdlrt.step()
+    assert_same_snapshot(before, snapshot(model, opt))
+
+
+def test_small_linear_algebra_runs_without_tf32_and_restores_the_setting():
+    from tuckerflow.optim.tdlrt import _plain_precision
+
+    matmul = torch.backends.cuda.matmul
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # TF32 enabled by the user
+        with _plain_precision():
+            assert matmul.fp32_precision == "ieee"
+        assert torch.get_float32_matmul_precision() == "high" and matmul.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
 # ------------------------------------------------------------------------- bad input
 
 

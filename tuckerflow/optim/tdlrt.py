@@ -27,8 +27,16 @@ class NonFiniteGradientError(FloatingPointError):
 
 
 #: Largest ``max |UᴴU − I|`` accepted for the factors of a layer handed to :class:`TDLRT`
-#: (float32 round-off is far below, a factor that is not orthonormal far above).
+#: (float32 round-off is far below, a factor that is not orthonormal far above). Factors
+#: stored in half precision are checked at ``2 · eps`` of their dtype instead: rounding each
+#: entry of an orthonormal matrix by ``eps/2`` moves ``UᴴU`` by at most ``eps`` per entry.
 ORTHONORMALITY_TOLERANCE = 1e-4
+
+
+def _orthonormality_tolerance(dtype):
+    import torch
+
+    return max(ORTHONORMALITY_TOLERANCE, 2.0 * torch.finfo(dtype).eps)
 
 
 def _eye_like(u):
@@ -52,12 +60,51 @@ def _work_dtype(dtype):
 
 
 @contextlib.contextmanager
+def _full_precision_matmul():
+    """float32 matrix products in full precision for the block (no TF32 / bf16 passes).
+
+    Users enable TF32 for speed (``torch.backends.cuda.matmul.fp32_precision = "tf32"`` or
+    ``torch.set_float32_matmul_precision("high")``); its unit round-off of about 5e-4 would
+    leave the augmented bases orthonormal only to that level and blur rank decisions. Only
+    settings that are not already full precision are changed, and they are restored.
+    """
+    import torch
+
+    backends = [
+        getattr(getattr(torch.backends, name, None), "matmul", None) for name in ("cuda", "mkldnn")
+    ]
+    backends = [b for b in backends if b is not None and hasattr(b, "fp32_precision")]
+    generic = getattr(torch.backends, "fp32_precision", "none")
+    saved = []
+    if backends:
+        for b in backends:
+            old = b.fp32_precision
+            effective = generic if old == "none" else old
+            if effective not in ("none", "ieee"):
+                saved.append((b, old))
+                b.fp32_precision = "ieee"
+    elif torch.get_float32_matmul_precision() != "highest":  # torch < 2.9
+        saved.append((None, torch.get_float32_matmul_precision()))
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        for b, old in saved:
+            if b is None:
+                torch.set_float32_matmul_precision(old)
+            else:
+                b.fp32_precision = old
+
+
+@contextlib.contextmanager
 def _plain_precision():
-    """No autograd and no autocast: the small linear algebra runs in the tensors' dtype."""
+    """No autograd, no autocast and no TF32: the small linear algebra runs in the tensors'
+    dtype at its full precision."""
     import torch
 
     stack = contextlib.ExitStack()
     stack.enter_context(torch.no_grad())
+    stack.enter_context(_full_precision_matmul())
     for device in ("cpu", "cuda"):
         try:
             enabled = torch.is_autocast_enabled(device)
@@ -144,9 +191,22 @@ def _rank_bound(value, lname, layer, what, default_full):
 
 
 def _weight_gradient(layer):
-    """The layer's recorded weight gradient, or None when it took no part in the batch."""
+    """The layer's recorded weight gradient, or None when it took no part in the batch.
+
+    Errors while forming it (e.g. out of memory) propagate: they must not pass for an
+    absent layer.
+    """
+    import torch
+
+    recorded = getattr(layer, "recorded_batches", None)
+    if recorded is not None:
+        return layer.full_weight_gradient() if recorded else None
+    # a module with the layer interface only: it raises RuntimeError without a record
+    out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     try:
         return layer.full_weight_gradient()
+    except out_of_memory:
+        raise
     except RuntimeError:
         return None
 
@@ -340,11 +400,13 @@ class TDLRT:
         for name, layer in self._layers.items():
             for mode in layer.factorized_modes:
                 u = layer.factor(mode).detach()
+                tol = _orthonormality_tolerance(u.dtype)
+                u = u.to(_work_dtype(u.dtype))  # the product in at least float32
                 err = float((u.conj().T @ u - _eye_like(u)).abs().max()) if u.numel() else 0.0
-                if not err <= ORTHONORMALITY_TOLERANCE:
+                if not err <= tol:
                     raise ValueError(
                         f"factor of mode {mode} of layer {name!r} is not orthonormal "
-                        f"(max |UᴴU − I| = {err:.2e} > {ORTHONORMALITY_TOLERANCE:g}); TDLRT "
+                        f"(max |UᴴU − I| = {err:.2e} > {tol:g}); TDLRT "
                         "needs orthonormal factors (re-orthonormalize with a QR and absorb R "
                         "into the core)"
                     )
@@ -618,10 +680,15 @@ class TDLRT:
                 p.grad = None
 
     def _average(self, t):
+        """Average ``t`` over the processes in place (a no-op without a process group)."""
         dist = _dist()
         if dist is not None and t is not None:
-            dist.all_reduce(t)
-            t /= dist.get_world_size()
+            # NCCL reduces contiguous tensors only
+            c = t.contiguous()
+            dist.all_reduce(c)
+            c /= dist.get_world_size()
+            if c.data_ptr() != t.data_ptr():
+                t.copy_(c)
         return t
 
     def _core_only_step(self):
