@@ -67,8 +67,8 @@ class RotatingTucker:
     def __init__(self, backend, shape, rank, dtype, seed, decay=0.5, extra=None):
         self.backend, self.dtype = backend, dtype
         y0 = tf.random_tucker(shape, rank, rng=seed, dtype=dtype, decay=decay)
-        self.core = np.asarray(y0.core)
-        self.factors = [np.asarray(u) for u in y0.factors]
+        self.core = backend.numpy(y0.core)
+        self.factors = [backend.numpy(u) for u in y0.factors]
         gen = np.random.default_rng(seed + 1)
         self.eig, ws = [], []
         for n in shape:

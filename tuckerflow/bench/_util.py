@@ -79,7 +79,9 @@ def sync_for(backend, device):
     if backend == "pytorch" and device and str(device).startswith("cuda"):
         import torch
 
-        return torch.cuda.synchronize
+        target = torch.device(device)
+        # the device itself, not the current one (they differ for cuda:1 and up)
+        return lambda: torch.cuda.synchronize(target)
     if backend == "cupy":
         import cupy
 

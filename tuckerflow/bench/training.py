@@ -341,7 +341,7 @@ def _sync(device):
     import torch
 
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _time_steps(step, n, device):
@@ -503,7 +503,8 @@ def _measure(model, variant, batches, device, precision, args, steps, warmup):
         step()
         torch.cuda.synchronize()
         row["peak_above_MB"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-        if step.tdlrt is None and not args.no_cuda_graphs:
+        # a graph of the eager model would not time the compiled one: --compile rows have none
+        if step.tdlrt is None and not args.no_cuda_graphs and not args.compile:
             try:
                 row["graph_ms"] = _cuda_graph_ms(step, steps)
             except Exception as err:  # noqa: BLE001 - capture failures are reported, not fatal
@@ -545,6 +546,9 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
+        if device.index is not None:
+            # synchronize, memory statistics, streams and graphs act on the current device
+            torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
