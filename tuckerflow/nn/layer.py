@@ -516,7 +516,11 @@ class TuckerLayer(nn.Module):
     def recorded_batches(self):
         """Number of forward/backward pairs recorded since the last clear (see
         :meth:`galerkin_gradient`)."""
-        return sum(1 for r in self._records if r.grad is not None or r.weight_grad is not None)
+        return len(self._done_records())
+
+    def _done_records(self):
+        """The records whose backward pass has arrived."""
+        return [r for r in self._records if r.grad is not None or r.weight_grad is not None]
 
     def clear_galerkin_record(self):
         """Drop the recorded inputs and gradients (frees their memory)."""
@@ -571,7 +575,7 @@ class TuckerLayer(nn.Module):
                     f"weight_shape[{i}]={self.weight_shape[i]}"
                 )
             cast.append(u.detach().to(dtype=ref.dtype, device=ref.device))
-        done = [r for r in self._records if r.grad is not None or r.weight_grad is not None]
+        done = self._done_records()
         if not done:
             raise RuntimeError(
                 "no recorded batch: set record_for_galerkin = True, then run forward and "
