@@ -156,6 +156,34 @@ def test_robust_to_small_singular_values(backend, method):
     assert errs["over-approximated"] <= 2 * errs["exact rank"] + 1e-4
 
 
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_rank_adaptive_error_plateaus_at_the_truncation_tolerance(backend, method):
+    """algorithms.md §4: at a fixed tolerance ϑ the error stops at a plateau (≲ nsteps · ϑ)
+    instead of falling with the step size; every returned rank is valid."""
+    # full multilinear rank (8, 8, 8), core spectrum 0.87 · 2^-k: truncation must bind
+    prob = RotatingTucker(backend, (8, 8, 8), (8, 8, 8), "float64", seed=2, decay=0.5)
+    end, steps = 0.4, (0.1, 0.05, 0.025)
+    for theta in (3e-2, 1e-2, 1e-3):
+        errs = []
+        for h in steps:
+            sol = tf.solve_ivp(
+                prob, (0.0, end), prob.A(0.0), method=method, step=h,
+                substep=gauss_quadrature, rank_atol=theta,
+            )  # fmt: skip
+            assert sol.success
+            for r in sol.ranks:
+                tf.validate_rank((8, 8, 8), r)
+            err = np.linalg.norm(backend.numpy(sol.y[-1].to_tensor()) - prob.dense(end))
+            errs.append(err)
+            # the truncations are the only error source (the substep is exact here)
+            assert err <= round(end / h) * theta
+        if theta == 1e-3:  # below the spectrum's tail: nothing is cut, exact to round-off
+            assert max(errs) < 1e-10
+        else:  # cut at every step, and the error does not shrink with the step size
+            assert min(errs) >= 0.1 * theta
+            assert errs[-1] >= 0.5 * errs[0], errs
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_observed_order(backend, method):
     """Manufactured problem ``F = Ȧ + 2(Y⊙Y − A⊙A)``, exact solution A(t) of rank 2."""
