@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from strategies import seeds, shape_and_rank
 
 import tuckerflow as tf
-from tuckerflow.dlra import augment_basis, augmented_core, core_qr, truncate_core
+from tuckerflow.dlra import (
+    AUGMENT_RTOL_FACTOR,
+    augment_basis,
+    augmented_core,
+    core_qr,
+    truncate_core,
+)
 
 
 def _gauss(shape, dtype, seed):
@@ -75,25 +81,59 @@ def test_augment_basis_drops_null_directions(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "complex64", "float64"])
-def test_augment_basis_separates_directions_at_its_threshold(backend, dtype):
+@pytest.mark.parametrize("default", [True, False])
+def test_augment_basis_separates_directions_at_its_threshold(backend, dtype, default):
     # single precision takes the float64-accumulated Gram path, double the SVD: both must
-    # keep exactly the directions above rtol·‖K‖ and capture K up to that level
-    n, r = 12, 3
+    # keep exactly the directions above rtol·‖K‖ and capture K up to that level; the default
+    # level is AUGMENT_RTOL_FACTOR·eps, whatever n is
+    n, r = 200, 3
     gen = np.random.default_rng(5)
     u0 = np.linalg.qr(_gauss((n, r), dtype, 0))[0]
     rest = np.linalg.qr((np.eye(n) - u0 @ u0.conj().T) @ _gauss((n, 4), dtype, 1))[0]
-    rtol = 100 * tol(dtype, 1) * n
-    sv = np.array([1.0, 0.3, 0.1 * rtol, 0.0])  # two directions above the threshold
-    kk = (
-        u0 @ _gauss((r, 4), dtype, 2)
-        + rest @ np.diag(sv) @ np.linalg.qr(gen.standard_normal((4, 4)))[0]
-    )
-    u = backend.numpy(augment_basis(backend.tensor(u0, dtype), backend.tensor(kk, dtype)))
+    rtol = AUGMENT_RTOL_FACTOR * tol(dtype, 1) if default else 1e4 * tol(dtype, 1)
+    kk = u0 @ _gauss((r, 4), dtype, 2)
+    # two directions above the threshold (the smaller one 8 times above it: round-off of the
+    # projection is below eps·‖K‖), one a tenth of it (below, but still above round-off in
+    # the explicit case), one zero
+    sv = np.linalg.norm(kk) * np.array([0.3, 8 * rtol, 0.1 * rtol, 0.0])
+    kk = kk + rest @ np.diag(sv) @ np.linalg.qr(gen.standard_normal((4, 4)))[0]
+    u = backend.tensor(u0, dtype)
+    kwargs = {} if default else {"rtol": rtol}
+    u = backend.numpy(augment_basis(u, backend.tensor(kk, dtype), **kwargs))
     assert u.shape[1] == r + 2
     assert _orth_err(u) <= tol(dtype, 100)
     res = kk - u @ (u.conj().T @ kk)
     # what is left of K is the dropped direction (0.1·rtol·‖K‖) plus round-off
     assert np.linalg.norm(res) <= (0.1 * rtol * 1.01 + tol(dtype, 100)) * np.linalg.norm(kk)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex64"])
+def test_augment_basis_single_precision_keeps_what_double_keeps(backend, dtype):
+    # from the same (single precision) inputs, directions well above the round-off of K are
+    # kept in single precision exactly as in double precision, for a wide mode (n = 512),
+    # where a drop level growing with n would already swallow a 1e-4·‖K‖ step
+    n, r = 512, 4
+    gen = np.random.default_rng(7)
+    u0 = np.linalg.qr(_gauss((n, r), dtype, 0))[0]
+    rest = np.linalg.qr((np.eye(n) - u0 @ u0.conj().T) @ _gauss((n, 3), dtype, 1))[0]
+    kk = u0 @ _gauss((r, 3), dtype, 2)
+    sv = np.linalg.norm(kk) * np.array([1e-2, 1e-4, 1e-5])
+    kk = kk + rest @ np.diag(sv) @ np.linalg.qr(gen.standard_normal((3, 3)))[0]
+    double = "complex128" if "complex" in dtype else "float64"
+    u_single = backend.tensor(u0, dtype)
+    k_single = backend.tensor(kk, dtype)
+    lo = augment_basis(u_single, k_single)
+    hi = augment_basis(
+        backend.tensor(backend.numpy(u_single), double),
+        backend.tensor(backend.numpy(k_single), double),
+    )
+    assert tl.shape(lo)[1] == tl.shape(hi)[1] == r + 3
+    # the new spans agree up to the round-off of K (below eps·‖K‖) over the smallest kept
+    # singular value 1e-5·‖K‖ (Wedin's bound on the sine of the largest principal angle)
+    lo_n, hi_n = backend.numpy(lo)[:, r:], backend.numpy(hi)[:, r:]
+    cosines = np.linalg.svd(lo_n.conj().T @ hi_n, compute_uv=False)
+    sine = math.sqrt(max(0.0, 1.0 - float(cosines.min()) ** 2))
+    assert sine <= 4 * tol(dtype, 1) / 1e-5
 
 
 @given(sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6), seed=seeds)

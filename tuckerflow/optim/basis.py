@@ -55,8 +55,12 @@ def kstep_bases(core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
     -----
     With ``Mat_i(C)ᴴ = Q_i S_iᴴ`` (thin QR), ``K_i = U_i S_i − λ g_i`` and
     ``g_i = Mat_i(G ×_{j≠i} U_jᴴ) Q_i`` [ZSCKT24]_. The augmented span
-    ``span[U_i, K_i] = span[U_i, g_i]`` does not depend on ``λ``; it contains the tangent
-    directions of ``−∇L`` at ``Y`` [CKL22]_. No inverse of a core unfolding appears.
+    ``span[U_i, K_i] = span[U_i, g_i]`` does not depend on ``λ ≠ 0``; it contains the
+    tangent directions of ``−∇L`` at ``Y`` [CKL22]_. No inverse of a core unfolding appears.
+    The augmentation is computed from ``g_i`` itself, so that its drop level is the round-off
+    of ``g_i`` (:func:`tuckerflow.dlra.augment_basis`): a step ``λ g_i`` far smaller than the
+    round-off of ``U_i S_i`` (float32 weights, small learning rates) still rotates the basis,
+    as it does in float64. Only the fixed modes form ``K_i`` (``orth(K_i)``).
 
     Since ``∇_{U_i}L = Mat_i(G ×_{j≠i} U_jᴴ) Mat_i(C)ᴴ = g_i S_iᴴ``, the matrix
     ``K_i S_iᴴ = U_i Mat_i(C) Mat_i(C)ᴴ − λ ∇_{U_i}L`` needs only the gradients autograd
@@ -97,14 +101,19 @@ def kstep_bases(core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
                 continue
             if factor_grads is not None:
                 unfolded = tl.unfold(core, i)
-                k = u @ (unfolded @ unfolded.conj().T) - lr * factor_grads[i]
+                start, g = u @ (unfolded @ unfolded.conj().T), factor_grads[i]
             else:
                 q, s = core_qr(core, i)
-                k = u @ s - lr * (tl.unfold(partial_contraction(G, factors, i), i) @ q)
+                start, g = u @ s, tl.unfold(partial_contraction(G, factors, i), i) @ q
             if i in fixed:
-                U_hats.append(orth(k))
+                U_hats.append(orth(start - lr * g))
+            elif lr == 0:
+                U_hats.append(u)  # K_i = U_i S_i: nothing new
             else:
-                U_hats.append(augment_basis(u, k))
+                # span[U_i, K_i] = span[U_i, g_i]: augmenting by g_i itself puts the drop
+                # level at the round-off of g_i (16 eps ‖g_i‖), not of K_i = U_i S_i − λ g_i,
+                # where λ‖g_i‖ may be far below eps ‖K_i‖ (float32, small learning rates)
+                U_hats.append(augment_basis(u, g))
     # one product Û_iᴴ U_i per mode, shared by the core and the optimizer-state transport
     # (what augmented_core would form again, with checks the shapes here pass by construction)
     M_hats = [None if u is None else uh.conj().T @ u for u, uh in zip(factors, U_hats)]
