@@ -240,25 +240,31 @@ def load_npz(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path!r} does not exist")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except _NPZ_READ_ERRORS as err:
-        raise ValueError(f"{path}: not a readable .npz file ({_reason(err)})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: holds a single array; expected an .npz file with keys x and y")
-    with archive:
-        missing = [key for key in ("x", "y") if key not in archive.files]
-        if missing:
+    # NumPy leaves its own file handle open when the archive is broken: open it here
+    with open(path, "rb") as handle:
+        try:
+            archive = np.load(handle, allow_pickle=False)
+        except _NPZ_READ_ERRORS as err:
+            raise ValueError(f"{path}: not a readable .npz file ({_reason(err)})") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError(
-                f"{path}: missing key(s) {missing}; found {sorted(archive.files)}, "
-                "expected 'x' (images) and 'y' (labels)"
+                f"{path}: holds a single array; expected an .npz file with keys x and y"
             )
-        arrays = {}
-        for key in ("x", "y"):
-            try:
-                arrays[key] = archive[key]
-            except _NPZ_READ_ERRORS as err:
-                raise ValueError(f"{path}: key {key!r} cannot be read ({_reason(err)})") from None
+        with archive:
+            missing = [key for key in ("x", "y") if key not in archive.files]
+            if missing:
+                raise ValueError(
+                    f"{path}: missing key(s) {missing}; found {sorted(archive.files)}, "
+                    "expected 'x' (images) and 'y' (labels)"
+                )
+            arrays = {}
+            for key in ("x", "y"):
+                try:
+                    arrays[key] = archive[key]
+                except _NPZ_READ_ERRORS as err:
+                    raise ValueError(
+                        f"{path}: key {key!r} cannot be read ({_reason(err)})"
+                    ) from None
     x, y = _check_images_and_labels(arrays["x"], arrays["y"], path)
     check_labels(y, f"{path}: key 'y'")
     return x, y
