@@ -72,7 +72,10 @@ def test_content_digest_sees_every_value_and_its_type():
         {**state, "extra": None},
         {**state, "w": [1.0]},
         {**state, "w": (1.0,)},
+        {**state, "w": {1, 2}},
+        {**state, "w": 1j},
     ]
+    assert content_digest({"s": {"a", "b", 3}}) == content_digest({"s": {3, "b", "a"}})
     digests = {content_digest(v) for v in variants}
     assert reference not in digests and len(digests) == len(variants)
     with pytest.raises(TypeError, match=r"checkpoint\['bad'\] holds a object"):

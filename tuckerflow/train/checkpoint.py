@@ -71,12 +71,18 @@ def _feed(digest, obj, where):
         digest.update(b"L%d;" % len(obj) if isinstance(obj, list) else b"U%d;" % len(obj))
         for index, value in enumerate(obj):
             _feed(digest, value, f"{where}[{index}]")
+    elif isinstance(obj, (set, frozenset)):  # no order: the sorted digests of the elements
+        digest.update(b"E%d;" % len(obj))
+        for element in sorted(content_digest(value) for value in obj):
+            digest.update(element.encode())
     elif obj is None or isinstance(obj, bool):
         digest.update(f"B{obj};".encode())
     elif isinstance(obj, int):
         digest.update(f"I{obj};".encode())
     elif isinstance(obj, float):
         digest.update(b"F" + struct.pack("<d", obj))
+    elif isinstance(obj, complex):
+        digest.update(b"C" + struct.pack("<dd", obj.real, obj.imag))
     elif isinstance(obj, str):
         data = obj.encode("utf-8", "surrogatepass")
         digest.update(b"S%d;" % len(data) + data)
