@@ -24,6 +24,10 @@ TINY = {
 }
 
 
+def _files(folder):
+    return sorted(os.listdir(folder))
+
+
 def _snapshot(folder):
     return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
 
@@ -244,3 +248,45 @@ def test_resume_accepts_the_folder_of_a_checkpoint(finished, tmp_path):
     summary = train(config)
     assert [h["epoch"] for h in summary["history"]] == [0, 1, 2]
     assert summary["history"][1] == finished[1]["history"][1]
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    straight = train(TrainConfig(**TINY, epochs=2, out=str(tmp_path / "a")))
+    train(TrainConfig(**TINY, epochs=1, out=str(tmp_path / "b")))
+    resumed = train(TrainConfig(**TINY, epochs=2, out=str(tmp_path / "b"), resume=True))
+    # Same seed, same split, same batch order and RNG state after epoch 1: identical results.
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert resumed["test_loss"] == straight["test_loss"]
+    assert len(resumed["history"]) == 3
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_resume_from_another_model_raises_and_overwrites_nothing(tmp_path):
+    train(TrainConfig(**TINY, epochs=1, out=str(tmp_path)))
+    before = {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)}
+    config = TrainConfig(**TINY, model="vgg_small", epochs=2, out=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match=r"another model \(model: checkpoint 'lenet5' vs"):
+        train(config)
+    after = {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)}
+    assert after == before
+
+
+def test_existing_checkpoint_is_not_overwritten_by_default(tmp_path):
+    train(TrainConfig(**TINY, epochs=1, out=str(tmp_path)))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        train(TrainConfig(**TINY, epochs=1, out=str(tmp_path), seed=3))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_tdlrt_resume_across_rank_changes_matches_a_straight_run(tmp_path):
+    options = {**TINY, "method": "tdlrt", "rank": 10, "tau": 0.3, "test_fraction": 0.75}
+    straight = train(TrainConfig(**options, epochs=2, out=str(tmp_path / "a")))
+    first = train(TrainConfig(**options, epochs=1, out=str(tmp_path / "b")))
+    assert first["ranks"] != first["history"][0]["ranks"]  # ranks did change before the cut
+    resumed = train(TrainConfig(**options, epochs=2, out=str(tmp_path / "b"), resume=True))
+    assert resumed["ranks"] == straight["ranks"]
+    assert resumed["test_loss"] == pytest.approx(straight["test_loss"], rel=1e-5)
