@@ -151,6 +151,7 @@ def _user_error_cases(tmp_path):
             "few.npz: 4 examples are too few",
         ),
         ("device", ["--data", good, "--device", "foo"], "device='foo' is not a device name"),
+        ("meta", ["--data", good, "--device", "meta"], "device='meta' cannot train a network"),
         ("cuda", ["--data", good, "--device", "cuda:7"], "device='cuda:7'"),
         (
             "out under a file",
@@ -160,6 +161,13 @@ def _user_error_cases(tmp_path):
         ("missing data", ["--data", str(tmp_path / "absent.npz")], "absent.npz' does not exist"),
         ("no checkpoint", ["--data", good, "--resume"], "checkpoint.pt' does not exist"),
         ("epochs", ["--data", good, "--epochs", "0"], "epochs=0 must be a positive integer"),
+        ("seed", ["--data", good, "--seed", "-1"], "seed=-1 must be an integer in [0, 2**64)"),
+        ("threads", ["--data", good, "--threads", "100000"], "threads=100000 exceeds the"),
+        (
+            "not a checkpoint",
+            ["--data", good, "--resume", str(tmp_path / "a-file")],
+            "a-file is not a readable tuckerflow checkpoint",
+        ),
     ]
 
 

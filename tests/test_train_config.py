@@ -101,6 +101,8 @@ def test_model_names_are_those_of_the_builders():
         ({"epochs": "3"}, ValueError, r"epochs='3' must be a positive integer"),
         ({"rank": True}, TypeError, r"rank=True must be a float fraction or an integer"),
         ({"seed": 0.5}, ValueError, r"seed=0.5 must be an integer"),
+        ({"split_seed": 2**64}, ValueError, r"split_seed=18446744073709551616 must be an integer"),
+        ({"out": ""}, ValueError, r"out='' must name a folder"),
         ({"threads": 0}, ValueError, r"threads=0 must be at least 1"),
         ({"device": ""}, ValueError, r"device='' must name a device"),
         ({"data": 3}, TypeError, r"data=3 must be a name or a path"),

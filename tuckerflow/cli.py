@@ -37,7 +37,8 @@ _EPILOG = (
     "A run writes OUT/checkpoint.pt after every epoch. --resume continues it exactly; the "
     "options that define the run (data, split, seeds, model, method, Tucker options, "
     "optimizer and its settings, batch size, schedule, autocast) must be those of the "
-    "checkpoint; --epochs may grow, and --device, --threads, --quiet may change. "
+    "checkpoint; --epochs may grow (not under --scheduler cosine), --freeze-after may change "
+    "for epochs not yet run, and --out, --device, --threads, --quiet are free. "
     "Exit status: 0 done, 1 training diverged, 2 usage error."
 )
 

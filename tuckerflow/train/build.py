@@ -18,6 +18,10 @@ __all__ = [
 ]
 
 
+#: Device types that run the training job (not e.g. "meta", which holds no data).
+_TRAINING_DEVICES = frozenset({"cpu", "cuda", "mps", "xpu"})
+
+
 def resolve_device(name):
     """``torch.device`` of the option ``device``: ``"auto"`` is CUDA when available.
 
@@ -38,6 +42,11 @@ def resolve_device(name):
             raise ValueError(
                 f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
             )
+    elif device.type not in _TRAINING_DEVICES:
+        raise ValueError(
+            f"device={name!r} cannot train a network; expected auto, cpu, cuda, cuda:N, or one "
+            f"of {sorted(_TRAINING_DEVICES - {'cpu', 'cuda'})} where available"
+        )
     elif device.type != "cpu":
         try:
             torch.empty(0, device=device)

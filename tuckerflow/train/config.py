@@ -340,9 +340,12 @@ class TrainConfig:
             raise ValueError(f"tdlrt_mode={self.tdlrt_mode!r} is not 'one-pass' or 'two-pass'")
         if self.factorize not in FACTORIZE:
             raise ValueError(f"factorize={self.factorize!r} is not one of {list(FACTORIZE)}")
-        _check_int("seed", self.seed, None, "an integer")
-        if self.split_seed is not None:
-            _check_int("split_seed", self.split_seed, None, "an integer")
+        for name in ("seed", "split_seed"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, 0, "an integer in [0, 2**64)")
+                if value >= 2**64:
+                    raise ValueError(f"{name}={value} must be an integer in [0, 2**64)")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not (_is_real(value) and 0.0 <= value < 1.0):
@@ -356,8 +359,13 @@ class TrainConfig:
             raise ValueError(f"autocast={self.autocast!r} is not one of {list(AUTOCAST)}")
         if self.threads is not None:
             _check_int("threads", self.threads, 1, "at least 1")
+            cpus = os.cpu_count() or 1
+            if self.threads > cpus:
+                raise ValueError(f"threads={self.threads} exceeds the {cpus} CPUs of this machine")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device={self.device!r} must name a device, e.g. 'cpu' or 'cuda'")
+        if self.out is not None and (not isinstance(self.out, (str, os.PathLike)) or not self.out):
+            raise ValueError(f"out={self.out!r} must name a folder (or be None: write nothing)")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         if self.resume is True and self.out is None:
