@@ -338,3 +338,49 @@ def test_a_killed_run_resumes_bit_for_bit(tmp_path):
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
     for key, state in a["optimizer"]["state"].items():
         torch.testing.assert_close(state, b["optimizer"]["state"][key], rtol=0, atol=0)
+
+
+def test_an_interrupted_tdlrt_run_with_a_schedule_resumes_bit_for_bit(
+    tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    import tuckerflow.train.loop as loop
+
+    build = loop.build_model
+
+    def build_interrupted(*args, **kwargs):
+        # Ctrl-C at the first training step of epoch 2 (5 steps per epoch)
+        model = build(*args, **kwargs)
+        seen = []
+
+        def hook(module, inputs, output):
+            if module.training:
+                seen.append(1)
+                if len(seen) == 6:
+                    raise KeyboardInterrupt
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    options = ["train", "--data", "digits", "--method", "tdlrt", "--rank", "10", "--tau", "0.3"]
+    options += ["--scheduler", "cosine", "--epochs", "3", "--test-fraction", "0.75"]
+    options += ["--device", "cpu", "--threads", "1", "--quiet"]
+    out, straight = tmp_path / "interrupted", tmp_path / "straight"
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "build_model", build_interrupted)
+        assert main([*options, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"tuckerflow train: error: interrupted; {out / 'checkpoint.pt'} holds the last "
+        "completed epoch"
+    )
+    assert main([*options, "--out", str(out), "--resume"]) == 0
+    assert main([*options, "--out", str(straight)]) == 0
+    a, b = (torch.load(f / "checkpoint.pt", weights_only=True) for f in (out, straight))
+    assert a["history"][-1]["ranks"] == b["history"][-1]["ranks"]
+    assert [h["lr"] for h in a["history"]] == [h["lr"] for h in b["history"]]
+    for key in b["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    assert a["tdlrt"]["steps"] == b["tdlrt"]["steps"] == 15

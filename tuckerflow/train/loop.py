@@ -298,10 +298,17 @@ def _restore(run, payload):
     # Tucker layers take the stored ranks while loading; TDLRT's state holds the base
     # optimizer's state (carried across the rank changes).
     run.model.load_state_dict(payload["model"])
+    # Optimizer.load_state_dict replaces the param-group dicts, but TDLRT reads the learning
+    # rate from the dicts it was built with: load the values into those dicts instead, so
+    # that a schedule's learning rate reaches TDLRT after resume too.
+    groups = list(run.optimizer.param_groups)
     if run.tdlrt is not None:
         run.tdlrt.load_state_dict(payload["tdlrt"])
     else:
         run.optimizer.load_state_dict(payload["optimizer"])
+    for group, loaded in zip(groups, run.optimizer.param_groups):
+        group.update(loaded)
+    run.optimizer.param_groups[:] = groups
     if run.scheduler is not None:
         run.scheduler.load_state_dict(payload["scheduler"])
     run.batch_order.set_state(payload["batch_order"])
