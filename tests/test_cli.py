@@ -242,6 +242,9 @@ def run(label, argv, blocked=()):
 folder = sys.argv[1]
 run("help", ["--help"])
 run("train help", ["train", "--help"])
+import tuckerflow.train, tuckerflow.train.config, tuckerflow.train.data
+tuckerflow.train.TrainConfig().validate()
+results["light"] = {"torch": "torch" in sys.modules}
 train = ["train", "--data", "digits", "--epochs", "1", "--quiet"]
 for name in ("torch", "tqdm", "matplotlib", "sklearn"):
     run(name, [*train, "--out", os.path.join(folder, name)], blocked=[name])
@@ -257,6 +260,44 @@ print(json.dumps(results))
 """
 
 
+# The names of tuckerflow.train before it was split into modules: all still importable.
+PUBLIC_NAMES = [
+    "DATASETS",
+    "METHODS",
+    "MODELS",
+    "OPTIMIZERS",
+    "DataSplits",
+    "TrainConfig",
+    "TrainingDiverged",
+    "arrays_from_dataset",
+    "atomic_save",
+    "build_model",
+    "compression_report",
+    "evaluate",
+    "layer_ranks",
+    "lenet5",
+    "load_checkpoint",
+    "load_dataset",
+    "load_npz",
+    "model_fingerprint",
+    "plot_history",
+    "resnet18",
+    "split_dataset",
+    "train",
+    "vgg_small",
+]
+
+
+def test_public_names_of_the_training_job_stay_importable():
+    import tuckerflow.train
+
+    for name in PUBLIC_NAMES:
+        assert name in tuckerflow.train.__all__ and name in dir(tuckerflow.train)
+        assert getattr(tuckerflow.train, name) is not None
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        tuckerflow.train.nothing  # noqa: B018
+
+
 def test_help_needs_no_torch_and_missing_packages_name_their_extra(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", _BLOCKED_IMPORTS, str(tmp_path)], capture_output=True, text=True
@@ -265,6 +306,7 @@ def test_help_needs_no_torch_and_missing_packages_name_their_extra(tmp_path):
     results = json.loads(result.stdout)
     for label in ("help", "train help"):
         assert results[label]["status"] == 0 and not results[label]["torch"], label
+    assert not results["light"]["torch"]  # the options and the data need no torch
     assert "--resume" in results["train help"]["out"] and "COMMAND" in results["help"]["out"]
     expected = {
         "torch": "needs the package torch, not installed: pip install 'tuckerflow[torch]'",
