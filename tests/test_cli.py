@@ -319,7 +319,7 @@ def test_help_needs_no_torch_and_missing_packages_name_their_extra(tmp_path):
     for label, message in expected.items():
         err = results[label]["err"]
         assert results[label]["status"] == 2, (label, err)
-        assert err.startswith("tuckerflow train: error: tuckerflow train needs"), err
+        assert err.startswith("tuckerflow train: error: the training job needs"), err
         assert err.count("\n") == 1 and message in err, (label, err)
     assert "pytorch.org" in results["torch"]["err"]
     assert results["library"]["type"] == "MissingDependencyError"

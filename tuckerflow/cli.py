@@ -113,7 +113,7 @@ def main(argv=None):
     prefix = f"tuckerflow {args.command}: error:"
     try:
         config = _config_from_args(args).validate()
-        check_dependencies(config, what="tuckerflow train")
+        check_dependencies(config)
     except _USER_ERRORS as err:
         print(f"{prefix} {_one_line(err)}", file=sys.stderr)
         return 2
