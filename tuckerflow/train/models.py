@@ -39,7 +39,13 @@ class LeNet5(nn.Module):
 
     def __init__(self, in_channels, image_size, num_classes):
         super().__init__()
-        padding = 0 if min(image_size) >= 20 else 2
+        padding = _lenet5_padding(image_size)
+        features = [_lenet5_side(side, padding) for side in image_size]
+        if min(features) < 1:
+            raise ValueError(
+                f"image_size={tuple(image_size)} is too small for lenet5: its two 5×5 "
+                "convolutions and 2×2 poolings need images of at least 4×4 pixels"
+            )
         self.conv1 = nn.Conv2d(in_channels, 20, 5, padding=padding)
         self.conv2 = nn.Conv2d(20, 50, 5, padding=padding)
         self.pool = nn.MaxPool2d(2)
@@ -54,6 +60,20 @@ class LeNet5(nn.Module):
 
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(self._features(x))))
+
+
+def _lenet5_padding(image_size):
+    return 0 if min(image_size) >= 20 else 2
+
+
+def _lenet5_side(side, padding):
+    """Side of LeNet5's last feature map for an image side ``side`` (0: too small)."""
+    for _ in range(2):
+        side = side + 2 * padding - 4  # 5×5 convolution
+        if side < 1:
+            return 0
+        side //= 2  # 2×2 max pooling
+    return side
 
 
 def lenet5(in_channels=1, image_size=28, num_classes=10):
