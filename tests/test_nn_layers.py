@@ -555,8 +555,8 @@ def test_auto_mode_takes_the_cheaper_path(monkeypatch):
     assert full.forward_flops(x.shape)["factorized"] > full.forward_flops(x.shape)["dense"]
     calls = []
     for layer in (low, full):
-        monkeypatch.setattr(layer, "_forward_dense", lambda x, c=calls: c.append("dense"))
-        monkeypatch.setattr(layer, "_forward_factorized", lambda x, c=calls: c.append("fact"))
+        monkeypatch.setattr(layer, "_forward_dense", lambda x, *a, c=calls: c.append("dense"))
+        monkeypatch.setattr(layer, "_forward_factorized", lambda x, *a, c=calls: c.append("fact"))
         layer(x)
     assert calls == ["fact", "dense"]
 

@@ -322,15 +322,30 @@ class TuckerLayer(nn.Module):
                 bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
                 self.bias.uniform_(-bound, bound)
 
-    def reconstruct(self):
+    def reconstruct(self, core=None, factors=None):
         """The dense weight ``C ×_i U_i`` (differentiable), shape :attr:`weight_shape`.
 
         With :attr:`factor_gradients` off, only the core carries the autograd graph.
+        ``core`` and ``factors`` (one entry per mode) default to the layer's own.
         """
-        w = self.core
+        if core is None:
+            core, factors = self._tensors()
+        w = core
         for i in self.factorized_modes:
-            w = mode_dot(w, self._forward_factor(i), i)
+            w = mode_dot(w, factors[i], i)
         return w
+
+    def _tensors(self):
+        """Core and per-mode factors (None: kept full) as the forward passes use them.
+
+        Under ``torch.compile`` they are views made outside the graph: dynamo keeps the
+        shapes of ``nn.Parameter`` inputs static, so every rank change would recompile (and
+        a few would exhaust its recompile limit); plain tensor inputs get symbolic sizes
+        after their first change. Gradients flow through the views to the parameters.
+        """
+        if torch.compiler.is_compiling():
+            return _traced_tensors_eagerly(self)
+        return self.core, [self._forward_factor(i) for i in range(len(self.weight_shape))]
 
     # ---------------------------------------------------------------------------------------
     # resizing
@@ -435,26 +450,35 @@ class TuckerLayer(nn.Module):
     # forward dispatch
 
     def forward(self, x):
+        core, factors = self._tensors()
         mode = self._forward_mode
         if mode == "auto":
-            use_factorized = self._auto_choice_for(tuple(x.shape))
+            use_factorized = self._auto_choice_for(tuple(x.shape), tuple(core.shape))
         else:
             use_factorized = mode == "factorized"
         if not use_factorized:
-            y = self._forward_dense(x)
+            y = self._forward_dense(x, core, factors)
         elif self.recompute_factorized and torch.is_grad_enabled():
             # the factorized forward draws no random numbers: no RNG state to save (fetching
             # the CUDA one would also fail under CUDA-graph capture)
             y = checkpoint(
-                self._forward_factorized, x, use_reentrant=False, preserve_rng_state=False
+                self._forward_factorized,
+                x,
+                core,
+                factors,
+                use_reentrant=False,
+                preserve_rng_state=False,
             )
         else:
-            y = self._forward_factorized(x)
+            y = self._forward_factorized(x, core, factors)
         if self._record and torch.is_grad_enabled():
-            _watch_output(self, y, x)
+            if torch.compiler.is_compiling():
+                _watch_output_eagerly(self, y, x)
+            else:
+                _watch_output(self, y, x)
         return y
 
-    def _auto_choice_for(self, input_shape):
+    def _auto_choice_for(self, input_shape, ranks):
         """``forward_mode="auto"``: whether the factorized path is the cheaper one.
 
         Cached per input and core shape in eager mode; under ``torch.compile`` the estimate
@@ -462,20 +486,22 @@ class TuckerLayer(nn.Module):
         invalidate the compiled graph's guards at every new entry.
         """
         if torch.compiler.is_compiling():
-            est = self.forward_flops(input_shape)
+            est = self.forward_flops(input_shape, ranks)
             return est["factorized"] < self.auto_threshold * est["dense"]
-        key = (input_shape, tuple(self.core.shape), self.auto_threshold)
+        key = (input_shape, ranks, self.auto_threshold)
         use_factorized = self._auto_choice.get(key)
         if use_factorized is None:
-            est = self.forward_flops(input_shape)
+            est = self.forward_flops(input_shape, ranks)
             use_factorized = est["factorized"] < self.auto_threshold * est["dense"]
             if len(self._auto_choice) > 64:  # many input shapes: keep the cache small
                 self._auto_choice.clear()
             self._auto_choice[key] = use_factorized
         return use_factorized
 
-    def forward_flops(self, input_shape):
+    def forward_flops(self, input_shape, ranks=None):
         """Multiply-adds of both forward paths for an input of ``input_shape``.
+
+        ``ranks`` defaults to the current :attr:`ranks`.
 
         Returns
         -------
@@ -485,10 +511,10 @@ class TuckerLayer(nn.Module):
         """
         raise NotImplementedError
 
-    def _forward_dense(self, x):
+    def _forward_dense(self, x, core, factors):
         raise NotImplementedError
 
-    def _forward_factorized(self, x):
+    def _forward_factorized(self, x, core, factors):
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------
@@ -638,7 +664,18 @@ def _assign(param, data):
     param.data = data
 
 
-@torch.compiler.disable
+def _traced_tensors(layer):
+    """Views of the core and factors for a traced forward (see ``TuckerLayer._tensors``)."""
+    core = layer.core.view_as(layer.core)
+    factors = []
+    for i in range(len(layer.weight_shape)):
+        u = layer.factor(i)
+        if u is not None:
+            u = u.view_as(u) if layer.factor_gradients else u.detach()
+        factors.append(u)
+    return core, factors
+
+
 def _watch_output(layer, y, x):
     """Register the output-gradient record of one forward pass.
 
@@ -647,3 +684,9 @@ def _watch_output(layer, y, x):
     layer's compiled forward and what follows.
     """
     layer.gradient_record.watch_output(y, x)
+
+
+# run outside dynamo's graphs; ``torch._disable_dynamo`` imports dynamo only when called,
+# i.e. under torch.compile (eager forwards call the plain functions: no import cost)
+_traced_tensors_eagerly = torch._disable_dynamo(_traced_tensors)
+_watch_output_eagerly = torch._disable_dynamo(_watch_output)

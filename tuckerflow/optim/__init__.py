@@ -17,11 +17,11 @@ approximation", BIT Numer. Math. 62, 2022 (arXiv:2104.05247).
 
 from __future__ import annotations
 
-from .basis import kstep_bases
-from .layers import is_tucker_layer, resize_like, tucker_layers
 from .averaging import TuckerAveragedModel
+from .basis import kstep_bases
 from .distributed import ddp_ignore_tucker_parameters
 from .edits import GradientEditError
+from .layers import is_tucker_layer, resize_like, tucker_layers
 from .protocol import TuckerLayerProtocol
 from .tdlrt import TDLRT, NonFiniteGradientError
 from .transport import (

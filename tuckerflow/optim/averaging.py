@@ -116,9 +116,7 @@ class TuckerAveragedModel(AveragedModel):
             named = list(self.module.named_parameters())
             if self.use_buffers:
                 theirs_params.update(dict(model.named_buffers()))
-                named += [
-                    (k, b) for k, b in self.module.named_buffers() if b.is_floating_point()
-                ]
+                named += [(k, b) for k, b in self.module.named_buffers() if b.is_floating_point()]
             for key, p_avg in named:
                 if key in skip:
                     continue

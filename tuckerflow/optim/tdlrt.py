@@ -640,7 +640,7 @@ class TDLRT(torch.optim.Optimizer):
                 return self._reject("the Galerkin gradient")
             for name, layer in self._layers.items():
                 if name in galerkin:
-                    layer.core.grad = galerkin[name].to(layer.core.dtype)
+                    layer.core.grad = galerkin[name].to(layer.core.dtype).contiguous()
             self._hide_factor_grads()
         self._base_step(closure, second)
         if kind == "adapt":
