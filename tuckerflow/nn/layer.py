@@ -520,6 +520,14 @@ class TuckerLayer(nn.Module):
     # ---------------------------------------------------------------------------------------
     # one-pass Galerkin gradient
 
+    def __setstate__(self, state):
+        # copy.deepcopy and unpickling: a fresh record, its hooks on the core before any
+        # hook a user registers on the copy
+        super().__setstate__(state)
+        record = GradientRecord(self)
+        record.enabled = self.__dict__.get("_record", False)
+        self.__dict__["_gradient_record"] = record
+
     @property
     def gradient_record(self):
         """The :class:`~tuckerflow.nn.recording.GradientRecord` of this layer (what each

@@ -759,7 +759,8 @@ class TDLRT(torch.optim.Optimizer):
             prefix = f"{name}." if name else ""
             if not res.groups:
                 raise GradientEditError(
-                    f"{prefix}core.grad of Tucker layer {name!r} holds a gradient that no "
+                    f"the gradient of parameter '{prefix}core' (Tucker layer {name!r}) holds "
+                    "a gradient that no "
                     "recorded backward pass explains (written by hand, a penalty on the core "
                     "outside the layer's forward, or gradients kept from before the last step "
                     "without zero_grad); compute the loss through the layer's forward and "
@@ -767,9 +768,10 @@ class TDLRT(torch.optim.Optimizer):
                     "weight_decay; nothing was changed"
                 )
             raise GradientEditError(
-                f"{prefix}core.grad of Tucker layer {name!r} was edited by a non-uniform "
-                f"change (‖core.grad − c·∂L/∂C‖ = {res.residual:.3g} for the best uniform "
-                f"factor c = {res.scale:.3g}, round-off bound {res.tolerance:.3g}), e.g. by "
+                f"the gradient of parameter '{prefix}core' (Tucker layer {name!r}) was "
+                f"edited by a non-uniform change (‖core.grad − c·∂L/∂C‖ = "
+                f"{res.residual:.3g} for the best uniform factor c = {res.scale:.3g}, "
+                f"round-off bound {res.tolerance:.3g}), e.g. by "
                 "clip_grad_value_ or a gradient hook. The one-pass step forms its update "
                 "from the recorded weight gradient and honours uniform edits only "
                 "(clip_grad_norm_, scaling, GradScaler.unscale_); use "
