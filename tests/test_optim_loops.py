@@ -164,13 +164,14 @@ def test_a_layer_missing_part_of_the_contract_is_named():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_halving_the_gradients_equals_half_the_learning_rate_under_sgd(dtype):
+@pytest.mark.parametrize("kstep", ["weight", "factors"])
+def test_halving_the_gradients_equals_half_the_learning_rate_under_sgd(kstep, dtype):
     base = net(dtype)
     out = []
     for lr, edit in ((0.2, 0.5), (0.1, None)):
         model = copy.deepcopy(base)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        tdlrt = TDLRT(model, opt, tau=0.05)
+        tdlrt = TDLRT(model, opt, tau=0.05, kstep=kstep)
 
         def halve(m, edit=edit):
             for p in m.parameters():
