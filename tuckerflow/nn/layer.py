@@ -28,6 +28,9 @@ from .recording import GradientRecord
 
 __all__ = ["TuckerLayer", "FORWARD_MODES"]
 
+# torch.compiler.is_compiling appeared in torch 2.3; before, nothing here is traced specially
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
 #: Accepted values of :attr:`TuckerLayer.forward_mode`.
 FORWARD_MODES = ("auto", "factorized", "dense")
 
@@ -343,7 +346,7 @@ class TuckerLayer(nn.Module):
         a few would exhaust its recompile limit); plain tensor inputs get symbolic sizes
         after their first change. Gradients flow through the views to the parameters.
         """
-        if torch.compiler.is_compiling():
+        if _is_compiling():
             return _traced_tensors_eagerly(self)
         return self.core, [self._forward_factor(i) for i in range(len(self.weight_shape))]
 
@@ -472,7 +475,7 @@ class TuckerLayer(nn.Module):
         else:
             y = self._forward_factorized(x, core, factors)
         if self._record and torch.is_grad_enabled():
-            if torch.compiler.is_compiling():
+            if _is_compiling():
                 _watch_output_eagerly(self, y, x)
             else:
                 _watch_output(self, y, x)
@@ -485,7 +488,7 @@ class TuckerLayer(nn.Module):
         is recomputed (shape arithmetic, traced away): a cache mutated in ``forward`` would
         invalidate the compiled graph's guards at every new entry.
         """
-        if torch.compiler.is_compiling():
+        if _is_compiling():
             est = self.forward_flops(input_shape, ranks)
             return est["factorized"] < self.auto_threshold * est["dense"]
         key = (input_shape, ranks, self.auto_threshold)
