@@ -326,31 +326,37 @@ def test_linear_galerkin_gradient_is_core_gradient_in_augmented_bases(seed, lead
 def test_galerkin_record_lifecycle():
     torch.manual_seed(0)
     layer = TuckerConv2d(3, 4, 3, rank=2, dtype=torch.float64)
+    record = layer.gradient_record
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="record_for_galerkin"):
         layer.full_weight_gradient()
     layer(x).sum().backward()  # recording off: nothing kept
-    assert layer._records == []
+    assert record.groups == [] and layer.recorded_batches == 0
     layer.record_for_galerkin = True
     with torch.no_grad():
         layer(x)  # no autograd: nothing to record
-    assert layer._records == []
+    layer(x)  # no backward: nothing to record
+    assert record.groups == []
     layer(x).sum().backward()
-    assert len(layer._records) == 1
+    assert len(record.groups) == 1 and layer.recorded_batches == 1
     g1 = layer.full_weight_gradient()
     layer(x).sum().backward()
-    # accumulates like .grad until cleared
+    # accumulates like .grad until cleared, one group per backward pass
+    assert len(record.groups) == 2
     assert torch.allclose(layer.full_weight_gradient(), 2 * g1)
+    # the raw core gradient of each pass is G ×_i U_iᴴ
+    core_grad = layer.galerkin_gradient(layer.factor_list())
+    assert torch.allclose(record.groups[0].core_grad + record.groups[1].core_grad, core_grad)
     layer.clear_galerkin_record()
-    assert layer._records == []
+    assert record.groups == []
     layer(x).sum().backward()
     layer.record_for_galerkin = False
-    assert layer._records == []
+    assert record.groups == []
     # weight_grad: only G is kept once the output gradient has arrived
     layer.record_for_galerkin = True
     layer.galerkin_record = "weight_grad"
     layer(x).sum().backward()
-    (entry,) = layer._records
+    ((entry,),) = [g.contributions for g in record.groups]
     assert entry.x is None and entry.grad is None and entry.weight_grad.shape == (4, 3, 3, 3)
     assert torch.allclose(layer.full_weight_gradient(), g1)
     with pytest.raises(ValueError, match="galerkin_record='dense'"):
@@ -549,8 +555,8 @@ def test_auto_mode_takes_the_cheaper_path(monkeypatch):
     assert full.forward_flops(x.shape)["factorized"] > full.forward_flops(x.shape)["dense"]
     calls = []
     for layer in (low, full):
-        monkeypatch.setattr(layer, "_forward_dense", lambda x, c=calls: c.append("dense"))
-        monkeypatch.setattr(layer, "_forward_factorized", lambda x, c=calls: c.append("fact"))
+        monkeypatch.setattr(layer, "_forward_dense", lambda x, *a, c=calls: c.append("dense"))
+        monkeypatch.setattr(layer, "_forward_factorized", lambda x, *a, c=calls: c.append("fact"))
         layer(x)
     assert calls == ["fact", "dense"]
 
@@ -700,9 +706,11 @@ def test_galerkin_gradient_under_bf16_autocast_and_eval_mode():
     err = (got - layer.core.grad).abs().max() / layer.core.grad.abs().max()
     assert err < 5e-2
     layer.clear_galerkin_record()
-    layer.eval()  # validation passes without no_grad() record nothing
-    layer(x).sum().backward()
-    assert layer._records == []
+    layer.eval()  # a validation pass without no_grad() records nothing: no backward arrives
+    layer(x)
+    assert layer.recorded_batches == 0
+    layer(x).sum().backward()  # training in eval mode (frozen batch norms) is recorded
+    assert layer.recorded_batches == 1
 
 
 @given(

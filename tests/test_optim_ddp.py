@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -51,6 +52,33 @@ def _train(rank, kstep, tau=0.05, mode="one-pass"):
     return {"ranks": history, "params": [p.detach().clone() for p in model.parameters()]}
 
 
+def _accumulate(rank, micro):
+    """Two steps, each over ``micro`` micro-batches (all but the last under ``no_sync``)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        tnn.TuckerConv2d(3, 6, 3, padding=1, rank=2, keep_full="none", dtype=torch.float64),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 5 * 5, 4, dtype=torch.float64),
+    )
+    ddp_ignore_tucker_parameters(model)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.2, momentum=0.9)
+    tdlrt = TDLRT(ddp, opt, tau=0.05)
+    g = torch.Generator().manual_seed(200 + rank)
+    for _ in range(2):
+        x = torch.randn(8, 3, 5, 5, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 4, (8,), generator=g)
+        tdlrt.zero_grad()
+        parts = list(zip(x.chunk(micro), y.chunk(micro)))
+        for i, (xs, ys) in enumerate(parts):
+            sync = i == len(parts) - 1
+            with contextlib.nullcontext() if sync else ddp.no_sync():
+                (F.cross_entropy(ddp(xs), ys) / micro).backward()
+        tdlrt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
 def _unprepared_model_is_rejected():
     model = nn.Sequential(tnn.TuckerLinear(4, 4, rank=2, dtype=torch.float64))
     ddp = nn.parallel.DistributedDataParallel(model)
@@ -73,6 +101,7 @@ def _worker(rank, world, port, out_dir):
         results["two-pass"] = _train(rank, "factors", mode="two-pass")
         # a process configured differently still follows process 0's rank decisions
         results["consensus"] = _train(rank, "weight", tau=0.05 if rank == 0 else 0.6)
+        results["accumulated"] = {m: _accumulate(rank, m) for m in (1, 2)}
         torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -91,3 +120,11 @@ def test_ddp_processes_take_identical_rank_decisions_and_steps(tmp_path):
         for p, q in zip(ra["params"], rb["params"]):
             assert p.shape == q.shape
             assert torch.equal(p, q)
+    # gradient accumulation under no_sync(): the same steps on every process, and the steps
+    # of the whole batch up to the round-off of summing it in two parts
+    for micro in (1, 2):
+        for p, q in zip(a["accumulated"][micro], b["accumulated"][micro]):
+            assert torch.equal(p, q)
+    for p, q in zip(a["accumulated"][1], a["accumulated"][2]):
+        assert p.shape == q.shape
+        assert (p - q).abs().max() <= 1e3 * torch.finfo(torch.float64).eps * q.abs().max()

@@ -1,8 +1,9 @@
 """A minimal Tucker layer following the layer contract, and small models for the optimizer tests.
 
 ``WeightTucker`` keeps the interface of ``tuckerflow.nn.TuckerLayer`` that TDLRT relies on
-(core, factors, factorized_modes, factor, weight_shape, ranks, set_tucker_, reconstruct,
-record_for_galerkin, full_weight_gradient, galerkin_gradient, clear_galerkin_record) while
+(``tuckerflow.optim.protocol.TuckerLayerProtocol``: core, factors, factorized_modes, factor,
+weight_shape, ranks, set_tucker_, record_for_galerkin, factor_gradients, gradient_record;
+here recording the gradient of the reconstructed dense weight) while
 letting a test use the weight itself as the model output (``layer()`` returns ``W``), which is
 what the facts on ``L = ½‖W − A‖²`` need.
 """
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tuckerflow.nn.recording import GradientRecord
 from tuckerflow.optim.transport import mode_products
 
 
@@ -57,8 +59,18 @@ class WeightTucker(nn.Module):
             [nn.Parameter(orthonormal(shape[i], ranks[i], g, dtype)) for i in self.factorized_modes]
         )
         self.bias = None
-        self.record_for_galerkin = False
-        self._G = None
+        self.factor_gradients = True
+        self.gradient_record = GradientRecord(self)
+
+    @property
+    def record_for_galerkin(self):
+        return self.gradient_record.enabled
+
+    @record_for_galerkin.setter
+    def record_for_galerkin(self, value):
+        self.gradient_record.enabled = bool(value)
+        if not value:
+            self.gradient_record.clear()
 
     @property
     def ranks(self):
@@ -84,13 +96,10 @@ class WeightTucker(nn.Module):
                 p.grad = None
             p.data = new.detach()
 
-    def _store(self, grad):
-        self._G = grad.detach() if self._G is None else self._G + grad.detach()
-
     def forward(self, x=None):
         w = self.reconstruct()
-        if self.record_for_galerkin and torch.is_grad_enabled() and w.requires_grad:
-            w.register_hook(self._store)
+        if self.record_for_galerkin and torch.is_grad_enabled():
+            self.gradient_record.watch_weight(w)
         if x is None:
             return w
         if len(self.weight_shape) == 2:
@@ -98,17 +107,10 @@ class WeightTucker(nn.Module):
         return F.conv1d(x, w, padding="same")
 
     def full_weight_gradient(self):
-        if self._G is None:
+        G = self.gradient_record.weight_gradient([None] * len(self.weight_shape))
+        if G is None:
             raise RuntimeError("no recorded batch")
-        return self._G
-
-    def galerkin_gradient(self, U_hats):
-        return mode_products(
-            self.full_weight_gradient(), [None if u is None else u.T for u in U_hats]
-        )
-
-    def clear_galerkin_record(self):
-        self._G = None
+        return G
 
 
 class SmallNet(nn.Module):

@@ -628,8 +628,8 @@ def test_parameters_and_their_gradients_stay_contiguous_across_steps():
         tdlrt.step()
 
 
-def test_process_average_accepts_non_contiguous_tensors(monkeypatch):
-    import tuckerflow.optim.tdlrt as mod
+def test_process_average_accepts_non_contiguous_tensors():
+    from tuckerflow.optim.distributed import average_
 
     class TwoProcesses:  # what NCCL does: contiguous tensors only; the other process agrees
         @staticmethod
@@ -642,12 +642,9 @@ def test_process_average_accepts_non_contiguous_tensors(monkeypatch):
         def get_world_size():
             return 2
 
-    model = conv_net(23)
-    tdlrt = TDLRT(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    monkeypatch.setattr(mod, "_dist", lambda: TwoProcesses)
     t = torch.arange(24.0, dtype=torch.float64).reshape(2, 3, 4).permute(2, 0, 1)
     expect = t.clone()
-    assert tdlrt._average(t) is t and torch.equal(t, expect)
+    assert average_(t, TwoProcesses) is t and torch.equal(t, expect)
 
 
 def test_an_error_forming_the_weight_gradient_is_not_taken_for_an_absent_layer(monkeypatch):
@@ -657,10 +654,10 @@ def test_an_error_forming_the_weight_gradient_is_not_taken_for_an_absent_layer(m
     tdlrt = TDLRT(model, opt, tau=0.2)  # kstep="weight": reads the recorded gradient
     layer = tucker_modules(model)[0]
 
-    def out_of_memory():
+    def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(layer, "full_weight_gradient", out_of_memory)
+    monkeypatch.setattr(layer.gradient_record, "weight_gradient", out_of_memory)
     make_closure(model, opt, x, y)()
     before = snapshot(model, opt)
     with pytest.raises(torch.OutOfMemoryError):
@@ -669,7 +666,7 @@ def test_an_error_forming_the_weight_gradient_is_not_taken_for_an_absent_layer(m
 
 
 def test_small_linear_algebra_runs_without_tf32_and_restores_the_setting():
-    from tuckerflow.optim.tdlrt import _plain_precision
+    from tuckerflow.optim.precision import plain_precision as _plain_precision
 
     matmul = torch.backends.cuda.matmul
     old = torch.get_float32_matmul_precision()

@@ -418,7 +418,7 @@ def _recorded_bytes(step):
         t.numel() * t.element_size()
         for m in step.model.modules()
         if isinstance(m, TuckerLayer)
-        for r in m._records
+        for r in m.gradient_record.contributions()
         for t in (r.grad, r.weight_grad)
         if t is not None
     )

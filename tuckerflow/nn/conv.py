@@ -228,53 +228,59 @@ class _TuckerConvNd(TuckerLayer):
             raise ValueError(f"x.shape[1]={x.shape[1]} differs from in_channels={self.in_channels}")
         return super().forward(x)
 
-    def forward_flops(self, input_shape):
+    def forward_flops(self, input_shape, ranks=None):
         batch = int(input_shape[0]) if len(input_shape) == self._ndim + 2 else 1
         spatial = tuple(int(n) for n in input_shape[-self._ndim :])
         p_in, p_out = math.prod(spatial), math.prod(self._output_size(spatial))
-        r = self.ranks
+        r = self.ranks if ranks is None else ranks
         r0, r1 = r[0], r[1]
         g, k = self.groups, math.prod(self.kernel_size)
         c_out, c_in = self.out_channels, self.in_channels
-        u0, u1 = self.factor(0), self.factor(1)
+        has0, has1 = 0 in self.factorized_modes, 1 in self.factorized_modes
         # spatial kernel: C ×_s U_s, one mode after the other
         kernel, shape = 0, list(r)
         for i in range(2, 2 + self._ndim):
-            if self.factor(i) is not None:
+            if i in self.factorized_modes:
                 shape[i] = self.weight_shape[i]
                 kernel += math.prod(shape) * r[i]
-        fact = g * r0 * r1 * k * p_out if u0 is not None else c_out * r1 * k * p_out
-        if u1 is not None:
+        fact = g * r0 * r1 * k * p_out if has0 else c_out * r1 * k * p_out
+        if has1:
             fact += c_in * r1 * p_in
-        if u0 is not None:
+        if has0:
             fact += c_out * r0 * p_out
         recon = kernel
         full = list(shape)
         for i in (1, 0):
-            if self.factor(i) is not None:
+            if i in self.factorized_modes:
                 full[i] = self.weight_shape[i]
                 recon += math.prod(full) * r[i]
         dense = c_out * (c_in // g) * k * p_out
         return {"factorized": batch * fact + kernel, "dense": batch * dense + recon}
 
-    def _forward_dense(self, x):
+    def _forward_dense(self, x, core, factors):
         x, pad = self._pad(x)
         return self._conv(
-            x, self.reconstruct(), self.bias, self.stride, pad, self.dilation, self.groups
+            x,
+            self.reconstruct(core, factors),
+            self.bias,
+            self.stride,
+            pad,
+            self.dilation,
+            self.groups,
         )
 
-    def _spatial_kernel(self):
-        k = self.core
+    def _spatial_kernel(self, core, factors):
+        k = core
         for i in range(2, 2 + self._ndim):
-            u = self._forward_factor(i)
+            u = factors[i]
             if u is not None:
                 k = mode_dot(k, u, i)
         return k
 
-    def _forward_factorized(self, x):
+    def _forward_factorized(self, x, core, factors):
         g, ones = self.groups, (1,) * self._ndim
-        u0, u1 = self._forward_factor(0), self._forward_factor(1)
-        kernel = self._spatial_kernel()
+        u0, u1 = factors[0], factors[1]
+        kernel = self._spatial_kernel(core, factors)
         r0, r1 = kernel.shape[0], kernel.shape[1]
         h = x
         if u1 is not None:

@@ -1,4 +1,4 @@
-"""The base class of Tucker-factorized layers: storage, reconstruction, resizing, recording.
+"""The base class of Tucker-factorized layers: storage, reconstruction, resizing.
 
 A layer weight ``W`` of shape ``n = (n_0, …, n_{d-1})`` (PyTorch layout) is stored as a core
 ``C`` of shape ``r`` and one factor ``U_i`` (``n_i × r_i``, orthonormal columns) per
@@ -24,7 +24,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .recording import GradientRecord
+
 __all__ = ["TuckerLayer", "FORWARD_MODES"]
+
+# torch.compiler.is_compiling appeared in torch 2.3; before, nothing here is traced specially
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 #: Accepted values of :attr:`TuckerLayer.forward_mode`.
 FORWARD_MODES = ("auto", "factorized", "dense")
@@ -186,10 +191,11 @@ class TuckerLayer(nn.Module):
         costs one more factorized forward per step and brings the activation memory of the
         layer down to that of the dense layer. Default False.
     record_for_galerkin : bool
-        When True, every forward pass in training mode under autograd records the layer
-        input and (through a tensor hook) the gradient of its output, from which
-        :meth:`galerkin_gradient` and :meth:`full_weight_gradient` are formed without a
-        second backward pass.
+        When True, every forward pass under autograd (training or eval mode) records the
+        layer input and, when backward reaches it, the gradient of its output, grouped by
+        backward pass (:attr:`gradient_record`), from which :meth:`galerkin_gradient` and
+        :meth:`full_weight_gradient` are formed without a second backward pass. A forward
+        pass whose backward never runs records nothing.
     factor_gradients : bool
         When False, the forward passes (and :meth:`reconstruct`) use the factors as constants:
         no gradient flows to them and backward skips their (batch-sized) weight-gradient
@@ -238,7 +244,8 @@ class TuckerLayer(nn.Module):
         self._record = False
         self._factor_grads = True
         self._record_kind = "output_grad"
-        self._records = []
+        # made now, before any user hook on the core: its hooks must see the raw gradient
+        self._gradient_record = GradientRecord(self)
         self.reset_parameters()
 
     # ---------------------------------------------------------------------------------------
@@ -318,15 +325,30 @@ class TuckerLayer(nn.Module):
                 bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in > 0 else 0.0
                 self.bias.uniform_(-bound, bound)
 
-    def reconstruct(self):
+    def reconstruct(self, core=None, factors=None):
         """The dense weight ``C ×_i U_i`` (differentiable), shape :attr:`weight_shape`.
 
         With :attr:`factor_gradients` off, only the core carries the autograd graph.
+        ``core`` and ``factors`` (one entry per mode) default to the layer's own.
         """
-        w = self.core
+        if core is None:
+            core, factors = self._tensors()
+        w = core
         for i in self.factorized_modes:
-            w = mode_dot(w, self._forward_factor(i), i)
+            w = mode_dot(w, factors[i], i)
         return w
+
+    def _tensors(self):
+        """Core and per-mode factors (None: kept full) as the forward passes use them.
+
+        Under ``torch.compile`` they are views made outside the graph: dynamo keeps the
+        shapes of ``nn.Parameter`` inputs static, so every rank change would recompile (and
+        a few would exhaust its recompile limit); plain tensor inputs get symbolic sizes
+        after their first change. Gradients flow through the views to the parameters.
+        """
+        if _is_compiling():
+            return _traced_tensors_eagerly(self)
+        return self.core, [self._forward_factor(i) for i in range(len(self.weight_shape))]
 
     # ---------------------------------------------------------------------------------------
     # resizing
@@ -431,37 +453,58 @@ class TuckerLayer(nn.Module):
     # forward dispatch
 
     def forward(self, x):
+        core, factors = self._tensors()
         mode = self._forward_mode
         if mode == "auto":
-            key = (tuple(x.shape), tuple(self.core.shape), self.auto_threshold)
-            use_factorized = self._auto_choice.get(key)
-            if use_factorized is None:
-                est = self.forward_flops(key[0])
-                use_factorized = est["factorized"] < self.auto_threshold * est["dense"]
-                if len(self._auto_choice) > 64:  # many input shapes: keep the cache small
-                    self._auto_choice.clear()
-                self._auto_choice[key] = use_factorized
+            use_factorized = self._auto_choice_for(tuple(x.shape), tuple(core.shape))
         else:
             use_factorized = mode == "factorized"
-        record = self._record and self.training and torch.is_grad_enabled()
         if not use_factorized:
-            y = self._forward_dense(x)
+            y = self._forward_dense(x, core, factors)
         elif self.recompute_factorized and torch.is_grad_enabled():
             # the factorized forward draws no random numbers: no RNG state to save (fetching
             # the CUDA one would also fail under CUDA-graph capture)
             y = checkpoint(
-                self._forward_factorized, x, use_reentrant=False, preserve_rng_state=False
+                self._forward_factorized,
+                x,
+                core,
+                factors,
+                use_reentrant=False,
+                preserve_rng_state=False,
             )
         else:
-            y = self._forward_factorized(x)
-        if record and y.requires_grad:
-            entry = _Record()
-            self._records.append(entry)
-            y.register_hook(_RecordGrad(self, entry, x.detach()))
+            y = self._forward_factorized(x, core, factors)
+        if self._record and torch.is_grad_enabled():
+            if _is_compiling():
+                _watch_output_eagerly(self, y, x)
+            else:
+                _watch_output(self, y, x)
         return y
 
-    def forward_flops(self, input_shape):
+    def _auto_choice_for(self, input_shape, ranks):
+        """``forward_mode="auto"``: whether the factorized path is the cheaper one.
+
+        Cached per input and core shape in eager mode; under ``torch.compile`` the estimate
+        is recomputed (shape arithmetic, traced away): a cache mutated in ``forward`` would
+        invalidate the compiled graph's guards at every new entry.
+        """
+        if _is_compiling():
+            est = self.forward_flops(input_shape, ranks)
+            return est["factorized"] < self.auto_threshold * est["dense"]
+        key = (input_shape, ranks, self.auto_threshold)
+        use_factorized = self._auto_choice.get(key)
+        if use_factorized is None:
+            est = self.forward_flops(input_shape, ranks)
+            use_factorized = est["factorized"] < self.auto_threshold * est["dense"]
+            if len(self._auto_choice) > 64:  # many input shapes: keep the cache small
+                self._auto_choice.clear()
+            self._auto_choice[key] = use_factorized
+        return use_factorized
+
+    def forward_flops(self, input_shape, ranks=None):
         """Multiply-adds of both forward paths for an input of ``input_shape``.
+
+        ``ranks`` defaults to the current :attr:`ranks`.
 
         Returns
         -------
@@ -471,14 +514,34 @@ class TuckerLayer(nn.Module):
         """
         raise NotImplementedError
 
-    def _forward_dense(self, x):
+    def _forward_dense(self, x, core, factors):
         raise NotImplementedError
 
-    def _forward_factorized(self, x):
+    def _forward_factorized(self, x, core, factors):
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------
     # one-pass Galerkin gradient
+
+    def __setstate__(self, state):
+        # copy.deepcopy and unpickling: a fresh record, its hooks on the core before any
+        # hook a user registers on the copy
+        super().__setstate__(state)
+        record = GradientRecord(self)
+        record.enabled = self.__dict__.get("_record", False)
+        self.__dict__["_gradient_record"] = record
+
+    @property
+    def gradient_record(self):
+        """The :class:`~tuckerflow.nn.recording.GradientRecord` of this layer (what each
+        backward pass gave it, for the one-pass TDLRT step)."""
+        record = self.__dict__.get("_gradient_record")
+        if record is None or record._layer() is not self:  # a deep copy or an unpickled layer
+            record = GradientRecord(self)
+            record.enabled = self._record
+            self.__dict__["_gradient_record"] = record
+        record.ensure_hooks()
+        return record
 
     @property
     def record_for_galerkin(self):
@@ -487,8 +550,10 @@ class TuckerLayer(nn.Module):
     @record_for_galerkin.setter
     def record_for_galerkin(self, value):
         self._record = bool(value)
+        record = self.gradient_record
+        record.enabled = self._record
         if not self._record:
-            self._records = []
+            record.clear()
 
     @property
     def galerkin_record(self):
@@ -516,15 +581,11 @@ class TuckerLayer(nn.Module):
     def recorded_batches(self):
         """Number of forward/backward pairs recorded since the last clear (see
         :meth:`galerkin_gradient`)."""
-        return len(self._done_records())
-
-    def _done_records(self):
-        """The records whose backward pass has arrived."""
-        return [r for r in self._records if r.grad is not None or r.weight_grad is not None]
+        return len(self.gradient_record.contributions())
 
     def clear_galerkin_record(self):
         """Drop the recorded inputs and gradients (frees their memory)."""
-        self._records = []
+        self.gradient_record.clear()
 
     def galerkin_gradient(self, U_hats):
         """``G ×_i Û_iᴴ`` for the weight gradient ``G`` of the recorded batches.
@@ -551,7 +612,8 @@ class TuckerLayer(nn.Module):
         ``DistributedDataParallel`` the result is the local (per-process) gradient; average
         it over processes as the gradients are. The result equals the gradient of the loss
         with respect to the core ``Ĉ`` of the layer parametrised by ``(Ĉ, Û_i)`` at the same
-        weight [1]_.
+        weight [1]_. :class:`tuckerflow.optim.TDLRT` reads only the records of the backward
+        passes that ``core.grad`` still holds (see :mod:`tuckerflow.nn.recording`).
 
         References
         ----------
@@ -561,11 +623,8 @@ class TuckerLayer(nn.Module):
         d = len(self.weight_shape)
         if not isinstance(U_hats, Sequence) or len(U_hats) != d:
             raise ValueError(f"U_hats must be a list of {d} entries (None for identity)")
-        ref = self.core
-        cast = []
         for i, u in enumerate(U_hats):
             if u is None:
-                cast.append(None)
                 continue
             if not isinstance(u, torch.Tensor) or u.ndim != 2:
                 raise TypeError(f"U_hats[{i}] must be a 2-d torch.Tensor or None")
@@ -574,30 +633,12 @@ class TuckerLayer(nn.Module):
                     f"U_hats[{i}].shape[0]={u.shape[0]} differs from "
                     f"weight_shape[{i}]={self.weight_shape[i]}"
                 )
-            cast.append(u.detach().to(dtype=ref.dtype, device=ref.device))
-        done = self._done_records()
-        if not done:
+        out = self.gradient_record.weight_gradient(list(U_hats))
+        if out is None:
             raise RuntimeError(
                 "no recorded batch: set record_for_galerkin = True, then run forward and "
                 "backward before asking for the Galerkin gradient"
             )
-        out = None
-        # in the parameters' precision even when called inside an autocast region
-        with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
-            weight_grads = [r.weight_grad for r in done if r.weight_grad is not None]
-            if weight_grads:
-                out = weight_grads[0]
-                for w in weight_grads[1:]:
-                    out = out + w
-                for i, u in enumerate(cast):
-                    if u is not None:
-                        out = mode_dot(out, u.t(), i)
-            for r in done:
-                if r.grad is not None:
-                    part = self._projected_weight_grad(
-                        r.x.to(ref.dtype), r.grad.to(ref.dtype), cast
-                    )
-                    out = part if out is None else out + part
         return out
 
     def _weight_grad_of(self, x, grad_out):
@@ -607,10 +648,6 @@ class TuckerLayer(nn.Module):
             return self._projected_weight_grad(
                 x.to(ref.dtype), grad_out.to(ref.dtype), [None] * len(self.weight_shape)
             )
-
-    def weight_grad_projected(self, U_hats):
-        """Alias of :meth:`galerkin_gradient`."""
-        return self.galerkin_gradient(U_hats)
 
     def full_weight_gradient(self):
         """The dense weight gradient ``G`` of the recorded batches (see galerkin_gradient)."""
@@ -638,32 +675,29 @@ def _assign(param, data):
     param.data = data
 
 
-class _Record:
-    """One recorded forward: input and output gradient, or the weight gradient."""
+def _traced_tensors(layer):
+    """Views of the core and factors for a traced forward (see ``TuckerLayer._tensors``)."""
+    core = layer.core.view_as(layer.core)
+    factors = []
+    for i in range(len(layer.weight_shape)):
+        u = layer.factor(i)
+        if u is not None:
+            u = u.view_as(u) if layer.factor_gradients else u.detach()
+        factors.append(u)
+    return core, factors
 
-    __slots__ = ("x", "grad", "weight_grad")
 
-    def __init__(self):
-        self.x = self.grad = self.weight_grad = None
+def _watch_output(layer, y, x):
+    """Register the output-gradient record of one forward pass.
 
-
-class _RecordGrad:
-    """Tensor hook on a layer output: records what the Galerkin gradient needs.
-
-    The hook (and with it the input ``x``) lives as long as the autograd graph; the grad it
-    receives is returned unchanged.
+    Kept out of ``torch.compile`` graphs: the hook appends to Python state when backward
+    arrives, which a traced graph cannot do; dynamo calls this in eager mode between the
+    layer's compiled forward and what follows.
     """
+    layer.gradient_record.watch_output(y, x)
 
-    __slots__ = ("layer", "entry", "x")
 
-    def __init__(self, layer, entry, x):
-        self.layer, self.entry, self.x = layer, entry, x
-
-    def __call__(self, grad):
-        entry, grad = self.entry, grad.detach()
-        if self.layer.galerkin_record == "weight_grad":
-            g = self.layer._weight_grad_of(self.x, grad)
-            entry.weight_grad = g if entry.weight_grad is None else entry.weight_grad + g
-        else:
-            entry.x = self.x
-            entry.grad = grad if entry.grad is None else entry.grad + grad
+# run outside dynamo's graphs; ``torch._disable_dynamo`` imports dynamo only when called,
+# i.e. under torch.compile (eager forwards call the plain functions: no import cost)
+_traced_tensors_eagerly = torch._disable_dynamo(_traced_tensors)
+_watch_output_eagerly = torch._disable_dynamo(_watch_output)

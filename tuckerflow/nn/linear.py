@@ -128,30 +128,30 @@ class TuckerLinear(TuckerLayer):
             )
         return super().forward(x)
 
-    def forward_flops(self, input_shape):
+    def forward_flops(self, input_shape, ranks=None):
         batch = 1
         for n in input_shape[:-1]:
             batch *= int(n)
-        r0, r1 = self.ranks
+        r0, r1 = self.ranks if ranks is None else ranks
         out, inp = self.weight_shape
-        u0, u1 = self.factor(0), self.factor(1)
+        has0, has1 = 0 in self.factorized_modes, 1 in self.factorized_modes
         fact = r0 * r1
-        if u1 is not None:
+        if has1:
             fact += inp * r1
-        if u0 is not None:
+        if has0:
             fact += out * r0
-        recon = (out * r0 * r1 if u0 is not None else 0) + (out * inp * r1 if u1 is not None else 0)
+        recon = (out * r0 * r1 if has0 else 0) + (out * inp * r1 if has1 else 0)
         return {"factorized": batch * fact, "dense": batch * out * inp + recon}
 
-    def _forward_dense(self, x):
-        return F.linear(x, self.reconstruct(), self.bias)
+    def _forward_dense(self, x, core, factors):
+        return F.linear(x, self.reconstruct(core, factors), self.bias)
 
-    def _forward_factorized(self, x):
-        u0, u1 = self._forward_factor(0), self._forward_factor(1)
+    def _forward_factorized(self, x, core, factors):
+        u0, u1 = factors
         h = x if u1 is None else F.linear(x, u1.t())
         if u0 is None:
-            return F.linear(h, self.core, self.bias)
-        return F.linear(F.linear(h, self.core), u0, self.bias)
+            return F.linear(h, core, self.bias)
+        return F.linear(F.linear(h, core), u0, self.bias)
 
     def _projected_weight_grad(self, x, grad_out, U_hats):
         x = x.reshape(-1, self.in_features)

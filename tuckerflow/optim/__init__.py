@@ -3,8 +3,9 @@
 :class:`TDLRT` wraps any ``torch.optim`` optimizer: the Tucker layers of the model follow the
 rank-adaptive BUG integrator of the gradient flow (K-step basis augmentation, Galerkin step
 of the augmented core by the base optimizer, truncation with a relative tolerance), every
-other parameter takes the base optimizer's ordinary step. Importing this module imports
-torch lazily: the heavy import happens when a function runs.
+other parameter takes the base optimizer's ordinary step. :class:`TDLRT` is itself a
+``torch.optim.Optimizer``: importing this module imports torch (``import tuckerflow`` does
+not).
 
 References
 ----------
@@ -16,9 +17,13 @@ approximation", BIT Numer. Math. 62, 2022 (arXiv:2104.05247).
 
 from __future__ import annotations
 
+from .averaging import TuckerAveragedModel
 from .basis import kstep_bases
+from .distributed import ddp_ignore_tucker_parameters
+from .edits import GradientEditError
 from .layers import is_tucker_layer, resize_like, tucker_layers
-from .tdlrt import TDLRT, NonFiniteGradientError, ddp_ignore_tucker_parameters
+from .protocol import TuckerLayerProtocol
+from .tdlrt import TDLRT, NonFiniteGradientError
 from .transport import (
     NONNEGATIVE_STATE_KEYS,
     transport_linear,
@@ -28,8 +33,11 @@ from .transport import (
 
 __all__ = [
     "NONNEGATIVE_STATE_KEYS",
+    "GradientEditError",
     "NonFiniteGradientError",
     "TDLRT",
+    "TuckerAveragedModel",
+    "TuckerLayerProtocol",
     "ddp_ignore_tucker_parameters",
     "is_tucker_layer",
     "kstep_bases",

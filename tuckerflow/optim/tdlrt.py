@@ -3,23 +3,50 @@
 One optimizer step is one step of the rank-adaptive BUG integrator applied to the gradient
 flow ``Ẏ = −∇L(Y)`` of every Tucker layer, wrapped around an arbitrary ``torch.optim``
 optimizer that performs the Galerkin (core) step and the step of every other parameter.
+:class:`TDLRT` is itself a ``torch.optim.Optimizer`` whose ``param_groups``, ``state`` and
+``defaults`` are those of the base optimizer, so schedulers, ``GradScaler`` and training
+frameworks take it as they take any optimizer.
+
+The pieces live by concept: :mod:`~tuckerflow.optim.basis` (K-step),
+:mod:`~tuckerflow.optim.transport` (optimizer state across basis changes),
+:mod:`~tuckerflow.optim.edits` (which recorded gradient ``core.grad`` holds),
+:mod:`~tuckerflow.optim.precision`, :mod:`~tuckerflow.optim.distributed` and
+:mod:`~tuckerflow.optim.protocol` (the layer contract).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 
 import tensorly as tl
+import torch
 
 from ..dlra import truncate_core
 from .basis import kstep_bases
+from .distributed import (
+    agree_flags,
+    average_,
+    broadcast_parameters,
+    broadcast_ranks,
+    ddp_ignore_tucker_parameters,
+    process_group,
+    tucker_parameter_names,
+)
+from .edits import GradientEditError, resolve_edits
 from .layers import set_tucker, tucker_layers
+from .precision import plain_precision, work_dtype
+from .protocol import check_layer
 from .transport import mode_products, transport_state
 
-__all__ = ["NonFiniteGradientError", "TDLRT", "ddp_ignore_tucker_parameters"]
+__all__ = ["GradientEditError", "NonFiniteGradientError", "TDLRT", "ddp_ignore_tucker_parameters"]
 
 _MODES = ("one-pass", "two-pass")
 _ON_NONFINITE = ("raise", "skip")
+
+# names kept for code that imported them from here
+_plain_precision = plain_precision
+_dist = process_group
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -34,114 +61,11 @@ ORTHONORMALITY_TOLERANCE = 1e-4
 
 
 def _orthonormality_tolerance(dtype):
-    import torch
-
     return max(ORTHONORMALITY_TOLERANCE, 2.0 * torch.finfo(dtype).eps)
 
 
 def _eye_like(u):
-    import torch
-
     return torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
-
-
-def _dist():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist
-    return None
-
-
-def _work_dtype(dtype):
-    import torch
-
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-@contextlib.contextmanager
-def _full_precision_matmul():
-    """float32 matrix products in full precision for the block (no TF32 / bf16 passes).
-
-    Users enable TF32 for speed (``torch.backends.cuda.matmul.fp32_precision = "tf32"`` or
-    ``torch.set_float32_matmul_precision("high")``); its unit round-off of about 5e-4 would
-    leave the augmented bases orthonormal only to that level and blur rank decisions. Only
-    settings that are not already full precision are changed, and they are restored.
-    """
-    import torch
-
-    backends = [
-        getattr(getattr(torch.backends, name, None), "matmul", None) for name in ("cuda", "mkldnn")
-    ]
-    backends = [b for b in backends if b is not None and hasattr(b, "fp32_precision")]
-    generic = getattr(torch.backends, "fp32_precision", "none")
-    saved = []
-    if backends:
-        for b in backends:
-            old = b.fp32_precision
-            effective = generic if old == "none" else old
-            if effective not in ("none", "ieee"):
-                saved.append((b, old))
-                b.fp32_precision = "ieee"
-    elif torch.get_float32_matmul_precision() != "highest":  # torch < 2.9
-        saved.append((None, torch.get_float32_matmul_precision()))
-        torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        for b, old in saved:
-            if b is None:
-                torch.set_float32_matmul_precision(old)
-            else:
-                b.fp32_precision = old
-
-
-@contextlib.contextmanager
-def _plain_precision():
-    """No autograd, no autocast and no TF32: the small linear algebra runs in the tensors'
-    dtype at its full precision."""
-    import torch
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.no_grad())
-    stack.enter_context(_full_precision_matmul())
-    for device in ("cpu", "cuda"):
-        try:
-            enabled = torch.is_autocast_enabled(device)
-        except TypeError:  # torch < 2.4 has no per-device query
-            enabled = True
-        if enabled:
-            with contextlib.suppress(RuntimeError):
-                stack.enter_context(torch.autocast(device_type=device, enabled=False))
-    with stack:
-        yield
-
-
-def _tucker_parameter_names(model):
-    names = []
-    for lname, layer in tucker_layers(model).items():
-        prefix = f"{lname}." if lname else ""
-        names.append(f"{prefix}core")
-        names.extend(f"{prefix}factors.{k}" for k in range(len(layer.factorized_modes)))
-    return names
-
-
-def ddp_ignore_tucker_parameters(model):
-    """Let ``DistributedDataParallel`` leave the Tucker cores and factors to :class:`TDLRT`.
-
-    DDP fixes the size of its gradient buckets when it wraps a model, so parameters whose
-    shape changes (the cores and factors of rank-adaptive layers) must not be in them. Call
-    this on the unwrapped model *before* ``DistributedDataParallel(model)``; TDLRT then
-    averages the gradients it needs over the processes itself and broadcasts the rank
-    decisions of process 0, so every process takes identical steps.
-
-    Returns the list of ignored parameter names.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    names = _tucker_parameter_names(model)
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
-    return names
 
 
 def _check_tau(tau):
@@ -190,32 +114,9 @@ def _rank_bound(value, lname, layer, what, default_full):
     return out
 
 
-def _weight_gradient(layer):
-    """The layer's recorded weight gradient, or None when it took no part in the batch.
-
-    Errors while forming it (e.g. out of memory) propagate: they must not pass for an
-    absent layer.
-    """
-    import torch
-
-    recorded = getattr(layer, "recorded_batches", None)
-    if recorded is not None:
-        return layer.full_weight_gradient() if recorded else None
-    # a module with the layer interface only: it raises RuntimeError without a record
-    out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    try:
-        return layer.full_weight_gradient()
-    except out_of_memory:
-        raise
-    except RuntimeError:
-        return None
-
-
 def _clear_records(layers):
     for layer in layers:
-        clear = getattr(layer, "clear_galerkin_record", None)
-        if clear is not None:
-            clear()
+        layer.gradient_record.clear()
 
 
 @contextlib.contextmanager
@@ -234,19 +135,30 @@ def _recording(layers, flag):
             layer.factor_gradients = grads
 
 
-class TDLRT:
+def _has_flat_history(optimizer):
+    """Optimizers keeping one flattened history over all parameters (``LBFGS``)."""
+    return isinstance(optimizer, torch.optim.LBFGS)
+
+
+class TDLRT(torch.optim.Optimizer):
     """Rank-adaptive training of Tucker layers around any ``torch.optim`` optimizer.
+
+    A ``torch.optim.Optimizer`` itself: ``param_groups``, ``state`` and ``defaults`` *are*
+    the base optimizer's (never copies), so learning-rate schedulers
+    (``torch.optim.lr_scheduler.*(tdlrt)``), ``torch.amp.GradScaler``, step hooks and
+    training frameworks use it as any optimizer, also after ``load_state_dict``.
 
     Parameters
     ----------
     model : torch.nn.Module
-        A model holding Tucker layers (``tuckerflow.nn.TuckerLayer``; a
+        A model holding Tucker layers (``tuckerflow.nn.TuckerLayer``, or any module following
+        :class:`~tuckerflow.optim.protocol.TuckerLayerProtocol`; a
         ``DistributedDataParallel`` wrapper is accepted).
     optimizer : torch.optim.Optimizer
         Built over ``model.parameters()``; it takes the Galerkin step of every core (with the
         learning rate of the core's parameter group, so schedulers work) and the ordinary step
         of every other parameter. Factors are never stepped by it: they change only through
-        the K-step basis update (their gradients are dropped before ``optimizer.step()``).
+        the K-step basis update (their gradients are dropped before its step).
     tau : float in (0, 1)
         Relative truncation tolerance: per layer ``ϑ = τ ‖Ĉ‖_F``.
     min_rank, max_rank : int, sequence of int, or dict ``{layer name: int | sequence}``
@@ -257,8 +169,7 @@ class TDLRT:
         ``"two-pass"`` is the published form: after the basis update the closure is
         evaluated again at ``(Ĉ, Û)`` to obtain ``∇_Ĉ L``. ``"one-pass"`` forms the same
         gradient ``G ×_i Û_iᴴ`` from quantities of the first backward pass (the recorded
-        ``G``, or ``layer.galerkin_gradient``), which is valid because ``Ĉ ×_i Û_i = Y``
-        exactly.
+        ``G``), which is valid because ``Ĉ ×_i Û_i = Y`` exactly.
     on_nonfinite : {"raise", "skip"}
         What a step does with a NaN/Inf gradient: raise :class:`NonFiniteGradientError` or
         return without a change. In both cases model and optimizer are left unchanged.
@@ -275,10 +186,19 @@ class TDLRT:
         the layers record (in one-pass mode the Galerkin gradient ``G ×_i Û_iᴴ`` is then
         formed from the same ``G``). ``"factors"``: from the autograd gradients of the
         factors, ``K_i S_iᴴ = U_i Mat_i(C)Mat_i(C)ᴴ − λ∇_{U_i}L`` (same span when the core
-        unfoldings have full row rank), and the Galerkin gradient from the layer's
-        ``galerkin_gradient``; no dense weight gradient is formed, which is cheaper for
-        large convolutions, and two-pass mode then needs no recording at all. Use
-        ``"weight"`` for cores that may be exactly rank-deficient (e.g. zero).
+        unfoldings have full row rank), and the Galerkin gradient from the layer's records;
+        no dense weight gradient is formed, which is cheaper for large convolutions, and
+        two-pass mode then needs no recording at all. Use ``"weight"`` for cores that may be
+        exactly rank-deficient (e.g. zero).
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a ``torch.nn.Module``, ``optimizer`` not a ``torch.optim.Optimizer``
+        (or already a TDLRT), or a Tucker layer lacks part of the layer contract.
+    ValueError
+        Bad options, a model without Tucker layers, a core outside the optimizer, factors
+        that are not orthonormal, a DDP model that synchronises Tucker parameters.
 
     Notes
     -----
@@ -299,6 +219,27 @@ class TDLRT:
     mostly keep the old basis. Frozen ranks use that update in every mode. The state
     transport rule is in :mod:`tuckerflow.optim.transport`.
 
+    *The visible gradients are the source of truth.* ``G`` is recorded per backward pass
+    (:mod:`tuckerflow.nn.recording`); at ``step()``, ``core.grad`` is compared with the raw
+    core gradients of the recorded passes (:mod:`tuckerflow.optim.edits`): passes discarded
+    by a ``zero_grad`` (through this optimizer, the base optimizer or the model,
+    ``set_to_none`` True or False) are left out, and a uniform edit ``core.grad = c · ∂L/∂C``
+    (``clip_grad_norm_``, ``grad *= c``, ``GradScaler.unscale_``) is honoured exactly by
+    using ``c · G``. An edit that is not uniform (``clip_grad_value_`` that clips, a hook
+    changing single entries) cannot be expressed through ``G``: the one-pass step raises
+    :class:`GradientEditError` before changing anything; in two-pass mode the closure's edit
+    reaches the Galerkin step, which uses the edited core gradient at the augmented bases
+    (the bases come from ``c · G`` with the best uniform ``c``). Factor gradients
+    (``kstep="factors"``) are read as they are, edits included.
+
+    With ``step(closure)`` the closure is evaluated first. The base optimizer's step gets a
+    closure too; its first call returns that loss without re-evaluating (the gradients are
+    in place), later calls (``LBFGS``'s line search) re-evaluate the model at the augmented
+    bases without recording. ``LBFGS`` keeps one flattened history over all parameters,
+    which cannot follow a change of basis or shape: it is reset at every basis update, so
+    each TDLRT step is a fresh L-BFGS run of ``max_iter`` iterations on the Galerkin
+    problem (with ``update_every > 1`` the history survives the core-only steps).
+
     After each step TDLRT sets the layers' ``record_for_galerkin`` and ``factor_gradients``
     to what the next step reads, so a backward pass forms nothing that is thrown away: the
     factor gradients exist only before basis-updating steps with ``kstep="factors"`` (the
@@ -306,13 +247,13 @@ class TDLRT:
     between steps, not between ``backward`` and ``step``. To train the layers with another
     optimizer afterwards, set ``factor_gradients = True`` on them again.
 
-    Usage is that of any optimizer: ``loss.backward(); tdlrt.step()`` (or
-    ``tdlrt.step(closure)``, required in two-pass mode, where ``closure`` zeroes the
-    gradients, evaluates the loss, calls ``backward`` and returns the loss).
-
     Under ``DistributedDataParallel`` call :func:`ddp_ignore_tucker_parameters` before
     wrapping: TDLRT averages the weight gradients of the Tucker layers over the processes and
-    broadcasts process 0's ranks, so that every process takes identical decisions.
+    broadcasts process 0's ranks, so that every process takes identical decisions (edits of
+    the core gradients act on each process's local gradient, before that average).
+
+    See the "Training loops" guide for every standard idiom (clipping, accumulation, AMP,
+    schedulers, resume, ``torch.compile``, weight averaging, Lightning).
 
     References
     ----------
@@ -327,8 +268,9 @@ class TDLRT:
     Examples
     --------
     ``opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)``,
-    ``tdlrt = TDLRT(model, opt, tau=0.1)``, then per batch
-    ``opt.zero_grad(); loss_fn(model(x), y).backward(); tdlrt.step()``.
+    ``tdlrt = TDLRT(model, opt, tau=0.1)``,
+    ``sched = torch.optim.lr_scheduler.CosineAnnealingLR(tdlrt, T_max=1000)``, then per
+    batch ``tdlrt.zero_grad(); loss_fn(model(x), y).backward(); tdlrt.step(); sched.step()``.
     """
 
     def __init__(
@@ -346,6 +288,27 @@ class TDLRT:
         truncation="hosvd",
         kstep="weight",
     ):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                f"model must be a torch.nn.Module holding Tucker layers, got {type(model).__name__}"
+            )
+        if isinstance(optimizer, TDLRT):
+            raise TypeError("optimizer is already a TDLRT; wrap the base optimizer only once")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer built over model.parameters(), "
+                f"got {type(optimizer).__name__}"
+            )
+        # the Optimizer bookkeeping, without Optimizer.__init__: param_groups, state and
+        # defaults are the base optimizer's (properties below), never copies
+        self.optimizer = optimizer
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()
         self.tau = _check_tau(tau)
         if mode not in _MODES:
             raise ValueError(f"mode={mode!r} is not one of {_MODES}")
@@ -359,7 +322,6 @@ class TDLRT:
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise ValueError(f"update_every={update_every!r} must be an integer >= 1")
         self.model = model
-        self.optimizer = optimizer
         self.mode = mode
         self.on_nonfinite = on_nonfinite
         self.update_every = update_every
@@ -370,6 +332,8 @@ class TDLRT:
                 "model has no Tucker layers (modules with core, factors and set_tucker_); "
                 "convert it with tuckerflow.nn.tuckerize first"
             )
+        for name, layer in self._layers.items():
+            check_layer(layer, name)
         for what, value in (("min_rank", min_rank), ("max_rank", max_rank)):
             if isinstance(value, dict):
                 unknown = sorted(set(value) - set(self._layers))
@@ -390,7 +354,7 @@ class TDLRT:
             self._lo[name], self._hi[name] = lo, hi
         if type(model).__name__ == "DistributedDataParallel":
             ignored = set(getattr(model, "parameters_to_ignore", ()))
-            missing = [n for n in _tucker_parameter_names(model.module) if n not in ignored]
+            missing = [n for n in tucker_parameter_names(model.module) if n not in ignored]
             if missing:
                 raise ValueError(
                     f"the DistributedDataParallel model synchronises the Tucker parameter "
@@ -398,41 +362,91 @@ class TDLRT:
                     "tuckerflow.optim.ddp_ignore_tucker_parameters(model) before wrapping it"
                 )
         for name, layer in self._layers.items():
-            for mode in layer.factorized_modes:
-                u = layer.factor(mode).detach()
+            for mode_ in layer.factorized_modes:
+                u = layer.factor(mode_).detach()
                 tol = _orthonormality_tolerance(u.dtype)
-                u = u.to(_work_dtype(u.dtype))  # the product in at least float32
+                u = u.to(work_dtype(u.dtype))  # the product in at least float32
                 err = float((u.conj().T @ u - _eye_like(u)).abs().max()) if u.numel() else 0.0
                 if not err <= tol:
                     raise ValueError(
-                        f"factor of mode {mode} of layer {name!r} is not orthonormal "
+                        f"factor of mode {mode_} of layer {name!r} is not orthonormal "
                         f"(max |UᴴU − I| = {err:.2e} > {tol:g}); TDLRT "
                         "needs orthonormal factors (re-orthonormalize with a QR and absorb R "
                         "into the core)"
                     )
-        self._group_of = {}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                self._group_of[id(p)] = group
+        groups = self._groups_by_param()
         for name, layer in self._layers.items():
-            if id(layer.core) not in self._group_of:
+            if id(layer.core) not in groups:
                 raise ValueError(
                     f"the core of Tucker layer {name!r} is not among the optimizer's "
                     "parameters; build the optimizer over model.parameters()"
                 )
         self._frozen = bool(freeze_ranks)
         self._steps = 0
-        self._weight_grads = {}
         self.skipped_steps = 0
         #: ``{layer name: TruncationInfo}`` of the last truncation.
         self.last_truncation = {}
+        #: ``{layer name: EditResolution}`` of the last basis-updating step (what
+        #: ``core.grad`` held: the recorded passes and the uniform edit factor).
+        self.last_edits = {}
         self._arm_recording()
-        dist = _dist()
-        if dist is not None:
-            with _plain_precision():
-                for layer in self._layers.values():
-                    for p in [layer.core, *layer.factors]:
-                        dist.broadcast(p.data, src=0)
+        with plain_precision():
+            broadcast_parameters(self._layers.values())
+
+    # ------------------------------------------------------ the Optimizer interface
+
+    @property
+    def param_groups(self):
+        """The base optimizer's parameter groups (the same list and dicts)."""
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self):
+        """The base optimizer's per-parameter state (the same dict)."""
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value):
+        self.optimizer.state = value
+
+    @property
+    def defaults(self):
+        """The base optimizer's defaults (the same dict)."""
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value):
+        self.optimizer.defaults = value
+
+    def __getstate__(self):
+        return dict(self.__dict__)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for name in (
+            "_optimizer_step_pre_hooks",
+            "_optimizer_step_post_hooks",
+            "_optimizer_state_dict_pre_hooks",
+            "_optimizer_state_dict_post_hooks",
+            "_optimizer_load_state_dict_pre_hooks",
+            "_optimizer_load_state_dict_post_hooks",
+        ):
+            self.__dict__.setdefault(name, OrderedDict())
+        self._patch_step_function()
+
+    def __repr__(self):
+        return (
+            f"TDLRT(tau={self.tau}, mode={self.mode!r}, kstep={self.kstep!r}, "
+            f"layers={len(self._layers)}, optimizer={self.optimizer!r})"
+        )
+
+    def add_param_group(self, param_group):
+        """Add a parameter group to the base optimizer (see ``torch.optim.Optimizer``)."""
+        self.optimizer.add_param_group(param_group)
 
     # ---------------------------------------------------------------- public API
 
@@ -464,9 +478,9 @@ class TDLRT:
     def zero_grad(self, set_to_none=True):
         """Zero the base optimizer's gradients and drop what the layers recorded.
 
-        The layers sum the weight gradients of every recorded forward/backward pair until a
-        step consumes them; use this (rather than ``optimizer.zero_grad()``) when a backward
-        pass is discarded without a step.
+        Zeroing through the base optimizer or the model works as well: a backward pass
+        whose gradients were discarded is never read (see :mod:`tuckerflow.optim.edits`);
+        this one also frees the records at once.
         """
         self.optimizer.zero_grad(set_to_none=set_to_none)
         _clear_records(self._layers.values())
@@ -475,75 +489,35 @@ class TDLRT:
         """One TDLRT step; returns the closure's loss (or None).
 
         With a closure, it is called first (evaluation 1). Without one, the gradients of a
-        preceding ``backward()`` are used; two-pass mode needs the closure for evaluation 2.
+        preceding ``backward()`` are used; two-pass mode and ``LBFGS`` need the closure.
+
+        Raises
+        ------
+        NonFiniteGradientError
+            A gradient is NaN or Inf (``on_nonfinite="raise"``).
+        GradientEditError
+            ``core.grad`` of a layer was edited in a way one-pass mode cannot honour.
+
+        In every failure model and optimizer are left as they were.
         """
         try:
             return self._step(closure)
         finally:
-            # the layers sum what they record until cleared: every step starts afresh
+            # the records were read (or the step refused): every step starts afresh
             _clear_records(self._layers.values())
-            self._weight_grads = {}
             self._arm_recording()
-
-    def _step(self, closure):
-        import torch
-
-        kind = self._kind()
-        if closure is None and self.mode == "two-pass" and kind != "core":
-            raise ValueError(
-                "mode='two-pass' needs step(closure): the closure re-evaluates the loss at "
-                "the augmented bases"
-            )
-        loss = None
-        if closure is not None:
-            _clear_records(self._layers.values())
-            with torch.enable_grad():
-                loss = closure()
-        with _plain_precision():
-            if not self._grads_finite(kind):
-                return self._reject("a gradient")
-            if kind == "core":
-                self._core_only_step()
-                self._steps += 1
-                return loss
-            plans = self._k_steps(kind)
-            saved = self._apply_augmentation(plans)
-        try:
-            if self.mode == "two-pass":
-                # evaluation 2 needs the core gradients only
-                with torch.enable_grad(), _recording(self._layers.values(), False):
-                    closure()
-            with _plain_precision():
-                galerkin = self._galerkin_gradients(plans)
-                finite = self._all_finite(list(galerkin.values()))
-        except BaseException:
-            # e.g. the closure failed at the augmented bases: leave the model as it was
-            with _plain_precision():
-                self._restore(saved)
-            raise
-        with _plain_precision():
-            if not finite:
-                self._restore(saved)
-                return self._reject("the Galerkin gradient")
-            for name, layer in self._layers.items():
-                if name in galerkin:
-                    layer.core.grad = galerkin[name].to(layer.core.dtype)
-            self._hide_factor_grads()
-            self.optimizer.step()
-            if kind == "adapt":
-                self._truncate(plans)
-        self._steps += 1
-        return loss
 
     def state_dict(self):
         """Base optimizer state plus the layer shapes it belongs to and TDLRT's counters."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
         shapes = {}
         for name, layer in self._layers.items():
             factors = [None] * len(layer.weight_shape)
-            for mode in layer.factorized_modes:
-                factors[mode] = tuple(layer.factor(mode).shape)
+            for mode_ in layer.factorized_modes:
+                factors[mode_] = tuple(layer.factor(mode_).shape)
             shapes[name] = {"core": tuple(layer.core.shape), "factors": factors}
-        return {
+        out = {
             "optimizer": self.optimizer.state_dict(),
             "shapes": shapes,
             "steps": self._steps,
@@ -551,16 +525,27 @@ class TDLRT:
             "frozen": self._frozen,
             "tau": self.tau,
         }
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, out)
+            if result is not None:
+                out = result
+        return out
 
     def load_state_dict(self, state_dict):
         """Resize the Tucker layers to the stored shapes, then load the base optimizer.
 
         The layers get placeholder values of the stored shapes (zero core, leading columns
         of the identity); load the model's own state dict afterwards (or call
-        :func:`tuckerflow.optim.resize_like` and ``model.load_state_dict`` first).
+        :func:`tuckerflow.optim.resize_like` and ``model.load_state_dict`` first). The base
+        optimizer's ``load_state_dict`` replaces its parameter-group dicts; TDLRT reads
+        them afresh at every step, so schedulers keep reaching the basis update.
         """
-        import torch
-
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         for key in ("optimizer", "shapes"):
             if key not in state_dict:
                 raise KeyError(f"state_dict has no entry {key!r}; was it made by TDLRT?")
@@ -595,8 +580,98 @@ class TDLRT:
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._frozen = bool(state_dict.get("frozen", False))
         self._arm_recording()
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
 
     # ---------------------------------------------------------------- internals
+
+    def _step(self, closure):
+        kind = self._kind()
+        if closure is None and self.mode == "two-pass" and kind != "core":
+            raise ValueError(
+                "mode='two-pass' needs step(closure): the closure re-evaluates the loss at "
+                "the augmented bases"
+            )
+        if closure is None and _has_flat_history(self.optimizer):
+            raise ValueError(
+                f"the base optimizer {type(self.optimizer).__name__} re-evaluates the loss: "
+                "call step(closure) with a closure that zeroes the gradients, evaluates the "
+                "loss, calls backward and returns the loss"
+            )
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with plain_precision():
+            if not self._all_finite(self._visible_grads()):
+                return self._reject("a gradient")
+            if kind == "core":
+                for layer in self._layers.values():
+                    average_(layer.core.grad)
+                self._hide_factor_grads()
+        if kind == "core":
+            self._base_step(closure, loss)
+            self._steps += 1
+            return loss
+        with plain_precision():
+            resolutions = self._resolve_edits()
+            weight_grads = self._weight_gradients(resolutions)
+            if not self._all_finite(list(weight_grads.values())):
+                return self._reject("the recorded weight gradient")
+            plans = self._k_steps(kind, weight_grads)
+            saved = self._apply_augmentation(plans)
+        second = loss
+        try:
+            if self.mode == "two-pass":
+                # evaluation 2 needs the core gradients only
+                with torch.enable_grad(), _recording(self._layers.values(), False):
+                    second = closure()
+            with plain_precision():
+                galerkin = self._galerkin_gradients(plans, weight_grads, resolutions)
+                finite = self._all_finite(list(galerkin.values()))
+        except BaseException:
+            # e.g. the closure failed at the augmented bases: leave the model as it was
+            with plain_precision():
+                self._restore(saved)
+            raise
+        with plain_precision():
+            if not finite:
+                self._restore(saved)
+                return self._reject("the Galerkin gradient")
+            for name, layer in self._layers.items():
+                if name in galerkin:
+                    layer.core.grad = galerkin[name].to(layer.core.dtype).contiguous()
+            self._hide_factor_grads()
+        self._base_step(closure, second)
+        if kind == "adapt":
+            with plain_precision():
+                self._truncate(plans)
+        self._steps += 1
+        return loss
+
+    def _base_step(self, closure, loss):
+        """The base optimizer's step; with a closure, one whose first call returns ``loss``."""
+        if closure is None:
+            with plain_precision():
+                self.optimizer.step()
+            return
+        calls = []
+
+        def again():
+            calls.append(None)
+            if len(calls) == 1:
+                return loss  # the gradients of this evaluation are in place
+            # a re-evaluation at the current (augmented) bases: only the cores and the other
+            # parameters move, nothing is recorded
+            with torch.enable_grad(), _recording(self._layers.values(), False):
+                value = closure()
+            with torch.no_grad():
+                for layer in self._layers.values():
+                    average_(layer.core.grad)
+                self._hide_factor_grads()
+            return value
+
+        self.optimizer.step(again)
 
     def _arm_recording(self):
         """Let the layers record their batch, and form factor gradients, only when needed.
@@ -607,22 +682,27 @@ class TDLRT:
         The factor gradients are read only by the K-step of ``kstep="factors"``; every other
         step drops them, so backward need not form them.
         """
-        update = self._kind() != "core"
-        record = update and not (self.mode == "two-pass" and self.kstep == "factors")
-        factor_grads = update and self.kstep == "factors"
+        record = self._reads_records(self._kind())
+        factor_grads = self._kind() != "core" and self.kstep == "factors"
         for layer in self._layers.values():
             if layer.record_for_galerkin != record:
                 layer.record_for_galerkin = record
             layer.factor_gradients = factor_grads
+
+    def _reads_records(self, kind):
+        return kind != "core" and not (self.mode == "two-pass" and self.kstep == "factors")
 
     def _kind(self):
         if self._frozen:
             return "bug"
         return "adapt" if self._steps % self.update_every == 0 else "core"
 
-    def _lr(self, param):
-        lr = self._group_of[id(param)]["lr"]
-        return float(lr)
+    def _groups_by_param(self):
+        return {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+
+    def _lr(self, param, groups):
+        # read at every step: load_state_dict replaces the group dicts, schedulers edit them
+        return float(groups[id(param)]["lr"])
 
     def _device(self):
         return next(iter(self._layers.values())).core.device
@@ -636,9 +716,10 @@ class TDLRT:
         self.skipped_steps += 1
         return None
 
-    def _all_finite(self, tensors):
-        import torch
+    def _visible_grads(self):
+        return [p.grad for g in self.optimizer.param_groups for p in g["params"]]
 
+    def _all_finite(self, tensors):
         tensors = [t for t in tensors if t is not None]
         if tensors:
             # max |entry| over all tensors (grouped multi-tensor kernels where available):
@@ -652,27 +733,75 @@ class TDLRT:
             flag = flag.to(torch.float32)
         else:
             flag = torch.ones((), device=self._device())
-        dist = _dist()
-        if dist is not None:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
+        return bool(agree_flags(flag, "min").item())
 
-    def _grads_finite(self, kind):
-        tensors = [p.grad for g in self.optimizer.param_groups for p in g["params"]]
-        self._weight_grads = {}
-        if kind != "core" and self.kstep == "weight":
-            for name, layer in self._layers.items():
-                G = _weight_gradient(layer)
-                if G is not None:
-                    G = G.detach().to(_work_dtype(layer.core.dtype))
-                    dist = _dist()
-                    if dist is not None:
-                        G = G.clone()
-                        dist.all_reduce(G)
-                        G /= dist.get_world_size()
-                    self._weight_grads[name] = G
-                    tensors.append(G)
-        return self._all_finite(tensors)
+    def _resolve_edits(self):
+        """What ``core.grad`` of each layer holds; raises before any change if one-pass
+        mode cannot honour it."""
+        if not self._reads_records(self._kind()):
+            self.last_edits = {}
+            return {}
+        resolutions = resolve_edits(self._layers)
+        bad = [name for name, r in resolutions.items() if not r.matched]
+        unexplained = [name for name in bad if not resolutions[name].groups]
+        # 2: a gradient no record explains, 1: a non-uniform edit (fine in two-pass mode)
+        level = 2.0 if unexplained else (1.0 if bad else 0.0)
+        level = agree_flags(torch.tensor(level, device=self._device()), "max").item()
+        if level >= 2 or (level >= 1 and self.mode == "one-pass"):
+            if not bad:
+                raise GradientEditError(
+                    "another process holds a Tucker core gradient that its recorded backward "
+                    "passes do not explain (see the error there); nothing was changed"
+                )
+            bad = unexplained or bad
+            name = bad[0]
+            res = resolutions[name]
+            prefix = f"{name}." if name else ""
+            if not res.groups:
+                raise GradientEditError(
+                    f"the gradient of parameter '{prefix}core' (Tucker layer {name!r}) holds "
+                    "a gradient that no "
+                    "recorded backward pass explains (written by hand, a penalty on the core "
+                    "outside the layer's forward, or gradients kept from before the last step "
+                    "without zero_grad); compute the loss through the layer's forward and "
+                    "zero the gradients before each backward, or use the base optimizer's "
+                    "weight_decay; nothing was changed"
+                )
+            raise GradientEditError(
+                f"the gradient of parameter '{prefix}core' (Tucker layer {name!r}) was "
+                f"edited by a non-uniform change (‖core.grad − c·∂L/∂C‖ = "
+                f"{res.residual:.3g} for the best uniform factor c = {res.scale:.3g}, "
+                f"round-off bound {res.tolerance:.3g}), e.g. by "
+                "clip_grad_value_ or a gradient hook. The one-pass step forms its update "
+                "from the recorded weight gradient and honours uniform edits only "
+                "(clip_grad_norm_, scaling, GradScaler.unscale_); use "
+                "TDLRT(..., mode='two-pass') and apply the edit inside the closure passed to "
+                "step(), or a uniform edit; nothing was changed"
+            )
+        self.last_edits = resolutions
+        return resolutions
+
+    def _weight_gradients(self, resolutions):
+        """``c · Σ G_j`` over the recorded passes ``core.grad`` holds (kstep="weight"),
+        averaged over the processes."""
+        out = {}
+        if self.kstep != "weight":
+            return out
+        for name, layer in self._layers.items():
+            res = resolutions.get(name)
+            if res is None or not res.groups:
+                continue
+            d = len(layer.weight_shape)
+            G = layer.gradient_record.weight_gradient([None] * d, res.groups)
+            if G is None:
+                continue
+            G = G.detach().to(work_dtype(layer.core.dtype))
+            if res.scale != 1.0:
+                G = G * res.scale
+            elif process_group() is not None:
+                G = G.clone()
+            out[name] = average_(G)
+        return out
 
     def _hide_factor_grads(self):
         for layer in self._layers.values():
@@ -681,21 +810,7 @@ class TDLRT:
 
     def _average(self, t):
         """Average ``t`` over the processes in place (a no-op without a process group)."""
-        dist = _dist()
-        if dist is not None and t is not None:
-            # NCCL reduces contiguous tensors only
-            c = t.contiguous()
-            dist.all_reduce(c)
-            c /= dist.get_world_size()
-            if c.data_ptr() != t.data_ptr():
-                t.copy_(c)
-        return t
-
-    def _core_only_step(self):
-        for layer in self._layers.values():
-            self._average(layer.core.grad)
-        self._hide_factor_grads()
-        self.optimizer.step()
+        return average_(t, process_group())
 
     def _fixed_modes(self, name, layer, kind):
         if kind == "bug":
@@ -703,29 +818,30 @@ class TDLRT:
         r, n, hi = tuple(layer.ranks), tuple(layer.weight_shape), self._hi[name]
         return tuple(i for i in layer.factorized_modes if r[i] >= hi[i] and hi[i] < n[i])
 
-    def _k_steps(self, kind):
+    def _k_steps(self, kind, weight_grads):
         plans = {}
+        groups = self._groups_by_param()
         for name, layer in self._layers.items():
-            work = _work_dtype(layer.core.dtype)
-            G, factor_grads = self._weight_grads.get(name), None
+            work = work_dtype(layer.core.dtype)
+            G, factor_grads = weight_grads.get(name), None
             if self.kstep == "factors":
                 grads = [p.grad for p in layer.factors]
-                if any(g is None for g in grads):
+                if layer.core.grad is None or any(g is None for g in grads):
                     continue
                 factor_grads = [None] * len(layer.weight_shape)
-                for mode, g in zip(layer.factorized_modes, grads):
-                    factor_grads[mode] = self._average(g.detach().to(work).clone())
+                for mode_, g in zip(layer.factorized_modes, grads):
+                    factor_grads[mode_] = self._average(g.detach().to(work).clone())
             elif G is None:
                 continue
             core = layer.core.detach().to(work)
             factors = [None] * len(layer.weight_shape)
-            for mode in layer.factorized_modes:
-                factors[mode] = layer.factor(mode).detach().to(work)
+            for mode_ in layer.factorized_modes:
+                factors[mode_] = layer.factor(mode_).detach().to(work)
             U_hats, c_hat, M_hats = kstep_bases(
                 core,
                 factors,
                 G,
-                self._lr(layer.core),
+                self._lr(layer.core, groups),
                 fixed_modes=self._fixed_modes(name, layer, kind),
                 factor_grads=factor_grads,
             )
@@ -740,8 +856,8 @@ class TDLRT:
             layer = self._layers[name]
             ref = layer.core
             old_factors = [None] * len(layer.weight_shape)
-            for mode in layer.factorized_modes:
-                old_factors[mode] = layer.factor(mode).detach().clone()
+            for mode_ in layer.factorized_modes:
+                old_factors[mode_] = layer.factor(mode_).detach().clone()
             entries = {p: opt_state[p] for p in [ref, *layer.factors] if p in opt_state}
             saved[name] = (ref.detach().clone(), old_factors, entries)
             new_factors = [None if u is None else u.to(ref.dtype) for u in U_hats]
@@ -751,44 +867,60 @@ class TDLRT:
                 opt_state[ref] = transport_state(entries[ref], old_shape, M_hats)
             for p in layer.factors:
                 opt_state.pop(p, None)
+        if plans and _has_flat_history(self.optimizer):
+            # LBFGS: one flattened history over all parameters, in the old coordinates
+            first = self.optimizer._params[0]
+            flat = opt_state.pop(first, None)
+            saved[None] = (first, flat, self.optimizer._numel_cache)
+            self.optimizer._numel_cache = None
         return saved
 
     def _restore(self, saved):
         opt_state = self.optimizer.state
-        for name, (core, factors, entries) in saved.items():
+        for name, entry in saved.items():
+            if name is None:
+                first, flat, numel = entry
+                opt_state.pop(first, None)
+                if flat is not None:
+                    opt_state[first] = flat
+                self.optimizer._numel_cache = numel
+                continue
+            core, factors, entries = entry
             layer = self._layers[name]
             set_tucker(layer, core, factors)
             for p in [layer.core, *layer.factors]:
                 opt_state.pop(p, None)
-            for p, entry in entries.items():
-                opt_state[p] = entry
+            for p, value in entries.items():
+                opt_state[p] = value
 
-    def _galerkin_gradients(self, plans):
+    def _galerkin_gradients(self, plans, weight_grads, resolutions):
         out = {}
         for name, (U_hats, _, _) in plans.items():
             layer = self._layers[name]
-            work = _work_dtype(layer.core.dtype)
+            work = work_dtype(layer.core.dtype)
             if self.mode == "two-pass":
                 g = layer.core.grad
                 out[name] = None if g is None else self._average(g.detach().to(work).clone())
-            elif name in self._weight_grads:
-                # G of this batch (averaged over the processes): G ×_i Û_iᴴ directly
-                G = self._weight_grads[name]
+            elif name in weight_grads:
+                # c·G of this batch (averaged over the processes): c·G ×_i Û_iᴴ directly
+                G = weight_grads[name]
                 out[name] = mode_products(G, [None if u is None else u.conj().T for u in U_hats])
             else:
+                res = resolutions[name]
                 ref = layer.core
                 Uh = [None if u is None else u.to(ref.dtype) for u in U_hats]
-                out[name] = self._average(layer.galerkin_gradient(Uh).detach().to(work).clone())
+                g = layer.gradient_record.weight_gradient(Uh, res.groups)
+                g = g.detach().to(work)
+                g = g * res.scale if res.scale != 1.0 else g.clone()
+                out[name] = self._average(g)
         return out
 
     def _truncate(self, plans):
-        import torch
-
         opt_state = self.optimizer.state
         results = {}
         for name, (U_hats, _, _) in plans.items():
             layer = self._layers[name]
-            work = _work_dtype(layer.core.dtype)
+            work = work_dtype(layer.core.dtype)
             c_hat = layer.core.detach().to(work)
             with tl.backend_context("pytorch", local_threadsafe=True):
                 new, P_list, info = truncate_core(
@@ -800,20 +932,16 @@ class TDLRT:
                     method=self.truncation,
                 )
             results[name] = (c_hat, U_hats, new, P_list, info)
-        dist = _dist()
-        if dist is not None and results:
+        if process_group() is not None and results:
             names = sorted(results)
-            # on the parameters' device: NCCL communicates CUDA tensors only
-            ranks = [r for n in names for r in results[n][2].rank]
-            local = torch.tensor(ranks, dtype=torch.int64, device=self._device())
-            agreed = local.clone()
-            dist.broadcast(agreed, src=0)
-            if not torch.equal(local, agreed):
+            local = [r for n in names for r in results[n][2].rank]
+            agreed = broadcast_ranks(local, self._device())
+            if agreed != local:
                 pos = 0
                 for n in names:
                     c_hat, U_hats, new, _, _ = results[n]
                     d = len(new.rank)
-                    want = [int(v) for v in agreed[pos : pos + d].tolist()]
+                    want = agreed[pos : pos + d]
                     pos += d
                     if tuple(want) != tuple(new.rank):
                         with tl.backend_context("pytorch", local_threadsafe=True):
@@ -828,6 +956,7 @@ class TDLRT:
                                 method=self.truncation,
                             )
                         results[n] = (c_hat, U_hats, new2, P2, info2)
+        flat = _has_flat_history(self.optimizer)
         for name, (_c_hat, U_hats, new, P_list, info) in results.items():
             layer = self._layers[name]
             ref = layer.core
@@ -837,7 +966,10 @@ class TDLRT:
                 for i in range(len(U_hats))
             ]
             set_tucker(layer, new.core.to(ref.dtype), factors)
-            if ref in opt_state:
+            if ref in opt_state and not flat:
                 mats = [None if p is None else p.conj().T for p in P_list]
                 opt_state[ref] = transport_state(opt_state[ref], old_shape, mats)
             self.last_truncation[name] = info
+        if results and flat:
+            self.optimizer.state.pop(self.optimizer._params[0], None)
+            self.optimizer._numel_cache = None

@@ -1,0 +1,239 @@
+"""What a Tucker layer records of each backward pass, for the one-pass TDLRT step.
+
+The one-pass form of the TDLRT step [ZSCKT24]_ needs the weight gradient ``G`` of the batch
+(the K-step reads ``G ×_{j≠i} U_jᴴ``, the Galerkin step ``G ×_i Û_iᴴ``), which autograd does
+not expose: the layers never form the dense weight. A :class:`GradientRecord` keeps, for every
+backward pass that reaches the layer's core, what ``G`` is made of (the layer input and the
+output gradient of every use of the layer, or ``G`` itself), together with the raw core
+gradient ``∂L/∂C = G ×_i U_iᴴ`` of that pass as autograd delivers it to the core, before any
+gradient hook of the user and before accumulation into ``core.grad``.
+
+The records of one backward pass form a :class:`BackwardGroup`. Comparing ``core.grad`` at
+step time with the groups' raw core gradients tells which groups are current (a suffix: an
+earlier ``zero_grad`` discarded the others) and whether the visible gradient was edited
+(:mod:`tuckerflow.optim.edits`): the visible gradients are the source of truth.
+
+Grouping is exact: each output-gradient arrival is tagged with autograd's graph task (one per
+``backward()`` call), and a group is closed when the core's gradient of the same task has been
+accumulated into ``core.grad`` (a post-accumulate-grad hook); ``torch.autograd.grad`` calls,
+which accumulate nothing, never make a group. A ``core.grad`` of None when a backward pass
+arrives means everything recorded before was discarded (``zero_grad(set_to_none=True)`` by any
+route): the old groups are dropped there, which also frees their memory.
+
+References
+----------
+.. [ZSCKT24] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch and F. Tudisco,
+   "Geometry-aware training of factorized layers in tensor Tucker format", NeurIPS 2024
+   (arXiv:2305.19059).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+__all__ = ["BackwardGroup", "Contribution", "GradientRecord"]
+
+
+def _graph_task():
+    """Identifier of the running backward pass (-1 outside backward; None if unavailable)."""
+    get = getattr(torch._C, "_current_graph_task_id", None)
+    return None if get is None else get()
+
+
+def _no_record():
+    return None
+
+
+class Contribution:
+    """One use of the layer in one backward pass: input and output gradient, or ``G``."""
+
+    __slots__ = ("x", "grad", "weight_grad", "task")
+
+    def __init__(self, task, *, x=None, grad=None, weight_grad=None):
+        self.task, self.x, self.grad, self.weight_grad = task, x, grad, weight_grad
+
+
+class BackwardGroup:
+    """Everything one backward pass gave the layer.
+
+    Attributes
+    ----------
+    contributions : list of Contribution
+        One per use of the layer in the forward pass (several for shared layers).
+    core_grad : torch.Tensor
+        The raw gradient of the core in this pass, ``G ×_i U_iᴴ``, as autograd computed it
+        (before user hooks and accumulation).
+    """
+
+    __slots__ = ("contributions", "core_grad")
+
+    def __init__(self, contributions, core_grad):
+        self.contributions, self.core_grad = contributions, core_grad
+
+
+class _OutputGradHook:
+    """Tensor hook on a layer output (or on a dense weight): records one contribution.
+
+    The hook, and with it the input ``x``, lives as long as the autograd graph; the gradient
+    passes through unchanged.
+    """
+
+    __slots__ = ("record", "x", "is_weight")
+
+    def __init__(self, record, x, is_weight):
+        self.record, self.x, self.is_weight = record, x, is_weight
+
+    def __call__(self, grad):
+        self.record._on_output_grad(self.x, grad.detach(), self.is_weight)
+
+
+class GradientRecord:
+    """The per-backward-pass records of one Tucker layer (see the module docstring).
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        A Tucker layer: ``core`` (a Parameter), ``weight_shape``, ``galerkin_record``
+        (``"output_grad"`` or ``"weight_grad"``) and, for output-gradient records,
+        ``_projected_weight_grad(x, grad_out, U_hats)``.
+
+    Notes
+    -----
+    The hooks on the core are registered when the record is made (at layer construction,
+    before any hook of the user, so that they see the raw gradient) and again when the core
+    Parameter was replaced (``copy.deepcopy`` of a layer makes a new one).
+    """
+
+    def __init__(self, layer):
+        self._layer = weakref.ref(layer)
+        self.enabled = False
+        self._pending = []
+        self._raw = {}
+        self.groups = []
+        self._hooked = None
+        self.ensure_hooks()
+
+    def __deepcopy__(self, memo):
+        # a copied layer makes a fresh, empty record bound to itself (see TuckerLayer)
+        return None
+
+    def __reduce__(self):
+        # records are transient (they hold autograd tensors): a pickled layer has none
+        return (_no_record, ())
+
+    # ------------------------------------------------------------------ recording
+
+    def ensure_hooks(self):
+        layer = self._layer()
+        core = layer.core
+        if self._hooked is not None and self._hooked() is core:
+            return
+        ref = weakref.ref(self)
+
+        def pre(grad, ref=ref):
+            rec = ref()
+            if rec is not None:
+                rec._on_core_grad(grad)
+
+        def post(param, ref=ref):
+            rec = ref()
+            if rec is not None:
+                rec._on_core_accumulated()
+
+        core.register_hook(pre)
+        core.register_post_accumulate_grad_hook(post)
+        self._hooked = weakref.ref(core)
+
+    def watch_output(self, y, x):
+        """Record the output gradient of ``y = layer(x)`` when backward reaches it."""
+        if y.requires_grad:
+            y.register_hook(_OutputGradHook(self, x.detach(), False))
+
+    def watch_weight(self, w):
+        """Record the gradient of a dense weight ``w`` (a differentiable reconstruction)."""
+        if w.requires_grad:
+            w.register_hook(_OutputGradHook(self, None, True))
+
+    def _on_output_grad(self, x, grad, is_weight):
+        if not self.enabled:
+            return
+        task = _graph_task()
+        layer = self._layer()
+        if is_weight:
+            self._pending.append(Contribution(task, weight_grad=grad))
+        elif layer.galerkin_record == "weight_grad":
+            self._pending.append(Contribution(task, weight_grad=layer._weight_grad_of(x, grad)))
+        else:
+            self._pending.append(Contribution(task, x=x, grad=grad))
+
+    def _on_core_grad(self, grad):
+        if not self.enabled:
+            return
+        layer = self._layer()
+        if layer.core.grad is None:
+            # the accumulation starts afresh: what was recorded before was discarded
+            self.groups = []
+        # the gradient object itself (not a detached view): holding it keeps autograd from
+        # adopting its storage as ``.grad``, which later accumulation would change in place
+        self._raw[_graph_task()] = grad
+
+    def _on_core_accumulated(self):
+        if not self.enabled:
+            return
+        task = _graph_task()
+        grad = self._raw.pop(task, None)
+        self._raw.clear()  # left by autograd.grad calls, which accumulate nothing
+        if grad is None:
+            return
+        # arrivals of other passes never reached the core's accumulation (autograd.grad
+        # calls, a core without gradient): they are dropped
+        mine = [c for c in self._pending if c.task == task]
+        self._pending = []
+        self.groups.append(BackwardGroup(mine, grad.detach()))
+
+    def clear(self):
+        """Drop every record (frees their memory)."""
+        self._pending = []
+        self._raw = {}
+        self.groups = []
+
+    # ------------------------------------------------------------------ reading
+
+    def contributions(self, groups=None):
+        groups = self.groups if groups is None else groups
+        return [c for g in groups for c in g.contributions]
+
+    def weight_gradient(self, U_hats, groups=None):
+        """``G ×_i U_hats[i]ᴴ`` summed over the contributions of ``groups`` (default: all).
+
+        ``U_hats`` has one entry per mode, an ``n_i × p_i`` matrix or None (mode not
+        projected). The result is in the core's dtype, without autograd history, even inside
+        an autocast region. Returns None when the groups hold no contribution.
+        """
+        layer = self._layer()
+        ref = layer.core
+        cast = [
+            None if u is None else u.detach().to(dtype=ref.dtype, device=ref.device) for u in U_hats
+        ]
+        out = None
+        contributions = self.contributions(groups)
+        with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
+            dense = [c.weight_grad for c in contributions if c.weight_grad is not None]
+            if dense:
+                out = dense[0].to(ref.dtype)
+                for w in dense[1:]:
+                    out = out + w.to(ref.dtype)
+                for i, u in enumerate(cast):
+                    if u is not None:
+                        out = torch.movedim(
+                            torch.tensordot(u.conj().t(), out, dims=([1], [i])), 0, i
+                        )
+            for c in contributions:
+                if c.grad is not None:
+                    part = layer._projected_weight_grad(
+                        c.x.to(ref.dtype), c.grad.to(ref.dtype), cast
+                    )
+                    out = part if out is None else out + part
+        return out
