@@ -10,10 +10,10 @@ import tensorly as tl
 from conftest import tol
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import seeds, shape_and_rank
 
 import tuckerflow as tf
 from tuckerflow.dlra import augment_basis, augmented_core, core_qr, truncate_core
+from tuckerflow.testing.strategies import seeds, shape_and_rank
 
 
 def _gauss(shape, dtype, seed):

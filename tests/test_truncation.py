@@ -10,9 +10,9 @@ import tensorly as tl
 from conftest import eps, tol
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import make_valid, seeds, shape_and_rank
 
 import tuckerflow as tf
+from tuckerflow.testing.strategies import make_valid, seeds, shape_and_rank
 
 METHODS = ("auto", "svd", "qr", "gram")
 
@@ -222,3 +222,21 @@ class TestBadInput:
     def test_unknown_method(self, x):
         with pytest.raises(ValueError, match="method='fast' is not one of"):
             tf.st_hosvd(x, rank=2, method="fast")
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"rtol": "0.1"}, TypeError, "rtol must be a real number"),
+        ({"atol": [0.1]}, TypeError, "atol must be a real number"),
+        ({"rank": (2.0, 2, 2)}, TypeError, r"rank\[0\] must be an integer"),
+        ({"rank": (float("nan"), 2, 2)}, TypeError, r"rank\[0\] must be an integer"),
+        ({"rtol": 0.1, "max_rank": float("inf")}, TypeError, "max_rank must be an int"),
+        ({"rank": 2, "order": [0.4, 1.4, 2.9]}, TypeError, r"order\[0\] must be an integer"),
+        ({"rank": 2, "order": [0, 1]}, ValueError, "order has 2 entries"),
+    ],
+)
+def test_no_silent_coercion(backend, kwargs, exc, match):
+    x = backend.tensor(np.random.default_rng(0).standard_normal((5, 4, 3)))
+    with pytest.raises(exc, match=match):
+        tf.st_hosvd(x, **kwargs)

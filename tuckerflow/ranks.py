@@ -295,14 +295,15 @@ def select_rank(s, budget2, *, min_rank=1, max_rank=None, margin2=0.0) -> tuple[
     if top > 0.0:
         unit = s / top
         tail2 = _tails2(unit)
-        ok = np.nonzero(tail2 + margin2 / top**2 <= budget2 / top**2)[0]
+        # (x / top) / top: Python's ``top**2`` raises OverflowError above 1e154
+        ok = np.nonzero(tail2 + margin2 / top / top <= budget2 / top / top)[0]
     else:
         tail2 = np.zeros(p + 1)
         ok = np.nonzero(tail2 + margin2 <= budget2)[0]
     rho = int(ok[0]) if ok.size else p
     hi = p if max_rank is None else min(int(max_rank), p)
     rho = max(min(rho, hi), min(int(min_rank), p))
-    return rho, float(tail2[rho]) * top**2 if top > 0.0 else 0.0
+    return rho, float(tail2[rho]) * top * top if top > 0.0 else 0.0
 
 
 def sequential_budget(theta: float | None, used2: float, remaining_modes: int) -> float:

@@ -166,9 +166,6 @@ def _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta2):
     """
     lo = [max(floors[i], 1) for i in range(len(ranks))]
     hi = list(ranks)
-    box = [hi[i] - lo[i] + 1 for i in modes]
-    if all(b == 1 for b in box):
-        return ranks, None, None
     # narrow an oversized search box to the ranks next to the split rule's
     while math.prod(hi[i] - lo[i] + 1 for i in modes) > GREEDY_BOX_LIMIT:
         widest = max(modes, key=lambda i: hi[i] - lo[i])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import tensorly as tl
 
-from .._backend import dtype_name, eps, to_float
+from .._backend import dtype_name, eps, max_abs, to_float
 from ..linalg import svd
 from ..random import random_tucker
 from ..truncation import truncate, validate_rank
@@ -101,6 +101,10 @@ class FixedRankTucker:
             return False, f"x.shape={tuple(x.shape)} differs from the manifold's {self.shape}"
         if tuple(x.rank) != self.rank:
             return False, f"x.rank={tuple(x.rank)} differs from the manifold's {self.rank}"
+        arrays = [("x.core", x.core)] + [(f"x.factors[{i}]", u) for i, u in enumerate(x.factors)]
+        for what, a in arrays:
+            if not math.isfinite(max_abs(a)):
+                return False, f"{what} contains non-finite values (NaN or Inf)"
         for i, u in enumerate(x.factors):
             err, tol = orthonormality_error(u), orthonormality_tolerance(u)
             if not err <= tol:
