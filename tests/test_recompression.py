@@ -212,3 +212,12 @@ def test_kernel_arguments(backend):
     with pytest.raises(ValueError, match="method='fast' is not one of"):
         recompress(x, spec, svd_method="fast")
     assert info.tolerance == pytest.approx(0.1 * np.linalg.norm(backend.numpy(x)))
+
+
+def test_absolute_tolerance_far_above_a_tiny_tensor(backend):
+    # atol in the caller's units over a tensor of scale 1e-300: ϑ/scale would overflow ϑ²
+    x = backend.tensor(_decaying((4, 3, 2), 0) * 1e-300)
+    for algo in (tf.hosvd, tf.st_hosvd):
+        y, info = algo(x, atol=1.0, return_info=True)
+        assert y.rank == (1, 1, 1)
+        assert info.tolerance == 1.0

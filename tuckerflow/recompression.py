@@ -161,8 +161,8 @@ def _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta2):
     """Lower HOSVD ranks greedily while the exact error stays within ``theta2``.
 
     ``bases[i]`` are the full left singular bases of the unfoldings of ``work``. Returns the
-    new ranks, the rotated core ``G = work ×_i bases[i]ᴴ`` (None if nothing could change)
-    and the exact squared error at the returned ranks (None likewise).
+    new ranks, the rotated core ``G = work ×_i bases[i]ᴴ`` and the exact squared error at the
+    returned ranks.
     """
     lo = [max(floors[i], 1) for i in range(len(ranks))]
     hi = list(ranks)
@@ -196,10 +196,31 @@ def _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta2):
     budget2 = theta2 - margin2
     start = tuple(hi)
     floor = [lo[i] if i in modes else hi[i] for i in range(len(hi))]
-    if error2(start) > budget2:
-        return ranks, None, None
-    new = lower_ranks_greedily(start, floor, error2, budget2)
-    return list(new), g, error2(new)
+    new = start
+    if error2(start) <= budget2:
+        new = lower_ranks_greedily(start, floor, error2, budget2)
+    return list(new), g, _complement2(e, new, modes)
+
+
+def _complement2(e, ranks, modes) -> float:
+    """``Σ |G|²`` outside the leading ``ranks`` block, as a sum of non-negative blocks.
+
+    ``Σ_k Σ e[:r_{m_1}, …, :r_{m_{k-1}}, r_{m_k}:, …]``: the exact squared error without the
+    cancellation of ``‖G‖² − ‖G[:r]‖²`` (one host transfer).
+    """
+    d = tl.ndim(e)
+    parts = []
+    for k, i in enumerate(modes):
+        sl = [slice(None)] * d
+        for j in modes[:k]:
+            sl[j] = slice(0, ranks[j])
+        sl[i] = slice(ranks[i], None)
+        block = e[tuple(sl)]
+        if min(tl.shape(block), default=1) > 0:
+            parts.append(tl.reshape(tl.sum(block), (1,)))
+    if not parts:
+        return 0.0
+    return float(np.sum(_to_host(tl.concatenate(parts))))
 
 
 def recompress(
@@ -286,6 +307,10 @@ def recompress(
         cands = [] if spec.atol is None else [spec.atol / unit]
         theta = min(cands + ([] if spec.rtol is None else [spec.rtol * norm_w]))
     info.tolerance = None if theta is None else theta * unit
+    if theta is not None:
+        # a tolerance above ‖A‖ allows discarding everything; capping it keeps ϑ² finite
+        # for an atol far above the (unit-scaled) tensor
+        theta = min(theta, 2.0 * norm_w)
     used2 = 0.0
     t = work
     bases = [None] * d

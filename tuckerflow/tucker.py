@@ -492,6 +492,7 @@ def orthonormalize(y):
     non-orthonormal result would be silent: non-finite factors are refused (``ValueError``).
     """
     y = as_tucker(y, "Y")
+    check_finite(y.core, "Y.core")
     for i, u in enumerate(y.factors):
         check_finite(u, f"Y.factors[{i}]")
     qs, rs = zip(*(tl.qr(u) for u in y.factors))
