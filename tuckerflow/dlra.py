@@ -24,6 +24,7 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorly as tl
@@ -32,8 +33,9 @@ from tensorly.tenalg import mode_dot
 from ._backend import check_finite, check_tensor, conj_t, eps
 from .linalg import GRAM_SAFETY, left_singular, orth, svd
 from .ranks import largest_valid_rank, per_mode, rank_spec
-from .recompression import _to_host, recompress
+from .recompression import TruncationInfo, _to_host, recompress
 from .tucker import TuckerTensor
+from .typing import RankBound, Tensor
 
 __all__ = ["augment_basis", "augmented_core", "core_qr", "truncate_core"]
 
@@ -54,7 +56,7 @@ def _gram_is_invisible(rel2, rows):
     return rel2 > GRAM_SAFETY * rows * _EPS64
 
 
-def core_qr(core, mode):
+def core_qr(core: Tensor, mode: int) -> tuple[Tensor, Tensor]:
     """Thin QR of the conjugate-transposed mode unfolding of a core.
 
     Parameters
@@ -194,7 +196,9 @@ def augment_basis(U0, K, *, rtol=None):
     return tl.concatenate([U0, new], axis=1)
 
 
-def augmented_core(C0, U0s, U_hats):
+def augmented_core(
+    C0: Tensor, U0s: Sequence[Tensor | None], U_hats: Sequence[Tensor | None]
+) -> Tensor:
     """Core of ``Y0 = C0 ×_j U_j⁰`` in the augmented bases: ``Ĉ = C0 ×_j (Û_jᴴ U_j⁰)``.
 
     Parameters
@@ -267,8 +271,15 @@ def _clamped(value, cshape, default, name):
 
 
 def truncate_core(
-    C_hat, U_hats, *, rtol=None, atol=None, min_rank=None, max_rank=None, method="hosvd"
-):
+    C_hat: Tensor,
+    U_hats: Sequence[Tensor | None],
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    min_rank: RankBound = None,
+    max_rank: RankBound = None,
+    method: str = "hosvd",
+) -> tuple[TuckerTensor, list, TruncationInfo]:
     """Truncate an augmented core and return the new Tucker tensor and the kept directions.
 
     Parameters

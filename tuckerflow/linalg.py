@@ -22,6 +22,7 @@ from ._backend import (
     is_complex,
     real_dtype_name,
 )
+from .typing import Seed, Tensor
 
 __all__ = ["flip_signs", "left_singular", "orth", "svd", "SVD_METHODS"]
 
@@ -46,7 +47,7 @@ def _largest_entries(u):
     return tl.sum(u * astype(first, dtype_name(u)), axis=0)
 
 
-def flip_signs(u, vh=None):
+def flip_signs(u: Tensor, vh: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Make the entry of largest modulus of every column of ``u`` real and positive.
 
     The phase removed from column ``j`` of ``u`` is put on row ``j`` of ``vh`` so that
@@ -77,7 +78,7 @@ def _svd(a, full_matrices=False):
     return u, s, vh
 
 
-def svd(a, *, full_matrices=False):
+def svd(a: Tensor, *, full_matrices: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD ``a = u @ diag(s) @ vh`` with deterministic signs.
 
     Raises ``ValueError`` if ``a`` holds NaN or Inf (checked before LAPACK is called).
@@ -86,7 +87,7 @@ def svd(a, *, full_matrices=False):
     return _svd(a, full_matrices=full_matrices)
 
 
-def orth(a):
+def orth(a: Tensor) -> Tensor:
     """Orthonormal basis of the columns of ``a`` by a thin Householder QR.
 
     Raises ``ValueError`` if ``a`` holds NaN or Inf.
@@ -144,7 +145,9 @@ def _randomized_left(a, k, *, oversample=10, power_iter=2, rng=None):
     return u, s
 
 
-def left_singular(a, *, method="auto", rank_hint=None, rng=None):
+def left_singular(
+    a: Tensor, *, method: str = "auto", rank_hint: int | None = None, rng: Seed = None
+) -> tuple[Tensor, Tensor]:
     """Left singular vectors ``u`` and singular values ``s`` (descending) of a matrix.
 
     Parameters

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorly as tl
@@ -10,6 +12,7 @@ import tensorly as tl
 from ._backend import backend_dtype, normalize_dtype
 from .ranks import validate_rank
 from .tucker import TuckerTensor
+from .typing import Rank, Seed, Tensor
 
 __all__ = ["random_tucker", "random_orthonormal"]
 
@@ -21,7 +24,7 @@ def _rng(rng):
         raise TypeError(f"rng must be None, an int or a numpy.random.Generator, got {rng!r}")
     if rng is not None and rng < 0:
         raise ValueError(f"rng={rng} must be a non-negative seed")
-    return np.random.default_rng(rng)
+    return np.random.default_rng(None if rng is None else int(rng))
 
 
 def _positive_int(v, name):
@@ -60,7 +63,9 @@ def _to_backend(a, dtype, device):
     return tl.tensor(a, **kw)
 
 
-def random_orthonormal(n, r, *, rng=None, dtype="float64", device=None):
+def random_orthonormal(
+    n: int, r: int, *, rng: Seed = None, dtype: Any = "float64", device: Any = None
+) -> Tensor:
     """An ``n × r`` matrix with orthonormal columns, Haar-distributed (QR of a Gaussian).
 
     Parameters
@@ -92,8 +97,16 @@ def random_orthonormal(n, r, *, rng=None, dtype="float64", device=None):
 
 
 def random_tucker(
-    shape, rank, *, rng=None, dtype=None, device=None, decay=1.0, norm=1.0, sweeps=20
-):
+    shape: Sequence[int],
+    rank: Rank,
+    *,
+    rng: Seed = None,
+    dtype: Any = None,
+    device: Any = None,
+    decay: Any = 1.0,
+    norm: float = 1.0,
+    sweeps: int = 20,
+) -> TuckerTensor:
     """Random Tucker tensor of exact multilinear rank with a prescribed core spectrum.
 
     Parameters
@@ -141,7 +154,7 @@ def random_tucker(
         raise ValueError("shape must have at least one mode")
     r = validate_rank(shape, rank)
     name = "float64" if dtype is None else normalize_dtype(dtype)
-    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not np.isfinite(norm):
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not np.isfinite(float(norm)):
         raise ValueError(f"norm must be a finite real number, got {norm!r}")
     sweeps = _positive_int(sweeps, "sweeps")
     cplx = name.startswith("complex")

@@ -26,6 +26,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def _as_int(v, where: str) -> int:
     return int(v)
 
 
-def per_mode(value, d: int, name: str, *, allow_none: bool = False) -> list:
+def per_mode(value, d: int, name: str, *, allow_none: bool = False) -> list[Any]:
     """``value`` (an int, or one int per mode) as a list of ``d`` ints.
 
     With ``allow_none=True`` a ``None`` entry is kept (it means "no bound" to the caller).
@@ -63,7 +64,7 @@ def per_mode(value, d: int, name: str, *, allow_none: bool = False) -> list:
     vals = list(value)
     if len(vals) != d:
         raise ValueError(f"{name} has {len(vals)} entries but the tensor has {d} modes")
-    out = []
+    out: list[int | None] = []
     for i, v in enumerate(vals):
         if v is None and allow_none:
             out.append(None)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tensorly as tl
@@ -313,7 +314,7 @@ def recompress(
         theta = min(theta, 2.0 * norm_w)
     used2 = 0.0
     t = work
-    bases = [None] * d
+    bases: list[Any] = [None] * d
     ranks = list(tl.shape(work))
     for k, i in enumerate(order):
         budget2 = sequential_budget(theta, used2, len(order) - k)
@@ -346,13 +347,12 @@ def recompress(
                 min_rank=spec.min_rank[i],
                 max_rank=spec.max_rank[i],
             )[0]
-        new, g, exact2 = _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta**2)
-        if g is not None:
-            for i in modes:
-                ranks[i] = new[i]
-                P_list[i] = bases[i][:, : new[i]]
-                info.tails[i] = float(np.sum(info.singular_values[i][new[i] :] ** 2))
-            error2 = exact2
+        new, g, error2 = _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta**2)
+        for i in modes:
+            ranks[i] = new[i]
+            P_list[i] = bases[i][:, : new[i]]
+            s_i = np.asarray(info.singular_values[i])
+            info.tails[i] = float(np.sum(s_i[new[i] :] ** 2))
     if method == "st_hosvd":
         out = t
     elif g is not None:

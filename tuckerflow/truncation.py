@@ -20,6 +20,9 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal, overload
+
 import tensorly as tl
 
 from ._backend import check_tensor
@@ -34,6 +37,7 @@ from .ranks import (
 )
 from .recompression import TruncationInfo, recompress
 from .tucker import TuckerTensor, _truncate_tucker, as_tucker
+from .typing import Rank, Seed, Tensor, TuckerLike
 
 __all__ = [
     "TruncationInfo",
@@ -59,18 +63,48 @@ def _check_method(method):
         raise ValueError(f"method={method!r} is not one of {SVD_METHODS}")
 
 
+@overload
 def hosvd(
-    X,
-    rank=None,
+    X: Tensor,
+    rank: Rank | None = ...,
     *,
-    rtol=None,
-    atol=None,
-    max_rank=None,
-    min_rank=None,
-    method="auto",
-    rng=None,
-    return_info=False,
-):
+    rtol: float | None = ...,
+    atol: float | None = ...,
+    max_rank: Rank | None = ...,
+    min_rank: Rank | None = ...,
+    method: str = ...,
+    rng: Seed = ...,
+    return_info: Literal[False] = ...,
+) -> TuckerTensor: ...
+
+
+@overload
+def hosvd(
+    X: Tensor,
+    rank: Rank | None = ...,
+    *,
+    rtol: float | None = ...,
+    atol: float | None = ...,
+    max_rank: Rank | None = ...,
+    min_rank: Rank | None = ...,
+    method: str = ...,
+    rng: Seed = ...,
+    return_info: Literal[True],
+) -> tuple[TuckerTensor, TruncationInfo]: ...
+
+
+def hosvd(
+    X: Tensor,
+    rank: Rank | None = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_rank: Rank | None = None,
+    min_rank: Rank | None = None,
+    method: str = "auto",
+    rng: Seed = None,
+    return_info: bool = False,
+) -> TuckerTensor | tuple[TuckerTensor, TruncationInfo]:
     """Truncated higher-order SVD of a dense tensor.
 
     Parameters
@@ -122,19 +156,51 @@ def hosvd(
     return (out, info) if return_info else out
 
 
+@overload
 def st_hosvd(
-    X,
-    rank=None,
+    X: Tensor,
+    rank: Rank | None = ...,
     *,
-    rtol=None,
-    atol=None,
-    max_rank=None,
-    min_rank=None,
-    method="auto",
-    order=None,
-    rng=None,
-    return_info=False,
-):
+    rtol: float | None = ...,
+    atol: float | None = ...,
+    max_rank: Rank | None = ...,
+    min_rank: Rank | None = ...,
+    method: str = ...,
+    order: Sequence[int] | None = ...,
+    rng: Seed = ...,
+    return_info: Literal[False] = ...,
+) -> TuckerTensor: ...
+
+
+@overload
+def st_hosvd(
+    X: Tensor,
+    rank: Rank | None = ...,
+    *,
+    rtol: float | None = ...,
+    atol: float | None = ...,
+    max_rank: Rank | None = ...,
+    min_rank: Rank | None = ...,
+    method: str = ...,
+    order: Sequence[int] | None = ...,
+    rng: Seed = ...,
+    return_info: Literal[True],
+) -> tuple[TuckerTensor, TruncationInfo]: ...
+
+
+def st_hosvd(
+    X: Tensor,
+    rank: Rank | None = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_rank: Rank | None = None,
+    min_rank: Rank | None = None,
+    method: str = "auto",
+    order: Sequence[int] | None = None,
+    rng: Seed = None,
+    return_info: bool = False,
+) -> TuckerTensor | tuple[TuckerTensor, TruncationInfo]:
     """Sequentially truncated HOSVD of a dense tensor.
 
     Same parameters and guarantees as :func:`hosvd`, plus
@@ -178,17 +244,45 @@ def st_hosvd(
     return (out, info) if return_info else out
 
 
+@overload
 def truncate(
-    Y,
-    rank=None,
+    Y: TuckerLike,
+    rank: Rank | None = ...,
     *,
-    rtol=None,
-    atol=None,
-    max_rank=None,
-    min_rank=None,
-    method="st_hosvd",
-    return_info=False,
-):
+    rtol: float | None = ...,
+    atol: float | None = ...,
+    max_rank: Rank | None = ...,
+    min_rank: Rank | None = ...,
+    method: str = ...,
+    return_info: Literal[False] = ...,
+) -> TuckerTensor: ...
+
+
+@overload
+def truncate(
+    Y: TuckerLike,
+    rank: Rank | None = ...,
+    *,
+    rtol: float | None = ...,
+    atol: float | None = ...,
+    max_rank: Rank | None = ...,
+    min_rank: Rank | None = ...,
+    method: str = ...,
+    return_info: Literal[True],
+) -> tuple[TuckerTensor, TruncationInfo]: ...
+
+
+def truncate(
+    Y: TuckerLike,
+    rank: Rank | None = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_rank: Rank | None = None,
+    min_rank: Rank | None = None,
+    method: str = "st_hosvd",
+    return_info: bool = False,
+) -> TuckerTensor | tuple[TuckerTensor, TruncationInfo]:
     """Recompress a Tucker tensor (of any rank, e.g. a sum) without densifying.
 
     Parameters

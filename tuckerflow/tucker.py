@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from numbers import Number
+from typing import Any
 
 import numpy as np
 import tensorly as tl
@@ -36,6 +37,7 @@ from ._backend import (
 )
 from .ranks import RankSpec, default_order, rank_spec
 from .recompression import TRUNCATION_METHODS, TruncationInfo, recompress
+from .typing import Rank, Tensor, TuckerLike
 
 __all__ = [
     "TuckerTensor",
@@ -85,7 +87,7 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
     True
     """
 
-    def __init__(self, core, factors=None):
+    def __init__(self, core: Tensor, factors: Sequence[Tensor] | None = None) -> None:
         if factors is None:
             if isinstance(core, _tl_tucker.TuckerTensor) or (
                 isinstance(core, (tuple, list)) and len(core) == 2
@@ -97,6 +99,9 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
                 )
         core, factors = _validated(core, factors)
         super().__init__((core, factors))
+
+    core: Any
+    factors: list
 
     # NumPy scalars and arrays defer to our reflected operators (``np.float64(2) * Y``)
     __array_ufunc__ = None
@@ -237,7 +242,7 @@ def _validated(core, factors):
     return core, factors
 
 
-def as_tucker(y, name: str = "Y") -> TuckerTensor:
+def as_tucker(y: TuckerLike, name: str = "Y") -> TuckerTensor:
     """Return ``y`` as a :class:`TuckerTensor` (no copy), validating it once.
 
     Accepts a :class:`TuckerTensor`, TensorLy's ``TuckerTensor`` or a ``(core, factors)`` pair.
@@ -267,7 +272,7 @@ def _check_compatible(y: TuckerTensor, z: TuckerTensor, names=("Y", "Z")):
         )
 
 
-def inner(y, z):
+def inner(y: TuckerLike, z: TuckerLike | Tensor) -> Tensor:
     """Inner product ``⟨Y, Z⟩ = Σ conj(Y) Z`` in compressed form.
 
     Parameters
@@ -299,7 +304,7 @@ def inner(y, z):
     return tl.sum(tl.conj(y.core) * proj)
 
 
-def norm(y):
+def norm(y: TuckerLike) -> Tensor:
     """Frobenius norm of a Tucker tensor without densifying.
 
     Notes
@@ -315,7 +320,7 @@ def norm(y):
     return safe_norm(_tl_multi_mode_dot(y.core, rs))
 
 
-def scale(y, a):
+def scale(y: TuckerLike, a: Any) -> TuckerTensor:
     """``a · Y`` (only the core is scaled; a complex ``a`` makes a real ``Y`` complex).
 
     Plain arithmetic: a NaN or infinite ``a`` propagates as IEEE arithmetic does.
@@ -330,7 +335,16 @@ def scale(y, a):
     return TuckerTensor(core, factors)
 
 
-def add(y, z, *, alpha=1.0, beta=1.0, rtol="roundoff", atol=None, max_rank=None):
+def add(
+    y: TuckerLike,
+    z: TuckerLike,
+    *,
+    alpha: Any = 1.0,
+    beta: Any = 1.0,
+    rtol: float | str | None = "roundoff",
+    atol: float | None = None,
+    max_rank: Rank | None = None,
+) -> TuckerTensor:
     """``alpha · Y + beta · Z`` as a Tucker tensor with orthonormal factors.
 
     Parameters
@@ -389,7 +403,7 @@ def _check_mode(mode, d):
     return int(mode) % d
 
 
-def mode_dot(y, matrix, mode: int, *, keep_dim: bool = False):
+def mode_dot(y: TuckerLike | Tensor, matrix: Tensor, mode: int, *, keep_dim: bool = False) -> Any:
     """Mode-``mode`` product ``Y ×_mode M``, a new tensor of the kind of ``Y``.
 
     The one meaning of ``mode_dot`` in tuckerflow, TensorLy's: ``Mat_mode(Y ×_mode M) =
@@ -455,7 +469,9 @@ def _check_operand(matrix, shape, mode):
     )
 
 
-def multi_mode_dot(y, matrices, modes=None):
+def multi_mode_dot(
+    y: TuckerLike | Tensor, matrices: Sequence[Tensor], modes: Sequence[int] | None = None
+) -> Any:
     """``Y ×_{modes[0]} matrices[0] ×_{modes[1]} matrices[1] ⋯`` (see :func:`mode_dot`).
 
     ``modes`` defaults to ``0, 1, …``; it must have one entry per matrix, without repeats.
@@ -485,7 +501,7 @@ def multi_mode_dot(y, matrices, modes=None):
     return y
 
 
-def orthonormalize(y):
+def orthonormalize(y: TuckerLike) -> TuckerTensor:
     """Same tensor with orthonormal factors: ``U_i = Q_i R_i`` (thin QR), ``C ← C ×_i R_i``.
 
     Ranks above ``n_i`` shrink to ``n_i`` (exact). A QR decides nothing here but a

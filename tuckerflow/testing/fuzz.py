@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 import tensorly as tl
 
+import tuckerflow as tf
+
 __all__ = [
     "ARITHMETIC",
     "EXCLUDED",
@@ -271,8 +273,6 @@ class _Pools:
     """Plausible and malformed argument values, built once on the NumPy backend."""
 
     def __init__(self, torch: bool):
-        import tuckerflow as tf
-
         with tl.backend_context("numpy", local_threadsafe=True):
             gen = np.random.default_rng(0)
             y = tf.random_tucker((4, 3, 2), (2, 2, 2), rng=0)
@@ -348,7 +348,7 @@ class _Pools:
             self._torch_pools()
 
     def _torch_pools(self):
-        import torch
+        import torch  # only reached when the torch parts are fuzzed
         from torch import nn
 
         import tuckerflow.nn as tnn
@@ -475,7 +475,7 @@ def draw_call(draw: Callable, target: Target, pools: _Pools):
         else:
             kwargs[p.name] = value
     if pools.torch and "optimizer" in built and built["optimizer"] == "optimizer":
-        import torch
+        import torch  # only reached when the torch parts are fuzzed
 
         model = built.get("model")
         params = list(model.parameters()) if hasattr(model, "parameters") else []
