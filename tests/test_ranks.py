@@ -109,6 +109,10 @@ def test_select_rank_refuses_non_finite_values():
         select_rank([1.0, np.nan], 0.1)
     with pytest.raises(ValueError, match="budget2 must be a number >= 0"):
         select_rank([1.0, 0.5], float("nan"))
+    with pytest.raises(TypeError, match="min_rank must be an integer"):
+        select_rank([1.0, 0.5], 0.1, min_rank=-math.inf)
+    with pytest.raises(TypeError, match="max_rank must be an integer"):
+        select_rank([1.0, 0.5], 0.1, max_rank=2.0)
 
 
 def test_sequential_budget_spends_at_most_the_total():

@@ -240,3 +240,18 @@ def test_no_silent_coercion(backend, kwargs, exc, match):
     x = backend.tensor(np.random.default_rng(0).standard_normal((5, 4, 3)))
     with pytest.raises(exc, match=match):
         tf.st_hosvd(x, **kwargs)
+
+
+def test_flip_signs_uses_backend_reductions_with_first_row_ties(backend):
+    # the gather runs through backend reductions (no NumPy call on device arrays); ties of
+    # the largest modulus go to the first row, as argmax would
+    from tuckerflow.linalg import flip_signs
+
+    u = np.array([[0.6, -0.8, 0.5], [-0.8, 0.6, -0.5], [0.0, 0.0, 0.7071]])
+    out, _ = flip_signs(backend.tensor(u))
+    got = backend.numpy(out)
+    np.testing.assert_allclose(got[:, 0], -u[:, 0])  # -0.8 in row 1 made positive
+    np.testing.assert_allclose(got[:, 1], -u[:, 1])  # -0.8 in row 0
+    np.testing.assert_allclose(got[:, 2], u[:, 2])  # 0.7071 in row 2 is already positive
+    tie = np.array([[-0.5], [0.5]])  # equal moduli: the first row decides
+    np.testing.assert_allclose(backend.numpy(flip_signs(backend.tensor(tie))[0]), -tie)

@@ -291,6 +291,8 @@ def select_rank(s, budget2, *, min_rank=1, max_rank=None, margin2=0.0) -> tuple[
         raise ValueError(f"budget2 must be a number >= 0, got {budget2!r}")
     if not math.isfinite(margin2) or margin2 < 0:
         raise ValueError(f"margin2 must be a finite number >= 0, got {margin2!r}")
+    min_rank = _as_int(min_rank, "min_rank")
+    max_rank = None if max_rank is None else _as_int(max_rank, "max_rank")
     p = s.size
     top = float(np.max(np.abs(s))) if p else 0.0
     if top > 0.0:
