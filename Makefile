@@ -1,7 +1,7 @@
 # tuckerflow developer entry points (GNU make). Works from a fresh clone:
 # the first target that needs the virtual environment creates it.
 #
-#   make test    lint + format check + backend probe + test suite
+#   make test    lint + format check + types + import layering + backend probe + tests
 #   make demo    run the demo (python -m tuckerflow.demo)
 #   make docs    build the HTML docs, warnings are errors
 #   make bench   run all benchmarks into bench-results/
@@ -13,9 +13,9 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-LINT_PATHS := tuckerflow tests backends
+LINT_PATHS := tuckerflow tests backends conftest.py
 
-.PHONY: all install test lint probe pytest demo docs bench format clean distclean
+.PHONY: all install test lint typecheck layers probe pytest fuzz demo docs bench format clean distclean
 
 all: test
 
@@ -33,6 +33,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+# the bad-input fuzz with its figures (10,000 calls; the test suite runs a few hundred)
+fuzz: $(STAMP)
+	$(PY) -m tuckerflow.testing.fuzz --calls 10000
+
 probe: $(STAMP)
 	$(PY) backends/probe.py --backend all
 
@@ -42,6 +52,8 @@ pytest: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) backends/probe.py --backend all
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -n 2 -q
 
@@ -59,7 +71,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 clean:
-	rm -rf docs/_build docs/generated build dist bench-results .pytest_cache .ruff_cache .hypothesis
+	rm -rf docs/_build docs/generated build dist bench-results .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -exec rm -rf {} +
 

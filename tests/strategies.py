@@ -1,25 +1,11 @@
-"""Hypothesis strategies for the foundation tests: shape first, then a rank that fits it."""
+"""Re-export of :mod:`tuckerflow.testing.strategies` for test modules that import ``strategies``.
+
+The strategies live in the library (``tuckerflow.testing.strategies``) so that downstream
+projects draw the same domains; new tests import them from there.
+"""
 
 from __future__ import annotations
 
-from hypothesis import strategies as st
+from tuckerflow.testing.strategies import make_valid, seeds, shape_and_rank
 
-from tuckerflow import largest_valid_rank
-
-make_valid = largest_valid_rank
-
-
-@st.composite
-def shapes(draw, min_dims=2, max_dims=4, min_side=1, max_side=7):
-    d = draw(st.integers(min_dims, max_dims))
-    return tuple(draw(st.integers(min_side, max_side)) for _ in range(d))
-
-
-@st.composite
-def shape_and_rank(draw, min_dims=2, max_dims=4, max_side=7):
-    shape = draw(shapes(min_dims=min_dims, max_dims=max_dims, max_side=max_side))
-    rank = tuple(draw(st.integers(1, n)) for n in shape)
-    return shape, make_valid(rank)
-
-
-seeds = st.integers(0, 2**32 - 1)
+__all__ = ["make_valid", "seeds", "shape_and_rank"]

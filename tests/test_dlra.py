@@ -10,7 +10,6 @@ import tensorly as tl
 from conftest import tol
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import seeds, shape_and_rank
 
 import tuckerflow as tf
 from tuckerflow.dlra import (
@@ -20,6 +19,7 @@ from tuckerflow.dlra import (
     core_qr,
     truncate_core,
 )
+from tuckerflow.testing.strategies import seeds, shape_and_rank
 
 
 def _gauss(shape, dtype, seed):

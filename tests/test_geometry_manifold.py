@@ -81,3 +81,48 @@ def test_invalid_manifolds():
         tf.FixedRankTucker((5, 4, 3), (2, 2, 4))
     with pytest.raises(ValueError, match="exceeds the product of the other ranks"):
         tf.FixedRankTucker((5, 4, 3), (3, 1, 1))
+
+
+def test_check_point_on_manifold_explains_a_nan_core(backend):
+    m = tf.FixedRankTucker((5, 4, 3), (2, 2, 2))
+    y = m.random_point(rng=0, device=backend.device)
+    bad = backend.numpy(y.core).copy()
+    bad.flat[3] = np.nan
+    ok, reason = m.check_point_on_manifold(
+        tf.TuckerTensor(backend.tensor(bad), y.factors), explain=True
+    )
+    assert not ok and "x.core contains non-finite values" in reason
+    u = backend.numpy(y.factors[1]).copy()
+    u[0, 0] = np.inf
+    ok, reason = m.check_point_on_manifold(
+        tf.TuckerTensor(y.core, [y.factors[0], backend.tensor(u), y.factors[2]]), explain=True
+    )
+    assert not ok and "x.factors[1] contains non-finite" in reason
+
+
+def test_project_refuses_points_off_the_manifold(backend):
+    y = tf.random_tucker((5, 4, 3), (2, 2, 2), rng=0, device=backend.device)
+    z = backend.tensor(np.random.default_rng(1).standard_normal((5, 4, 3)))
+    # a core of impossible multilinear rank: (3, 1) for a 3 × 3 tensor
+    u3 = backend.tensor(np.eye(3))
+    with pytest.raises(ValueError, match=r"Y.rank\[0\]=3 exceeds the product of the other"):
+        tf.project(tf.TuckerTensor(backend.tensor(np.ones((3, 1))), [u3, u3[:, :1]]), u3)
+    # a rank-deficient core: its mode-0 unfolding has rank 1 < 2
+    c = backend.numpy(y.core).copy()
+    c[1] = 0.5 * c[0]
+    deficient = tf.TuckerTensor(backend.tensor(c), y.factors)
+    with pytest.raises(ValueError, match="mode-0 unfolding of Y.core is rank-deficient"):
+        tf.project(deficient, z)
+    with pytest.raises(ValueError, match="rank-deficient"):
+        tf.TuckerTangent.zeros(deficient)
+    # non-finite base points and ambient tensors
+    bad = backend.numpy(y.core).copy()
+    bad.flat[0] = np.nan
+    with pytest.raises(ValueError, match="Y.core contains non-finite"):
+        tf.project(tf.TuckerTensor(backend.tensor(bad), y.factors), z)
+    zn = backend.numpy(z).copy()
+    zn[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="Z contains non-finite"):
+        tf.project(y, backend.tensor(zn))
+    with pytest.raises(ValueError, match="egrad contains non-finite"):
+        tf.riemannian_gradient(y, backend.tensor(zn))

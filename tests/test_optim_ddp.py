@@ -22,7 +22,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _train(rank, kstep, tau=0.05, mode="one-pass"):
+def _train(rank, kstep, tau=0.02, mode="one-pass"):
     # different initial weights per process: TDLRT broadcasts process 0's Tucker layers
     torch.manual_seed(0 if rank == 0 else 1234)
     model = nn.Sequential(
@@ -100,7 +100,7 @@ def _worker(rank, world, port, out_dir):
             results[kstep] = _train(rank, kstep)
         results["two-pass"] = _train(rank, "factors", mode="two-pass")
         # a process configured differently still follows process 0's rank decisions
-        results["consensus"] = _train(rank, "weight", tau=0.05 if rank == 0 else 0.6)
+        results["consensus"] = _train(rank, "weight", tau=0.02 if rank == 0 else 0.6)
         results["accumulated"] = {m: _accumulate(rank, m) for m in (1, 2)}
         torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     finally:

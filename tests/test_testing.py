@@ -103,3 +103,37 @@ def test_suite_bad_arguments():
         suite.check_projection_rank()
     with pytest.raises(ValueError, match="needs a mode with 2 ≤ r_i < n_i"):
         ManifoldSuite(tf.FixedRankTucker((3, 3), (1, 1))).check_curvature_scaling()
+
+
+class _FirstOrderRetraction(tf.FixedRankTucker):
+    """A user's manifold whose retraction is only first order: ``R(Y, tξ) = P_r(Y + tξ)``
+    computed from a perturbed direction (``ξ`` plus a tangent error of size ``t``)."""
+
+    def retr(self, x, u, t=1.0, *, method="hosvd"):
+        return super().retr(x, u * (1.0 + t), t, method=method)
+
+
+class _WrongProjection(tf.FixedRankTucker):
+    """A user's manifold whose projection forgets the factor components."""
+
+    def proju(self, x, u):
+        xi = super().proju(x, u)
+        return tf.TuckerTangent.from_scaled(xi.point, xi.dcore, [0 * k for k in xi.scaled_dfactors])
+
+
+def test_suite_tests_the_users_own_manifold(backend):
+    # the suite goes through the object's verbs: a broken subclass must fail it
+    shape, rank = (5, 4, 3), (2, 2, 2)
+    good = ManifoldSuite(tf.FixedRankTucker(shape, rank), rng=0, device=backend.device)
+    good.check_retraction_orders()
+    broken = ManifoldSuite(_FirstOrderRetraction(shape, rank), rng=0, device=backend.device)
+    with pytest.raises(AssertionError, match="retraction defect slope"):
+        broken.check_retraction_orders()
+    with pytest.raises(AssertionError):
+        broken.run_all()
+    # a projection onto too small a space is still idempotent and self-adjoint: its rank
+    # (measured through proju) gives it away
+    wrong = ManifoldSuite(_WrongProjection((4, 3, 3), rank), rng=0, device=backend.device)
+    wrong.check_projection_idempotent()
+    with pytest.raises(AssertionError, match="rank"):
+        wrong.check_projection_rank()

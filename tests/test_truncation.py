@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import tensorly as tl
-from conftest import eps, tol
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import make_valid, seeds, shape_and_rank
 
 import tuckerflow as tf
+from conftest import eps, tol
+from tuckerflow.testing.strategies import make_valid, seeds, shape_and_rank
 
 METHODS = ("auto", "svd", "qr", "gram")
 
@@ -222,3 +222,36 @@ class TestBadInput:
     def test_unknown_method(self, x):
         with pytest.raises(ValueError, match="method='fast' is not one of"):
             tf.st_hosvd(x, rank=2, method="fast")
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"rtol": "0.1"}, TypeError, "rtol must be a real number"),
+        ({"atol": [0.1]}, TypeError, "atol must be a real number"),
+        ({"rank": (2.0, 2, 2)}, TypeError, r"rank\[0\] must be an integer"),
+        ({"rank": (float("nan"), 2, 2)}, TypeError, r"rank\[0\] must be an integer"),
+        ({"rtol": 0.1, "max_rank": float("inf")}, TypeError, "max_rank must be an int"),
+        ({"rank": 2, "order": [0.4, 1.4, 2.9]}, TypeError, r"order\[0\] must be an integer"),
+        ({"rank": 2, "order": [0, 1]}, ValueError, "order has 2 entries"),
+    ],
+)
+def test_no_silent_coercion(backend, kwargs, exc, match):
+    x = backend.tensor(np.random.default_rng(0).standard_normal((5, 4, 3)))
+    with pytest.raises(exc, match=match):
+        tf.st_hosvd(x, **kwargs)
+
+
+def test_flip_signs_uses_backend_reductions_with_first_row_ties(backend):
+    # the gather runs through backend reductions (no NumPy call on device arrays); ties of
+    # the largest modulus go to the first row, as argmax would
+    from tuckerflow.linalg import flip_signs
+
+    u = np.array([[0.6, -0.8, 0.5], [-0.8, 0.6, -0.5], [0.0, 0.0, 0.7071]])
+    out, _ = flip_signs(backend.tensor(u))
+    got = backend.numpy(out)
+    np.testing.assert_allclose(got[:, 0], -u[:, 0])  # -0.8 in row 1 made positive
+    np.testing.assert_allclose(got[:, 1], -u[:, 1])  # -0.8 in row 0
+    np.testing.assert_allclose(got[:, 2], u[:, 2])  # 0.7071 in row 2 is already positive
+    tie = np.array([[-0.5], [0.5]])  # equal moduli: the first row decides
+    np.testing.assert_allclose(backend.numpy(flip_signs(backend.tensor(tie))[0]), -tie)

@@ -7,9 +7,9 @@ import pytest
 import tensorly as tl
 from conftest import tol
 from hypothesis import given
-from strategies import seeds, shape_and_rank
 
 import tuckerflow as tf
+from tuckerflow.testing.strategies import seeds, shape_and_rank
 
 
 def _pair(backend, dtype, shape, rank, seed, decay=0.5):
@@ -132,3 +132,144 @@ def test_mixed_backends_raise():
             tf.norm(y)
         with pytest.raises(TypeError, match="numpy.ndarray"):
             tf.hosvd(x)
+
+
+# --------------------------------------------------------------------------------------------
+# TensorLy's methods on our class; one meaning of mode_dot
+
+
+def test_inherited_methods_return_our_class(backend):
+    y = tf.random_tucker((5, 4, 3), 2, rng=0, device=backend.device)
+    c = y.tucker_copy()
+    assert type(c) is tf.TuckerTensor and c.core is not y.core
+    np.testing.assert_array_equal(backend.numpy(c.to_tensor()), backend.numpy(y.to_tensor()))
+    m = backend.tensor(np.ones((2, 5)))
+    z = y.mode_dot(m, 0)
+    assert type(z) is tf.TuckerTensor and z.shape == (2, 4, 3)
+    assert y.shape == (5, 4, 3) and tl.shape(y.factors[0]) == (5, 2)  # y untouched
+    n = c.normalize()
+    assert n is c and type(n) is tf.TuckerTensor
+    np.testing.assert_allclose(
+        backend.numpy(n.to_tensor()), backend.numpy(y.to_tensor()), atol=1e-12
+    )
+    with pytest.warns(DeprecationWarning, match="copy"):
+        y.mode_dot(m, 0, copy=True)
+
+
+def test_tensorly_in_place_mode_dot_leaves_no_stale_shape(backend):
+    from tensorly.tucker_tensor import tucker_mode_dot
+
+    y = tf.random_tucker((5, 4, 3), 2, rng=0, device=backend.device)
+    before = backend.numpy(y.to_tensor())
+    m = np.random.default_rng(1).standard_normal((7, 5))
+    tucker_mode_dot(y, backend.tensor(m), 0, copy=False)  # replaces y.factors[0] in place
+    assert y.shape == (7, 4, 3)
+    expected = np.linalg.norm(np.tensordot(m, before, axes=(1, 0)))
+    assert float(backend.numpy(tf.norm(y))) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="columns"):
+        y[1] = [y.factors[0][:, :1], y.factors[1], y.factors[2]]
+
+
+def test_mode_dot_has_one_meaning(backend):
+    y = tf.random_tucker((5, 4, 3), 2, rng=0, device=backend.device)
+    x = y.to_tensor()
+    m = backend.tensor(np.random.default_rng(2).standard_normal((6, 4)))
+    dense = tf.mode_dot(x, m, 1)
+    tucker = tf.mode_dot(y, m, 1)
+    np.testing.assert_allclose(backend.numpy(tucker.to_tensor()), backend.numpy(dense), atol=1e-12)
+    v = backend.tensor(np.arange(4.0))
+    contracted = tf.mode_dot(y, v, 1)
+    assert contracted.shape == (5, 3)
+    np.testing.assert_allclose(
+        backend.numpy(contracted.to_tensor()),
+        backend.numpy(tl.tenalg.mode_dot(x, v, 1)),
+        atol=1e-12,
+    )
+    assert tf.mode_dot(y, v, 1, keep_dim=True).shape == (5, 1, 3)
+
+
+def test_multi_mode_dot_needs_one_mode_per_matrix(backend):
+    y = tf.random_tucker((5, 4, 3), 2, rng=0, device=backend.device)
+    mats = [backend.tensor(np.ones((2, 5))), backend.tensor(np.ones((2, 4)))]
+    with pytest.raises(ValueError, match="2 matrices but 1 modes"):
+        tf.multi_mode_dot(y, mats, modes=[0])
+    with pytest.raises(ValueError, match="repeats a mode"):
+        tf.multi_mode_dot(y, [mats[0], mats[0]], modes=[0, 0])
+    with pytest.raises(TypeError, match="mode must be an integer"):
+        tf.mode_dot(y, mats[0], 0.0)
+    assert tf.multi_mode_dot(y, mats).shape == (2, 2, 3)
+
+
+def test_scalar_arithmetic_idioms(backend):
+    y = tf.random_tucker((5, 4, 3), 2, rng=0, device=backend.device)
+    for z in (np.float64(2) * y, y * np.float32(2), 2 * y, y * 2.0):
+        assert isinstance(z, tf.TuckerTensor)
+        assert float(backend.numpy(tf.norm(z))) == pytest.approx(2.0, rel=1e-12)
+    with pytest.raises(ValueError, match="division of a Tucker tensor by zero"):
+        y / 0
+    with pytest.raises(ZeroDivisionError):  # also the Python idiom
+        y / 0.0
+    with pytest.raises(TypeError):
+        y * "2"
+    with pytest.raises(TypeError):
+        y + 1.0
+    c = 1j * y  # a complex scalar makes the tensor complex, factors included
+    assert "complex" in str(c.core.dtype) and "complex" in str(c.factors[0].dtype)
+
+
+def test_add_refuses_non_finite_input(backend):
+    y = tf.random_tucker((5, 4, 3), 2, rng=0, device=backend.device)
+    bad = backend.numpy(y.core).copy()
+    bad.flat[0] = np.nan
+    with pytest.raises(ValueError, match=r"Y.core contains non-finite"):
+        tf.add(tf.TuckerTensor(backend.tensor(bad), y.factors), y)
+    with pytest.raises(ValueError, match="rtol must be a number, None or 'roundoff'"):
+        tf.add(y, y, rtol="fast")
+    # plain arithmetic propagates NaN
+    assert np.isnan(backend.numpy(tf.scale(y, float("nan")).core)).all()
+
+
+# --------------------------------------------------------------------------------------------
+# random tensors: no silent coercion, valid dtypes accepted
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [
+        ({"shape": (2.7, 3), "rank": 1}, TypeError),
+        ({"shape": (4, 3), "rank": (1.5, 1)}, TypeError),
+        ({"shape": (4, 3), "rank": (float("nan"), 1)}, TypeError),
+        ({"shape": (4, 3), "rank": (float("inf"), 1)}, TypeError),
+        ({"shape": (4, 0), "rank": 1}, ValueError),
+        ({"shape": "43", "rank": 1}, TypeError),
+        ({"shape": (4, 3), "rank": 2, "dtype": "int64"}, ValueError),
+        ({"shape": (4, 3), "rank": 2, "rng": 1.5}, TypeError),
+        ({"shape": (4, 3), "rank": 2, "norm": float("nan")}, ValueError),
+        ({"shape": (4, 3), "rank": 2, "sweeps": 0}, ValueError),
+    ],
+)
+def test_random_tucker_bad_input(kwargs, exc):
+    with pytest.raises(exc):
+        tf.random_tucker(**kwargs)
+
+
+def test_random_constructors_accept_dtype_objects(backend):
+    for dt in (np.float32, np.dtype("complex64"), "float32"):
+        y = tf.random_tucker((4, 3, 2), 2, rng=0, dtype=dt, device=backend.device)
+        assert str(y.core.dtype).endswith(np.dtype(dt).name)
+    u = tf.random_orthonormal(5, 2, rng=0, dtype=np.float32, device=backend.device)
+    assert tl.shape(u) == (5, 2) and str(u.dtype).endswith("float32")
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, exc",
+    [
+        ((2, 4), {}, ValueError),  # used to return a 2 × 2 matrix
+        ((4, 2), {"dtype": "int64"}, ValueError),  # used to return zeros
+        ((4.0, 2), {}, TypeError),
+        ((4, 0), {}, ValueError),
+    ],
+)
+def test_random_orthonormal_bad_input(args, kwargs, exc):
+    with pytest.raises(exc):
+        tf.random_orthonormal(*args, **kwargs)

@@ -25,6 +25,7 @@ from .truncation import (
 )
 from .tucker import (
     TuckerTensor,
+    TuckerZeroDivisionError,
     add,
     as_tucker,
     inner,
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "TruncationInfo",
     "TuckerTensor",
+    "TuckerZeroDivisionError",
     "add",
     "as_tucker",
     "hosvd",

@@ -13,6 +13,7 @@ import numpy as np
 import tensorly as tl
 
 __all__ = [
+    "FLOAT_DTYPES",
     "astype",
     "backend_dtype",
     "check_tensor",
@@ -23,9 +24,16 @@ __all__ = [
     "dtype_name",
     "eps",
     "is_complex",
+    "max_abs",
+    "normalize_dtype",
     "real_dtype_name",
+    "safe_norm",
+    "scale_pow2",
     "to_float",
 ]
+
+#: The floating dtypes tuckerflow's constructors create.
+FLOAT_DTYPES = ("float32", "float64", "complex64", "complex128")
 
 
 def dtype_name(x) -> str:
@@ -87,11 +95,80 @@ def check_tensor(x, name: str) -> None:
         )
 
 
-def check_finite(x, name: str) -> None:
-    """Raise a ``ValueError`` if ``x`` holds NaN or Inf (one reduction, one host sync)."""
-    m = to_float(tl.max(tl.abs(x))) if tl.shape(x) and int(np.prod(tl.shape(x))) else 0.0
+def max_abs(x) -> float:
+    """``max |x|`` as a Python float (0 for an empty array; NaN if ``x`` holds a NaN)."""
+    if not tl.shape(x):
+        return abs(to_float(tl.abs(x)))
+    if int(np.prod(tl.shape(x))) == 0:
+        return 0.0
+    # NumPy, PyTorch and CuPy all propagate NaN through max
+    return to_float(tl.max(tl.abs(x)))
+
+
+def check_finite(x, name: str) -> float:
+    """Raise a ``ValueError`` if ``x`` holds NaN or Inf; return ``max |x|`` (one host sync)."""
+    m = max_abs(x)
     if not math.isfinite(m):
         raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+    return m
+
+
+def safe_norm(x):
+    """Frobenius norm of ``x`` without overflow or underflow (a 0-d backend tensor).
+
+    ``‖x‖ = m · ‖x / m‖`` with ``m = max |x|``, as LAPACK's ``nrm2`` scales before squaring,
+    so that entries from about 1e-300 to 1e300 give the right norm. No host synchronisation;
+    NaN propagates and an infinite entry gives ``inf``.
+    """
+    a = tl.abs(x)
+    if not tl.shape(a):
+        return a
+    if int(np.prod(tl.shape(a))) == 0:
+        return tl.norm(a)
+    m = tl.max(a)
+    one = tl.ones(tl.shape(m), **context(m))
+    safe = tl.where(m > 0, m, one)
+    safe = tl.where(m == math.inf, one, safe)
+    out = safe * tl.norm(a / safe)
+    return tl.where(m == math.inf, m, out)
+
+
+def scale_pow2(x, e: int):
+    """``x · 2**e``, exact unless the result under- or overflows, in steps the dtype can hold."""
+    if e == 0:
+        return x
+    name = real_dtype_name(x)
+    try:
+        step = int(np.finfo(name).maxexp) - 2
+    except (TypeError, ValueError):  # bfloat16 and other non-NumPy dtypes
+        step = 125
+    while e != 0:
+        k = max(-step, min(step, e))
+        x = x * math.ldexp(1.0, k)
+        e -= k
+    return x
+
+
+def normalize_dtype(dtype, name: str = "dtype", allowed=FLOAT_DTYPES) -> str:
+    """The name of a floating dtype given as a string, NumPy type/dtype or backend dtype.
+
+    ``"float32"``, ``np.float32``, ``np.dtype("float32")`` and ``torch.float32`` all give
+    ``"float32"``. Anything outside ``allowed`` is a ``ValueError`` (``TypeError`` if it is no
+    dtype at all).
+    """
+    if isinstance(dtype, str):
+        label = dtype
+    else:
+        try:
+            label = np.dtype(dtype).name
+        except TypeError:
+            text = str(dtype)
+            if not text.startswith(("torch.", "cupy.", "<class")):
+                raise TypeError(f"{name} must be a dtype or its name, got {dtype!r}") from None
+            label = text.rsplit(".", 1)[-1].rstrip("'>")
+    if label not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {dtype!r}")
+    return label
 
 
 def to_float(x) -> float:

@@ -24,23 +24,18 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import tensorly as tl
 from tensorly.tenalg import mode_dot
 
-from ._backend import check_tensor, conj_t, eps
+from ._backend import check_finite, check_tensor, conj_t, eps
 from .linalg import GRAM_SAFETY, left_singular, orth, svd
-from .truncation import (
-    TruncationInfo,
-    _budget,
-    _choose_rank,
-    _mode_factor,
-    _rank_spec,
-    _to_host,
-    largest_valid_rank,
-)
+from .ranks import largest_valid_rank, per_mode, rank_spec
+from .recompression import TruncationInfo, _to_host, recompress
 from .tucker import TuckerTensor
+from .typing import RankBound, Tensor
 
 __all__ = ["augment_basis", "augmented_core", "core_qr", "truncate_core"]
 
@@ -70,7 +65,7 @@ def _gram_is_invisible(rel2, rows):
     return rel2 > GRAM_SAFETY * rows * _EPS64
 
 
-def core_qr(core, mode):
+def core_qr(core: Tensor, mode: int) -> tuple[Tensor, Tensor]:
     """Thin QR of the conjugate-transposed mode unfolding of a core.
 
     Parameters
@@ -108,8 +103,9 @@ def core_qr(core, mode):
     """
     check_tensor(core, "core")
     d = tl.ndim(core)
-    if not isinstance(mode, (int, np.integer)) or not 0 <= mode < d:
+    if isinstance(mode, bool) or not isinstance(mode, (int, np.integer)) or not 0 <= mode < d:
         raise ValueError(f"mode={mode!r} must be an integer in [0, {d}) for a core with {d} modes")
+    check_finite(core, "core")
     q, r = tl.qr(conj_t(tl.unfold(core, int(mode))))
     return q, _resolved(conj_t(r))
 
@@ -223,7 +219,9 @@ def augment_basis(U0, K, *, rtol=None):
     return tl.concatenate([U0, new], axis=1)
 
 
-def augmented_core(C0, U0s, U_hats):
+def augmented_core(
+    C0: Tensor, U0s: Sequence[Tensor | None], U_hats: Sequence[Tensor | None]
+) -> Tensor:
     """Core of ``Y0 = C0 ×_j U_j⁰`` in the augmented bases: ``Ĉ = C0 ×_j (Û_jᴴ U_j⁰)``.
 
     Parameters
@@ -287,38 +285,24 @@ def _clamped(value, cshape, default, name):
     d = len(cshape)
     if value is None:
         return [default(i) for i in range(d)]
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        vals = [int(value)] * d
-    else:
-        vals = list(value)
-        if len(vals) != d:
-            raise ValueError(f"{name} has {len(vals)} entries but the core has {d} modes")
-        vals = [default(i) if v is None else int(v) for i, v in enumerate(vals)]
+    vals = per_mode(value, d, name, allow_none=True)
+    vals = [default(i) if v is None else v for i, v in enumerate(vals)]
     for i, v in enumerate(vals):
         if v < 1:
             raise ValueError(f"{name}[{i}]={v} must be at least 1")
     return [min(v, n) for v, n in zip(vals, cshape)]
 
 
-def _reduce_to_valid(core, P_list):
-    """Exactly lower ranks that break ``r_i ≤ ∏_{j≠i} r_j`` (such unfoldings are deficient)."""
-    changed = True
-    while changed and len(P_list) > 1:
-        changed = False
-        for i, p in enumerate(P_list):
-            r = tl.shape(core)
-            other = math.prod(r[:i] + r[i + 1 :])
-            if p is not None and r[i] > other:
-                u = svd(tl.unfold(core, i))[0][:, :other]
-                P_list[i] = tl.dot(p, u)
-                core = mode_dot(core, conj_t(u), i)
-                changed = True
-    return core, P_list
-
-
 def truncate_core(
-    C_hat, U_hats, *, rtol=None, atol=None, min_rank=None, max_rank=None, method="hosvd"
-):
+    C_hat: Tensor,
+    U_hats: Sequence[Tensor | None],
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    min_rank: RankBound = None,
+    max_rank: RankBound = None,
+    method: str = "hosvd",
+) -> tuple[TuckerTensor, list, TruncationInfo]:
     """Truncate an augmented core and return the new Tucker tensor and the kept directions.
 
     Parameters
@@ -372,6 +356,8 @@ def truncate_core(
     """
     check_tensor(C_hat, "C_hat")
     d = tl.ndim(C_hat)
+    if isinstance(U_hats, (str, bytes)) or not hasattr(U_hats, "__len__"):
+        raise TypeError(f"U_hats must be a sequence of d matrices or None, got {U_hats!r}")
     U_hats = list(U_hats)
     if len(U_hats) != d:
         raise ValueError(f"C_hat has {d} modes but {len(U_hats)} factors were given")
@@ -379,7 +365,10 @@ def truncate_core(
         raise ValueError(f"method={method!r} is not one of ('hosvd', 'st_hosvd')")
     cshape = tuple(tl.shape(C_hat))
     for i, u in enumerate(U_hats):
-        if u is not None and (tl.ndim(u) != 2 or tl.shape(u)[1] != cshape[i]):
+        if u is None:
+            continue
+        check_tensor(u, f"U_hats[{i}]")
+        if tl.ndim(u) != 2 or tl.shape(u)[1] != cshape[i]:
             raise ValueError(
                 f"U_hats[{i}].shape={tuple(tl.shape(u))} must have C_hat.shape[{i}]="
                 f"{cshape[i]} columns"
@@ -392,62 +381,34 @@ def truncate_core(
             lo[i] = hi[i] = cshape[i]
     lo = [min(a, b) for a, b in zip(lo, hi)]
     lo = list(largest_valid_rank(lo))
-    spec = _rank_spec(cshape, None, rtol, atol, hi, None)
+    spec = rank_spec(cshape, None, rtol, atol, hi, None)
     spec.min_rank = lo
-    pairs = []
+    if free:
+        # the factors only multiply the result, but a NaN there would be silent: one check
+        # (one host sync) for all of them
+        maxes = _to_host(tl.stack([tl.max(tl.abs(U_hats[i])) for i in free]))
+        bad = [i for i, m in zip(free, maxes) if not math.isfinite(float(m))]
+        if bad:
+            raise ValueError(f"U_hats[{bad[0]}] contains non-finite values (NaN or Inf)")
     # A relative tolerance rtol gives every mode a squared budget of at least
     # rtol²‖Ĉ‖²/len(free). When that lies far above the round-off of a Gram matrix accumulated
     # in float64, a wide unfolding is factored through its Gram matrix (one product and a
-    # small eigh; the error bound is kept by a margin, as in tuckerflow.truncation);
+    # small eigh; the error bound is kept by a margin, see tuckerflow.recompression);
     # otherwise by the accurate QR path.
-    total = math.prod(cshape)
+    size = math.prod(cshape)
     gram_ok = (
-        atol is None
-        and rtol is not None
+        spec.atol is None
+        and spec.rtol is not None
         and bool(free)
-        and _gram_is_invisible(float(rtol) ** 2 / len(free), max(cshape[i] for i in free))
+        and _gram_is_invisible(spec.rtol**2 / len(free), max(cshape[i] for i in free))
     )
-    used_method = ["gram" if gram_ok and cshape[i] ** 2 < total else "qr" for i in range(d)]
     if method == "hosvd":
-        # every mode factors an unfolding of C_hat itself: all factorisations first, then the
-        # norm and every singular value reach the host in one transfer (one device sync)
-        pairs = [left_singular(tl.unfold(C_hat, i), method=used_method[i]) for i in free]
-    host = _to_host(tl.concatenate([tl.reshape(tl.norm(C_hat), (1,)), *[s for _, s in pairs]]))
-    norm_c = float(host[0])
-    theta = spec.theta(norm_c) if spec.by_tolerance else None
-    info = TruncationInfo(tolerance=theta, order=list(free))
-    info.singular_values = [None] * d
-    info.tails = [0.0] * d
-    info.methods = [None] * d
-    P_list = [None] * d
-    used2 = 0.0
-    work = C_hat
-    start = 1
-    for k, i in enumerate(free):
-        budget2 = _budget(theta, used2, len(free) - k)
-        if pairs:
-            # what _mode_factor does on the "qr" path, with the values already on the host
-            u, s = pairs[k]
-            s_host = host[start : start + tl.shape(s)[0]]
-            start += tl.shape(s)[0]
-            used = used_method[i]
-            margin2 = 10.0 * cshape[i] * _EPS64 * norm_c**2 if used == "gram" else 0.0
-            r, tail2 = _choose_rank(s_host, spec, i, budget2, margin2)
-            p = u[:, :r]
-        else:
-            p, _, tail2, s_host, used = _mode_factor(
-                tl.unfold(work, i), spec, i, budget2, "auto" if gram_ok else "qr", None
-            )
-        P_list[i] = p
-        if method == "st_hosvd":
-            work = mode_dot(work, conj_t(p), i)
-        used2 += tail2
-        info.singular_values[i], info.tails[i], info.methods[i] = s_host, math.sqrt(tail2), used
-    core = C_hat
-    for i in free:
-        core = mode_dot(core, conj_t(P_list[i]), i)
-    core, P_list = _reduce_to_valid(core, P_list)
-    info.error_bound = math.sqrt(used2)
+        policy = ["gram" if gram_ok and cshape[i] ** 2 < size else "qr" for i in range(d)]
+    else:
+        policy = ["auto" if gram_ok else "qr"] * d
+    core, P_list, info = recompress(
+        C_hat, spec, method=method, modes=free, svd_method=policy, name="C_hat"
+    )
     factors = []
     for i, u in enumerate(U_hats):
         if u is None:

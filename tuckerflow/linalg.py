@@ -1,7 +1,10 @@
 """Dense linear algebra building blocks with deterministic signs.
 
 All SVD-like results go through :func:`flip_signs`, so that repeated runs (and different
-factorisation paths) return the same singular vectors up to round-off.
+factorisation paths) return the same singular vectors up to round-off. The public functions
+refuse non-finite input with a ``ValueError`` before any LAPACK call (some LAPACK SVD drivers
+never return on a matrix holding an ``inf``); the private ``_…`` variants skip that check for
+callers that have already made it once for a whole tensor.
 """
 
 from __future__ import annotations
@@ -11,39 +14,47 @@ import tensorly as tl
 
 from ._backend import (
     astype,
+    check_finite,
+    check_tensor,
     conj_t,
     context,
     dtype_name,
     is_complex,
     real_dtype_name,
 )
+from .typing import Seed, Tensor
 
 __all__ = ["flip_signs", "left_singular", "orth", "svd", "SVD_METHODS"]
 
 #: Factorisation paths for the left singular vectors of an unfolding.
 SVD_METHODS = ("auto", "svd", "qr", "gram", "randomized")
 
-#: A Gram-matrix path is used by ``method="auto"`` only when the allowed squared error
-#: exceeds this multiple of ``m * eps * ||A||^2`` (its eigenvalue error), see ``left_singular``.
+#: A Gram-matrix path is used by ``method="auto"`` (in the truncations) only when the allowed
+#: squared error exceeds this multiple of ``m * eps * ||A||^2`` (its eigenvalue error).
 GRAM_SAFETY = 1e3
 
 
-def _column_entries(u, rows):
-    """``u[rows[j], j]`` for every column ``j`` (one gather, on the array's device)."""
-    if hasattr(u, "gather"):  # torch
-        return u.gather(0, rows[None, :])[0]
-    # NumPy, and CuPy through NumPy's array-function dispatch
-    return np.take_along_axis(u, rows[None, :], axis=0)[0]
+def _largest_entries(u):
+    """``u[k_j, j]`` with ``k_j`` the first row of largest modulus in column ``j``.
+
+    Written with backend reductions only (a mask of the maxima, its running count to keep the
+    first one, a masked sum), so that it runs on the array's device for every backend.
+    """
+    mag = tl.abs(u)
+    top = tl.max(mag, axis=0)
+    hit = astype(mag == top[None, :], real_dtype_name(u))
+    first = hit * astype(tl.cumsum(hit, axis=0) == 1, real_dtype_name(u))
+    return tl.sum(u * astype(first, dtype_name(u)), axis=0)
 
 
-def flip_signs(u, vh=None):
+def flip_signs(u: Tensor, vh: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Make the entry of largest modulus of every column of ``u`` real and positive.
 
     The phase removed from column ``j`` of ``u`` is put on row ``j`` of ``vh`` so that
-    ``u @ diag(s) @ vh`` is unchanged. Ties go to the first row (``argmax``), so the result
-    is deterministic. A handful of kernels and no host synchronisation.
+    ``u @ diag(s) @ vh`` is unchanged. Ties go to the first row, so the result is
+    deterministic. A handful of kernels and no host synchronisation.
     """
-    pick = _column_entries(u, tl.argmax(tl.abs(u), axis=0))
+    pick = _largest_entries(u)
     mag = tl.abs(pick)
     safe = tl.where(mag == 0, tl.ones(tl.shape(mag), **context(mag)), mag)
     phase = pick / astype(safe, dtype_name(pick))
@@ -54,15 +65,38 @@ def flip_signs(u, vh=None):
     return u, vh
 
 
-def svd(a, *, full_matrices=False):
-    """Thin SVD ``a = u @ diag(s) @ vh`` with deterministic signs."""
+def _check_matrix(a, name):
+    check_tensor(a, name)
+    if tl.ndim(a) != 2:
+        raise ValueError(f"{name} must be a matrix, got {tl.ndim(a)} dimensions")
+    check_finite(a, name)
+
+
+def _svd(a, full_matrices=False):
     u, s, vh = tl.svd(a, full_matrices=full_matrices)
     u, vh = flip_signs(u, vh)
     return u, s, vh
 
 
-def orth(a):
-    """Orthonormal basis of the columns of ``a`` by a thin Householder QR."""
+def svd(a: Tensor, *, full_matrices: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD ``a = u @ diag(s) @ vh`` with deterministic signs.
+
+    Raises ``ValueError`` if ``a`` holds NaN or Inf (checked before LAPACK is called).
+    """
+    _check_matrix(a, "a")
+    return _svd(a, full_matrices=full_matrices)
+
+
+def orth(a: Tensor) -> Tensor:
+    """Orthonormal basis of the columns of ``a`` by a thin Householder QR.
+
+    Raises ``ValueError`` if ``a`` holds NaN or Inf.
+    """
+    _check_matrix(a, "a")
+    return _orth(a)
+
+
+def _orth(a):
     q, _ = tl.qr(a)
     return q
 
@@ -87,7 +121,7 @@ def _qr_left(a):
     r = tl.qr(conj_t(a), mode="r")
     if isinstance(r, tuple):  # some backends return (q, r) whatever the mode
         r = r[-1]
-    u, s, _ = svd(conj_t(r))
+    u, s, _ = _svd(conj_t(r))
     return u, s
 
 
@@ -100,23 +134,26 @@ def _randomized_left(a, k, *, oversample=10, power_iter=2, rng=None):
         omega = omega + 1j * gen.standard_normal((n, ell))
     omega = tl.tensor(omega, **context(a))
     y = tl.dot(a, omega)
-    q = orth(y)
+    q = _orth(y)
     ah = conj_t(a)
     for _ in range(power_iter):
-        q = orth(tl.dot(ah, q))
-        q = orth(tl.dot(a, q))
+        q = _orth(tl.dot(ah, q))
+        q = _orth(tl.dot(a, q))
     b = tl.dot(conj_t(q), a)
-    ub, s = _qr_left(b) if tl.shape(b)[0] < tl.shape(b)[1] else svd(b)[:2]
+    ub, s = _qr_left(b) if tl.shape(b)[0] < tl.shape(b)[1] else _svd(b)[:2]
     u, _ = flip_signs(tl.dot(q, ub))
     return u, s
 
 
-def left_singular(a, *, method="auto", rank_hint=None, allowed_error2=None, rng=None):
+def left_singular(
+    a: Tensor, *, method: str = "auto", rank_hint: int | None = None, rng: Seed = None
+) -> tuple[Tensor, Tensor]:
     """Left singular vectors ``u`` and singular values ``s`` (descending) of a matrix.
 
     Parameters
     ----------
     a : tensor, shape (m, n)
+        Finite entries (NaN or Inf is a ``ValueError``, raised before any LAPACK call).
     method : {"auto", "svd", "qr", "gram", "randomized"}
         ``"svd"``: LAPACK-style thin SVD of ``a``. ``"qr"``: for wide ``a`` (``m < n``), the
         R factor of a Householder QR of ``aᴴ`` followed by an ``m × m`` SVD; as accurate as
@@ -125,33 +162,46 @@ def left_singular(a, *, method="auto", rank_hint=None, allowed_error2=None, rng=
         so singular values below about ``sqrt(m · eps) ‖a‖`` are lost. ``"randomized"``: a
         randomized range finder with ``rank_hint + 10`` samples and two power iterations
         (Halko, Martinsson & Tropp 2011); only the leading ``rank_hint + 10`` values are
-        returned. ``"auto"`` takes ``"qr"`` for wide and ``"svd"`` for tall matrices, and the
-        Gram path only when ``allowed_error2`` (the squared error the caller may discard in
-        this mode) exceeds ``GRAM_SAFETY · m · eps64 · ‖a‖²``, i.e. when the requested
-        accuracy cannot see the Gram path's round-off.
+        returned. ``"auto"`` takes ``"qr"`` for wide and ``"svd"`` for tall matrices (the
+        truncations decide about the Gram path themselves, from their error budget).
     rank_hint : int, optional
         Target rank for the randomized path.
-    allowed_error2 : float, optional
-        Squared tolerance of the caller for this unfolding (enables the Gram path in "auto").
+    rng : None, int or numpy.random.Generator
+        Seed of the randomized path.
 
     Returns
     -------
     u : tensor, shape (m, p)
     s : tensor, shape (p,), real, descending
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tuckerflow.linalg import left_singular
+    >>> u, s = left_singular(np.diag([3.0, 1.0]) @ np.ones((2, 4)))
+    >>> np.round(s, 6)
+    array([6.324555, 0.      ])
     """
+    _check_matrix(a, "a")
+    if method not in SVD_METHODS:
+        raise ValueError(f"method={method!r} is not one of {SVD_METHODS}")
+    if rank_hint is not None and (
+        isinstance(rank_hint, bool) or not isinstance(rank_hint, (int, np.integer)) or rank_hint < 1
+    ):
+        raise ValueError(f"rank_hint must be an integer >= 1, got {rank_hint!r}")
+    return _left_singular(a, method=method, rank_hint=rank_hint, rng=rng)
+
+
+def _left_singular(a, *, method="auto", rank_hint=None, rng=None):
     m, n = tl.shape(a)
     if method == "auto":
         method = "qr" if m < n else "svd"
-        if allowed_error2 is not None and m < n:
-            norm2 = float(tl.to_numpy(tl.norm(a))) ** 2
-            if allowed_error2 > GRAM_SAFETY * m * np.finfo(np.float64).eps * norm2:
-                method = "gram"
     if method == "svd":
-        u, s, _ = svd(a)
+        u, s, _ = _svd(a)
         return u, s
     if method == "qr":
         if m >= n:
-            u, s, _ = svd(a)
+            u, s, _ = _svd(a)
             return u, s
         return _qr_left(a)
     if method == "gram":
@@ -160,6 +210,6 @@ def left_singular(a, *, method="auto", rank_hint=None, allowed_error2=None, rng=
         if rank_hint is None:
             raise ValueError("method='randomized' needs a target rank (rank or max_rank)")
         if rank_hint + 10 >= min(m, n):
-            return left_singular(a, method="qr")
+            return _left_singular(a, method="qr")
         return _randomized_left(a, rank_hint, rng=rng)
     raise ValueError(f"method={method!r} is not one of {SVD_METHODS}")

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import tensorly as tl
 
-from ._backend import backend_dtype
-from .truncation import validate_rank
+from ._backend import backend_dtype, normalize_dtype
+from .ranks import validate_rank
 from .tucker import TuckerTensor
+from .typing import Rank, Seed, Tensor
 
 __all__ = ["random_tucker", "random_orthonormal"]
 
-_DTYPES = ("float32", "float64", "complex64", "complex128")
-
 
 def _rng(rng):
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is not None and (isinstance(rng, bool) or not isinstance(rng, numbers.Integral)):
+        raise TypeError(f"rng must be None, an int or a numpy.random.Generator, got {rng!r}")
+    if rng is not None and rng < 0:
+        raise ValueError(f"rng={rng} must be a non-negative seed")
+    return np.random.default_rng(None if rng is None else int(rng))
+
+
+def _positive_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
+    if v < 1:
+        raise ValueError(f"{name}={v} must be at least 1")
+    return int(v)
 
 
 def _gauss(gen, shape, cplx):
@@ -26,6 +43,8 @@ def _gauss(gen, shape, cplx):
 
 
 def _spectrum(decay, r):
+    if isinstance(decay, (str, bytes, bool)):
+        raise TypeError(f"decay must be a number, a sequence or a callable, got {decay!r}")
     if callable(decay):
         s = np.asarray([decay(k) for k in range(r)], dtype=np.float64)
     elif np.ndim(decay) == 0:
@@ -44,17 +63,50 @@ def _to_backend(a, dtype, device):
     return tl.tensor(a, **kw)
 
 
-def random_orthonormal(n, r, *, rng=None, dtype="float64", device=None):
-    """An ``n × r`` matrix with orthonormal columns, Haar-distributed (QR of a Gaussian)."""
+def random_orthonormal(
+    n: int, r: int, *, rng: Seed = None, dtype: Any = "float64", device: Any = None
+) -> Tensor:
+    """An ``n × r`` matrix with orthonormal columns, Haar-distributed (QR of a Gaussian).
+
+    Parameters
+    ----------
+    n, r : int
+        ``1 ≤ r ≤ n``.
+    rng : None, int or numpy.random.Generator
+    dtype : str, NumPy or backend dtype
+        ``"float32"``, ``"float64"`` (default), ``"complex64"`` or ``"complex128"``.
+    device : optional
+        Device for backends that have one.
+
+    Examples
+    --------
+    >>> import numpy as np, tuckerflow as tf
+    >>> U = tf.random_orthonormal(5, 2, rng=0)
+    >>> U.shape, bool(np.allclose(U.T @ U, np.eye(2)))
+    ((5, 2), True)
+    """
+    n = _positive_int(n, "n")
+    r = _positive_int(r, "r")
+    if r > n:
+        raise ValueError(f"r={r} exceeds n={n}: an n × r matrix has at most n orthonormal columns")
+    name = normalize_dtype(dtype)
     gen = _rng(rng)
-    q, rr = np.linalg.qr(_gauss(gen, (n, r), "complex" in str(dtype)))
+    q, rr = np.linalg.qr(_gauss(gen, (n, r), name.startswith("complex")))
     q = q * (np.diag(rr) / np.abs(np.diag(rr)))[None, :]
-    return _to_backend(q, str(dtype), device)
+    return _to_backend(q, name, device)
 
 
 def random_tucker(
-    shape, rank, *, rng=None, dtype=None, device=None, decay=1.0, norm=1.0, sweeps=20
-):
+    shape: Sequence[int],
+    rank: Rank,
+    *,
+    rng: Seed = None,
+    dtype: Any = None,
+    device: Any = None,
+    decay: Any = 1.0,
+    norm: float = 1.0,
+    sweeps: int = 20,
+) -> TuckerTensor:
     """Random Tucker tensor of exact multilinear rank with a prescribed core spectrum.
 
     Parameters
@@ -95,16 +147,21 @@ def random_tucker(
     >>> Y.rank
     (3, 3, 3)
     """
-    shape = tuple(int(n) for n in shape)
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"shape must be a sequence of ints, got {shape!r}")
+    shape = tuple(_positive_int(n, f"shape[{i}]") for i, n in enumerate(shape))
+    if not shape:
+        raise ValueError("shape must have at least one mode")
     r = validate_rank(shape, rank)
-    name = "float64" if dtype is None else str(dtype).rsplit(".", 1)[-1]
-    if name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    name = "float64" if dtype is None else normalize_dtype(dtype)
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not np.isfinite(float(norm)):
+        raise ValueError(f"norm must be a finite real number, got {norm!r}")
+    sweeps = _positive_int(sweeps, "sweeps")
     cplx = name.startswith("complex")
     gen = _rng(rng)
     core = _gauss(gen, r, cplx)
     spectra = [_spectrum(decay, ri) for ri in r]
-    for _ in range(max(int(sweeps), 1)):
+    for _ in range(sweeps):
         for i, ri in enumerate(r):
             m = np.moveaxis(core, i, 0).reshape(ri, -1)
             u, _, vh = np.linalg.svd(m, full_matrices=False)

@@ -13,14 +13,31 @@ References
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from numbers import Number
+from typing import Any
 
+import numpy as np
 import tensorly as tl
 from tensorly import tucker_tensor as _tl_tucker
+from tensorly.tenalg import mode_dot as _tl_mode_dot
 from tensorly.tenalg import multi_mode_dot as _tl_multi_mode_dot
 
-from ._backend import check_tensor, conj_t, context, device_of, dtype_name, eps
+from ._backend import (
+    astype,
+    check_finite,
+    check_tensor,
+    conj_t,
+    context,
+    device_of,
+    dtype_name,
+    eps,
+    safe_norm,
+)
+from .ranks import RankSpec, default_order, rank_spec
+from .recompression import TRUNCATION_METHODS, TruncationInfo, recompress
+from .typing import Rank, Tensor, TuckerLike
 
 __all__ = [
     "TuckerTensor",
@@ -32,7 +49,18 @@ __all__ = [
     "norm",
     "orthonormalize",
     "scale",
+    "TuckerZeroDivisionError",
 ]
+
+
+class TuckerZeroDivisionError(ZeroDivisionError, ValueError):
+    """``Y / 0`` for a Tucker tensor: both a ``ZeroDivisionError`` and a ``ValueError``."""
+
+
+def _is_scalar(a) -> bool:
+    if isinstance(a, bool):
+        return False
+    return isinstance(a, Number) or (tl.is_tensor(a) and tl.ndim(a) == 0)
 
 
 class TuckerTensor(_tl_tucker.TuckerTensor):
@@ -59,7 +87,7 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
     True
     """
 
-    def __init__(self, core, factors=None):
+    def __init__(self, core: Tensor, factors: Sequence[Tensor] | None = None) -> None:
         if factors is None:
             if isinstance(core, _tl_tucker.TuckerTensor) or (
                 isinstance(core, (tuple, list)) and len(core) == 2
@@ -72,26 +100,96 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
         core, factors = _validated(core, factors)
         super().__init__((core, factors))
 
+    core: Any
+    factors: list
+
+    # NumPy scalars and arrays defer to our reflected operators (``np.float64(2) * Y``)
+    __array_ufunc__ = None
+    __array_priority__ = 1000
+
+    # shape and rank are read from the arrays, never cached: TensorLy's in-place helpers
+    # (``tucker_mode_dot(copy=False)``, ``Y[1] = …``) replace factors behind our back
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(n_1, …, n_d)``, the row counts of the factors."""
+        return tuple(int(tl.shape(u)[0]) for u in self.factors)
+
+    @shape.setter
+    def shape(self, value) -> None:  # TensorLy's constructor assigns it; we derive it
+        pass
+
+    @property
+    def rank(self) -> tuple[int, ...]:
+        """``(r_1, …, r_d)``, the shape of the core."""
+        return tuple(int(n) for n in tl.shape(self.core))
+
+    @rank.setter
+    def rank(self, value) -> None:
+        pass
+
+    def __setitem__(self, index, value):
+        if index not in (0, 1):
+            raise IndexError(f"index {index} of a Tucker tensor: 0 is the core, 1 the factors")
+        core, factors = (value, self.factors) if index == 0 else (self.core, value)
+        core, factors = _validated(core, factors)
+        self.core, self.factors = core, factors
+
+    # -- TensorLy's methods, returning this class -------------------------------------------
+    def tucker_copy(self) -> TuckerTensor:
+        """A deep copy (new arrays)."""
+        return TuckerTensor(tl.copy(self.core), [tl.copy(u) for u in self.factors])
+
+    def mode_dot(self, matrix_or_vector, mode, keep_dim=False, copy=None) -> TuckerTensor:
+        """``self ×_mode M``: see :func:`tuckerflow.mode_dot` (``self`` is not modified).
+
+        ``copy`` is accepted for compatibility with TensorLy and has no effect (deprecated):
+        the result never shares a modified factor with ``self``.
+        """
+        if copy is not None:
+            warnings.warn(
+                "TuckerTensor.mode_dot(copy=...) has no effect: the tensor is never modified",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        return mode_dot(self, matrix_or_vector, mode, keep_dim=keep_dim)
+
+    def normalize(self) -> TuckerTensor:
+        """Scale every factor column to unit norm, absorbing the norms into the core.
+
+        In place, as TensorLy's method; also returns ``self``.
+        """
+        core, factors = _tl_tucker.tucker_normalize(self)
+        self.core, self.factors = _validated(core, list(factors))
+        return self
+
     # -- arithmetic -------------------------------------------------------------------------
     def __add__(self, other):
+        if not isinstance(other, (_tl_tucker.TuckerTensor, tuple, list)):
+            return NotImplemented
         return add(self, other)
 
     def __sub__(self, other):
+        if not isinstance(other, (_tl_tucker.TuckerTensor, tuple, list)):
+            return NotImplemented
         return add(self, other, beta=-1.0)
 
     def __neg__(self):
         return scale(self, -1.0)
 
     def __mul__(self, a):
-        if not isinstance(a, Number) and not (tl.is_tensor(a) and tl.ndim(a) == 0):
+        if not _is_scalar(a):
             return NotImplemented
         return scale(self, a)
 
     __rmul__ = __mul__
 
     def __truediv__(self, a):
-        if not isinstance(a, Number) and not (tl.is_tensor(a) and tl.ndim(a) == 0):
+        if not _is_scalar(a):
             return NotImplemented
+        if not tl.is_tensor(a) and a == 0:
+            raise TuckerZeroDivisionError("division of a Tucker tensor by zero")
+        if tl.is_tensor(a) and float(np.abs(tl.to_numpy(a))) == 0.0:
+            raise TuckerZeroDivisionError("division of a Tucker tensor by zero")
         return scale(self, 1.0 / a)
 
     def inner(self, other):
@@ -144,7 +242,7 @@ def _validated(core, factors):
     return core, factors
 
 
-def as_tucker(y, name: str = "Y") -> TuckerTensor:
+def as_tucker(y: TuckerLike, name: str = "Y") -> TuckerTensor:
     """Return ``y`` as a :class:`TuckerTensor` (no copy), validating it once.
 
     Accepts a :class:`TuckerTensor`, TensorLy's ``TuckerTensor`` or a ``(core, factors)`` pair.
@@ -174,7 +272,7 @@ def _check_compatible(y: TuckerTensor, z: TuckerTensor, names=("Y", "Z")):
         )
 
 
-def inner(y, z):
+def inner(y: TuckerLike, z: TuckerLike | Tensor) -> Tensor:
     """Inner product ``⟨Y, Z⟩ = Σ conj(Y) Z`` in compressed form.
 
     Parameters
@@ -206,27 +304,47 @@ def inner(y, z):
     return tl.sum(tl.conj(y.core) * proj)
 
 
-def norm(y):
+def norm(y: TuckerLike) -> Tensor:
     """Frobenius norm of a Tucker tensor without densifying.
 
     Notes
     -----
     The factors are orthonormalised by thin QR, ``U_i = Q_i R_i``, and
     ``‖Y‖ = ‖C ×_i R_i‖``. Unlike ``sqrt(⟨Y, Y⟩)`` through Gram matrices this keeps relative
-    accuracy when ``Y`` is a difference of nearly equal tensors.
+    accuracy when ``Y`` is a difference of nearly equal tensors. The last norm divides by
+    the largest entry before squaring (as LAPACK's ``nrm2``), so cores from about ``1e-300``
+    to ``1e300`` give the right value. Plain arithmetic: NaN propagates.
     """
     y = as_tucker(y, "Y")
     rs = [tl.qr(u)[1] for u in y.factors]
-    return tl.norm(_tl_multi_mode_dot(y.core, rs))
+    return safe_norm(_tl_multi_mode_dot(y.core, rs))
 
 
-def scale(y, a):
-    """``a · Y`` (only the core is scaled)."""
+def scale(y: TuckerLike, a: Any) -> TuckerTensor:
+    """``a · Y`` (only the core is scaled; a complex ``a`` makes a real ``Y`` complex).
+
+    Plain arithmetic: a NaN or infinite ``a`` propagates as IEEE arithmetic does.
+    """
     y = as_tucker(y, "Y")
-    return TuckerTensor(y.core * a, list(y.factors))
+    if not _is_scalar(a):
+        raise TypeError(f"a must be a scalar (a number or a 0-d tensor), got {type(a).__name__}")
+    core = y.core * a
+    factors = list(y.factors)
+    if dtype_name(core) != dtype_name(y.core):
+        factors = [astype(u, dtype_name(core)) for u in factors]
+    return TuckerTensor(core, factors)
 
 
-def add(y, z, *, alpha=1.0, beta=1.0, rtol="roundoff", atol=None, max_rank=None):
+def add(
+    y: TuckerLike,
+    z: TuckerLike,
+    *,
+    alpha: Any = 1.0,
+    beta: Any = 1.0,
+    rtol: float | str | None = "roundoff",
+    atol: float | None = None,
+    max_rank: Rank | None = None,
+) -> TuckerTensor:
     """``alpha · Y + beta · Z`` as a Tucker tensor with orthonormal factors.
 
     Parameters
@@ -243,10 +361,9 @@ def add(y, z, *, alpha=1.0, beta=1.0, rtol="roundoff", atol=None, max_rank=None)
     -----
     The exact sum has factors ``[U_i, W_i]`` and the block-diagonal core
     ``diag(alpha C, beta D)``; its factors are orthonormalised by QR and the small core is
-    truncated by ST-HOSVD, never forming the dense tensor.
+    truncated by ST-HOSVD, never forming the dense tensor. Since the recompression decides
+    ranks, non-finite input is refused with a ``ValueError``.
     """
-    from .truncation import truncate
-
     y = as_tucker(y, "Y")
     z = as_tucker(z, "Z")
     _check_compatible(y, z)
@@ -255,9 +372,11 @@ def add(y, z, *, alpha=1.0, beta=1.0, rtol="roundoff", atol=None, max_rank=None)
     factors = [tl.concatenate([u, w], axis=1) for u, w in zip(y.factors, z.factors)]
     core = _block_diagonal(y.core * alpha, z.core * beta)
     s = TuckerTensor(core, factors)
-    if rtol == "roundoff":
+    if isinstance(rtol, str):
+        if rtol != "roundoff":
+            raise ValueError(f"rtol must be a number, None or 'roundoff', got {rtol!r}")
         rtol = 4.0 * len(y.shape) * eps(y.core)
-    return truncate(s, rtol=rtol, atol=atol, max_rank=max_rank)
+    return _truncate_tucker(s, None, rtol=rtol, atol=atol, max_rank=max_rank)[0]
 
 
 def _block_diagonal(a, b):
@@ -276,41 +395,160 @@ def _block_diagonal(a, b):
     return out + low
 
 
-def mode_dot(y, matrix, mode: int):
-    """Mode-``mode`` product ``Y ×_mode M`` of a Tucker tensor: ``U_mode ← M U_mode``.
-
-    The result's factor in that mode is in general no longer orthonormal; use
-    :func:`orthonormalize` or :func:`tuckerflow.truncate` to restore it.
-    """
-    y = as_tucker(y, "Y")
-    check_tensor(matrix, "matrix")
-    d = len(y.shape)
+def _check_mode(mode, d):
+    if isinstance(mode, bool) or not isinstance(mode, (int, np.integer)):
+        raise TypeError(f"mode must be an integer, got {mode!r}")
     if not -d <= mode < d:
         raise ValueError(f"mode={mode} is out of range for a tensor with {d} modes")
-    mode %= d
-    if tl.ndim(matrix) != 2 or tl.shape(matrix)[1] != y.shape[mode]:
-        raise ValueError(
-            f"matrix.shape={tuple(tl.shape(matrix))} must be (m, {y.shape[mode]}) to multiply "
-            f"mode {mode} of a tensor of shape {y.shape}"
-        )
+    return int(mode) % d
+
+
+def mode_dot(y: TuckerLike | Tensor, matrix: Tensor, mode: int, *, keep_dim: bool = False) -> Any:
+    """Mode-``mode`` product ``Y ×_mode M``, a new tensor of the kind of ``Y``.
+
+    The one meaning of ``mode_dot`` in tuckerflow, TensorLy's: ``Mat_mode(Y ×_mode M) =
+    M Mat_mode(Y)``. ``Y`` is never modified.
+
+    Parameters
+    ----------
+    y : Tucker tensor or dense tensor
+        For a Tucker tensor only the factor changes, ``U_mode ← M U_mode`` (in general no
+        longer orthonormal: use :func:`orthonormalize` or :func:`tuckerflow.truncate`); a dense
+        tensor goes through ``tensorly.tenalg.mode_dot``.
+    matrix : tensor, shape ``(m, n_mode)``, or a vector of shape ``(n_mode,)``
+        A vector contracts the mode away (the result has one mode less), unless
+        ``keep_dim=True``, which treats it as a ``1 × n_mode`` matrix.
+    mode : int
+
+    Examples
+    --------
+    >>> import numpy as np, tuckerflow as tf
+    >>> Y = tf.random_tucker((4, 3, 2), 2, rng=0)
+    >>> M = np.ones((5, 4))
+    >>> tf.mode_dot(Y, M, 0).shape
+    (5, 3, 2)
+    >>> bool(np.allclose(tf.mode_dot(Y, M, 0).to_tensor(), tf.mode_dot(Y.to_tensor(), M, 0)))
+    True
+    """
+    check_tensor(matrix, "matrix")
+    if tl.is_tensor(y):
+        d = tl.ndim(y)
+        mode = _check_mode(mode, d)
+        _check_operand(matrix, tuple(tl.shape(y)), mode)
+        if tl.ndim(matrix) == 1 and keep_dim:
+            matrix = tl.reshape(matrix, (1, -1))
+        return _tl_mode_dot(y, matrix, mode)
+    y = as_tucker(y, "Y")
+    d = len(y.shape)
+    mode = _check_mode(mode, d)
+    _check_operand(matrix, y.shape, mode)
+    if dtype_name(matrix) != dtype_name(y.core):
+        raise TypeError(f"matrix has dtype {dtype_name(matrix)} but Y has {dtype_name(y.core)}")
     factors = list(y.factors)
+    if tl.ndim(matrix) == 1:
+        if keep_dim:
+            matrix = tl.reshape(matrix, (1, -1))
+        elif d == 1:
+            raise ValueError("contracting the only mode of a 1-d Tucker tensor leaves a scalar")
+        else:
+            vec = tl.dot(matrix, factors[mode])
+            core = _tl_mode_dot(y.core, vec, mode)
+            return TuckerTensor(core, factors[:mode] + factors[mode + 1 :])
     factors[mode] = tl.dot(matrix, factors[mode])
     return TuckerTensor(y.core, factors)
 
 
-def multi_mode_dot(y, matrices, modes=None):
-    """``Y ×_{modes[0]} matrices[0] ×_{modes[1]} matrices[1] ⋯`` in Tucker form."""
-    modes = range(len(matrices)) if modes is None else modes
-    for m, mat in zip(modes, matrices):
+def _check_operand(matrix, shape, mode):
+    nd = tl.ndim(matrix)
+    n = shape[mode]
+    if nd == 2 and tl.shape(matrix)[1] == n or nd == 1 and tl.shape(matrix)[0] == n:
+        return
+    raise ValueError(
+        f"matrix.shape={tuple(tl.shape(matrix))} must be (m, {n}) (or ({n},) for a vector) "
+        f"to multiply mode {mode} of a tensor of shape {tuple(shape)}"
+    )
+
+
+def multi_mode_dot(
+    y: TuckerLike | Tensor, matrices: Sequence[Tensor], modes: Sequence[int] | None = None
+) -> Any:
+    """``Y ×_{modes[0]} matrices[0] ×_{modes[1]} matrices[1] ⋯`` (see :func:`mode_dot`).
+
+    ``modes`` defaults to ``0, 1, …``; it must have one entry per matrix, without repeats.
+    """
+    if isinstance(matrices, (str, bytes)) or not isinstance(matrices, Sequence):
+        raise TypeError(f"matrices must be a sequence of matrices, got {type(matrices).__name__}")
+    matrices = list(matrices)
+    if modes is None:
+        modes = list(range(len(matrices)))
+    elif isinstance(modes, (str, bytes)) or not isinstance(modes, Sequence):
+        raise TypeError(f"modes must be a sequence of ints, got {type(modes).__name__}")
+    modes = list(modes)
+    if len(modes) != len(matrices):
+        raise ValueError(
+            f"{len(matrices)} matrices but {len(modes)} modes; give one mode per matrix"
+        )
+    d = len(tl.shape(y)) if tl.is_tensor(y) else len(as_tucker(y, "Y").shape)
+    resolved = [_check_mode(m, d) for m in modes]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"modes={modes} repeats a mode")
+    if not tl.is_tensor(y):
+        y = as_tucker(y, "Y")
+    for m, mat in zip(resolved, matrices):
+        if tl.is_tensor(mat) and tl.ndim(mat) != 2:
+            raise ValueError("multi_mode_dot takes matrices; contract vectors with mode_dot")
         y = mode_dot(y, mat, m)
-    return as_tucker(y)
+    return y
 
 
-def orthonormalize(y):
+def orthonormalize(y: TuckerLike) -> TuckerTensor:
     """Same tensor with orthonormal factors: ``U_i = Q_i R_i`` (thin QR), ``C ← C ×_i R_i``.
 
-    Ranks above ``n_i`` shrink to ``n_i`` (exact).
+    Ranks above ``n_i`` shrink to ``n_i`` (exact). A QR decides nothing here but a
+    non-orthonormal result would be silent: non-finite factors are refused (``ValueError``).
     """
     y = as_tucker(y, "Y")
+    check_finite(y.core, "Y.core")
+    for i, u in enumerate(y.factors):
+        check_finite(u, f"Y.factors[{i}]")
     qs, rs = zip(*(tl.qr(u) for u in y.factors))
     return TuckerTensor(_tl_multi_mode_dot(y.core, list(rs)), list(qs))
+
+
+def _truncate_tucker(
+    y: TuckerTensor,
+    rank=None,
+    *,
+    rtol=None,
+    atol=None,
+    max_rank=None,
+    min_rank=None,
+    method="st_hosvd",
+) -> tuple[TuckerTensor, TruncationInfo]:
+    """Recompression of a Tucker tensor: QR of the factors, the kernel on the small core.
+
+    The implementation of :func:`tuckerflow.truncate` (documented there) and of :func:`add`.
+    """
+    if method not in TRUNCATION_METHODS:
+        raise ValueError(f"method={method!r} is not one of {TRUNCATION_METHODS}")
+    shape = tuple(y.shape)
+    for i, u in enumerate(y.factors):
+        check_finite(u, f"Y.factors[{i}]")
+    check_finite(y.core, "Y.core")
+    spec = rank_spec(shape, rank, rtol, atol, max_rank, min_rank)
+    qs, rs = zip(*(tl.qr(u) for u in y.factors))
+    core = _tl_multi_mode_dot(y.core, list(rs))
+    cshape = tuple(tl.shape(core))
+    if spec.fixed is not None and any(a > b for a, b in zip(spec.fixed, cshape)):
+        i = next(i for i in range(len(shape)) if spec.fixed[i] > cshape[i])
+        raise ValueError(
+            f"rank[{i}]={spec.fixed[i]} exceeds the rank of Y in mode {i} ({cshape[i]})"
+        )
+    # ranks cannot exceed the (possibly smaller) orthonormalised core
+    inner: RankSpec = spec.clamped(cshape)
+    order = default_order(cshape, inner) if method == "st_hosvd" else None
+    small, p_list, info = recompress(
+        core, inner, method=method, order=order, svd_method="svd", name="Y.core"
+    )
+    factors = [tl.dot(q, p) for q, p in zip(qs, p_list)]
+    return TuckerTensor(small, factors), info

@@ -65,7 +65,7 @@ def autodiff_riemannian_gradient(f, Y, *, method="tangent", return_value=False):
     .. [2] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch and F. Tudisco, "Geometry-aware
        training of factorized layers in tensor Tucker format", NeurIPS 2024, arXiv:2305.19059.
     """
-    import torch
+    import torch  # PyTorch-only function: torch is imported when it is called, not before
 
     if method not in AUTODIFF_METHODS:
         raise ValueError(f"method={method!r} is not one of {AUTODIFF_METHODS}")
@@ -99,8 +99,8 @@ def autodiff_riemannian_gradient(f, Y, *, method="tangent", return_value=False):
         value = f(point)
         if not (torch.is_tensor(value) and value.ndim == 0) or value.is_complex():
             raise TypeError(f"f must return a 0-d real torch tensor, got {value!r}")
-        grads = torch.autograd.grad(value, leaves, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+        raw = torch.autograd.grad(value, leaves, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, raw)]
     dcore = grads[0]
     dk = []
     for i in range(d):

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import tensorly as tl
 
-from .._backend import dtype_name, eps, to_float
+from .._backend import context, dtype_name, eps, max_abs, to_float
 from ..linalg import svd
 from ..random import random_tucker
-from ..truncation import truncate, validate_rank
+from ..truncation import hosvd, st_hosvd, truncate, validate_rank
 from ..tucker import TuckerTensor, as_tucker
 from ._point import orthonormality_error, orthonormality_tolerance, same_point
 from .projection import project, riemannian_gradient, transport
@@ -101,6 +101,10 @@ class FixedRankTucker:
             return False, f"x.shape={tuple(x.shape)} differs from the manifold's {self.shape}"
         if tuple(x.rank) != self.rank:
             return False, f"x.rank={tuple(x.rank)} differs from the manifold's {self.rank}"
+        arrays = [("x.core", x.core)] + [(f"x.factors[{i}]", u) for i, u in enumerate(x.factors)]
+        for what, a in arrays:
+            if not math.isfinite(max_abs(a)):
+                return False, f"{what} contains non-finite values (NaN or Inf)"
         for i, u in enumerate(x.factors):
             err, tol = orthonormality_error(u), orthonormality_tolerance(u)
             if not err <= tol:
@@ -203,8 +207,6 @@ class FixedRankTucker:
 
     def projx(self, z, *, method="st_hosvd") -> TuckerTensor:
         """A point of ``M_r`` near ``z`` (dense: ST-HOSVD/HOSVD; Tucker: :func:`truncate`)."""
-        from ..truncation import hosvd, st_hosvd
-
         if tl.is_tensor(z):
             if tuple(tl.shape(z)) != self.shape:
                 raise ValueError(f"z.shape={tuple(tl.shape(z))} differs from {self.shape}")
@@ -241,15 +243,9 @@ class FixedRankTucker:
             a = gen.standard_normal(shape)
             if cplx:
                 a = a + 1j * gen.standard_normal(shape)
-            return tl.tensor(a, **_ctx(x.core))
+            return tl.tensor(a, **context(x.core))
 
         z = TuckerTensor(gauss(tuple(ranks)), [gauss((n, s)) for n, s in zip(self.shape, ranks)])
         xi = project(x, z)
         nrm = to_float(xi.norm())
         return xi / nrm if nrm > 0 else xi
-
-
-def _ctx(ref):
-    from .._backend import context
-
-    return context(ref)

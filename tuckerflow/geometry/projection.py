@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import tensorly as tl
 
-from .._backend import conj_t, dtype_name
+from .._backend import check_finite, conj_t, dtype_name, to_float
+from ..tucker import as_tucker
 from ._point import check_point
-from .contract import ambient_shape, contract
+from .contract import _is_tucker, ambient_shape, contract
 from .tangent import TuckerTangent, _Base
 
 __all__ = ["project", "riemannian_gradient", "transport"]
@@ -22,7 +25,7 @@ def _orthogonal_complement(u, a):
     return a - tl.dot(u, tl.dot(uh, a))
 
 
-def _project(base: _Base, z) -> TuckerTangent:
+def _project(base: _Base, z, name="Z") -> TuckerTangent:
     y = base.point
     d = len(y.shape)
     uhs = [conj_t(u) for u in y.factors]
@@ -32,6 +35,13 @@ def _project(base: _Base, z) -> TuckerTangent:
         mats = [None if j == i else uhs[j] for j in range(d)]
         w = tl.unfold(contract(z, mats), i)  # Mat_i(Z ×_{j≠i} U_jᴴ), n_i × ∏_{j≠i} r_j
         dk.append(_orthogonal_complement(y.factors[i], tl.dot(w, base.qs[i])))
+    # the small components say whether Z held NaN/Inf, whatever kind of tensor Z is
+    # (one reduction and one host transfer)
+    top = tl.max(tl.stack([tl.max(tl.abs(a)) for a in [dcore, *dk]]))
+    if not math.isfinite(to_float(top)):
+        raise ValueError(
+            f"{name} contains non-finite values (NaN or Inf): its projection is not finite"
+        )
     return TuckerTangent._from_scaled(base, dcore, dk)
 
 
@@ -43,6 +53,15 @@ def _check_ambient(y, z, name="Z"):
         raise ValueError(f"{name}.shape={shape} differs from Y.shape={tuple(y.shape)}")
     if tl.is_tensor(z) and dtype_name(z) != dtype_name(y.core):
         raise TypeError(f"{name} has dtype {dtype_name(z)} but Y has dtype {dtype_name(y.core)}")
+    # dense and Tucker tensors are checked before any arithmetic (a Contractible is known only
+    # through its contractions, which _project checks)
+    if tl.is_tensor(z):
+        check_finite(z, name)
+    elif _is_tucker(z):
+        zt = as_tucker(z, name)
+        check_finite(zt.core, f"{name}.core")
+        for i, u in enumerate(zt.factors):
+            check_finite(u, f"{name}.factors[{i}]")
     return z
 
 
@@ -142,7 +161,7 @@ def transport(Y, xi) -> TuckerTangent:
     y = check_point(Y, "Y")
     if tuple(xi.shape) != tuple(y.shape):
         raise ValueError(f"xi.shape={tuple(xi.shape)} differs from Y.shape={tuple(y.shape)}")
-    return _project(_Base(y), xi.to_tucker())
+    return _project(_Base(y), xi.to_tucker(), "xi")
 
 
 def riemannian_gradient(Y, egrad) -> TuckerTangent:
@@ -184,4 +203,4 @@ def riemannian_gradient(Y, egrad) -> TuckerTangent:
     """
     y = check_point(Y, "Y")
     z = _check_ambient(y, egrad, "egrad")
-    return _project(_Base(y), z)
+    return _project(_Base(y), z, "egrad")

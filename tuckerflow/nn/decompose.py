@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 import tensorly as tl
 import torch
 
-from ..linalg import left_singular, svd
-from ..truncation import select_rank
-from .layer import mode_dot, resolve_rank
+from ..ranks import RankSpec
+from ..recompression import recompress
+from .layer import resolve_rank
 
 __all__ = ["tucker_from_weight"]
 
@@ -79,39 +78,17 @@ def tucker_from_weight(weight, full_modes, *, rank=None, rtol=None, max_rank=Non
     w = weight.detach().to(torch.float64)
     if not bool(torch.isfinite(w).all()):
         raise ValueError("the weight contains non-finite values (NaN or Inf)")
-    theta2 = None if rtol is None else (rtol * float(torch.linalg.vector_norm(w))) ** 2
-    factors = [None] * d
-    used2 = 0.0
-    core = w
+    spec = RankSpec(
+        fixed=fixed,
+        rtol=rtol,
+        atol=None,
+        min_rank=[1 if floors is None or floors[i] is None else floors[i] for i in range(d)],
+        max_rank=[shape[i] if caps is None or caps[i] is None else caps[i] for i in range(d)],
+    )
     with tl.backend_context("pytorch", local_threadsafe=True):
-        for k, i in enumerate(factorized):
-            u, s = left_singular(tl.unfold(core, i), method="qr")
-            s_host = np.asarray(s.cpu(), dtype=np.float64)
-            if fixed is not None:
-                r = min(fixed[i], s_host.size)
-                tail2 = float(np.sum(s_host[r:] ** 2))
-            else:
-                budget2 = max(theta2 - used2, 0.0) / (len(factorized) - k)
-                hi = shape[i] if caps is None or caps[i] is None else caps[i]
-                lo = 1 if floors is None or floors[i] is None else floors[i]
-                r, tail2 = select_rank(s_host, budget2, min_rank=lo, max_rank=hi)
-            used2 += tail2
-            u = u[:, :r]
-            factors[i] = u
-            core = mode_dot(core, u.T, i)
-        # exact reduction of ranks no tensor can have (r_i > ∏_{j≠i} r_j)
-        changed = True
-        while changed and d > 1:
-            changed = False
-            for i in factorized:
-                r = list(core.shape)
-                other = math.prod(r[:i] + r[i + 1 :])
-                if r[i] > other:
-                    u, _, _ = svd(tl.unfold(core, i))
-                    u = u[:, :other]
-                    factors[i] = factors[i] @ u
-                    core = mode_dot(core, u.T, i)
-                    changed = True
+        core, factors, _ = recompress(
+            w, spec, method="st_hosvd", modes=factorized, svd_method="qr", name="weight"
+        )
     core = core.to(weight.dtype)
     factors = [None if u is None else u.to(weight.dtype) for u in factors]
     return core.contiguous(), [None if u is None else u.contiguous() for u in factors]

@@ -8,6 +8,8 @@ from tensorly import tucker_tensor as _tl_tucker
 
 from .._backend import eps
 from ..geometry._point import orthonormality_error
+from ..geometry.manifold import FixedRankTucker
+from ..geometry.tangent import TuckerTangent
 from ..tucker import TuckerTensor
 
 __all__ = [
@@ -22,8 +24,6 @@ __all__ = [
 
 def to_numpy(x) -> np.ndarray:
     """A dense NumPy array from a dense tensor, a Tucker tensor or a tangent vector."""
-    from ..geometry.tangent import TuckerTangent
-
     if isinstance(x, TuckerTangent):
         x = x.to_tensor()
     elif isinstance(x, _tl_tucker.TuckerTensor) or (isinstance(x, (tuple, list)) and len(x) == 2):
@@ -60,8 +60,6 @@ def assert_orthonormal(u, *, factor=100.0, what="matrix"):
 
 def assert_on_manifold(y, rank=None, *, factor=100.0):
     """Assert that ``y`` has the given rank, orthonormal factors and a full-rank core."""
-    from ..geometry.manifold import FixedRankTucker
-
     y = y if isinstance(y, TuckerTensor) else TuckerTensor(y)
     manifold = FixedRankTucker(y.shape, y.rank if rank is None else rank)
     ok, reason = manifold.check_point_on_manifold(y, explain=True)

@@ -11,12 +11,15 @@ from hypothesis import strategies as st
 
 from ..geometry.manifold import FixedRankTucker
 from ..random import random_tucker
-from ..truncation import largest_valid_rank
+from ..ranks import largest_valid_rank
 
 __all__ = [
     "DTYPES",
     "dtypes",
+    "make_valid",
     "make_valid_rank",
+    "seeds",
+    "shape_and_rank",
     "shapes",
     "shapes_and_ranks",
     "tangent_vectors",
@@ -25,10 +28,17 @@ __all__ = [
 
 DTYPES = ("float32", "float64", "complex64", "complex128")
 
+#: Seeds for ``rng=`` arguments (the full range of a NumPy seed word).
+seeds = st.integers(0, 2**32 - 1)
+
 
 def make_valid_rank(rank):
     """Largest valid multilinear rank below ``rank``: :func:`tuckerflow.largest_valid_rank`."""
     return largest_valid_rank(rank)
+
+
+#: Short alias of :func:`make_valid_rank`.
+make_valid = make_valid_rank
 
 
 def dtypes(real=True, complex_=True):
@@ -59,6 +69,15 @@ def shapes_and_ranks(
     if max_rank is not None:
         top = [min(t, max_rank) for t in top]
     rank = tuple(draw(st.integers(1, t)) for t in top)
+    return shape, make_valid_rank(rank)
+
+
+@st.composite
+def shape_and_rank(draw, min_dims=2, max_dims=4, max_side=7):
+    """``(shape, rank)``: sides in ``[1, max_side]``, each ``r_i`` uniform in ``[1, n_i]`` and
+    then lowered to the largest valid rank (the tests' workhorse)."""
+    shape = draw(shapes(min_dims=min_dims, max_dims=max_dims, min_side=1, max_side=max_side))
+    rank = tuple(draw(st.integers(1, n)) for n in shape)
     return shape, make_valid_rank(rank)
 
 

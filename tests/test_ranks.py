@@ -1,0 +1,182 @@
+"""The rank rules of tuckerflow.ranks: validity, selection, budget splitting, greedy lowering."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tuckerflow as tf
+from tuckerflow.ranks import (
+    check_tolerance,
+    lower_ranks_greedily,
+    per_mode,
+    rank_spec,
+    select_rank,
+    sequential_budget,
+)
+
+
+@given(rank=st.lists(st.integers(1, 12), min_size=1, max_size=5))
+def test_largest_valid_rank_is_valid_and_largest(rank):
+    out = tf.largest_valid_rank(rank)
+    assert all(1 <= a <= b for a, b in zip(out, rank))
+    tf.validate_rank(tuple(rank), out)  # valid (and below the input entrywise)
+    # largest: raising any entry by one (within the input) breaks validity
+    for i in range(len(out)):
+        if out[i] < rank[i]:
+            up = list(out)
+            up[i] += 1
+            with pytest.raises(ValueError):
+                tf.validate_rank(tuple(rank), up)
+
+
+@pytest.mark.parametrize("bad", [(-1, 2, 3), (0, 2), (2, -5)])
+def test_largest_valid_rank_refuses_non_positive_entries(bad):
+    # (-1, 2, 3) used to loop forever: the products of the others kept falling
+    with pytest.raises(ValueError, match=r"rank\[\d\]=-?\d+ must be at least 1"):
+        tf.largest_valid_rank(bad)
+
+
+@pytest.mark.parametrize("bad", [(2.5, 3), (float("nan"), 2), (float("inf"), 2), ("2", 2), 3])
+def test_largest_valid_rank_refuses_non_integers(bad):
+    with pytest.raises(TypeError):
+        tf.largest_valid_rank(bad)
+
+
+@pytest.mark.parametrize(
+    "bad", [2.7, (2.0, 2), (float("nan"), 2), (float("inf"), 1), (True, 1), "22", None]
+)
+def test_ranks_must_be_integers(bad):
+    with pytest.raises(TypeError):
+        tf.validate_rank((4, 4), bad)
+    with pytest.raises(TypeError):
+        per_mode(bad, 2, "rank")
+
+
+def test_numpy_integers_are_integers():
+    assert tf.validate_rank((4, 4), (np.int64(2), np.int32(2))) == (2, 2)
+    assert tf.validate_rank((4, 4), np.array([3, 3])) == (3, 3)
+
+
+@pytest.mark.parametrize("bad", ["0.1", b"1", True, [0.1], 1j])
+def test_tolerances_must_be_real_numbers(bad):
+    with pytest.raises(TypeError, match="rtol must be a real number"):
+        check_tolerance(bad, "rtol")
+
+
+@pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf")])
+def test_tolerances_must_be_finite_and_non_negative(bad):
+    with pytest.raises(ValueError, match="atol must be a finite number >= 0"):
+        check_tolerance(bad, "atol")
+    assert check_tolerance(np.float32(0.5), "rtol") == 0.5
+
+
+@given(
+    s=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=8).map(
+        lambda v: np.sort(np.asarray(v))[::-1]
+    ),
+    frac=st.floats(0.0, 1.2),
+)
+def test_select_rank_is_the_smallest_rank_within_budget(s, frac):
+    total = float(np.sum(s**2))
+    budget2 = frac * total
+    rho, tail2 = select_rank(s, budget2)
+    tails = [float(np.sum(s[k:] ** 2)) for k in range(s.size + 1)]
+    assert tail2 == pytest.approx(tails[rho], rel=1e-12, abs=1e-300)
+    assert rho >= min(1, s.size)  # the default floor
+    if rho > 1:  # one rank less would exceed the budget
+        assert tails[rho - 1] > budget2 * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-100, 1.0, 1e100, 1e150])
+def test_select_rank_is_scale_invariant(scale):
+    # wherever the squared budget is representable, s is squared only after division by s_0
+    # (the kernel goes further and hands select_rank unit-scale values, see test_truncation)
+    s = np.array([1.0, 0.5, 1e-2, 1e-3])
+    budget = 2e-2 * scale
+    rho, tail2 = select_rank(s * scale, budget * budget)
+    assert rho == 2
+    assert math.isclose(tail2, (1e-4 + 1e-6) * scale * scale, rel_tol=1e-12)
+
+
+def test_select_rank_refuses_non_finite_values():
+    with pytest.raises(ValueError, match="s contains non-finite"):
+        select_rank([1.0, np.nan], 0.1)
+    with pytest.raises(ValueError, match="budget2 must be a number >= 0"):
+        select_rank([1.0, 0.5], float("nan"))
+    with pytest.raises(TypeError, match="min_rank must be an integer"):
+        select_rank([1.0, 0.5], 0.1, min_rank=-math.inf)
+    with pytest.raises(TypeError, match="max_rank must be an integer"):
+        select_rank([1.0, 0.5], 0.1, max_rank=2.0)
+
+
+def test_sequential_budget_spends_at_most_the_total():
+    theta = 0.3
+    used = 0.0
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        b = sequential_budget(theta, used, 4 - k)
+        assert b >= theta**2 / 4 - 1e-15  # never less than the even share
+        used += b * rng.uniform()
+    assert used <= theta**2
+    assert sequential_budget(None, 0.0, 2) == math.inf
+
+
+def test_greedy_lowering_reaches_the_matrix_rank_for_shared_tails():
+    tails = {k: v for k, v in zip(range(1, 6), [4.0, 1.0, 0.3, 0.1, 0.0])}
+
+    def err(r):
+        return tails[min(r)]  # d = 2: the error of HOSVD is the tail of the smaller rank
+
+    assert lower_ranks_greedily((5, 4), (1, 1), err, 0.35) == (3, 3)
+    assert lower_ranks_greedily((5, 4), (4, 1), err, 0.35) == (4, 3)  # a floor binds
+    # a start outside the budget is returned as is (max_rank made the tolerance unattainable)
+    assert lower_ranks_greedily((1, 1), (1, 1), err, 0.35) == (1, 1)
+
+
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=2, max_size=3),
+    seed=st.integers(0, 1000),
+    frac=st.floats(0.0, 1.0),
+)
+def test_greedy_lowering_keeps_the_error_within_budget(shape, seed, frac):
+    # an error monotone in every rank: the mass outside the leading block of a random table
+    gen = np.random.default_rng(seed)
+    mass = gen.uniform(size=shape) ** 4
+    total = float(mass.sum())
+
+    def err(r):
+        return total - float(mass[tuple(slice(0, k) for k in r)].sum())
+
+    budget = frac * total
+    start = tuple(shape)
+    out = lower_ranks_greedily(start, (1,) * len(shape), err, budget)
+    assert err(out) <= budget + 1e-12
+    # a local minimum: lowering any rank further leaves the budget
+    for i in range(len(shape)):
+        if out[i] > 1:
+            lower = list(out)
+            lower[i] -= 1
+            assert err(tuple(lower)) > budget
+    # never above the start, and all ranks explored exist
+    assert all(1 <= a <= b for a, b in zip(out, start))
+
+
+def test_rank_spec_validates_once():
+    spec = rank_spec((5, 4, 3), rtol=0.1, max_rank=(9, 2, 3), min_rank=1)
+    assert spec.max_rank == [5, 2, 3] and spec.min_rank == [1, 1, 1]
+    assert spec.theta(2.0) == pytest.approx(0.2)
+    assert rank_spec((5, 4, 3), rtol=0.1, atol=0.05).theta(2.0) == 0.05
+    with pytest.raises(ValueError, match="either rank"):
+        rank_spec((5, 4, 3), rank=2, rtol=0.1)
+    with pytest.raises(ValueError, match=r"rank\[0\]=3 exceeds max_rank\[0\]=2"):
+        rank_spec((5, 4, 3), rank=3, max_rank=2)
+    with pytest.raises(TypeError, match="rtol must be a real number"):
+        rank_spec((5, 4, 3), rtol="0.1")
+    for combo in itertools.product([None, 3], [None, 2]):
+        rank_spec((5, 4, 3), None, 0.1, None, *combo)

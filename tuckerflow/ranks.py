@@ -1,0 +1,358 @@
+"""Rules for multilinear ranks: validation, the largest valid rank, and error-budget selection.
+
+Every function of tuckerflow that takes, clamps or chooses a multilinear rank goes through
+this module, so that the rules below are written once.
+
+* **Validity.** A multilinear rank ``r`` of a tensor of shape ``n`` exists iff
+  ``1 ≤ r_i ≤ n_i`` and ``r_i ≤ ∏_{j≠i} r_j`` for every mode ``i``
+  (:func:`validate_rank`, :func:`largest_valid_rank`).
+* **Selection by tolerance, per mode.** With the singular values ``σ_1 ≥ σ_2 ≥ …`` of the
+  relevant unfolding, keep the smallest ``ρ`` with ``Σ_{j>ρ} σ_j² ≤ budget`` (:func:`select_rank`).
+* **Splitting a total budget ϑ² over modes.** Sequentially truncated HOSVD spends it mode by
+  mode, ``ϑ_k² = (ϑ² − Σ_{j<k} tail_j²) / (m − k)`` (:func:`sequential_budget`); its error is
+  the sum of the tails, an identity. For HOSVD that sum only bounds the error from above (for
+  ``d = 2`` it counts the discarded singular values of the matrix twice), so HOSVD starts from
+  the ranks of the split rule and lowers them greedily while the *exact* error of the
+  truncation stays within ``ϑ`` (:func:`lower_ranks_greedily`, see
+  :mod:`tuckerflow.recompression`).
+
+All functions here work on host numbers (Python ints and floats, NumPy arrays); nothing here
+touches a tensor backend.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RankSpec",
+    "check_tolerance",
+    "default_order",
+    "largest_valid_rank",
+    "lower_ranks_greedily",
+    "per_mode",
+    "rank_spec",
+    "select_rank",
+    "sequential_budget",
+    "validate_rank",
+]
+
+
+def _as_int(v, where: str) -> int:
+    """``v`` as an int if it is an integer (Python or NumPy, not bool); TypeError otherwise."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{where} must be an integer, got {v!r} ({type(v).__name__})")
+    return int(v)
+
+
+def per_mode(value, d: int, name: str, *, allow_none: bool = False) -> list[Any]:
+    """``value`` (an int, or one int per mode) as a list of ``d`` ints.
+
+    With ``allow_none=True`` a ``None`` entry is kept (it means "no bound" to the caller).
+    Floats, NaN, strings and booleans are refused with a ``TypeError``: nothing is rounded.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return [int(value)] * d
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be an int or a sequence of {d} ints, got {value!r}")
+    vals = list(value)
+    if len(vals) != d:
+        raise ValueError(f"{name} has {len(vals)} entries but the tensor has {d} modes")
+    out: list[int | None] = []
+    for i, v in enumerate(vals):
+        if v is None and allow_none:
+            out.append(None)
+        else:
+            out.append(_as_int(v, f"{name}[{i}]"))
+    return out
+
+
+def validate_rank(shape, rank, name: str = "rank") -> tuple[int, ...]:
+    """Check that ``rank`` is a valid multilinear rank for ``shape`` and return it as a tuple.
+
+    A multilinear rank ``r`` of a tensor of shape ``n`` exists iff ``1 ≤ r_i ≤ n_i`` and
+    ``r_i ≤ ∏_{j≠i} r_j`` for every mode ``i``.
+
+    Raises
+    ------
+    ValueError
+        Naming the first violated relation, e.g. ``rank[2]=9 exceeds shape[2]=7``.
+    TypeError
+        If an entry is not an integer.
+
+    Examples
+    --------
+    >>> validate_rank((4, 3, 2), 2)
+    (2, 2, 2)
+    """
+    shape = tuple(_as_int(n, f"shape[{i}]") for i, n in enumerate(shape))
+    d = len(shape)
+    r = per_mode(rank, d, name)
+    for i, (ri, ni) in enumerate(zip(r, shape)):
+        if ri < 1:
+            raise ValueError(f"{name}[{i}]={ri} must be at least 1")
+        if ri > ni:
+            raise ValueError(f"{name}[{i}]={ri} exceeds shape[{i}]={ni}")
+    if d > 1:
+        for i, ri in enumerate(r):
+            other = math.prod(r[:i] + r[i + 1 :])
+            if ri > other:
+                raise ValueError(
+                    f"{name}[{i}]={ri} exceeds the product of the other ranks ({other}); "
+                    "no tensor has this multilinear rank"
+                )
+    return tuple(r)
+
+
+def largest_valid_rank(rank) -> tuple[int, ...]:
+    """Largest multilinear rank ``≤ rank`` (entrywise) that satisfies ``r_i ≤ ∏_{j≠i} r_j``.
+
+    Entries must be integers ``≥ 1``. Entries are lowered to the product of the others until
+    none exceeds it; each pass only lowers entries and every entry stays ``≥ 1``, so the loop
+    ends (after at most ``Σ r_i`` passes).
+
+    Examples
+    --------
+    >>> largest_valid_rank((9, 2, 3))
+    (6, 2, 3)
+    """
+    if isinstance(rank, (str, bytes)) or not isinstance(rank, (Sequence, np.ndarray)):
+        raise TypeError(f"rank must be a sequence of ints, got {rank!r}")
+    r = [_as_int(v, f"rank[{i}]") for i, v in enumerate(rank)]
+    for i, v in enumerate(r):
+        if v < 1:
+            raise ValueError(f"rank[{i}]={v} must be at least 1")
+    changed = True
+    while changed and len(r) > 1:
+        changed = False
+        for i in range(len(r)):
+            other = math.prod(r[:i] + r[i + 1 :])
+            if r[i] > other:
+                r[i] = other
+                changed = True
+    return tuple(r)
+
+
+def check_tolerance(value, name: str) -> float | None:
+    """``value`` as a float ``≥ 0`` (None passes through).
+
+    Only real numbers are accepted (Python or NumPy; not bool, not strings): ``rtol="0.1"`` is
+    a ``TypeError``, NaN, inf and negative values a ``ValueError``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+@dataclass
+class RankSpec:
+    """What a truncation is asked for, validated once (see :func:`rank_spec`).
+
+    Attributes
+    ----------
+    fixed : tuple of int or None
+        Fixed ranks (exclusive with a tolerance).
+    rtol, atol : float or None
+        Relative and absolute tolerance; the total tolerance is ``min(atol, rtol · ‖X‖)``.
+    min_rank, max_rank : list of int
+        Per-mode floor and cap.
+    """
+
+    fixed: tuple | None
+    rtol: float | None
+    atol: float | None
+    min_rank: list = field(default_factory=list)
+    max_rank: list = field(default_factory=list)
+
+    @property
+    def by_tolerance(self) -> bool:
+        return self.rtol is not None or self.atol is not None
+
+    def theta(self, norm_x: float) -> float | None:
+        """The total tolerance ``ϑ = min(atol, rtol · norm_x)`` (None without a tolerance)."""
+        cands = []
+        if self.atol is not None:
+            cands.append(self.atol)
+        if self.rtol is not None:
+            cands.append(self.rtol * norm_x)
+        return min(cands) if cands else None
+
+    def clamped(self, shape) -> RankSpec:
+        """The same request with caps, floors and fixed ranks clamped to ``shape``."""
+        return RankSpec(
+            None if self.fixed is None else tuple(min(a, b) for a, b in zip(self.fixed, shape)),
+            self.rtol,
+            self.atol,
+            [min(a, b) for a, b in zip(self.min_rank, shape)],
+            [min(a, b) for a, b in zip(self.max_rank, shape)],
+        )
+
+
+def rank_spec(shape, rank=None, rtol=None, atol=None, max_rank=None, min_rank=None) -> RankSpec:
+    """Validate the rank arguments of a truncation of a tensor of ``shape``.
+
+    ``rank`` (fixed ranks, valid for ``shape``) excludes ``rtol``/``atol``; ``max_rank`` and
+    ``min_rank`` (int or one int per mode, ``1 ≤ min_rank ≤ max_rank``, ``min_rank ≤ shape``)
+    bound the ranks a tolerance chooses. Caps above ``shape`` are clamped to it.
+    """
+    d = len(shape)
+    rtol = check_tolerance(rtol, "rtol")
+    atol = check_tolerance(atol, "atol")
+    if rank is not None and (rtol is not None or atol is not None):
+        raise ValueError(
+            "give either rank (fixed ranks) or a tolerance (rtol/atol), not both; "
+            "to cap ranks chosen by a tolerance use max_rank"
+        )
+    fixed = validate_rank(shape, rank) if rank is not None else None
+    if rank is not None and max_rank is not None:
+        caps = per_mode(max_rank, d, "max_rank")
+        bad = [i for i in range(d) if fixed[i] > caps[i]]  # type: ignore[index]
+        if bad:
+            i = bad[0]
+            raise ValueError(f"rank[{i}]={fixed[i]} exceeds max_rank[{i}]={caps[i]}")  # type: ignore[index]
+    hi = list(shape) if max_rank is None else per_mode(max_rank, d, "max_rank")
+    lo = [1] * d if min_rank is None else per_mode(min_rank, d, "min_rank")
+    for i in range(d):
+        if hi[i] < 1:
+            raise ValueError(f"max_rank[{i}]={hi[i]} must be at least 1")
+        if lo[i] < 1:
+            raise ValueError(f"min_rank[{i}]={lo[i]} must be at least 1")
+        if lo[i] > shape[i]:
+            raise ValueError(f"min_rank[{i}]={lo[i]} exceeds shape[{i}]={shape[i]}")
+        if lo[i] > hi[i]:
+            raise ValueError(f"min_rank[{i}]={lo[i]} exceeds max_rank[{i}]={hi[i]}")
+        hi[i] = min(hi[i], shape[i])
+    if min_rank is not None:
+        validate_rank(shape, lo, "min_rank")
+    return RankSpec(fixed, rtol, atol, lo, hi)
+
+
+def default_order(shape, spec: RankSpec) -> list[int]:
+    """ST-HOSVD's default processing order: the largest reduction ``n_i / r_i`` first.
+
+    Ties go to the larger mode, then the lower index; later (costlier-per-entry) SVDs then
+    act on the smallest tensors.
+    """
+    target = spec.fixed if spec.fixed is not None else spec.max_rank
+    return sorted(range(len(shape)), key=lambda i: (-shape[i] / target[i], -shape[i], i))
+
+
+def _tails2(s: np.ndarray) -> np.ndarray:
+    """``tail2[k] = Σ_{j≥k} s_j²`` for ``k = 0 … p`` (suffix sums: no cancellation)."""
+    return np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])
+
+
+def select_rank(s, budget2, *, min_rank=1, max_rank=None, margin2=0.0) -> tuple[int, float]:
+    """Smallest ``ρ`` with ``Σ_{j≥ρ} s_j² + margin2 ≤ budget2``, clamped to the rank bounds.
+
+    Parameters
+    ----------
+    s : 1-D array of finite singular values in descending order
+    budget2 : float
+        Squared error this mode may discard (``inf``: no tolerance).
+    min_rank, max_rank : int
+        Floor and cap of the result (clamped to ``len(s)``).
+    margin2 : float
+        Safety margin for round-off in ``s`` (used with the Gram path).
+
+    Returns
+    -------
+    rank : int
+    tail2 : float
+        ``Σ_{j≥rank} s_j²``, the squared norm actually discarded.
+
+    Notes
+    -----
+    The squares are formed after dividing by ``s_0``, so that singular values from about
+    ``1e-300`` to ``1e300`` are handled without underflow or overflow.
+
+    Examples
+    --------
+    >>> select_rank([3.0, 2.0, 0.1, 0.05], 0.02)
+    (2, 0.0125)
+    """
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
+    budget2 = float(budget2)
+    margin2 = float(margin2)
+    if not np.all(np.isfinite(s)):
+        raise ValueError("s contains non-finite values (NaN or Inf)")
+    if math.isnan(budget2) or budget2 < 0:
+        raise ValueError(f"budget2 must be a number >= 0, got {budget2!r}")
+    if not math.isfinite(margin2) or margin2 < 0:
+        raise ValueError(f"margin2 must be a finite number >= 0, got {margin2!r}")
+    min_rank = _as_int(min_rank, "min_rank")
+    max_rank = None if max_rank is None else _as_int(max_rank, "max_rank")
+    p = s.size
+    top = float(np.max(np.abs(s))) if p else 0.0
+    if top > 0.0:
+        unit = s / top
+        tail2 = _tails2(unit)
+        # (x / top) / top: Python's ``top**2`` raises OverflowError above 1e154
+        ok = np.nonzero(tail2 + margin2 / top / top <= budget2 / top / top)[0]
+    else:
+        tail2 = np.zeros(p + 1)
+        ok = np.nonzero(tail2 + margin2 <= budget2)[0]
+    rho = int(ok[0]) if ok.size else p
+    hi = p if max_rank is None else min(int(max_rank), p)
+    rho = max(min(rho, hi), min(int(min_rank), p))
+    return rho, float(tail2[rho]) * top * top if top > 0.0 else 0.0
+
+
+def sequential_budget(theta: float | None, used2: float, remaining_modes: int) -> float:
+    """Squared budget of the next mode when ``used2`` is spent and ``remaining_modes`` remain.
+
+    ``(ϑ² − used2) / remaining_modes`` (``inf`` without a tolerance). Spending it mode by mode
+    never discards more than ``ϑ/√m`` in the worst case and keeps ``Σ_i tail_i² ≤ ϑ²``.
+    """
+    if theta is None:
+        return math.inf
+    return max(theta**2 - used2, 0.0) / remaining_modes
+
+
+def lower_ranks_greedily(
+    start: Sequence[int],
+    floor: Sequence[int],
+    error2: Callable[[tuple[int, ...]], float],
+    budget2: float,
+) -> tuple[int, ...]:
+    """Lower ranks one at a time while ``error2(ranks) ≤ budget2``.
+
+    Starting from ``start`` (ranks whose error is within the budget), each round tries to
+    lower every mode with ``rank > floor`` by one and keeps the candidate with the smallest
+    error (ties: the lowest mode); it stops when no candidate stays within the budget.
+    ``error2`` must be non-decreasing when any rank is lowered (true for the exact error of a
+    HOSVD truncation: lowering a rank projects the result further).
+
+    Examples
+    --------
+    >>> tails = {1: 5.0, 2: 1.0, 3: 0.0}
+    >>> lower_ranks_greedily((3, 3), (1, 1), lambda r: tails[min(r)], 1.5)
+    (2, 2)
+    """
+    r = [int(v) for v in start]
+    if error2(tuple(r)) > budget2:
+        return tuple(r)
+    while True:
+        best = None
+        for i in range(len(r)):
+            if r[i] <= floor[i]:
+                continue
+            cand = list(r)
+            cand[i] -= 1
+            e = error2(tuple(cand))
+            if e <= budget2 and (best is None or e < best[0]):
+                best = (e, i)
+        if best is None:
+            return tuple(r)
+        r[best[1]] -= 1
