@@ -476,9 +476,9 @@ def test_method_accepts_a_subclass(backend):
     class CountingBUG(FixedRankBUG):
         steps_taken = 0
 
-        def _step_impl(self, t, y, h):
+        def _advance(self, t, y, h):
             CountingBUG.steps_taken += 1
-            return super()._step_impl(t, y, h)
+            return super()._advance(t, y, h)
 
     op = 0.05 * laplacian((6, 5, 4), 0.25)
     y0 = tf.random_tucker((6, 5, 4), 2, rng=0, device=backend.device)
@@ -506,8 +506,6 @@ class TestBadInput:
         return laplacian((5, 4, 3), 0.2)
 
     def test_time_span_and_step(self, op, y0):
-        with pytest.raises(ValueError, match="reversed"):
-            tf.solve_ivp(op, (1.0, 0.0), y0, step=0.1)
         with pytest.raises(ValueError, match="must be finite"):
             tf.solve_ivp(op, (0.0, math.inf), y0, step=0.1)
         with pytest.raises(ValueError, match="must be finite"):
@@ -515,7 +513,7 @@ class TestBadInput:
         for bad in (0.0, -0.1):
             with pytest.raises(ValueError, match=f"step={bad} must be > 0"):
                 tf.solve_ivp(op, (0.0, 1.0), y0, step=bad)
-        with pytest.raises(ValueError, match="t_eval must be sorted and lie within"):
+        with pytest.raises(ValueError, match="t_eval must lie within"):
             tf.solve_ivp(op, (0.0, 1.0), y0, step=0.1, t_eval=[0.5, 2.0])
 
     def test_names(self, op, y0):
@@ -564,7 +562,7 @@ class TestBadInput:
         sol = tf.solve_ivp(fun, (0, 1), y0, method=method, step=0.1)
         assert not sol.success
         # the step from 0.1 evaluates at its end point 0.2 and fails
-        assert "non-finite" in sol.message and "at t=0.2" in sol.message
+        assert "non-finite" in sol.message and "in the step from t=0.1 to t=0.2" in sol.message
         assert sol.t[-1] == pytest.approx(0.1) and sol.nsteps == 1
         assert np.isfinite(backend.numpy(sol.y[-1].to_tensor())).all()
 

@@ -187,7 +187,7 @@ def test_bad_input(backend):
 
 @given(sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6), seed=seeds)
 def test_unfolded_contract_matches_contract_then_unfold(backend, dtype, sr, seed):
-    from tuckerflow.integrate.base import unfolded_contract
+    from tuckerflow.ambient import unfolded_contract
 
     shape, rank = sr
     gen = np.random.default_rng(seed % 1000)

@@ -22,7 +22,7 @@ import tensorly as tl
 from tensorly.tenalg import multi_mode_dot
 
 from ._backend import context, device_of, dtype_name, is_complex
-from .geometry.contract import contract
+from .ambient import ambient_shape, contract_unchecked, unfolded_contract
 from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
@@ -263,6 +263,14 @@ class AppliedKroneckerSum:
             out = term if out is None else out + term
         return out
 
+    def tucker_terms(self):
+        """The terms as ``(c_k C, [B_{k,j} U_j for each j])``; terms share their factor images
+        (used by :func:`tuckerflow.ambient.complement_norm`)."""
+        return [
+            (self.core * c, [self.images[j][b] for j, b in enumerate(blocks)])
+            for c, blocks in zip(self.coefficients, self.blocks)
+        ]
+
     def to_tucker(self):
         """The exact Tucker tensor of rank ``p_j r_j`` (distinct matrices per mode times r)."""
         rank = tuple(tl.shape(self.core))
@@ -457,8 +465,6 @@ class AmbientSum:
     """
 
     def __init__(self, parts):
-        from .geometry.contract import ambient_shape
-
         self.parts = list(parts)
         shapes = {ambient_shape(p) for p in self.parts}
         if len(shapes) != 1:
@@ -468,14 +474,12 @@ class AmbientSum:
     def contract(self, matrices):
         out = None
         for p in self.parts:
-            c = contract(p, matrices)
+            c = contract_unchecked(p, matrices)
             out = c if out is None else out + c
         return out
 
     def unfolded_contract(self, matrices, mode, right):
         """Sum of the parts' ``Mat_mode(contract(part, matrices)) @ right``."""
-        from .integrate.base import unfolded_contract
-
         out = None
         for p in self.parts:
             c = unfolded_contract(p, matrices, mode, right)
@@ -514,6 +518,14 @@ def _second_difference_banded(n, h, boundary):
     if n < 3:  # the wrap-around would double the off-diagonals
         return Banded(n, {-1: 1 / h**2, 0: -2 / h**2, 1: 1 / h**2} if n > 1 else {0: -2 / h**2})
     return Banded(n, {-1: 1 / h**2, 0: -2 / h**2, 1: 1 / h**2}, periodic=boundary == "periodic")
+
+
+def _kinetic_banded(n, off, diag, boundary):
+    """``−½ D₂ + V`` as a :class:`Banded` matrix; a mode of one or two points has no
+    wrap-around (it would double the off-diagonals) and a single point no off-diagonals."""
+    if n == 1:
+        return Banded(1, {0: diag})
+    return Banded(n, {-1: off, 0: diag, 1: off}, periodic=boundary == "periodic" and n > 2)
 
 
 def _spacings(shape, spacing):
@@ -585,6 +597,8 @@ def schrodinger(shape, spacing, potentials=None, *, couplings=(), boundary="diri
     >>> schrodinger((10, 10), x[1] - x[0], [x**2 / 2, x**2 / 2])
     KroneckerSum(shape=(10, 10), terms=2)
     """
+    if boundary not in ("dirichlet", "periodic"):
+        raise ValueError(f"boundary={boundary!r} is not one of ('dirichlet', 'periodic')")
     shape = tuple(int(n) for n in shape)
     d = len(shape)
     sp = _spacings(shape, spacing)
@@ -601,7 +615,7 @@ def schrodinger(shape, spacing, potentials=None, *, couplings=(), boundary="diri
             diag = diag + v
         off = -0.5 / sp[j] ** 2
         mats = [None] * d
-        mats[j] = Banded(shape[j], {-1: off, 0: diag, 1: off}, periodic=boundary == "periodic")
+        mats[j] = _kinetic_banded(shape[j], off, diag, boundary)
         terms.append((-1j, mats))
     for k, (lam, ws) in enumerate(couplings):
         ws = list(ws)

@@ -16,10 +16,11 @@ import math
 import tensorly as tl
 
 from .._backend import to_float
+from ..ambient import contract_unchecked
 from ..dlra import augment_basis, augmented_core
 from ..tucker import TuckerTensor
-from .base import TuckerOdeSolver, ct, galerkin_step, k_step
-from .bug import RankAdaptiveMixin
+from .rank_adaptive import RankAdaptiveSolver
+from .steps import ct, galerkin_step, k_steps
 
 __all__ = ["ParallelBUG", "PARALLEL_BUG_ETA_FACTOR", "PARALLEL_BUG_MAX_RETRIES"]
 
@@ -68,10 +69,10 @@ def _dropped_norm(g, rank_old):
     return math.sqrt(total2)
 
 
-class ParallelBUG(RankAdaptiveMixin, TuckerOdeSolver):
+class ParallelBUG(RankAdaptiveSolver):
     """Parallel rank-adaptive BUG integrator (``method="parallel-bug"``).
 
-    Options: those of :class:`RankAdaptiveMixin`.
+    Options: those of :class:`~tuckerflow.integrate.RankAdaptiveSolver`.
 
     Notes
     -----
@@ -102,22 +103,15 @@ class ParallelBUG(RankAdaptiveMixin, TuckerOdeSolver):
 
     name = "parallel-bug"
     order = 1
-    rank_adaptive = True
-    OPTIONS = RankAdaptiveMixin.RANK_OPTIONS
 
-    def _configure(self, **options):
-        self._configure_ranks(**options)
+    def _configure_method(self):
         self.last_eta = None
         self.last_rejection = None
 
     def _attempt(self, t, h, core, factors):
         d = len(factors)
         rank_old = list(tl.shape(core))
-        ks, qs = [], []
-        for i in range(d):
-            k1, q = k_step(self.fun, self.substep, t, h, core, factors, i)
-            ks.append(k1)
-            qs.append(q)
+        ks, qs = k_steps(self.fun, self.substep, t, h, core, factors)
         core_bar = galerkin_step(self.fun, self.substep, t, h, core, factors)
         u_hats, blocks = [], []
         for i in range(d):
@@ -142,7 +136,7 @@ class ParallelBUG(RankAdaptiveMixin, TuckerOdeSolver):
             if r_hat > r_old and r_new == r_hat and r_new < caps[i]:
                 return f"mode {i} keeps its whole augmented rank {r_hat}"
         F0 = self.fun(t, TuckerTensor(core, factors))
-        g = self.fun.contract(F0, [ct(u) for u in u_hats], t)
+        g = contract_unchecked(F0, [ct(u) for u in u_hats])
         eta = _dropped_norm(g, rank_old)
         self.last_eta = eta
         theta = info.tolerance if info.tolerance is not None else 0.0
@@ -151,7 +145,7 @@ class ParallelBUG(RankAdaptiveMixin, TuckerOdeSolver):
             return f"eta={eta:.3g} exceeds c_eta * theta / h={limit:.3g}"
         return None
 
-    def _step_impl(self, t, y, h):
+    def _advance(self, t, y, h):
         core, factors = y.core, list(y.factors)
         self.last_rejection = None
         for attempt in range(PARALLEL_BUG_MAX_RETRIES + 1):
@@ -165,4 +159,4 @@ class ParallelBUG(RankAdaptiveMixin, TuckerOdeSolver):
             self.last_rejection = reason
             core = augmented_core(core, factors, u_hats)
             factors = u_hats
-        return y1
+        return y1, u_hats
