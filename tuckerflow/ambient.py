@@ -34,6 +34,7 @@ from ._backend import check_tensor, conj_t, to_float
 from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
+    "ContractionError",
     "Contractible",
     "ambient_norm",
     "ambient_shape",
@@ -41,6 +42,10 @@ __all__ = [
     "contract",
     "unfolded_contract",
 ]
+
+
+class ContractionError(ValueError):
+    """A :class:`Contractible` returned a contraction of the wrong shape."""
 
 
 @runtime_checkable
@@ -166,15 +171,23 @@ def contract(z, matrices):
     out = contract_unchecked(z, matrices)
     if not (tl.is_tensor(z) or is_tucker(z)):
         check_tensor(out, "Z.contract(matrices)")
-        if tuple(tl.shape(out)) != expected:
-            raise ValueError(
-                f"Z.contract(matrices) returned shape {tuple(tl.shape(out))}, expected {expected}"
-            )
+        _check_result_shape(out, expected)
+    return out
+
+
+def _check_result_shape(out, expected):
+    got = tuple(tl.shape(out))
+    if got != tuple(expected):
+        raise ContractionError(
+            f"Z.contract(matrices) returned shape {got}, expected {tuple(expected)}"
+        )
     return out
 
 
 def contract_unchecked(z, matrices):
-    """:func:`contract` without validation (for inner loops whose inputs are known good)."""
+    """:func:`contract` without validating the inputs (for inner loops whose inputs are known
+    good); the result of a :class:`Contractible` is still checked for shape (O(1)) and a wrong
+    one raises :class:`ContractionError`."""
     if tl.is_tensor(z):
         modes = [j for j, m in enumerate(matrices) if m is not None]
         if not modes:
@@ -190,7 +203,8 @@ def contract_unchecked(z, matrices):
         for j in order:
             out = _tl_mode_dot(out, mats[j], j)
         return out
-    return z.contract(matrices)
+    expected = tuple(n if m is None else tl.shape(m)[0] for n, m in zip(z.shape, matrices))
+    return _check_result_shape(z.contract(matrices), expected)
 
 
 def unfolded_contract(z, matrices, mode, right):

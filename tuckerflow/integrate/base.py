@@ -21,7 +21,7 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import check_finite, to_float
-from ..ambient import ambient_shape
+from ..ambient import ContractionError, ambient_shape
 from ..truncation import validate_rank
 from ..tucker import TuckerTensor, as_tucker, orthonormalize
 from .dense_output import StepInterpolant, step_data
@@ -342,6 +342,8 @@ class TuckerOdeSolver:
             success, message = self._step_impl(end)
         except RightHandSideError as exc:
             success, message = False, f"fun failed {exc}"
+        except ContractionError as exc:
+            success, message = False, f"fun(t, Y) is unusable: {exc}"
         if not success:
             self.status = "failed"
             self.message = f"{message}; the last good state is at t={self.t!r}"
@@ -363,6 +365,8 @@ class TuckerOdeSolver:
         if self._step is None:
             raise RuntimeError("dense_output() is available after the first accepted step")
         data = self._step
+        if data.f0 is None:
+            data.f0 = self.fun(data.t0, data.y0)
         if data.f1 is None:
             data.f1 = self._f if self._f is not None else self.fun(self.t, self.y)
             self._f = data.f1
