@@ -582,3 +582,39 @@ def test_docstring_examples(name):
     with tl.backend_context("numpy", local_threadsafe=True):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------------------------------------
+# a right-hand side orthogonal to the bases in every mode at once
+
+
+def _odd_coupling_problem(n=10):
+    """``i ψ' = (−½Δ + ½|x|² + ½ x₁x₂x₃) ψ`` from the (even, rank-1) Gaussian: the odd
+    coupling maps ``u⊗u⊗u`` to ``xu⊗xu⊗xu``, orthogonal to ``u`` in every mode."""
+    x = np.linspace(-4, 4, n)
+    op = schrodinger((n,) * 3, x[1] - x[0], [x**2 / 2] * 3, couplings=[(0.5, [x, x, x])])
+    g = np.exp(-(x**2) / 2)
+    g = (g / np.linalg.norm(g)).astype(complex)[:, None]
+    y0 = tf.TuckerTensor(np.ones((1, 1, 1), dtype=complex), [g] * 3)
+    exact = KrylovExponential(rtol=1e-13)(lambda t, v: op.apply_dense(v), 0.0, y0.to_tensor(), 0.5)
+    return op, y0, exact
+
+
+def test_first_order_bug_is_blind_to_a_fully_orthogonal_component():
+    op, y0, exact = _odd_coupling_problem()
+    errs = []
+    for h in (0.1, 0.05):
+        sol = tf.solve_ivp(op, (0, 0.5), y0, method="ra-bug", step=h, substep="exp")
+        assert sol.ranks[-1] == (1, 1, 1)
+        errs.append(np.linalg.norm(sol.y[-1].to_tensor() - exact))
+    # the error is the missed coupling itself: it does not shrink with h
+    assert errs[1] >= 0.9 * errs[0] and errs[0] > 1e-2
+    # the adaptive error estimate contains the normal component: a step of 0.1 is rejected
+    solver = RankAdaptiveBUG(op, 0.0, y0, 0.5, first_step=0.1, substep="exp", augment_normal=False)
+    solver.step()
+    assert solver.nrejected >= 1 and solver.t < 0.1
+    # with the normal directions added (the adaptive default) the rank grows and the error
+    # follows the tolerance
+    sol = tf.solve_ivp(op, (0, 0.5), y0, method="ra-bug", rtol=1e-3, atol=1e-12, substep="exp")
+    assert sol.success and max(sol.ranks[-1]) > 1
+    assert np.linalg.norm(sol.y[-1].to_tensor() - exact) <= 3e-3 * np.linalg.norm(exact)

@@ -31,6 +31,7 @@ from tensorly.tenalg import mode_dot as _tl_mode_dot
 from tensorly.tenalg import multi_mode_dot as _tl_multi_mode_dot
 
 from ._backend import check_tensor, conj_t, to_float
+from .linalg import left_singular
 from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Contractible",
     "ambient_norm",
     "ambient_shape",
+    "complement_directions",
     "complement_norm",
     "contract",
     "unfolded_contract",
@@ -370,32 +372,7 @@ def _dense_complement_norm(x, bases):
 
 def _tucker_complement_norm(parts, bases):
     d = len(bases)
-    inside = [[None] * len(parts) for _ in range(d)]
-    rest = [[None] * len(parts) for _ in range(d)]
-    for j, b in enumerate(bases):
-        distinct, index = [], {}
-        for _, f in parts:
-            key = id(f[j])
-            if key not in index:
-                index[key] = len(distinct)
-                distinct.append(f[j])
-        widths = [tl.shape(w)[1] for w in distinct]
-        w = tl.concatenate(distinct, axis=1) if len(distinct) > 1 else distinct[0]
-        bh = conj_t(b)
-        a = tl.dot(bh, w)
-        n = w - tl.dot(b, a)
-        corr = tl.dot(bh, n)  # one re-orthogonalisation pass
-        a = a + corr
-        n = n - tl.dot(b, corr)
-        _, r = tl.qr(n)
-        starts = [0]
-        for wd in widths:
-            starts.append(starts[-1] + wd)
-        for k, (_, f) in enumerate(parts):
-            q = index[id(f[j])]
-            sl = slice(starts[q], starts[q + 1])
-            inside[j][k] = a[:, sl]
-            rest[j][k] = r[:, sl]
+    inside, rest, _ = _split_factors(parts, bases)
     total2 = 0.0
     for j in range(d):
         term = None
@@ -412,3 +389,90 @@ def _tucker_complement_norm(parts, bases):
             term = x if term is None else term + x
         total2 += to_float(tl.norm(term)) ** 2
     return math.sqrt(total2)
+
+
+def _split_factors(parts, bases):
+    """Per mode: the coordinates of every part's factor in ``[B_j, Q_j]`` (``A``, ``R``) and
+    ``Q_j``, an orthonormal basis of the distinct factors' parts outside ``B_j``."""
+    d = len(bases)
+    inside = [[None] * len(parts) for _ in range(d)]
+    rest = [[None] * len(parts) for _ in range(d)]
+    qs = []
+    for j, b in enumerate(bases):
+        distinct, index = [], {}
+        for _, f in parts:
+            key = id(f[j])
+            if key not in index:
+                index[key] = len(distinct)
+                distinct.append(f[j])
+        widths = [tl.shape(w)[1] for w in distinct]
+        w = tl.concatenate(distinct, axis=1) if len(distinct) > 1 else distinct[0]
+        bh = conj_t(b)
+        a = tl.dot(bh, w)
+        n = w - tl.dot(b, a)
+        corr = tl.dot(bh, n)  # one re-orthogonalisation pass
+        a = a + corr
+        n = n - tl.dot(b, corr)
+        q, r = tl.qr(n)
+        qs.append(q)
+        starts = [0]
+        for wd in widths:
+            starts.append(starts[-1] + wd)
+        for k, (_, f) in enumerate(parts):
+            c = index[id(f[j])]
+            sl = slice(starts[c], starts[c + 1])
+            inside[j][k] = a[:, sl]
+            rest[j][k] = r[:, sl]
+    return inside, rest, qs
+
+
+def complement_directions(z, bases, threshold):
+    """Directions, per mode, of the part of ``Z`` outside ``span(B_0 ⊗ ⋯ ⊗ B_{d-1})``.
+
+    Parameters
+    ----------
+    z : ambient tensor with a Tucker form (Tucker tensor, ``tucker_terms()``, ``to_tucker()``,
+        or a sum of those); other kinds give no directions
+    bases : sequence of d matrices with orthonormal columns
+    threshold : float
+        Keep the directions whose singular value exceeds it.
+
+    Returns
+    -------
+    list of d matrices ``(n_j, k_j)`` (``k_j`` may be 0), orthonormal and orthogonal to
+    ``B_j``, or None when ``z`` has no Tucker form.
+
+    Notes
+    -----
+    With the splitting of :func:`complement_norm`, the rows of ``Mat_j((I − P) Z)`` outside
+    ``B_j`` are those of ``Mat_j(Σ_k D_k ×_j R_{k,j} ×_{m≠j} [A_{k,m}; R_{k,m}])`` in the
+    basis ``Q_j``: their left singular vectors above ``threshold`` are the directions of mode
+    ``j`` in which ``Z`` leaves the space. A component orthogonal to the bases in every mode
+    at once shows up here in every mode, although no contraction of ``Z`` with the bases of
+    the other modes can see it.
+    """
+    parts = _tucker_parts(z)
+    if parts is None:
+        return None
+    bases = list(bases)
+    d = len(bases)
+    inside, rest, qs = _split_factors(parts, bases)
+    out = []
+    for j in range(d):
+        term = None
+        for k, (core, _) in enumerate(parts):
+            mats = [
+                rest[m][k] if m == j else tl.concatenate([inside[m][k], rest[m][k]], axis=0)
+                for m in range(d)
+            ]
+            x = _tl_multi_mode_dot(core, mats)
+            term = x if term is None else term + x
+        if tl.shape(term)[0] == 0:
+            out.append(qs[j][:, :0])
+            continue
+        # the Gram path: directions far below ‖Z‖ (its round-off) are not wanted here
+        u, s = left_singular(tl.unfold(term, j), method="gram")
+        s_host = tl.to_numpy(s)
+        keep = int((s_host > threshold).sum())
+        out.append(tl.dot(qs[j], u[:, :keep]))
+    return out

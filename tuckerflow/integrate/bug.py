@@ -13,6 +13,7 @@ from __future__ import annotations
 import tensorly as tl
 from tensorly.tenalg import multi_mode_dot
 
+from ..dlra import augment_basis, augmented_core
 from ..linalg import orth
 from ..tucker import TuckerTensor
 from .base import TuckerOdeSolver
@@ -82,6 +83,12 @@ class RankAdaptiveBUG(RankAdaptiveSolver):
     order = 1
 
     def _advance(self, t, y, h):
-        core_hat, u_hats = augmented_bug_step(self.fun, self.substep, t, h, y.core, list(y.factors))
+        core, factors = y.core, list(y.factors)
+        ks, _ = k_steps(self.fun, self.substep, t, h, core, factors)
+        u_hats = [augment_basis(u, k) for u, k in zip(factors, ks)]
+        if self.augment_normal:
+            u_hats = self._with_normal_directions(self._current_f(), y, u_hats, h)
+        core_hat = augmented_core(core, factors, u_hats)
+        core_hat = galerkin_step(self.fun, self.substep, t, h, core_hat, u_hats)
         y1, _, _ = self._truncate(core_hat, u_hats)
         return y1, u_hats

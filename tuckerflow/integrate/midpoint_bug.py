@@ -64,6 +64,8 @@ class MidpointBUG(RankAdaptiveSolver):
             ws.append(check_shape(w, (self.shape[i], tl.shape(q)[1]), t + half, "a contraction"))
         check_finite_step(ws, t, t + h)
         u_check = [augment_basis(u, w) for u, w in zip(u_half, ws)]
+        if self.augment_normal:
+            u_check = self._with_normal_directions(F_half, y, u_check, h)
         core_check = augmented_core(core, factors, u_check)
         core_check = galerkin_step(self.fun, self.substep, t, h, core_check, u_check)
         y1, _, _ = self._truncate(core_check, u_check)

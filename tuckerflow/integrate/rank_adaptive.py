@@ -13,6 +13,7 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import to_float
+from ..ambient import complement_directions
 from ..dlra import truncate_core
 from .base import TRUNCATION_FRACTION, TuckerOdeSolver
 
@@ -72,6 +73,14 @@ class RankAdaptiveSolver(TuckerOdeSolver):
     truncation : {"hosvd", "st_hosvd"}
         How the augmented core is truncated (``"st_hosvd"`` makes the norm change of the
         truncation an exact identity).
+    augment_normal : bool, optional
+        Also augment the bases by the directions in which ``F(t, Y)`` leaves the augmented
+        space (:func:`tuckerflow.ambient.complement_directions`, singular values above
+        ``ϑ / |h|``): a component of ``F`` orthogonal to the bases in every mode at once,
+        which the K-steps cannot see, then enters the Galerkin step. Default: True in
+        adaptive mode, False with fixed steps (the published methods). Needs a Tucker form
+        of ``F`` (Tucker tensors, the values of :mod:`tuckerflow.operators`); other values
+        are not augmented.
     **options
         Options of the method (``METHOD_OPTIONS``).
 
@@ -82,7 +91,14 @@ class RankAdaptiveSolver(TuckerOdeSolver):
     """
 
     rank_adaptive = True
-    RANK_OPTIONS = ("rank_rtol", "rank_atol", "max_rank", "min_rank", "truncation")
+    RANK_OPTIONS = (
+        "rank_rtol",
+        "rank_atol",
+        "max_rank",
+        "min_rank",
+        "truncation",
+        "augment_normal",
+    )
     METHOD_OPTIONS: tuple = ()
 
     def __init_subclass__(cls, **kwargs):
@@ -96,9 +112,13 @@ class RankAdaptiveSolver(TuckerOdeSolver):
         max_rank=None,
         min_rank=None,
         truncation="hosvd",
+        augment_normal=None,
         **options,
     ):
         d = len(self.shape)
+        if augment_normal is not None and not isinstance(augment_normal, bool):
+            raise TypeError(f"augment_normal must be a bool or None, got {augment_normal!r}")
+        self.augment_normal = self.adaptive if augment_normal is None else augment_normal
         self.rank_rtol = _tolerance(rank_rtol, "rank_rtol")
         self.rank_atol = _tolerance(rank_atol, "rank_atol")
         self.max_rank = _per_mode_bound(max_rank, d, "max_rank")
@@ -134,6 +154,30 @@ class RankAdaptiveSolver(TuckerOdeSolver):
         super()._begin_step(t, y, h, tol)
         if self.derived_tolerance:
             self._theta = TRUNCATION_FRACTION * tol
+
+    def _step_theta(self, y):
+        """The truncation tolerance this step will use (before the truncation runs)."""
+        if self.derived_tolerance:
+            return self._theta
+        norm = to_float(tl.norm(y.core))
+        cands = [
+            v
+            for v in (self.rank_atol, None if self.rank_rtol is None else self.rank_rtol * norm)
+            if v is not None
+        ]
+        return min(cands)
+
+    def _with_normal_directions(self, f, y, bases, h):
+        """``bases`` augmented by the directions of ``(I − P) f`` above ``ϑ / |h|``."""
+        if not self.augment_normal:
+            return bases
+        dirs = complement_directions(f, bases, self._step_theta(y) / abs(h))
+        if dirs is None:
+            return bases
+        return [
+            b if tl.shape(w)[1] == 0 else tl.concatenate([b, w], axis=1)
+            for b, w in zip(bases, dirs)
+        ]
 
     def _truncate(self, core_hat, u_hats):
         """Truncate ``Ĉ ×_i Û_i``; records ``truncation_info`` and ``augmented_norm``."""
