@@ -18,7 +18,6 @@ import tensorly as tl
 from .._backend import to_float
 from ..ambient import contract_unchecked
 from ..dlra import augment_basis, augmented_core
-from ..tucker import TuckerTensor
 from .rank_adaptive import RankAdaptiveSolver
 from .steps import ct, galerkin_step, k_steps
 
@@ -103,8 +102,17 @@ class ParallelBUG(RankAdaptiveSolver):
 
     name = "parallel-bug"
     order = 1
+    METHOD_OPTIONS = ("eta_factor", "max_retries")
 
-    def _configure_method(self):
+    def _configure_method(self, eta_factor=None, max_retries=None):
+        self.eta_factor = PARALLEL_BUG_ETA_FACTOR if eta_factor is None else float(eta_factor)
+        if not (math.isfinite(self.eta_factor) and self.eta_factor > 0):
+            raise ValueError(f"eta_factor={eta_factor!r} must be a finite number > 0")
+        if max_retries is None:
+            max_retries = PARALLEL_BUG_MAX_RETRIES
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
+        self.max_retries = max_retries
         self.last_eta = None
         self.last_rejection = None
 
@@ -135,12 +143,12 @@ class ParallelBUG(RankAdaptiveSolver):
         for i, (r_new, r_hat, r_old) in enumerate(zip(y1.rank, rank_hat, rank_old)):
             if r_hat > r_old and r_new == r_hat and r_new < caps[i]:
                 return f"mode {i} keeps its whole augmented rank {r_hat}"
-        F0 = self.fun(t, TuckerTensor(core, factors))
-        g = contract_unchecked(F0, [ct(u) for u in u_hats])
+        # every attempt starts from the same tensor Y0 (in larger bases): F(t0, Y0) once
+        g = contract_unchecked(self._current_f(), [ct(u) for u in u_hats])
         eta = _dropped_norm(g, rank_old)
         self.last_eta = eta
         theta = info.tolerance if info.tolerance is not None else 0.0
-        limit = PARALLEL_BUG_ETA_FACTOR * theta / h
+        limit = self.eta_factor * theta / abs(h)
         if eta > limit:
             return f"eta={eta:.3g} exceeds c_eta * theta / h={limit:.3g}"
         return None
@@ -148,9 +156,9 @@ class ParallelBUG(RankAdaptiveSolver):
     def _advance(self, t, y, h):
         core, factors = y.core, list(y.factors)
         self.last_rejection = None
-        for attempt in range(PARALLEL_BUG_MAX_RETRIES + 1):
+        for attempt in range(self.max_retries + 1):
             y1, u_hats, rank_old, rank_hat, info = self._attempt(t, h, core, factors)
-            if attempt == PARALLEL_BUG_MAX_RETRIES:
+            if attempt == self.max_retries:
                 break
             reason = self._rejection(t, h, core, factors, y1, u_hats, rank_old, rank_hat, info)
             if reason is None:
