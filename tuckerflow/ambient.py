@@ -85,6 +85,28 @@ class Contractible(Protocol):
     def contract(self, matrices): ...
 
 
+def mode_products(x, matrices):
+    """``x ×_0 M_0 ×_1 M_1 ⋯`` (None leaves a mode alone) in ``d`` tensor contractions.
+
+    Contracting axis 0 and appending the new axis at the end, ``d`` times, returns the modes
+    in their original order, so no transposition is ever materialised: one backend call per
+    mode instead of the unfold/product/fold of a mode product.
+    """
+    for m in matrices:
+        x = tl.moveaxis(x, 0, -1) if m is None else tl.tensordot(x, m, axes=([0], [1]))
+    return x
+
+
+def unfolded_products(x, matrices, mode):
+    """``Mat_mode(x ×_{j≠mode} M_j)`` (``matrices[mode]`` ignored) in ``d`` backend calls."""
+    x = tl.moveaxis(x, mode, 0)
+    for j, m in enumerate(matrices):
+        if j == mode:
+            continue
+        x = tl.moveaxis(x, 1, -1) if m is None else tl.tensordot(x, m, axes=([1], [1]))
+    return tl.reshape(x, (tl.shape(x)[0], -1))
+
+
 def is_tucker(z) -> bool:
     """Whether ``z`` is a Tucker tensor in one of the accepted forms."""
     return isinstance(z, _tl_tucker.TuckerTensor) or (
@@ -191,13 +213,14 @@ def contract_unchecked(z, matrices):
     good); the result of a :class:`Contractible` is still checked for shape (O(1)) and a wrong
     one raises :class:`ContractionError`."""
     if tl.is_tensor(z):
-        modes = [j for j, m in enumerate(matrices) if m is not None]
-        if not modes:
+        if all(m is None for m in matrices):
             return z
-        return _tl_multi_mode_dot(z, [matrices[j] for j in modes], modes=modes)
+        return mode_products(z, matrices)
     if is_tucker(z):
         core, factors = z
         mats = [u if m is None else tl.dot(m, u) for m, u in zip(matrices, factors)]
+        if all(tl.shape(a)[0] <= tl.shape(a)[1] for a in mats):
+            return mode_products(core, mats)
         # shrinking modes first, expanding ones (e.g. a mode left alone) last: the
         # intermediate tensors stay as small as possible
         order = sorted(range(len(mats)), key=lambda j: tl.shape(mats[j])[0] / tl.shape(mats[j])[1])
@@ -236,10 +259,9 @@ def unfolded_contract(z, matrices, mode, right):
         return method(matrices, mode, right)
     if is_tucker(z):
         core, factors = z
-        mats = [tl.dot(m, u) for m, u in zip(matrices, factors) if m is not None]
-        modes = [j for j, m in enumerate(matrices) if m is not None]
-        small = _tl_multi_mode_dot(core, mats, modes=modes)
-        return tl.dot(factors[mode], tl.dot(tl.unfold(small, mode), right))
+        mats = [None if m is None else tl.dot(m, u) for m, u in zip(matrices, factors)]
+        small = unfolded_products(core, mats, mode)
+        return tl.dot(factors[mode], tl.dot(small, right))
     return tl.dot(tl.unfold(contract_unchecked(z, matrices), mode), right)
 
 
