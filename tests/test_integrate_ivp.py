@@ -79,16 +79,16 @@ def test_full_rank_adaptive_agrees_with_scipy(method, y0):
     """Adaptive steps at two tolerances: the error follows rtol (order of the global error
     bound ``C · rtol · ‖Y‖``) and tightening rtol by 100 shrinks it."""
     x0 = y0.to_tensor()
-    ref = scipy_reference((0.0, 2.0), x0)
+    ref = scipy_reference((0.0, 1.0), x0)
     end = ref.y[:, -1].reshape(SHAPE)
     errs = []
-    for rtol in (1e-3, 1e-5):
+    for rtol in (1e-2, 1e-4):
         sol = tf.solve_ivp(
-            tucker_rhs, (0.0, 2.0), y0, method=method, rtol=rtol, atol=1e-12, args=(0.5,),
+            tucker_rhs, (0.0, 1.0), y0, method=method, rtol=rtol, atol=1e-12, args=(0.5,),
             **_full(method),
         )  # fmt: skip
         assert sol.success and sol.status == 0, sol.message
-        assert sol.t[-1] == 2.0 and sol.t_steps[-1] == 2.0
+        assert sol.t[-1] == 1.0 and sol.t_steps[-1] == 1.0
         err = np.linalg.norm(sol.y[-1].to_tensor() - end) / np.linalg.norm(end)
         errs.append(err)
         assert err <= 30 * rtol, (rtol, err)
@@ -151,7 +151,7 @@ def _component(t, Y, *args):
 @pytest.mark.parametrize("step", [None, 0.05])
 def test_events_agree_with_scipy(y0, step):
     x0 = y0.to_tensor()
-    level = 0.03  # x[0, 0, 0](t) crosses it four times in (0, 4)
+    level = 0.03  # x[0, 0, 0](t) crosses it three times in (0, 2.5)
 
     def ev_scipy(t, v):
         return v[0] - level
@@ -159,10 +159,10 @@ def test_events_agree_with_scipy(y0, step):
     def ev(t, Y, b, lev):
         return _component(t, Y, lev)
 
-    ref = scipy_reference((0.0, 4.0), x0, events=ev_scipy)
-    assert ref.t_events[0].size == 4
+    ref = scipy_reference((0.0, 2.5), x0, events=ev_scipy)
+    assert ref.t_events[0].size == 3
     kw = dict(step=step, rtol=1e-5, atol=1e-12, args=(0.5, level), min_rank=SHAPE)
-    sol = tf.solve_ivp(tucker_rhs, (0.0, 4.0), y0, events=ev, **kw)
+    sol = tf.solve_ivp(tucker_rhs, (0.0, 2.5), y0, events=ev, **kw)
     assert sol.success and sol.status == 0
     assert len(sol.t_events) == 1 and len(sol.y_events) == 1
     np.testing.assert_allclose(sol.t_events[0], ref.t_events[0], atol=2e-3)
@@ -171,7 +171,7 @@ def test_events_agree_with_scipy(y0, step):
     # a terminal event stops there: status 1, the last output is the event time and state
     ev.terminal = True
     ev.direction = 0
-    sol = tf.solve_ivp(tucker_rhs, (0.0, 4.0), y0, events=ev, **kw)
+    sol = tf.solve_ivp(tucker_rhs, (0.0, 2.5), y0, events=ev, **kw)
     assert sol.status == 1 and sol.success and "termination event" in sol.message
     assert sol.t[-1] == pytest.approx(ref.t_events[0][0], abs=2e-3)
     assert sol.t[-1] == sol.t_events[0][-1]
@@ -180,13 +180,13 @@ def test_events_agree_with_scipy(y0, step):
     ev.terminal = 2
     ev.direction = 1.0
     ev_scipy.terminal, ev_scipy.direction = 2, ev.direction
-    ref = scipy_reference((0.0, 4.0), x0, events=ev_scipy)
-    sol = tf.solve_ivp(tucker_rhs, (0.0, 4.0), y0, events=ev, **kw)
+    ref = scipy_reference((0.0, 2.5), x0, events=ev_scipy)
+    sol = tf.solve_ivp(tucker_rhs, (0.0, 2.5), y0, events=ev, **kw)
     assert sol.status == ref.status == 1
     np.testing.assert_allclose(sol.t_events[0], ref.t_events[0], atol=2e-3)
     # with t_eval given, the outputs are the requested times up to the event, then the event
     t_eval = np.linspace(0.0, 4.0, 9)
-    sol = tf.solve_ivp(tucker_rhs, (0.0, 4.0), y0, events=ev, t_eval=t_eval, **kw)
+    sol = tf.solve_ivp(tucker_rhs, (0.0, 2.5), y0, events=ev, t_eval=t_eval, **kw)
     assert sol.t[-1] == sol.t_events[0][-1]
     np.testing.assert_array_equal(sol.t[:-1], t_eval[t_eval < sol.t[-1]])
 
@@ -210,7 +210,8 @@ def test_t_eval_adaptive_uses_the_dense_output(y0):
 def test_adaptive_needs_fewer_evaluations_than_fixed_at_equal_error():
     """Heat flow with a product potential from rough rank-2 data: a fast transient, then
     slow smooth decay. Adaptive ``ra-bug`` reaches the error of the fixed-step run with a
-    fraction of the evaluations of fun (measured: 443 against 3200)."""
+    fraction of the evaluations of fun (measured: error 7.9e-4 with 443 evaluations against
+    3.0e-3 with 1600)."""
     n = 10
     x = np.linspace(-1, 1, n)
     op = 0.02 * laplacian((n,) * 3, 2 / (n + 1)) + KroneckerSum(
@@ -218,14 +219,14 @@ def test_adaptive_needs_fewer_evaluations_than_fixed_at_equal_error():
     )
     y0 = tf.random_tucker((n,) * 3, 2, rng=0)
     exact = KrylovExponential(rtol=1e-13)(lambda t, v: op.apply_dense(v), 0.0, y0.to_tensor(), 2.0)
-    fixed = tf.solve_ivp(op, (0.0, 2.0), y0, step=0.01, rank_atol=1e-10)
+    fixed = tf.solve_ivp(op, (0.0, 2.0), y0, step=0.02, rank_atol=1e-10)
     adaptive = tf.solve_ivp(op, (0.0, 2.0), y0, rtol=1e-3, atol=1e-12)
     err_fixed, err_adaptive = (
         np.linalg.norm(s.y[-1].to_tensor() - exact) / np.linalg.norm(exact)
         for s in (fixed, adaptive)
     )
     assert err_adaptive <= err_fixed
-    assert adaptive.nfev * 4 < fixed.nfev
+    assert adaptive.nfev * 3 < fixed.nfev
     steps = np.diff(adaptive.t_steps)
     assert steps[-2] > 20 * steps[0]  # the step size grew as the transient decayed
 
