@@ -575,7 +575,8 @@ class TestBadInput:
 
 
 @pytest.mark.parametrize(
-    "name", ["tuckerflow.dlra", "tuckerflow.operators", "tuckerflow.integrate.ivp"]
+    "name",
+    ["tuckerflow.dlra", "tuckerflow.operators", "tuckerflow.integrate.ivp", "tuckerflow.ambient"],
 )
 def test_docstring_examples(name):
     module = importlib.import_module(name)

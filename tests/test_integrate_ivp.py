@@ -100,15 +100,15 @@ def test_backward_integration_agrees_with_scipy(y0):
     x0 = y0.to_tensor()
     ref = scipy_reference((1.0, -0.5), x0)
     end = ref.y[:, -1].reshape(SHAPE)
-    for step in (None, 0.01):
+    for step in (None, 0.05):
         sol = tf.solve_ivp(
-            tucker_rhs, (1.0, -0.5), y0, step=step, rtol=1e-6, atol=1e-12, args=(0.5,),
+            tucker_rhs, (1.0, -0.5), y0, step=step, rtol=1e-5, atol=1e-12, args=(0.5,),
             min_rank=SHAPE, substep="rk4",
         )  # fmt: skip
         assert sol.success
         assert np.all(np.diff(sol.t) < 0) and sol.t[0] == 1.0 and sol.t[-1] == -0.5
         err = np.linalg.norm(sol.y[-1].to_tensor() - end) / np.linalg.norm(end)
-        assert err <= (3e-5 if step is None else 1e-6), err
+        assert err <= (3e-4 if step is None else 1e-5), err
 
 
 def test_dense_output_agrees_with_scipy_and_has_the_methods_order(y0):
@@ -185,7 +185,7 @@ def test_events_agree_with_scipy(y0, step):
     assert sol.status == ref.status == 1
     np.testing.assert_allclose(sol.t_events[0], ref.t_events[0], atol=2e-3)
     # with t_eval given, the outputs are the requested times up to the event, then the event
-    t_eval = np.linspace(0.0, 4.0, 9)
+    t_eval = np.linspace(0.0, 2.5, 11)
     sol = tf.solve_ivp(tucker_rhs, (0.0, 2.5), y0, events=ev, t_eval=t_eval, **kw)
     assert sol.t[-1] == sol.t_events[0][-1]
     np.testing.assert_array_equal(sol.t[:-1], t_eval[t_eval < sol.t[-1]])
