@@ -328,3 +328,45 @@ class TestBadInput:
         core[0, 0, 0] = math.nan
         with pytest.raises(ValueError, match="y0.core contains non-finite values"):
             tf.solve_ivp(tucker_rhs, (0, 1), tf.TuckerTensor(core, y0.factors), args=(0.5,))
+
+
+def test_float32_adaptive_follows_float64():
+    """The adaptive run in float32 from the same start follows the float64 one: both are
+    within the tolerance of the exact solution; float32 refuses an rtol it cannot resolve."""
+    n = 8
+    op = 0.02 * laplacian((n,) * 3, 2 / (n + 1))
+    y64 = tf.random_tucker((n,) * 3, 2, rng=1, dtype="float64")
+    y32 = tf.TuckerTensor(y64.core.astype(np.float32), [u.astype(np.float32) for u in y64.factors])
+    exact = KrylovExponential(rtol=1e-13)(lambda t, v: op.apply_dense(v), 0.0, y64.to_tensor(), 0.5)
+    errs = {}
+    for name, y in (("float32", y32), ("float64", y64)):
+        sol = tf.solve_ivp(op, (0.0, 0.5), y, rtol=1e-3, atol=1e-7)
+        assert sol.success and sol.y[-1].core.dtype == y.core.dtype
+        errs[name] = np.linalg.norm(sol.y[-1].to_tensor() - exact) / np.linalg.norm(exact)
+    # the float32 run adds its round-off (eps32 ~ 6e-8 per operation, a few hundred
+    # operations) to the float64 run's time and truncation error
+    assert errs["float32"] <= 2 * errs["float64"] + 1e-4, errs
+    assert errs["float64"] <= 3e-3
+    with pytest.raises(ValueError, match="rtol=1e-07 is below 100·eps of y0's dtype float32"):
+        tf.solve_ivp(op, (0.0, 0.5), y32, rtol=1e-7)
+
+
+def test_backward_exponential_substep_inverts_the_forward_run():
+    n = 8
+    op = 0.02 * laplacian((n,) * 3, 2 / (n + 1))
+    y0 = tf.random_tucker((n,) * 3, 2, rng=2)
+    fwd = tf.solve_ivp(op, (0.0, 0.2), y0, method="bug", step=0.05, substep="exp")
+    back = tf.solve_ivp(op, (0.2, 0.0), fwd.y[-1], method="bug", step=0.05, substep="exp")
+    import scipy.linalg
+
+    x0 = y0.to_tensor()
+    eye = np.eye(n**3)
+    a = np.stack([op.apply_dense(e.reshape((n,) * 3)).ravel() for e in eye], axis=1)
+    exact_fwd = (scipy.linalg.expm(0.2 * a) @ x0.ravel()).reshape(x0.shape)
+    # the backward run with the exact substep solves the backward problem: the dense
+    # backward exponential of the forward result, to the method's error
+    x1 = fwd.y[-1].to_tensor()
+    exact_back = (scipy.linalg.expm(-0.2 * a) @ x1.ravel()).reshape(x0.shape)
+    assert np.linalg.norm(fwd.y[-1].to_tensor() - exact_fwd) <= 1e-2 * np.linalg.norm(exact_fwd)
+    assert np.linalg.norm(back.y[-1].to_tensor() - exact_back) <= 1e-2 * np.linalg.norm(x0)
+    assert np.linalg.norm(back.y[-1].to_tensor() - fwd.y[-1].to_tensor()) > 1e-3

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import tensorly as tl
 
-from .._backend import check_finite, to_float
+from .._backend import check_finite, dtype_name, eps, to_float
 from ..ambient import ContractionError, ambient_shape
 from ..truncation import validate_rank
 from ..tucker import TuckerTensor, as_tucker, orthonormalize
@@ -31,6 +31,7 @@ from .substep import resolve_substep
 __all__ = [
     "MAX_FACTOR",
     "MIN_FACTOR",
+    "RTOL_FLOOR",
     "SAFETY",
     "SLIVER_FRACTION",
     "TRUNCATION_FRACTION",
@@ -44,6 +45,9 @@ SAFETY = 0.9
 MIN_FACTOR = 0.2
 #: Largest factor by which one accepted step enlarges the step size.
 MAX_FACTOR = 10.0
+#: The adaptive mode refuses ``rtol`` below this multiple of the state dtype's epsilon (the
+#: round-off of the error estimate itself), as SciPy's solvers do (SciPy raises it silently).
+RTOL_FLOOR = 100.0
 #: Fraction of each step's error budget ``atol·√N + rtol·‖Y‖`` that the rank truncation of
 #: the rank-adaptive methods may spend when no rank tolerance is given.
 TRUNCATION_FRACTION = 0.1
@@ -269,6 +273,12 @@ class TuckerOdeSolver:
         check_finite(y0.core, "y0.core")
         for i, u in enumerate(y0.factors):
             check_finite(u, f"y0.factors[{i}]")
+        if self.fixed_step is None and self.rtol < RTOL_FLOOR * eps(y0.core):
+            raise ValueError(
+                f"rtol={rtol!r} is below {RTOL_FLOOR:g}·eps of y0's dtype {dtype_name(y0.core)} "
+                f"({RTOL_FLOOR * eps(y0.core):.2g}): the error estimate cannot resolve it; "
+                "use a wider dtype or a larger rtol"
+            )
         self.shape = tuple(y0.shape)
         self.size = math.prod(self.shape)
         self.y = orthonormalize(y0)
