@@ -46,14 +46,32 @@ class StepData:
 
     def __init__(self, t0, y0, t1, y1, bases, f0, f1):
         self.t0, self.y0, self.t1, self.y1 = t0, y0, t1, y1
-        if bases is None:
-            bases = [augment_basis(u0, u1) for u0, u1 in zip(y0.factors, y1.factors)]
-        self.bases = list(bases)
+        self._bases = None if bases is None else list(bases)
         self.f0, self.f1 = f0, f1
-        self.c0 = _coordinates(y0, self.bases)
-        self.c1 = _coordinates(y1, self.bases)
         self.theta = None  # truncation tolerance of the interpolant (set by the solver)
-        self._g0 = self._g1 = None
+        self._g0 = self._g1 = self._c0 = self._c1 = None
+
+    # everything below is computed on first use: a fixed-step run without dense output,
+    # events or adaptive control never pays for it
+    @property
+    def bases(self):
+        if self._bases is None:
+            self._bases = [
+                augment_basis(u0, u1) for u0, u1 in zip(self.y0.factors, self.y1.factors)
+            ]
+        return self._bases
+
+    @property
+    def c0(self):
+        if self._c0 is None:
+            self._c0 = _coordinates(self.y0, self.bases)
+        return self._c0
+
+    @property
+    def c1(self):
+        if self._c1 is None:
+            self._c1 = _coordinates(self.y1, self.bases)
+        return self._c1
 
     def _projected(self, f):
         return contract_unchecked(f, [_ct(w) for w in self.bases])
