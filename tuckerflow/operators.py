@@ -20,7 +20,7 @@ from numbers import Number
 import numpy as np
 import tensorly as tl
 
-from ._backend import context, device_of, dtype_name, eps, is_complex
+from ._backend import context, dtype_name, eps, is_complex
 from .ambient import (
     ambient_shape,
     contract_unchecked,
@@ -126,6 +126,8 @@ class KroneckerSum:
             self._terms.append((c, tuple(blocks)))
         self._cache = {}
         self._image_cache = {}
+        self._constant = not any(callable(c) for c, _ in self._terms)
+        self._constant_cache = {}
 
     def _index(self, j, a):
         for b, m in enumerate(self._distinct[j]):
@@ -143,7 +145,8 @@ class KroneckerSum:
 
     def _matrices(self, ref):
         """Distinct matrices converted like ``ref`` (backend, dtype, device), cached."""
-        key = (tl.get_backend(), dtype_name(ref), device_of(ref))
+        # the dtype object itself is hashable on every backend (cheaper than its name)
+        key = (tl.get_backend(), ref.dtype, str(getattr(ref, "device", "cpu")))
         if key not in self._cache:
             name = dtype_name(ref)
             kw = context(ref)
@@ -166,6 +169,14 @@ class KroneckerSum:
         return self._cache[key]
 
     def _coefficients(self, t, ref):
+        if self._constant:
+            key = ref.dtype
+            if key not in self._constant_cache:
+                self._constant_cache[key] = self._checked_coefficients(0.0, ref)
+            return self._constant_cache[key]
+        return self._checked_coefficients(t, ref)
+
+    def _checked_coefficients(self, t, ref):
         cs = [_coefficient(c, t) for c, _ in self._terms]
         if not is_complex(ref) and any(isinstance(c, complex) and c.imag != 0 for c in cs):
             raise TypeError(
