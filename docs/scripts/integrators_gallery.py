@@ -86,7 +86,7 @@ def _dense_reference(op, y0, end):
     return KrylovExponential(rtol=1e-12)(lambda t, v: op.apply_dense(v), 0.0, y0.to_tensor(), end)
 
 
-def henon_heiles(d=3, n=24, end=2.0, lam=0.111803, rtol=1e-4):
+def henon_heiles(d=3, n=24, end=2.0, lam=0.111803, rtol=1e-4, fixed=None):
     x = np.linspace(-6, 6, n)
     dx = x[1] - x[0]
     pots = [x**2 / 2] + [x**2 / 2 - lam * x**3 / 3] * (d - 1)
@@ -100,16 +100,20 @@ def henon_heiles(d=3, n=24, end=2.0, lam=0.111803, rtol=1e-4):
     g = (g / np.linalg.norm(g)).astype(complex)[:, None]
     y0 = tf.TuckerTensor(np.ones((1,) * d, dtype=complex), [g] * d)
     t0 = time.perf_counter()
-    sol = tf.solve_ivp(
-        op, (0, end), y0, method="midpoint-bug", rtol=rtol, atol=1e-12, substep="exp"
-    )
+    if fixed is None:
+        kw = dict(rtol=rtol, atol=1e-12)
+        label = f"midpoint-bug, rtol={rtol}"
+    else:
+        kw = dict(step=fixed[0], max_rank=fixed[1], rank_atol=1e-8)
+        label = f"midpoint-bug, h={fixed[0]}, max_rank={fixed[1]}"
+    sol = tf.solve_ivp(op, (0, end), y0, method="midpoint-bug", substep="exp", **kw)
     elapsed = time.perf_counter() - t0
     ref = _dense_reference(op, y0, end)
     err = float(np.linalg.norm(sol.y[-1].to_tensor() - ref) / np.linalg.norm(ref))
     return {
         "example": f"Hénon–Heiles d={d}, n={n}",
         "entries": float(n) ** d,
-        "method": f"midpoint-bug, rtol={rtol}",
+        "method": label,
         "error": err,
         "rank": sol.ranks[-1],
         "steps": sol.nsteps,
@@ -180,7 +184,48 @@ def heat_product(n=64):
     }
 
 
+def matrix_schrodinger(n=100, end=1.0, step=0.01, theta=1e-8):
+    """``i Ẏ = −½ (D Y + Y D) + V Y V`` with ``D = tridiag(−1, 2, −1)`` and
+    ``V = diag(cos(2πj/n))``, the discrete Schrödinger form of the matrix examples of
+    Ceruti & Lubich (BIT 2022) and Ceruti, Kusch & Lubich (BIT 2022), from a random
+    ``Y0`` with singular values ``10^{-k}``, k = 0…9."""
+    d2 = Banded(n, {-1: -1.0, 0: 2.0, 1: -1.0})
+    v = Banded(n, {0: np.cos(2 * np.pi * np.arange(n) / n)})
+    op = KroneckerSum((n, n), [(0.5j, [d2, None]), (0.5j, [None, d2]), (-1j, [v, v])])
+    gen = np.random.default_rng(0)
+    u = np.linalg.qr(gen.standard_normal((n, 10)) + 1j * gen.standard_normal((n, 10)))[0]
+    w = np.linalg.qr(gen.standard_normal((n, 10)) + 1j * gen.standard_normal((n, 10)))[0]
+    y0 = tf.TuckerTensor(np.diag(10.0 ** -np.arange(10)).astype(complex), [u, w])
+    t0 = time.perf_counter()
+    sol = tf.solve_ivp(op, (0, end), y0, method="ra-bug", step=step, substep="exp",
+                       rank_atol=theta)  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    dd = sp.csr_matrix(d2.to_dense())
+    vv = sp.csr_matrix(v.to_dense())
+    eye = sp.identity(n)
+    # C-order vec: vec(A Y B^T) = kron(A, B) vec(Y)
+    a = 0.5j * (sp.kron(dd, eye) + sp.kron(eye, dd)) - 1j * sp.kron(vv, vv)
+    ref = scipy.sparse.linalg.expm_multiply(a * end, y0.to_tensor().ravel()).reshape(n, n)
+    err = float(np.linalg.norm(sol.y[-1].to_tensor() - ref) / np.linalg.norm(ref))
+    return {
+        "example": f"matrix Schrödinger n={n}, rank_atol={theta}",
+        "entries": float(n) ** 2,
+        "method": f"ra-bug, h={step}",
+        "error": err,
+        "rank": sol.ranks[-1],
+        "steps": sol.nsteps,
+        "seconds": elapsed,
+    }
+
+
+def henon_heiles5_fixed(n=10, end=1.0, step=0.05, cap=4):
+    """Hénon–Heiles in d = 5 with fixed steps and a rank cap (the adaptive run is slow)."""
+    return henon_heiles(5, n, end=end, fixed=(step, cap))
+
+
 EXAMPLES = {
+    "matrix-schrodinger": matrix_schrodinger,
+    "henon-heiles5-fixed": henon_heiles5_fixed,
     "separable5": separable5,
     "henon-heiles3": lambda: henon_heiles(3, 24),
     "henon-heiles5": lambda: henon_heiles(5, 10),
