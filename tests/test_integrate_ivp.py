@@ -370,3 +370,39 @@ def test_backward_exponential_substep_inverts_the_forward_run():
     assert np.linalg.norm(fwd.y[-1].to_tensor() - exact_fwd) <= 1e-2 * np.linalg.norm(exact_fwd)
     assert np.linalg.norm(back.y[-1].to_tensor() - exact_back) <= 1e-2 * np.linalg.norm(x0)
     assert np.linalg.norm(back.y[-1].to_tensor() - fwd.y[-1].to_tensor()) > 1e-3
+
+
+def test_adaptive_dense_output_and_events_on_every_backend(backend):
+    """The adaptive controller, the dense output and the event location give the NumPy
+    results on every backend (the same arithmetic in another array library)."""
+    n = 6
+    op = 0.05 * laplacian((n,) * 3, 2 / (n + 1))
+    y0 = tf.random_tucker((n,) * 3, 2, rng=3, device=backend.device)
+    level = 0.5 * float(backend.numpy(tf.norm(y0)))
+
+    def half(t, Y):
+        return float(backend.numpy(tf.norm(Y))) - level
+
+    half.terminal = True
+    sol = tf.solve_ivp(op, (0.0, 5.0), y0, rtol=1e-4, atol=1e-10, events=half, dense_output=True)
+    assert sol.status == 1 and len(sol.t_events[0]) == 1
+    core, factors = backend.numpy(y0.core), [backend.numpy(u) for u in y0.factors]
+    mid = 0.5 * sol.t[-1]
+
+    def half_np(t, Y):
+        return float(tf.norm(Y)) - level
+
+    half_np.terminal = True
+    with tl.backend_context("numpy"):
+        ref = tf.solve_ivp(
+            op, (0.0, 5.0), tf.TuckerTensor(core, factors), rtol=1e-4, atol=1e-10,
+            events=half_np, dense_output=True,
+        )  # fmt: skip
+        want = ref.sol(mid).to_tensor()
+    # other summation orders in the other library: the same steps, results to round-off
+    assert sol.nsteps == ref.nsteps and sol.t_events[0][0] == pytest.approx(ref.t_events[0][0])
+    got = backend.numpy(sol.sol(mid).to_tensor())
+    assert np.linalg.norm(got - want) <= 1e-8 * np.linalg.norm(want)
+    assert abs(half(sol.t[-1], sol.y[-1])) <= 1e-6 * level
+    with pytest.raises(ValueError, match=r"events\[0\]\(t, Y\) returned nan"):
+        tf.solve_ivp(op, (0.0, 1.0), y0, events=lambda t, Y: math.nan)

@@ -63,6 +63,8 @@ def event_value(event, t, y, i):
         raise TypeError(f"events[{i}](t, Y) must return a real number, got {v!r}") from None
     if v.imag != 0:
         raise TypeError(f"events[{i}](t, Y) must return a real number, got {v!r}")
+    if not math.isfinite(v.real):
+        raise ValueError(f"events[{i}](t, Y) returned {v.real!r} at t={t!r}; it must be finite")
     return v.real
 
 
