@@ -111,6 +111,13 @@ def _threads(n):
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - optional
+        import sys
+
+        print(
+            "--threads: threadpoolctl is not installed, BLAS threads are not limited; set "
+            "OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS instead",
+            file=sys.stderr,
+        )
         limiter = contextlib.nullcontext()
     else:
         limiter = threadpool_limits(limits=n)
