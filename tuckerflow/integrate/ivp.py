@@ -52,7 +52,8 @@ class OdeResult(dict):
     nfev : int
         Evaluations of ``fun`` (there is no Jacobian: ``njev``, ``nlu`` do not apply).
     nsteps, nrejected : int
-        Accepted and rejected steps.
+        Accepted steps; rejected attempts (by the step-size controller, and the parallel
+        BUG's retries from an augmented start).
     t_steps : numpy array
         Times reached by the accepted steps (``t0`` first).
     ranks : list of tuple
