@@ -476,9 +476,9 @@ def test_method_accepts_a_subclass(backend):
     class CountingBUG(FixedRankBUG):
         steps_taken = 0
 
-        def _step_impl(self, t, y, h):
+        def _advance(self, t, y, h):
             CountingBUG.steps_taken += 1
-            return super()._step_impl(t, y, h)
+            return super()._advance(t, y, h)
 
     op = 0.05 * laplacian((6, 5, 4), 0.25)
     y0 = tf.random_tucker((6, 5, 4), 2, rng=0, device=backend.device)
@@ -506,8 +506,6 @@ class TestBadInput:
         return laplacian((5, 4, 3), 0.2)
 
     def test_time_span_and_step(self, op, y0):
-        with pytest.raises(ValueError, match="reversed"):
-            tf.solve_ivp(op, (1.0, 0.0), y0, step=0.1)
         with pytest.raises(ValueError, match="must be finite"):
             tf.solve_ivp(op, (0.0, math.inf), y0, step=0.1)
         with pytest.raises(ValueError, match="must be finite"):
@@ -515,7 +513,7 @@ class TestBadInput:
         for bad in (0.0, -0.1):
             with pytest.raises(ValueError, match=f"step={bad} must be > 0"):
                 tf.solve_ivp(op, (0.0, 1.0), y0, step=bad)
-        with pytest.raises(ValueError, match="t_eval must be sorted and lie within"):
+        with pytest.raises(ValueError, match="t_eval must lie within"):
             tf.solve_ivp(op, (0.0, 1.0), y0, step=0.1, t_eval=[0.5, 2.0])
 
     def test_names(self, op, y0):
@@ -564,7 +562,7 @@ class TestBadInput:
         sol = tf.solve_ivp(fun, (0, 1), y0, method=method, step=0.1)
         assert not sol.success
         # the step from 0.1 evaluates at its end point 0.2 and fails
-        assert "non-finite" in sol.message and "at t=0.2" in sol.message
+        assert "non-finite" in sol.message and "in the step from t=0.1 to t=0.2" in sol.message
         assert sol.t[-1] == pytest.approx(0.1) and sol.nsteps == 1
         assert np.isfinite(backend.numpy(sol.y[-1].to_tensor())).all()
 
@@ -577,10 +575,93 @@ class TestBadInput:
 
 
 @pytest.mark.parametrize(
-    "name", ["tuckerflow.dlra", "tuckerflow.operators", "tuckerflow.integrate.ivp"]
+    "name",
+    ["tuckerflow.dlra", "tuckerflow.operators", "tuckerflow.integrate.ivp", "tuckerflow.ambient"],
 )
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     with tl.backend_context("numpy", local_threadsafe=True):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------------------------------------
+# a right-hand side orthogonal to the bases in every mode at once
+
+
+def _odd_coupling_problem(n=10):
+    """``i ψ' = (−½Δ + ½|x|² + ½ x₁x₂x₃) ψ`` from the (even, rank-1) Gaussian: the odd
+    coupling maps ``u⊗u⊗u`` to ``xu⊗xu⊗xu``, orthogonal to ``u`` in every mode."""
+    x = np.linspace(-4, 4, n)
+    op = schrodinger((n,) * 3, x[1] - x[0], [x**2 / 2] * 3, couplings=[(0.5, [x, x, x])])
+    g = np.exp(-(x**2) / 2)
+    g = (g / np.linalg.norm(g)).astype(complex)[:, None]
+    y0 = tf.TuckerTensor(np.ones((1, 1, 1), dtype=complex), [g] * 3)
+    exact = KrylovExponential(rtol=1e-13)(lambda t, v: op.apply_dense(v), 0.0, y0.to_tensor(), 0.5)
+    return op, y0, exact
+
+
+def test_first_order_bug_is_blind_to_a_fully_orthogonal_component():
+    op, y0, exact = _odd_coupling_problem()
+    errs = []
+    for h in (0.1, 0.05):
+        sol = tf.solve_ivp(op, (0, 0.5), y0, method="ra-bug", step=h, substep="exp")
+        assert sol.ranks[-1] == (1, 1, 1)
+        errs.append(np.linalg.norm(sol.y[-1].to_tensor() - exact))
+    # the error is the missed coupling itself: it does not shrink with h
+    assert errs[1] >= 0.9 * errs[0] and errs[0] > 1e-2
+    # the adaptive error estimate contains the normal component: a step of 0.1 is rejected
+    solver = RankAdaptiveBUG(op, 0.0, y0, 0.5, first_step=0.1, substep="exp", augment_normal=False)
+    solver.step()
+    assert solver.nrejected >= 1 and solver.t < 0.1
+    # with the normal directions added (the adaptive default) the rank grows and the error
+    # follows the tolerance
+    sol = tf.solve_ivp(op, (0, 0.5), y0, method="ra-bug", rtol=1e-3, atol=1e-12, substep="exp")
+    assert sol.success and max(sol.ranks[-1]) > 1
+    assert np.linalg.norm(sol.y[-1].to_tensor() - exact) <= 3e-3 * np.linalg.norm(exact)
+
+
+def test_parallel_rejection_closes_the_accuracy_gap_of_the_published_step(backend):
+    """The published parallel step (no rejection) drops the blocks of the augmented core with
+    two or more new indices; where the rank must grow they hold O(h) parts of the solution
+    (measured: 66× the error of ra-bug at h = 1/100 on this problem). The rejection (an
+    augmented restart) brings it to ra-bug's accuracy (measured 1.4×)."""
+    prob = RotatingTucker(backend, (6, 6, 6), (2, 2, 2), "float64", seed=1, extra=2.0)
+    end, h = 0.25, 1 / 100
+    errs = {}
+    for name, kw in (
+        ("ra-bug", dict(method="ra-bug")),
+        ("parallel", dict(method="parallel-bug")),
+        ("published", dict(method="parallel-bug", max_retries=0)),
+    ):
+        sol = tf.solve_ivp(prob, (0, end), prob.A(0.0), step=h, rank_atol=1e-12, **kw)
+        errs[name] = _rel(backend, sol.y[-1], prob.dense(end))
+    assert errs["parallel"] <= 2 * errs["ra-bug"], errs
+    assert errs["published"] >= 20 * errs["ra-bug"], errs
+
+
+def test_separable_flow_in_four_dimensions_smoke():
+    """Smoke version of the gallery's d = 5 example: ``i ψ' = Σ_j H_j ψ`` from rank-2 Gaussian
+    packets against the exact separable solution ``C ×_j exp(−i t H_j) U_j``; the midpoint
+    BUG converges with second order (measured errors 2.8e-4 and 7.0e-5)."""
+    from scipy.linalg import expm
+
+    n, d = 8, 4
+    x = np.linspace(-5, 5, n)
+    op = schrodinger((n,) * d, x[1] - x[0], [x**2 / 2] * d)
+    factors = []
+    for j in range(d):
+        cols = [np.exp(-((x - s - 0.1 * j) ** 2) / 2) for s in (-1.5, 1.0)]
+        factors.append(np.linalg.qr(np.stack(cols, axis=1))[0].astype(complex))
+    core = np.random.default_rng(7).standard_normal((2,) * d).astype(complex)
+    y0 = tf.TuckerTensor(core / np.linalg.norm(core), factors)
+    prop = expm(-0.25j * op.terms[0][1][0].to_dense())
+    exact = tf.TuckerTensor(y0.core, [prop @ u for u in y0.factors])
+    errs = []
+    for steps in (2, 4):
+        sol = tf.solve_ivp(
+            op, (0, 0.25), y0, method="midpoint-bug", step=0.25 / steps, substep="exp",
+            rank_atol=1e-10,
+        )  # fmt: skip
+        errs.append(float(tf.norm(tf.add(sol.y[-1], exact, beta=-1.0, rtol=None))))
+    assert errs[0] / errs[1] >= 3.0, errs

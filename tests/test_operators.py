@@ -187,7 +187,7 @@ def test_bad_input(backend):
 
 @given(sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6), seed=seeds)
 def test_unfolded_contract_matches_contract_then_unfold(backend, dtype, sr, seed):
-    from tuckerflow.integrate.base import unfolded_contract
+    from tuckerflow.ambient import unfolded_contract
 
     shape, rank = sr
     gen = np.random.default_rng(seed % 1000)
@@ -208,3 +208,20 @@ def test_unfolded_contract_matches_contract_then_unfold(backend, dtype, sr, seed
             backend.numpy(ref),
             atol=tol(dtype, 1e4) * scale,
         )
+
+
+def test_schrodinger_accepts_a_mode_of_size_one(backend):
+    x = np.linspace(-1, 1, 4)
+    op = schrodinger((4, 1, 3), 0.5, [x, np.ones(1), None], boundary="periodic")
+    y = tf.random_tucker((4, 1, 3), 1, rng=0, dtype="complex128", device=backend.device)
+    dense = backend.numpy(op(0.0, y).to_tensor())
+    np.testing.assert_allclose(
+        dense, backend.numpy(op.apply_dense(y.to_tensor())), atol=tol("complex128", 100)
+    )
+    # a single point has no neighbours: H = -½D₂ + V is 1/h² + V in mode 0 (4 + 1) plus
+    # 1/h² = 4 in mode 1
+    one = schrodinger((1, 1), 0.5, [np.ones(1), None])
+    y1 = tf.random_tucker((1, 1), 1, rng=0, dtype="complex128", device=backend.device)
+    np.testing.assert_allclose(
+        backend.numpy(one(0.0, y1).to_tensor()), -1j * backend.numpy(y1.to_tensor()) * 9.0
+    )

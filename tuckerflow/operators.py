@@ -19,10 +19,15 @@ from numbers import Number
 
 import numpy as np
 import tensorly as tl
-from tensorly.tenalg import multi_mode_dot
 
-from ._backend import context, device_of, dtype_name, is_complex
-from .geometry.contract import contract
+from ._backend import context, dtype_name, eps, is_complex
+from .ambient import (
+    ambient_shape,
+    contract_unchecked,
+    mode_products,
+    unfolded_contract,
+    unfolded_products,
+)
 from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
@@ -37,6 +42,12 @@ __all__ = [
     "schrodinger",
     "second_difference",
 ]
+
+
+#: Factor images kept per mode by a KroneckerSum (the last factors it was applied to).
+_IMAGE_CACHE_SIZE = 4
+#: ``‖Uᴴ U − I‖_max ≤ _IDENTITY_ROUNDOFF · eps · r`` counts as the identity (orthonormal factors).
+_IDENTITY_ROUNDOFF = 100.0
 
 
 def _coefficient(c, t):
@@ -114,6 +125,9 @@ class KroneckerSum:
                 blocks.append(self._index(j, a))
             self._terms.append((c, tuple(blocks)))
         self._cache = {}
+        self._image_cache = {}
+        self._constant = not any(callable(c) for c, _ in self._terms)
+        self._constant_cache = {}
 
     def _index(self, j, a):
         for b, m in enumerate(self._distinct[j]):
@@ -131,7 +145,8 @@ class KroneckerSum:
 
     def _matrices(self, ref):
         """Distinct matrices converted like ``ref`` (backend, dtype, device), cached."""
-        key = (tl.get_backend(), dtype_name(ref), device_of(ref))
+        # the dtype object itself is hashable on every backend (cheaper than its name)
+        key = (tl.get_backend(), ref.dtype, str(getattr(ref, "device", "cpu")))
         if key not in self._cache:
             name = dtype_name(ref)
             kw = context(ref)
@@ -154,6 +169,14 @@ class KroneckerSum:
         return self._cache[key]
 
     def _coefficients(self, t, ref):
+        if self._constant:
+            key = ref.dtype
+            if key not in self._constant_cache:
+                self._constant_cache[key] = self._checked_coefficients(0.0, ref)
+            return self._constant_cache[key]
+        return self._checked_coefficients(t, ref)
+
+    def _checked_coefficients(self, t, ref):
         cs = [_coefficient(c, t) for c, _ in self._terms]
         if not is_complex(ref) and any(isinstance(c, complex) and c.imag != 0 for c in cs):
             raise TypeError(
@@ -169,10 +192,23 @@ class KroneckerSum:
             raise ValueError(f"Y.shape={tuple(Y.shape)} differs from operator shape={self.shape}")
         mats = self._matrices(Y.core)
         coefs = self._coefficients(t, Y.core)
-        images = [
-            [u if m is None else _apply(m, u) for m in mats[j]] for j, u in enumerate(Y.factors)
-        ]
-        return AppliedKroneckerSum(self.shape, Y.core, images, coefs, [b for _, b in self._terms])
+        images = [self._images(j, u, mats[j]) for j, u in enumerate(Y.factors)]
+        return AppliedKroneckerSum(
+            self.shape, Y.core, images, coefs, [b for _, b in self._terms], factors=Y.factors
+        )
+
+    def _images(self, j, u, mats):
+        """``[B_{j,b} U_j for each distinct b]``, reused while the same factor object comes
+        back (the integrators pass the unchanged factors of the other modes to every stage
+        of a K-step)."""
+        cache = self._image_cache.setdefault(j, [])
+        for entry in cache:
+            if entry[0] is u and entry[1] is mats:
+                return entry[2]
+        images = [u if m is None else _apply(m, u) for m in mats]
+        cache.insert(0, (u, mats, images))
+        del cache[_IMAGE_CACHE_SIZE:]
+        return images
 
     def apply_dense(self, X, t=0.0):
         """``L(t, X)`` for a dense tensor ``X`` (for tests and small reference solutions)."""
@@ -221,21 +257,34 @@ class AppliedKroneckerSum:
     ``[B_{j,1} U_j, …]``, block core) and :meth:`to_tensor` the dense tensor.
     """
 
-    def __init__(self, shape, core, images, coefficients, blocks):
+    def __init__(self, shape, core, images, coefficients, blocks, factors=None):
         self.shape = tuple(shape)
         self.core = core
         self.images = images  # images[j][b] = B_{j,b} U_j
         self.coefficients = coefficients
         self.blocks = blocks
+        self.factors = factors  # U_j: the image of an identity block is U_j itself
+
+    def _reduced(self, j, m):
+        """``[M_j B_{j,b} U_j for each b]``; an identity block contracted with the conjugate
+        transpose of ``U_j`` (a Galerkin or K-step contraction in the state's own bases)
+        gives the identity up to round-off, marked None so that no product is spent on it."""
+        out = []
+        for img in self.images[j]:
+            r = tl.dot(m, img)
+            if self.factors is not None and img is self.factors[j] and _near_identity(r):
+                r = None
+            out.append(r)
+        return out
 
     def contract(self, matrices):
         reduced = [
-            [img if m is None else tl.dot(m, img) for img in imgs]
-            for m, imgs in zip(matrices, self.images)
+            list(imgs) if m is None else self._reduced(j, m)
+            for j, (m, imgs) in enumerate(zip(matrices, self.images))
         ]
         out = None
         for c, blocks in zip(self.coefficients, self.blocks):
-            term = multi_mode_dot(self.core, [reduced[j][b] for j, b in enumerate(blocks)]) * c
+            term = mode_products(self.core, [reduced[j][b] for j, b in enumerate(blocks)]) * c
             out = term if out is None else out + term
         return out
 
@@ -247,21 +296,28 @@ class AppliedKroneckerSum:
         ``n_mode × ∏_{j≠mode} m_j`` intermediate.
         """
         reduced = [
-            None if j == mode else [img if m is None else tl.dot(m, img) for img in imgs]
+            None if j == mode else list(imgs) if m is None else self._reduced(j, m)
             for j, (m, imgs) in enumerate(zip(matrices, self.images))
         ]
         groups = {}
         for c, blocks in zip(self.coefficients, self.blocks):
-            mats = [reduced[j][b] for j, b in enumerate(blocks) if j != mode]
-            modes = [j for j in range(len(blocks)) if j != mode]
-            small = multi_mode_dot(self.core, mats, modes=modes) * c
+            mats = [None if j == mode else reduced[j][b] for j, b in enumerate(blocks)]
+            small = unfolded_products(self.core, mats, mode) * c
             b = blocks[mode]
             groups[b] = small if b not in groups else groups[b] + small
         out = None
         for b, small in groups.items():
-            term = tl.dot(self.images[mode][b], tl.dot(tl.unfold(small, mode), right))
+            term = tl.dot(self.images[mode][b], tl.dot(small, right))
             out = term if out is None else out + term
         return out
+
+    def tucker_terms(self):
+        """The terms as ``(c_k C, [B_{k,j} U_j for each j])``; terms share their factor images
+        (used by :func:`tuckerflow.ambient.complement_norm`)."""
+        return [
+            (self.core * c, [self.images[j][b] for j, b in enumerate(blocks)])
+            for c, blocks in zip(self.coefficients, self.blocks)
+        ]
 
     def to_tucker(self):
         """The exact Tucker tensor of rank ``p_j r_j`` (distinct matrices per mode times r)."""
@@ -282,12 +338,23 @@ class AppliedKroneckerSum:
         if not isinstance(a, Number):
             return NotImplemented
         coefs = [a * c for c in self.coefficients]
-        return AppliedKroneckerSum(self.shape, self.core, self.images, coefs, self.blocks)
+        return AppliedKroneckerSum(
+            self.shape, self.core, self.images, coefs, self.blocks, factors=self.factors
+        )
 
     __rmul__ = __mul__
 
     def __repr__(self):
         return f"AppliedKroneckerSum(shape={self.shape}, terms={len(self.blocks)})"
+
+
+def _near_identity(r):
+    """Whether a square matrix equals the identity to the round-off of orthonormal factors."""
+    k = tl.shape(r)
+    if len(k) != 2 or k[0] != k[1] or k[0] == 0:
+        return False
+    err = float(tl.to_numpy(tl.max(tl.abs(r - tl.eye(k[0], **tl.context(r))))))
+    return err <= _IDENTITY_ROUNDOFF * eps(r) * k[0]
 
 
 def _apply(m, u):
@@ -358,18 +425,18 @@ class _BoundBanded:
         self.diagonals = [(off, tl.tensor(v[:, None], **kw)) for off, v in banded.diagonals.items()]
 
     def apply(self, u):
+        # one padded copy of u (zeros, or the wrapped rows) serves every diagonal: row i of
+        # the result is Σ_off v_off[i] u[i + off] = Σ_off v_off[i] padded[m + i + off]
+        m = max(abs(off) for off, _ in self.diagonals)
+        if m:
+            if self.periodic:
+                padded = tl.concatenate([u[self.n - m :], u, u[:m]], axis=0)
+            else:
+                pad = tl.zeros((m, tl.shape(u)[1]), **tl.context(u))
+                padded = tl.concatenate([pad, u, pad], axis=0)
         out = None
         for off, v in self.diagonals:
-            if off == 0:
-                shifted = u
-            elif self.periodic:
-                shifted = tl.concatenate([u[off:], u[:off]], axis=0)
-            elif off > 0:
-                pad = tl.zeros((off, tl.shape(u)[1]), **tl.context(u))
-                shifted = tl.concatenate([u[off:], pad], axis=0)
-            else:
-                pad = tl.zeros((-off, tl.shape(u)[1]), **tl.context(u))
-                shifted = tl.concatenate([pad, u[:off]], axis=0)
+            shifted = u if off == 0 else padded[m + off : m + off + self.n]
             term = v * shifted
             out = term if out is None else out + term
         return out
@@ -457,8 +524,6 @@ class AmbientSum:
     """
 
     def __init__(self, parts):
-        from .geometry.contract import ambient_shape
-
         self.parts = list(parts)
         shapes = {ambient_shape(p) for p in self.parts}
         if len(shapes) != 1:
@@ -468,14 +533,12 @@ class AmbientSum:
     def contract(self, matrices):
         out = None
         for p in self.parts:
-            c = contract(p, matrices)
+            c = contract_unchecked(p, matrices)
             out = c if out is None else out + c
         return out
 
     def unfolded_contract(self, matrices, mode, right):
         """Sum of the parts' ``Mat_mode(contract(part, matrices)) @ right``."""
-        from .integrate.base import unfolded_contract
-
         out = None
         for p in self.parts:
             c = unfolded_contract(p, matrices, mode, right)
@@ -514,6 +577,14 @@ def _second_difference_banded(n, h, boundary):
     if n < 3:  # the wrap-around would double the off-diagonals
         return Banded(n, {-1: 1 / h**2, 0: -2 / h**2, 1: 1 / h**2} if n > 1 else {0: -2 / h**2})
     return Banded(n, {-1: 1 / h**2, 0: -2 / h**2, 1: 1 / h**2}, periodic=boundary == "periodic")
+
+
+def _kinetic_banded(n, off, diag, boundary):
+    """``−½ D₂ + V`` as a :class:`Banded` matrix; a mode of one or two points has no
+    wrap-around (it would double the off-diagonals) and a single point no off-diagonals."""
+    if n == 1:
+        return Banded(1, {0: diag})
+    return Banded(n, {-1: off, 0: diag, 1: off}, periodic=boundary == "periodic" and n > 2)
 
 
 def _spacings(shape, spacing):
@@ -585,6 +656,8 @@ def schrodinger(shape, spacing, potentials=None, *, couplings=(), boundary="diri
     >>> schrodinger((10, 10), x[1] - x[0], [x**2 / 2, x**2 / 2])
     KroneckerSum(shape=(10, 10), terms=2)
     """
+    if boundary not in ("dirichlet", "periodic"):
+        raise ValueError(f"boundary={boundary!r} is not one of ('dirichlet', 'periodic')")
     shape = tuple(int(n) for n in shape)
     d = len(shape)
     sp = _spacings(shape, spacing)
@@ -601,7 +674,7 @@ def schrodinger(shape, spacing, potentials=None, *, couplings=(), boundary="diri
             diag = diag + v
         off = -0.5 / sp[j] ** 2
         mats = [None] * d
-        mats[j] = Banded(shape[j], {-1: off, 0: diag, 1: off}, periodic=boundary == "periodic")
+        mats[j] = _kinetic_banded(shape[j], off, diag, boundary)
         terms.append((-1j, mats))
     for k, (lam, ws) in enumerate(couplings):
         ws = list(ws)

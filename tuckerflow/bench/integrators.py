@@ -1,32 +1,43 @@
-"""Benchmark: per-step cost of the low-rank integrators, and a dense RK4 for comparison.
+"""Benchmark: the low-rank integrators against the dense solvers a user would pick instead.
 
-``python -m tuckerflow.bench integrators [--sizes 64 … 2048] [--rank 16] [--dense-sizes 32 64]``
+``python -m tuckerflow.bench integrators [--sizes …] [--rank 16] [--dense-sizes 32 64 96]
+[--threads 1]``
 
-Part 1, scaling in ``n``: the operator is ``F(Y) = κ Δ Y − c · (x ⊗ y ⊗ z) ⊙ Y`` on an
-``n × n × n`` grid (banded second differences in grid units, κ = 0.1, a product potential
-``c = 1`` that makes ranks grow), ``Y0`` a random Tucker tensor of rank ``r`` (default 16).
-For each method one ``step()`` (RK4 substeps, ``h = 0.1``; the rank-adaptive methods capped
-at ``max_rank = r``) is timed; ``p`` in ``time ∝ n^p`` is fitted over ``n ≥ --fit-from``.
+Part 1, per-step cost against ``n``: the operator is ``F(Y) = κ Δ Y − c · (x ⊗ y ⊗ z) ⊙ Y``
+on an ``n × n × n`` grid (banded second differences in grid units, κ = 0.1, a product
+potential ``c = 1`` that makes ranks grow), ``Y0`` a random Tucker tensor of rank ``r``
+(default 16). For each method one ``step()`` (RK4 substeps, ``h = 0.1``; the rank-adaptive
+methods capped at ``max_rank = r``) is timed, median of ``--repeat`` after a warm-up, wall
+time and CPU time of the process (the latter is robust to other jobs on a shared machine);
+``p`` in ``time ∝ n^p`` is fitted over ``n ≥ --fit-from``.
 
-Part 2, against the full system: the heat-type equation ``u_t = κ Δu − c (x y z) u`` on
+Part 2, against the dense solvers: the heat-type equation ``u_t = κ Δu − c (x y z) u`` on
 ``(0, 1)³`` with Dirichlet boundary (κ = 0.01, c = 50, ``T = 0.5``) from a smooth rank-3
-initial value. The rank-adaptive BUG integrator (Krylov exponential substeps, 10 steps,
-``rank_rtol = 1e-8``, ``max_rank = r``) is compared with the classical RK4 on the dense
-``n³`` tensor at 90 % of its stability limit; both are measured against a dense Krylov
-exponential reference (relative tolerance 1e-13). Reported: wall times, their ratio and
-relative errors.
+initial value, on ``n³`` grid points. Low rank: ``ra-bug`` with Krylov-exponential substeps,
+10 fixed steps, ``rank_rtol = 1e-8``, ``max_rank = r``. Peers on the sparse ``n³ × n³``
+matrix (``scipy.sparse``): ``scipy.sparse.linalg.expm_multiply`` (the reference solution),
+``scipy.integrate.solve_ivp`` with ``BDF`` and the sparse Jacobian (up to ``--bdf-max``, its
+sparse LU fills in quickly in 3-D) and with ``DOP853`` (up to ``--explicit-max``); the ODE
+solvers are run at ``rtol`` equal to the low-rank error, so that the accuracies match.
+Reported: wall times, ratios against the low-rank run and relative errors.
+
+Part 3, adaptive against fixed steps: the same kind of operator on a ``16³`` grid
+(κ = 0.02, c = 1) from a random rank-2 value (a fast transient, then slow decay), ``T = 2``;
+``ra-bug`` with RK4 substeps at fixed steps and adaptive at several ``rtol``; reported:
+evaluations of ``fun`` and relative error against a dense Krylov exponential.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import time
 
 import numpy as np
 import tensorly as tl
 
 from .._backend import backend_dtype
-from ..integrate import METHODS
-from ..integrate.substep import KrylovExponential, rk4
+from ..integrate import METHODS, solve_ivp
+from ..integrate.substep import KrylovExponential
 from ..operators import Banded, KroneckerSum, laplacian
 from ..random import random_tucker
 from ..tucker import TuckerTensor
@@ -36,10 +47,19 @@ from ._util import environment, fitted_exponent, print_table, sync_for, timeit
 def add_arguments(parser):
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dense-sizes", type=int, nargs="*", default=[32, 64])
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--dense-sizes", type=int, nargs="*", default=[32, 64, 96])
+    parser.add_argument("--bdf-max", type=int, default=40)
+    parser.add_argument("--explicit-max", type=int, default=96)
     parser.add_argument("--fit-from", type=int, default=256)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS/OpenMP (and torch) threads; set the *_NUM_THREADS variables as well",
+    )
+    parser.add_argument("--parts", nargs="+", default=["steps", "dense", "adaptive"])
 
 
 def scaling_operator(n, *, kappa=0.1, coupling=1.0):
@@ -63,8 +83,73 @@ def heat_problem(n, *, kappa=0.01, coupling=50.0):
         for j in range(3):
             for k in range(3):
                 core[i, j, k] = 1.0 / (1 + i + j + k) ** 2
-    lam_max = kappa * 3 * 4 / h**2 + coupling / 8
-    return op, core, modes, lam_max
+    return op, core, modes, x
+
+
+def sparse_matrix(n, x, *, kappa=0.01, coupling=50.0):
+    """The heat problem's operator as a SciPy sparse ``n³ × n³`` matrix (C order)."""
+    import scipy.sparse as sp
+
+    h = 1.0 / (n + 1)
+    d2 = sp.diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(n, n)) / h**2
+    eye = sp.identity(n)
+    lap = (
+        sp.kron(sp.kron(d2, eye), eye)
+        + sp.kron(sp.kron(eye, d2), eye)
+        + sp.kron(eye, sp.kron(eye, d2))
+    )
+    v = x - 0.5
+    pot = np.einsum("i,j,k->ijk", v, v, v).ravel()
+    return (kappa * lap - coupling * sp.diags(pot)).tocsr()
+
+
+@contextlib.contextmanager
+def _threads(n):
+    if n is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        import sys
+
+        print(
+            "--threads: threadpoolctl is not installed, BLAS threads are not limited; set "
+            "OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS instead",
+            file=sys.stderr,
+        )
+        limiter = contextlib.nullcontext()
+    else:
+        limiter = threadpool_limits(limits=n)
+    torch_before = None
+    try:
+        import sys
+
+        if "torch" in sys.modules:
+            import torch
+
+            torch_before = torch.get_num_threads()
+            torch.set_num_threads(n)
+    except ImportError:  # pragma: no cover
+        pass
+    with limiter:
+        yield
+    if torch_before is not None:
+        import torch
+
+        torch.set_num_threads(torch_before)
+
+
+def _cpu_timeit(fn, repeat, sync):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        if sync:
+            sync()
+        times.append(time.process_time() - t0)
+    return float(np.median(times))
 
 
 def _scaling(args, sizes, rank, repeat, sync):
@@ -83,67 +168,100 @@ def _scaling(args, sizes, rank, repeat, sync):
             row[f"{name}_s"] = stats["median"]
             row[f"{name}_p10_s"] = stats["p10"]
             row[f"{name}_p90_s"] = stats["p90"]
+            row[f"{name}_cpu_s"] = _cpu_timeit(solver.step, repeat, sync)
         rows.append(row)
-        print_table([row], ["n", *(f"{m}_s" for m in args.methods)])
+        print_table([row], ["n", *(f"{m}_s" for m in args.methods), "ra-bug_cpu_s"])
     return rows
 
 
-def _dense_comparison(args, sizes, rank, sync):
-    import time
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
-    from ..integrate import solve_ivp
+
+def _dense_comparison(args, sizes, rank, sync):
+    import scipy.integrate
+    import scipy.sparse.linalg
 
     rows = []
+    end = 0.5
     for n in sizes:
-        op, core, modes, lam_max = heat_problem(n)
+        op, core, modes, x = heat_problem(n)
         kw = {"dtype": backend_dtype("float64")}
         if args.device is not None:
             kw["device"] = args.device
         y0 = TuckerTensor(tl.tensor(core, **kw), [tl.tensor(modes, **kw)] * 3)
-        x0 = y0.to_tensor()
-        end = 0.5
-
-        def f(t, x, op=op):
-            return op.apply_dense(x, t)
-
-        ref = KrylovExponential(rtol=1e-13)(f, 0.0, x0, end)
         t0 = time.perf_counter()
         sol = solve_ivp(
-            op,
-            (0.0, end),
-            y0,
-            method="ra-bug",
-            step=end / 10,
-            substep="exp",
-            rank_rtol=1e-8,
-            max_rank=rank,
-            t_eval=[end],
-        )
+            op, (0.0, end), y0, method="ra-bug", step=end / 10, substep="exp",
+            rank_rtol=1e-8, max_rank=rank, t_eval=[end],
+        )  # fmt: skip
         if sync:
             sync()
         t_lr = time.perf_counter() - t0
-        h_dense = 0.9 * 2.785 / lam_max
-        steps = math.ceil(end / h_dense)
-        h_dense = end / steps
+        y_lr = np.asarray(tl.to_numpy(sol.y[-1].to_tensor())).ravel()
+        u0 = np.einsum("abc,ia,jb,kc->ijk", core, modes, modes, modes).ravel()
+        a = sparse_matrix(n, x)
         t0 = time.perf_counter()
-        x = x0
-        for k in range(steps):
-            x = rk4(f, k * h_dense, x, h_dense)
-        if sync:
-            sync()
-        t_dense = time.perf_counter() - t0
-        nref = float(tl.to_numpy(tl.norm(ref)))
-        err_lr = float(tl.to_numpy(tl.norm(sol.y[-1].to_tensor() - ref))) / nref
-        err_dense = float(tl.to_numpy(tl.norm(x - ref))) / nref
+        ref = scipy.sparse.linalg.expm_multiply(a * end, u0)
+        t_expm = time.perf_counter() - t0
+        err_lr = _rel(y_lr, ref)
         row = {
             "n": n,
             "lowrank_s": t_lr,
-            "dense_rk4_s": t_dense,
-            "speedup": t_dense / t_lr,
             "lowrank_err": err_lr,
-            "dense_err": err_dense,
-            "dense_steps": steps,
-            "lowrank_steps": sol.nsteps,
+            "final_rank": str(sol.ranks[-1]),
+            "expm_multiply_s": t_expm,
+            "vs_expm_multiply": t_expm / t_lr,
+        }
+        solvers = []
+        if n <= args.bdf_max:
+            solvers.append(("BDF", {"jac": a}))
+        if n <= args.explicit_max:
+            solvers.append(("DOP853", {}))
+        for name, extra in solvers:
+            t0 = time.perf_counter()
+            out = scipy.integrate.solve_ivp(
+                lambda t, u, a=a: a @ u, (0.0, end), u0, method=name, rtol=err_lr,
+                atol=err_lr * 1e-3 * float(np.abs(u0).max()), **extra,
+            )  # fmt: skip
+            t_s = time.perf_counter() - t0
+            row[f"{name}_s"] = t_s
+            row[f"{name}_err"] = _rel(out.y[:, -1], ref)
+            row[f"vs_{name}"] = t_s / t_lr
+        rows.append(row)
+        print_table([row], list(row))
+    return rows
+
+
+def adaptive_problem(n=16):
+    x = np.linspace(-1, 1, n)
+    op = 0.02 * laplacian((n,) * 3, 2 / (n + 1)) + KroneckerSum(
+        (n,) * 3, [(-1.0, [Banded(n, {0: x})] * 3)]
+    )
+    return op
+
+
+def _adaptive_comparison(args, n=16, end=2.0):
+    op = adaptive_problem(n)
+    y0 = random_tucker((n,) * 3, 2, rng=0, device=args.device)
+    exact = KrylovExponential(rtol=1e-13)(lambda t, v: op.apply_dense(v), 0.0, y0.to_tensor(), end)
+    exact = np.asarray(tl.to_numpy(exact))
+    rows = []
+    runs = [("fixed", {"step": h, "rank_atol": 1e-10}) for h in (0.02, 0.01, 0.005, 0.0025)]
+    runs += [("adaptive", {"rtol": r, "atol": 1e-12}) for r in (1e-2, 1e-3, 1e-4)]
+    for kind, kw in runs:
+        t0 = time.perf_counter()
+        sol = solve_ivp(op, (0.0, end), y0, method="ra-bug", **kw)
+        t_run = time.perf_counter() - t0
+        err = _rel(np.asarray(tl.to_numpy(sol.y[-1].to_tensor())), exact)
+        row = {
+            "mode": kind,
+            "setting": kw.get("step", kw.get("rtol")),
+            "nfev": sol.nfev,
+            "nsteps": sol.nsteps,
+            "nrejected": sol.nrejected,
+            "error": err,
+            "time_s": t_run,
             "final_rank": str(sol.ranks[-1]),
         }
         rows.append(row)
@@ -157,27 +275,36 @@ def run(args):
     repeat = 2 if args.quick else args.repeat
     dense_sizes = [16] if args.quick else args.dense_sizes
     fit_from = 0 if args.quick else args.fit_from
-    with tl.backend_context(args.backend, local_threadsafe=True):
-        sync = sync_for(args.backend, args.device)
-        rows = _scaling(args, sizes, rank, repeat, sync)
-        exponents = {}
-        for name in args.methods:
-            used = [r for r in rows if r["n"] >= fit_from]
-            exponents[name] = fitted_exponent(
-                [r["n"] for r in used], [r[f"{name}_s"] for r in used]
-            )
-        print("\nper-step time, fitted exponent p in time ~ n^p:")
-        print_table([{"method": k, "p": v} for k, v in exponents.items()], ["method", "p"])
-        print("\nrank-adaptive BUG against dense RK4 (heat-type equation, T = 0.5):")
-        dense = _dense_comparison(args, dense_sizes, rank, sync)
-    return {
+    result = {
         "benchmark": "integrators",
         "backend": args.backend,
         "device": args.device,
         "rank": rank,
-        "scaling": rows,
-        "exponents": exponents,
+        "threads": args.threads,
         "fit_from": fit_from,
-        "dense_comparison": dense,
-        "environment": environment(),
     }
+    with _threads(args.threads), tl.backend_context(args.backend, local_threadsafe=True):
+        sync = sync_for(args.backend, args.device)
+        if "steps" in args.parts:
+            rows = _scaling(args, sizes, rank, repeat, sync)
+            exponents = {}
+            for name in args.methods:
+                used = [r for r in rows if r["n"] >= fit_from]
+                exponents[name] = fitted_exponent(
+                    [r["n"] for r in used], [r[f"{name}_s"] for r in used]
+                )
+            print("\nper-step time, fitted exponent p in time ~ n^p:")
+            print_table([{"method": k, "p": v} for k, v in exponents.items()], ["method", "p"])
+            result["scaling"] = rows
+            result["exponents"] = exponents
+        if "dense" in args.parts:
+            print("\nra-bug against expm_multiply, BDF and DOP853 (heat-type equation, T = 0.5):")
+            result["dense_comparison"] = _dense_comparison(args, dense_sizes, rank, sync)
+        if "adaptive" in args.parts:
+            print("\nadaptive against fixed steps (ra-bug, RK4 substeps, T = 2):")
+            result["adaptive_comparison"] = _adaptive_comparison(args, n=8 if args.quick else 16)
+    result["environment"] = environment()
+    return result
+
+
+__all__ = ["adaptive_problem", "heat_problem", "scaling_operator", "sparse_matrix"]

@@ -1,6 +1,7 @@
 """Dynamical low-rank integrators for tensor ODEs ``dY/dt = F(t, Y)`` in Tucker format.
 
-:func:`solve_ivp` is the convenience function; each method is also a steppable class
+:func:`solve_ivp` is the convenience function (SciPy's interface: tolerances, adaptive or
+fixed steps, events, dense output, backward time); each method is also a steppable class
 (SciPy's ``OdeSolver`` pattern) registered in :data:`METHODS`:
 
 ========================  =====================  ==========================================
@@ -13,18 +14,24 @@ name                      class                  what it is
 ``"midpoint-bug"``        MidpointBUG            rank-adaptive, order 2
 ========================  =====================  ==========================================
 
-Substep ODEs are solved by :mod:`tuckerflow.integrate.substep` (explicit Euler, RK4, a
-Krylov exponential for linear problems, or any callable ``(f, t0, y0, h) -> y1``).
+Modules: :mod:`.base` (the base class :class:`TuckerOdeSolver`: time, status, counters, the
+step-size controller), :mod:`.rank_adaptive` (:class:`RankAdaptiveSolver`, the base of the
+rank-adaptive methods), :mod:`.steps` (K-, Galerkin and augmented steps), :mod:`.error`
+(the adaptive error estimate), :mod:`.dense_output`, :mod:`.events`, :mod:`.substep`
+(explicit Euler, RK4, a Krylov exponential for linear problems, or any callable
+``(f, t0, y0, h) -> y1``), :mod:`.ivp` (:func:`solve_ivp`).
 """
 
 from __future__ import annotations
 
 from .base import RightHandSideError, TuckerOdeSolver
-from .bug import FixedRankBUG, RankAdaptiveBUG, RankAdaptiveMixin
+from .bug import FixedRankBUG, RankAdaptiveBUG
+from .dense_output import StepInterpolant, TuckerOdeSolution
 from .ivp import METHODS, OdeResult, solve_ivp
 from .midpoint_bug import MidpointBUG
 from .parallel_bug import ParallelBUG
 from .psi import ProjectorSplitting
+from .rank_adaptive import RankAdaptiveSolver
 from .substep import SUBSTEPS, KrylovExponential, explicit_euler, rk4
 
 __all__ = [
@@ -37,8 +44,10 @@ __all__ = [
     "ParallelBUG",
     "ProjectorSplitting",
     "RankAdaptiveBUG",
-    "RankAdaptiveMixin",
+    "RankAdaptiveSolver",
     "RightHandSideError",
+    "StepInterpolant",
+    "TuckerOdeSolution",
     "TuckerOdeSolver",
     "explicit_euler",
     "rk4",

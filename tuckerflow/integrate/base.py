@@ -1,9 +1,16 @@
-"""Base class of the steppable low-rank integrators and the checked right-hand side.
+"""Base class of the steppable low-rank integrators: time, status, counters, step control.
 
-The pattern is SciPy's ``OdeSolver``: the public :meth:`TuckerOdeSolver.step` owns the time,
-the status and the counters; a method implements ``_step_impl(t, Y, h) -> Y_new``. A failed
-step (the right-hand side returned a wrong shape or non-finite values) leaves ``t`` and ``y``
-at the last good state and sets ``status = "failed"``.
+The pattern is SciPy's ``OdeSolver`` (``scipy/integrate/_ivp/base.py``): the public
+:meth:`TuckerOdeSolver.step` owns the time, the status and the counters and calls
+``_step_impl() -> (success, message)``. The base class's ``_step_impl`` is the step-size
+control shared by every method (fixed steps, or adaptive steps from a local error
+estimate); a method implements one step of a given size,
+``_advance(t, Y, h) -> (Y_new, bases)``. A failed step leaves ``t`` and ``y`` at the last
+good state and sets ``status = "failed"``.
+
+Adaptive steps (``step=None``) use the error estimate of :mod:`.error` and a standard
+controller whose constants are the module attributes :data:`SAFETY`, :data:`MIN_FACTOR`
+and :data:`MAX_FACTOR` (SciPy's values).
 """
 
 from __future__ import annotations
@@ -12,41 +19,72 @@ import math
 
 import numpy as np
 import tensorly as tl
-from tensorly import tucker_tensor as _tl_tucker
-from tensorly.tenalg import multi_mode_dot
 
-from .._backend import conj_t, to_float
-from ..dlra import core_qr
-from ..geometry.contract import ambient_shape, contract
+from .._backend import check_finite, dtype_name, eps, to_float
+from ..ambient import ContractionError, ambient_shape
 from ..truncation import validate_rank
 from ..tucker import TuckerTensor, as_tucker, orthonormalize
+from .dense_output import StepInterpolant, step_data
+from .error import error_norm, initial_step
 from .substep import resolve_substep
 
-__all__ = ["RightHandSideError", "TuckerOdeSolver"]
+__all__ = [
+    "MAX_FACTOR",
+    "MIN_FACTOR",
+    "RTOL_FLOOR",
+    "SAFETY",
+    "SLIVER_FRACTION",
+    "TRUNCATION_FRACTION",
+    "RightHandSideError",
+    "TuckerOdeSolver",
+]
 
-#: A step that would leave less than this fraction of ``step`` before ``t_bound`` (or the
-#: next stop) is stretched to end there, so that no sliver step of round-off size remains.
+#: Safety factor of the step-size controller ``h_new = h · SAFETY · (1/err)^(1/(q+1))``.
+SAFETY = 0.9
+#: Smallest factor by which one rejected or accepted step changes the step size.
+MIN_FACTOR = 0.2
+#: Largest factor by which one accepted step enlarges the step size.
+MAX_FACTOR = 10.0
+#: The adaptive mode refuses ``rtol`` below this multiple of the state dtype's epsilon (the
+#: round-off of the error estimate itself), as SciPy's solvers do (SciPy raises it silently).
+RTOL_FLOOR = 100.0
+#: Fraction of each step's error budget ``atol·√N + rtol·‖Y‖`` that the rank truncation of
+#: the rank-adaptive methods may spend when no rank tolerance is given.
+TRUNCATION_FRACTION = 0.1
+#: A fixed step that would leave less than this fraction of ``step`` before ``t_bound`` (or
+#: the next stop) is stretched to end there, so that no sliver step of round-off size remains.
 SLIVER_FRACTION = 1e-10
 
 
 class RightHandSideError(RuntimeError):
     """The right-hand side returned an unusable value at time ``t``."""
 
-    def __init__(self, t, reason):
-        super().__init__(f"at t={t!r}: {reason}")
+    def __init__(self, t, reason, where=None):
+        super().__init__(f"{where or f'at t={t!r}'}: {reason}")
         self.t = t
         self.reason = reason
 
 
-def ct(x):
-    """Conjugate transpose, materialised (PyTorch's lazy conjugate views are resolved)."""
-    y = conj_t(x)
-    resolve = getattr(y, "resolve_conj", None)
-    return resolve() if resolve is not None else y
+def _value_shape(F):
+    """Shape of a right-hand side value in O(1) (no validation of its contents)."""
+    if tl.is_tensor(F):
+        return tuple(tl.shape(F))
+    if isinstance(F, TuckerTensor):
+        return tuple(F.shape)
+    if isinstance(F, (tuple, list)) and len(F) == 2 and tl.is_tensor(F[0]):
+        try:
+            return tuple(int(tl.shape(u)[0]) for u in F[1])
+        except (TypeError, IndexError):
+            raise TypeError("a (core, factors) pair whose factors are not matrices") from None
+    return ambient_shape(F)
 
 
 class CheckedRightHandSide:
-    """``fun`` wrapped: counts evaluations, checks shapes, checks contractions for NaN/Inf."""
+    """``fun`` wrapped: counts evaluations and checks the shape of each value (O(1)).
+
+    Finiteness is checked on the results of the substeps (one reduction per substep, see
+    :func:`check_finite_step`), not on every evaluation.
+    """
 
     def __init__(self, fun, shape):
         if not callable(fun):
@@ -59,7 +97,7 @@ class CheckedRightHandSide:
         self.nfev += 1
         F = self.fun(t, Y)
         try:
-            shape = ambient_shape(F)
+            shape = _value_shape(F)
         except TypeError as exc:
             raise RightHandSideError(t, f"fun(t, Y) returned an unusable value: {exc}") from None
         if shape != self.shape:
@@ -68,46 +106,34 @@ class CheckedRightHandSide:
             )
         return F
 
-    def contract(self, F, matrices, t):
-        """``contract(F, matrices)`` checked for NaN/Inf (one small reduction)."""
-        return self._checked(contract(F, matrices), t)
 
-    def unfolded_contract(self, F, matrices, mode, right, t):
-        """``Mat_mode(contract(F, matrices)) @ right`` (``matrices[mode]`` is None), checked."""
-        return self._checked(unfolded_contract(F, matrices, mode, right), t)
-
-    @staticmethod
-    def _checked(out, t):
-        m = to_float(tl.max(tl.abs(out))) if int(np.prod(tl.shape(out))) else 0.0
-        if not math.isfinite(m):
-            raise RightHandSideError(t, "fun(t, Y) returned non-finite values (NaN or Inf)")
-        return out
+def check_shape(out, expected, t, what):
+    """Raise :class:`RightHandSideError` when a contraction of ``F`` has the wrong shape."""
+    got = tuple(tl.shape(out))
+    if got != tuple(expected):
+        raise RightHandSideError(
+            t,
+            f"{what} of fun(t, Y) has shape {got}, expected {tuple(expected)} "
+            "(a Contractible whose contract() returns the wrong shape)",
+        )
+    return out
 
 
-def unfolded_contract(F, matrices, mode, right):
-    """``Mat_mode(F ×_{j≠mode} M_j) @ right`` without the ``n_mode × ∏ m_j`` intermediate
-    where the structure of ``F`` allows it.
-
-    A Tucker ``F = D ×_j W_j`` gives ``W_mode · (Mat_mode(D ×_{j≠mode} M_j W_j) @ right)``,
-    costing ``O(n_mode s · cols(right))`` instead of ``O(n_mode ∏ m_j)`` memory traffic; objects
-    with an ``unfolded_contract(matrices, mode, right)`` method are asked for it; anything else
-    goes through :func:`tuckerflow.geometry.contract`.
-    """
-    method = getattr(F, "unfolded_contract", None)
-    if method is not None:
-        return method(matrices, mode, right)
-    if isinstance(F, _tl_tucker.TuckerTensor) or (
-        isinstance(F, (tuple, list)) and len(F) == 2 and tl.is_tensor(F[0])
-    ):
-        y = as_tucker(F, "F")
-        mats = [tl.dot(m, u) for m, u in zip(matrices, y.factors) if m is not None]
-        modes = [j for j, m in enumerate(matrices) if m is not None]
-        small = multi_mode_dot(y.core, mats, modes=modes)
-        return tl.dot(y.factors[mode], tl.dot(tl.unfold(small, mode), right))
-    return tl.dot(tl.unfold(contract(F, matrices), mode), right)
+def check_finite_step(arrays, t0, t1):
+    """One host transfer: raise :class:`RightHandSideError` if any array is not finite."""
+    maxima = [tl.reshape(tl.max(tl.abs(a)), (1,)) for a in arrays if int(np.prod(tl.shape(a)))]
+    if not maxima:
+        return
+    m = np.asarray(tl.to_numpy(tl.concatenate(maxima)))
+    if not np.all(np.isfinite(m)):
+        raise RightHandSideError(
+            t0,
+            "fun(t, Y) returned non-finite values (NaN or Inf)",
+            where=f"in the step from t={t0!r} to t={t1!r}",
+        )
 
 
-def _check_time(name, value):
+def check_time(name, value):
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -115,6 +141,36 @@ def _check_time(name, value):
     if not math.isfinite(v):
         raise ValueError(f"{name}={value!r} must be finite")
     return v
+
+
+def check_step_size(name, value, span):
+    """A step-size magnitude: finite (or inf for ``max_step``), > 0, within the span."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if math.isnan(v) or v <= 0:
+        raise ValueError(
+            f"{name}={value!r} must be > 0 (a step size is a magnitude; for backward "
+            "integration, t_bound < t0, give it positive as well)"
+        )
+    if name == "first_step" and span > 0 and v > span:
+        raise ValueError(f"first_step={value!r} exceeds the length of t_span, {span!r}")
+    if name in ("first_step", "step") and math.isinf(v):
+        raise ValueError(f"{name}={value!r} must be finite")
+    return v
+
+
+def check_tolerances(rtol, atol):
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{name} must be a real number, got {v!r}")
+    rtol, atol = float(rtol), float(atol)
+    if not (math.isfinite(rtol) and rtol > 0):
+        raise ValueError(f"rtol={rtol!r} must be a finite number > 0")
+    if not (math.isfinite(atol) and atol >= 0):
+        raise ValueError(f"atol={atol!r} must be a finite number >= 0")
+    return rtol, atol
 
 
 class TuckerOdeSolver:
@@ -125,14 +181,24 @@ class TuckerOdeSolver:
     fun : callable ``fun(t, Y)``
         Receives a :class:`~tuckerflow.TuckerTensor` and returns the ambient tensor
         ``F(t, Y)``: a dense tensor, a Tucker tensor, or any object of the
-        :class:`~tuckerflow.geometry.Contractible` protocol; structured operators of
+        :class:`~tuckerflow.ambient.Contractible` protocol; structured operators of
         :mod:`tuckerflow.operators` qualify.
     t0, t_bound : float
-        Start time and final time, ``t_bound ≥ t0``.
+        Start time and final time; ``t_bound < t0`` integrates backward in time.
     y0 : Tucker tensor
-        Initial value with a valid multilinear rank; its factors are orthonormalised (exact).
-    step : float
-        Step size ``h > 0`` (the last step is shortened to end at ``t_bound``).
+        Initial value with a valid multilinear rank and finite entries; its factors are
+        orthonormalised (exact).
+    step : float, optional
+        Fixed step size ``h > 0`` (the last step is shortened to end at ``t_bound``). Default
+        None: adaptive steps controlled by ``rtol`` and ``atol``.
+    rtol, atol : float
+        Local error tolerance of the adaptive steps, ``‖err‖_F ≤ atol·√N + rtol·‖Y‖_F``
+        (``N`` the number of entries of ``Y``); also the budget from which the rank-adaptive
+        methods derive their truncation tolerance when none is given.
+    first_step : float, optional
+        Initial step size of the adaptive mode (default: chosen from ``F(t0, Y0)``).
+    max_step : float
+        Largest step size of the adaptive mode (default: unbounded).
     substep : {"euler", "rk4", "exp"} or callable
         Solver of the substep ODEs (see :mod:`tuckerflow.integrate.substep`).
     **options
@@ -142,9 +208,22 @@ class TuckerOdeSolver:
     Attributes
     ----------
     t, y : current time and Tucker tensor
+    t_old : time before the last accepted step (None before the first)
+    direction : +1 or -1
+    step_size : size of the last accepted step (None before the first)
     status : {"running", "finished", "failed"}
     message : str or None
     nfev, nsteps, nrejected : counters (evaluations of ``fun``, accepted, rejected steps)
+    last_error : the error estimate of the last accepted step relative to the tolerance
+        (adaptive mode; ``≤ 1``)
+
+    Notes
+    -----
+    A method implements ``_advance(t, Y, h) -> (Y_new, bases)``: one step of size ``h``
+    (negative backward), returning the new state and a list of orthonormal bases (one per
+    mode) whose tensor product contains both ``Y`` and ``Y_new``, or None (the base class
+    then uses ``orth([U_i, U_i^new])``). The error estimate and the dense output live in that
+    space.
     """
 
     #: Name of the method in :data:`tuckerflow.integrate.METHODS`.
@@ -156,43 +235,78 @@ class TuckerOdeSolver:
     #: Names of the method-specific keyword options.
     OPTIONS: tuple = ()
 
-    def __init__(self, fun, t0, y0, t_bound, *, step, substep="rk4", **options):
+    def __init__(
+        self,
+        fun,
+        t0,
+        y0,
+        t_bound,
+        *,
+        step=None,
+        rtol=1e-3,
+        atol=1e-6,
+        first_step=None,
+        max_step=math.inf,
+        substep="rk4",
+        **options,
+    ):
         unknown = sorted(set(options) - set(self.OPTIONS))
         if unknown:
-            valid = ", ".join(("step", "substep", *self.OPTIONS))
+            valid = ", ".join(
+                ("step", "rtol", "atol", "first_step", "max_step", "substep", *self.OPTIONS)
+            )
             raise TypeError(
                 f"method {self.name!r} got unknown option(s) {unknown}; its options are: {valid}"
             )
-        self.t = _check_time("t0", t0)
-        self.t_bound = _check_time("t_bound", t_bound)
-        if self.t_bound < self.t:
-            raise ValueError(
-                f"t_span is reversed: t_bound={t_bound!r} < t0={t0!r}; "
-                "integration runs forward in time only"
-            )
-        h = _check_time("step", step)
-        if h <= 0:
-            raise ValueError(f"step={step!r} must be > 0")
-        self.max_step = h
+        self.t = check_time("t0", t0)
+        self.t_bound = check_time("t_bound", t_bound)
+        self.direction = -1.0 if self.t_bound < self.t else 1.0
+        span = abs(self.t_bound - self.t)
+        self.rtol, self.atol = check_tolerances(rtol, atol)
+        self.fixed_step = None if step is None else check_step_size("step", step, span)
+        self.first_step = (
+            None if first_step is None else check_step_size("first_step", first_step, span)
+        )
+        self.max_step = check_step_size("max_step", max_step, span)
         y0 = as_tucker(y0, "y0")
         validate_rank(y0.shape, y0.rank, "y0.rank")
+        check_finite(y0.core, "y0.core")
+        for i, u in enumerate(y0.factors):
+            check_finite(u, f"y0.factors[{i}]")
+        if self.fixed_step is None and self.rtol < RTOL_FLOOR * eps(y0.core):
+            raise ValueError(
+                f"rtol={rtol!r} is below {RTOL_FLOOR:g}·eps of y0's dtype {dtype_name(y0.core)} "
+                f"({RTOL_FLOOR * eps(y0.core):.2g}): the error estimate cannot resolve it; "
+                "use a wider dtype or a larger rtol"
+            )
         self.shape = tuple(y0.shape)
+        self.size = math.prod(self.shape)
         self.y = orthonormalize(y0)
         self.fun = CheckedRightHandSide(fun, self.shape)
         self.substep = resolve_substep(substep)
-        self.status = "running" if self.t < self.t_bound else "finished"
+        self.status = "running" if self.t != self.t_bound else "finished"
         self.message = None
         self.t_old = None
+        self.step_size = None
         self.nsteps = 0
         self.nrejected = 0
+        self.last_error = None
+        self._h_abs = None
+        self._f = None  # F(t, y) when already evaluated (first same as last)
+        self._step = None  # data of the last accepted step (dense output)
         self._configure(**options)
 
     # -- subclass interface ------------------------------------------------------------------
     def _configure(self, **options):
         """Store method options (called once from ``__init__``)."""
 
-    def _step_impl(self, t, y, h):  # pragma: no cover - abstract
+    def _advance(self, t, y, h):  # pragma: no cover - abstract
+        """One step of size ``h`` from ``(t, y)``: returns ``(y_new, bases or None)``."""
         raise NotImplementedError
+
+    def _begin_step(self, t, y, h, tol):
+        """Hook called before each attempt with the step's error budget ``tol``."""
+        self._tol = tol
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -203,8 +317,18 @@ class TuckerOdeSolver:
     def rank(self) -> tuple:
         return tuple(self.y.rank)
 
+    @property
+    def adaptive(self) -> bool:
+        return self.fixed_step is None
+
+    def tolerance(self, *norms) -> float:
+        """Error budget ``atol·√N + rtol·max(norms)`` of one step."""
+        return self.atol * math.sqrt(self.size) + self.rtol * max(norms)
+
     def step(self, *, t_stop=None):
-        """Advance by one step (to ``min(t + step, t_bound, t_stop)``).
+        """Advance by one step (fixed: to ``min(t + step, t_bound, t_stop)`` in the direction
+        of integration; adaptive: as far as the error estimate allows, not beyond ``t_bound``
+        or ``t_stop``).
 
         Returns
         -------
@@ -214,59 +338,134 @@ class TuckerOdeSolver:
         """
         if self.status != "running":
             raise RuntimeError(f"step() called on a solver whose status is {self.status!r}")
-        end = self.t_bound if t_stop is None else min(float(t_stop), self.t_bound)
-        if end <= self.t:
-            raise ValueError(f"t_stop={t_stop!r} must be later than the current time {self.t}")
-        h = self.max_step
-        if self.t + h >= end - SLIVER_FRACTION * self.max_step:
-            h = end - self.t
-            t_new = end
-        else:
-            t_new = self.t + h
+        end = self.t_bound
+        if t_stop is not None:
+            t_stop = float(t_stop)
+            if self.direction * (t_stop - self.t) <= 0:
+                raise ValueError(
+                    f"t_stop={t_stop!r} must lie after the current time {self.t} in the "
+                    "direction of integration"
+                )
+            if self.direction * (t_stop - end) < 0:
+                end = t_stop
         try:
-            y_new = self._step_impl(self.t, self.y, h)
+            success, message = self._step_impl(end)
         except RightHandSideError as exc:
+            success, message = False, f"fun failed {exc}"
+        except ContractionError as exc:
+            success, message = False, f"fun(t, Y) is unusable: {exc}"
+        if not success:
             self.status = "failed"
-            self.message = f"fun failed {exc}; the last good state is at t={self.t!r}"
+            self.message = f"{message}; the last good state is at t={self.t!r}"
             return self.message
-        self.t_old, self.t, self.y = self.t, t_new, y_new
         self.nsteps += 1
-        if self.t >= self.t_bound:
+        if self.direction * (self.t - self.t_bound) >= 0:
             self.status = "finished"
         return None
 
+    def dense_output(self):
+        """The interpolant of the last accepted step (:class:`StepInterpolant`).
 
-# ------------------------------------------------------------------------------------------------
-# substeps shared by the methods
+        A cubic Hermite interpolant in the tensor-product space of the step, from the two
+        end values and the projections of ``F`` onto that space (third-order accurate in
+        the step size, i.e. at least the method's order); it costs one evaluation of ``fun``
+        per step in fixed-step mode (none in adaptive mode, where the error estimate
+        evaluates ``F`` at the new state anyway).
+        """
+        if self._step is None:
+            raise RuntimeError("dense_output() is available after the first accepted step")
+        data = self._step
+        if data.f0 is None:
+            data.f0 = self.fun(data.t0, data.y0)
+        if data.f1 is None:
+            data.f1 = self._f if self._f is not None else self.fun(self.t, self.y)
+            self._f = data.f1
+        return StepInterpolant(data)
 
+    # -- step-size control ---------------------------------------------------------------------
+    def _min_step(self, t):
+        return 10 * abs(np.nextafter(t, self.direction * np.inf) - t)
 
-def k_step(rhs, substep, t0, h, core, factors, i):
-    """K-step of mode ``i``: ``K' = Mat_i(F(t, Ten_i(K V_iᴴ))) V_i`` from ``K(t0) = U_i S_i``.
+    def _current_f(self):
+        if self._f is None:
+            self._f = self.fun(self.t, self.y)
+        return self._f
 
-    Returns ``(K(t0 + h), Q_i)`` where ``Mat_i(C)ᴴ = Q_i S_iᴴ`` and ``V_i = (⊗_{j≠i} U_j) Q_i``.
-    """
-    q, s = core_qr(core, i)
-    k0 = tl.dot(factors[i], s)
-    k_rank = list(tl.shape(core))
-    k_rank[i] = tl.shape(q)[1]
-    k_core = tl.fold(ct(q), i, k_rank)  # Mat_i(k_core) = Qᴴ, so Mat_i(Y) = K V_iᴴ
-    mats = [ct(u) for u in factors]
-    mats[i] = None
+    def _step_impl(self, end):
+        t, y = self.t, self.y
+        if self.fixed_step is not None:
+            return self._fixed_step(t, y, end)
+        return self._adaptive_step(t, y, end)
 
-    def f(t, k):
-        fac = list(factors)
-        fac[i] = k
-        F = rhs(t, TuckerTensor(k_core, fac))
-        return rhs.unfolded_contract(F, mats, i, q, t)
+    def _fixed_step(self, t, y, end):
+        h_abs = self.fixed_step
+        if t + self.direction * h_abs == t:
+            return False, (
+                f"step={h_abs!r} is below the time resolution at t={t!r} (t + step == t)"
+            )
+        remaining = abs(end - t)
+        if h_abs >= remaining - SLIVER_FRACTION * h_abs:
+            t_new = end
+        else:
+            t_new = t + self.direction * h_abs
+        h = t_new - t
+        tol = self.tolerance(to_float(tl.norm(y.core)))
+        self._begin_step(t, y, h, tol)
+        y_new, bases = self._advance(t, y, h)
+        self._accept(t, y, t_new, y_new, bases, f0=self._f, f1=None)
+        return True, None
 
-    return substep(f, t0, k0, h), q
+    def _adaptive_step(self, t, y, end):
+        f0 = self._current_f()
+        norm0 = to_float(tl.norm(y.core))
+        exponent = -1.0 / (min(self.order, 2) + 1)
+        if self._h_abs is None:
+            if self.first_step is not None:
+                self._h_abs = self.first_step
+            else:
+                self._h_abs = initial_step(f0, norm0, self, exponent)
+        h_abs = min(self._h_abs, self.max_step)
+        rejected = False
+        while True:
+            if h_abs < self._min_step(t):
+                return False, (
+                    f"the step size {h_abs:.3g} required by rtol={self.rtol}, "
+                    f"atol={self.atol} is below the time resolution at t={t!r}"
+                )
+            t_new = t + self.direction * h_abs
+            if self.direction * (t_new - end) > 0:
+                t_new = end
+            h = t_new - t
+            h_abs = abs(h)
+            tol = self.tolerance(norm0)
+            self._begin_step(t, y, h, tol)
+            y_new, bases = self._advance(t, y, h)
+            f1 = self.fun(t_new, y_new)
+            data = step_data(t, y, t_new, y_new, bases, f0, f1)
+            err = error_norm(data)
+            tol = self.tolerance(norm0, to_float(tl.norm(y_new.core)))
+            ratio = err / tol if tol > 0 else (0.0 if err == 0 else math.inf)
+            if not math.isfinite(ratio):
+                check_finite_step([data.g0, data.g1], t, t_new)
+            if ratio <= 1.0:
+                factor = MAX_FACTOR if ratio == 0 else min(MAX_FACTOR, SAFETY * ratio**exponent)
+                if rejected:
+                    factor = min(1.0, factor)
+                self._h_abs = h_abs * max(factor, MIN_FACTOR)
+                self.last_error = ratio
+                self._accept_data(data, f1)
+                return True, None
+            self.nrejected += 1
+            rejected = True
+            h_abs *= max(MIN_FACTOR, SAFETY * ratio**exponent)
 
+    def _accept(self, t, y, t_new, y_new, bases, f0, f1):
+        self._accept_data(step_data(t, y, t_new, y_new, bases, f0, f1), f1)
 
-def galerkin_step(rhs, substep, t0, h, core0, factors):
-    """Galerkin core step ``C' = F(t, C ×_j U_j) ×_j U_jᴴ`` in fixed bases from ``core0``."""
-    mats = [ct(u) for u in factors]
-
-    def f(t, c):
-        return rhs.contract(rhs(t, TuckerTensor(c, factors)), mats, t)
-
-    return substep(f, t0, core0, h)
+    def _accept_data(self, data, f1):
+        theta = getattr(self, "_theta", None)
+        data.theta = theta if theta is not None else TRUNCATION_FRACTION * self._tol
+        self.t_old, self.t, self.y = data.t0, data.t1, data.y1
+        self.step_size = data.t1 - data.t0
+        self._f = f1
+        self._step = data

@@ -8,20 +8,24 @@ References
 
 from __future__ import annotations
 
+import tensorly as tl
+
+from ..ambient import unfolded_contract
 from ..dlra import augment_basis, augmented_core, core_qr
 from ..tucker import TuckerTensor
-from .base import TuckerOdeSolver, ct, galerkin_step
-from .bug import RankAdaptiveMixin, augmented_bug_step
+from .base import check_finite_step, check_shape
+from .rank_adaptive import RankAdaptiveSolver
+from .steps import augmented_bug_step, ct, galerkin_step
 
 __all__ = ["MidpointBUG"]
 
 
-class MidpointBUG(RankAdaptiveMixin, TuckerOdeSolver):
+class MidpointBUG(RankAdaptiveSolver):
     """Second-order rank-adaptive BUG integrator (``method="midpoint-bug"``).
 
-    Options: those of :class:`RankAdaptiveMixin`; for second order the substep solver must
-    be at least second order (``"rk4"`` or ``"exp"``) and the truncation tolerance small
-    (the error has a term ``nsteps · ϑ``).
+    Options: those of :class:`~tuckerflow.integrate.RankAdaptiveSolver`; for second order
+    the substep solver must be at least second order (``"rk4"`` or ``"exp"``) and the
+    truncation tolerance small (the error has a term ``nsteps · ϑ``).
 
     Notes
     -----
@@ -44,26 +48,25 @@ class MidpointBUG(RankAdaptiveMixin, TuckerOdeSolver):
 
     name = "midpoint-bug"
     order = 2
-    rank_adaptive = True
-    OPTIONS = RankAdaptiveMixin.RANK_OPTIONS
 
-    def _configure(self, **options):
-        self._configure_ranks(**options)
-
-    def _step_impl(self, t, y, h):
+    def _advance(self, t, y, h):
         core, factors = y.core, list(y.factors)
         d = len(factors)
         half = h / 2
         core_half, u_half = augmented_bug_step(self.fun, self.substep, t, half, core, factors)
         F_half = self.fun(t + half, TuckerTensor(core_half, u_half))
-        u_check = []
+        ws = []
         for i in range(d):
             q, _ = core_qr(core_half, i)
             mats = [ct(u) for u in u_half]
             mats[i] = None
-            w = self.fun.unfolded_contract(F_half, mats, i, q, t + half)
-            u_check.append(augment_basis(u_half[i], w))
+            w = unfolded_contract(F_half, mats, i, q)
+            ws.append(check_shape(w, (self.shape[i], tl.shape(q)[1]), t + half, "a contraction"))
+        check_finite_step(ws, t, t + h)
+        u_check = [augment_basis(u, w) for u, w in zip(u_half, ws)]
+        if self.augment_normal:
+            u_check = self._with_normal_directions(F_half, y, u_check, h)
         core_check = augmented_core(core, factors, u_check)
         core_check = galerkin_step(self.fun, self.substep, t, h, core_check, u_check)
         y1, _, _ = self._truncate(core_check, u_check)
-        return y1
+        return y1, u_check

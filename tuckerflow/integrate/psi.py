@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import tensorly as tl
 
+from ..ambient import contract_unchecked
 from ..tucker import TuckerTensor
-from .base import TuckerOdeSolver, ct, galerkin_step, k_step
+from .base import TuckerOdeSolver, check_finite_step, check_shape
+from .steps import ct, galerkin_step, k_step
 
 __all__ = ["ProjectorSplitting"]
 
@@ -20,11 +22,13 @@ def s_step(rhs, substep, t0, h, s0, q, factors, i, s_rank):
     """Backward S-step ``S' = −U_iᴴ Mat_i(F(t, Ten_i(U_i S V_iᴴ))) V_i`` from ``S(t0) = s0``."""
     qh = ct(q)
     mats = [ct(u) for u in factors]
+    expected = tuple(s_rank)
 
     def f(t, s):
         c = tl.fold(tl.dot(s, qh), i, s_rank)
         F = rhs(t, TuckerTensor(c, factors))
-        return -tl.dot(tl.unfold(rhs.contract(F, mats, t), i), q)
+        g = check_shape(contract_unchecked(F, mats), expected, t, "the S-step contraction")
+        return -tl.dot(tl.unfold(g, i), q)
 
     return substep(f, t0, s0, h)
 
@@ -56,15 +60,17 @@ class ProjectorSplitting(TuckerOdeSolver):
     name = "psi"
     order = 1
 
-    def _step_impl(self, t, y, h):
+    def _advance(self, t, y, h):
         core, factors = y.core, list(y.factors)
         for i in range(len(factors)):
             k1, q = k_step(self.fun, self.substep, t, h, core, factors, i)
+            check_finite_step([k1], t, t + h)
             u1, s_hat = tl.qr(k1)
             factors[i] = u1
             s_rank = list(tl.shape(core))
             s_rank[i] = tl.shape(u1)[1]
             s1 = s_step(self.fun, self.substep, t, h, s_hat, q, factors, i, s_rank)
+            check_finite_step([s1], t, t + h)
             core = tl.fold(tl.dot(s1, ct(q)), i, s_rank)
         core = galerkin_step(self.fun, self.substep, t, h, core, factors)
-        return TuckerTensor(core, factors)
+        return TuckerTensor(core, factors), None

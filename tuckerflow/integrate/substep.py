@@ -101,6 +101,8 @@ class KrylovExponential:
         shape = tl.shape(y0)
         y = tl.reshape(y0, (-1,))
         tiny = 10.0 * eps(y0)
+        sign = -1.0 if h < 0 else 1.0  # backward substeps: exp(-|h| A)
+        h = abs(h)
         done = 0.0
         while done < h * (1 - 1e-14):
             beta = to_float(tl.norm(y))
@@ -122,11 +124,11 @@ class KrylovExponential:
                 nxt = to_float(tl.norm(w))
                 size = j + 1
                 if nxt <= tiny * max(scale, 1e-300):  # invariant subspace: exact
-                    e = expm_small(tau * hess[:size, :size])[:, 0]
+                    e = expm_small(sign * tau * hess[:size, :size])[:, 0]
                     break
                 hess[j + 1, j] = nxt
                 # stop as soon as the whole remaining substep is resolved
-                e = expm_small(tau * hess[:size, :size])[:, 0]
+                e = expm_small(sign * tau * hess[:size, :size])[:, 0]
                 if beta * nxt * abs(e[size - 1]) <= rtol * beta:
                     break
                 if j + 1 < m:
@@ -137,7 +139,7 @@ class KrylovExponential:
                     if tau <= h * 1e-6:
                         break
                     tau /= 2
-                    e = expm_small(tau * hess[:size, :size])[:, 0]
+                    e = expm_small(sign * tau * hess[:size, :size])[:, 0]
             if not cplx:
                 e = e.real
             y = tl.dot(tl.tensor(beta * e, **context(y0)), basis[:size])

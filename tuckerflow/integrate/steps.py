@@ -1,0 +1,89 @@
+"""Substeps shared by the methods: K-steps, Galerkin core steps, the augmented BUG step.
+
+Each substep is a small ODE solved by the substep solver. The value of every evaluation of
+``fun`` is checked for shape in O(1); the result of each substep is checked for finiteness
+once (one reduction and one host transfer per substep, not per evaluation), before any
+factorisation sees it.
+"""
+
+from __future__ import annotations
+
+import tensorly as tl
+
+from .._backend import conj_t
+from ..ambient import contract_unchecked, unfolded_contract
+from ..dlra import augment_basis, augmented_core, core_qr
+from ..tucker import TuckerTensor
+from .base import check_finite_step, check_shape
+
+__all__ = ["augmented_bug_step", "ct", "galerkin_step", "k_step", "k_steps"]
+
+
+def ct(x):
+    """Conjugate transpose, materialised (PyTorch's lazy conjugate views are resolved)."""
+    y = conj_t(x)
+    resolve = getattr(y, "resolve_conj", None)
+    return resolve() if resolve is not None else y
+
+
+def k_step(rhs, substep, t0, h, core, factors, i):
+    """K-step of mode ``i``: ``K' = Mat_i(F(t, Ten_i(K V_iᴴ))) V_i`` from ``K(t0) = U_i S_i``.
+
+    Returns ``(K(t0 + h), Q_i)`` where ``Mat_i(C)ᴴ = Q_i S_iᴴ`` and ``V_i = (⊗_{j≠i} U_j) Q_i``.
+    The result is not checked for finiteness (:func:`k_steps` checks all modes at once).
+    """
+    q, s = core_qr(core, i)
+    k0 = tl.dot(factors[i], s)
+    k_rank = list(tl.shape(core))
+    k_rank[i] = tl.shape(q)[1]
+    k_core = tl.fold(ct(q), i, k_rank)  # Mat_i(k_core) = Qᴴ, so Mat_i(Y) = K V_iᴴ
+    mats = [ct(u) for u in factors]
+    mats[i] = None
+    expected = tuple(tl.shape(k0))
+
+    def f(t, k):
+        fac = list(factors)
+        fac[i] = k
+        F = rhs(t, TuckerTensor(k_core, fac))
+        return check_shape(unfolded_contract(F, mats, i, q), expected, t, "a K-step contraction")
+
+    return substep(f, t0, k0, h), q
+
+
+def k_steps(rhs, substep, t0, h, core, factors):
+    """The K-steps of all modes from the same state; one finiteness check for all."""
+    ks, qs = [], []
+    for i in range(len(factors)):
+        k1, q = k_step(rhs, substep, t0, h, core, factors, i)
+        ks.append(k1)
+        qs.append(q)
+    check_finite_step(ks, t0, t0 + h)
+    return ks, qs
+
+
+def galerkin_step(rhs, substep, t0, h, core0, factors):
+    """Galerkin core step ``C' = F(t, C ×_j U_j) ×_j U_jᴴ`` in fixed bases from ``core0``."""
+    mats = [ct(u) for u in factors]
+    expected = tuple(tl.shape(core0))
+
+    def f(t, c):
+        F = rhs(t, TuckerTensor(c, factors))
+        return check_shape(contract_unchecked(F, mats), expected, t, "the Galerkin contraction")
+
+    c1 = substep(f, t0, core0, h)
+    check_finite_step([c1], t0, t0 + h)
+    return c1
+
+
+def augmented_bug_step(fun, substep, t, h, core, factors):
+    """One untruncated augmented BUG step from ``t`` to ``t + h``.
+
+    K-steps in every mode, bases ``Û_i = [U_i, new directions]``, and the Galerkin step on
+    ``Ĉ(t) = C ×_j (Û_jᴴ U_j)``. Returns ``(Ĉ(t + h), [Û_i])``, a Tucker tensor of rank up
+    to ``2 r`` that the rank-adaptive BUG truncates and the midpoint BUG uses as its half
+    step (Ceruti, Kusch & Lubich, BIT 2022).
+    """
+    ks, _ = k_steps(fun, substep, t, h, core, factors)
+    u_hats = [augment_basis(u, k) for u, k in zip(factors, ks)]
+    core_hat = augmented_core(core, factors, u_hats)
+    return galerkin_step(fun, substep, t, h, core_hat, u_hats), u_hats
