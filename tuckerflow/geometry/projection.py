@@ -7,9 +7,9 @@ import math
 import tensorly as tl
 
 from .._backend import check_finite, conj_t, dtype_name, to_float
+from ..ambient import ambient_shape, contract, is_tucker
 from ..tucker import as_tucker
 from ._point import check_point
-from .contract import _is_tucker, ambient_shape, contract
 from .tangent import TuckerTangent, _Base
 
 __all__ = ["project", "riemannian_gradient", "transport"]
@@ -57,7 +57,7 @@ def _check_ambient(y, z, name="Z"):
     # through its contractions, which _project checks)
     if tl.is_tensor(z):
         check_finite(z, name)
-    elif _is_tucker(z):
+    elif is_tucker(z):
         zt = as_tucker(z, name)
         check_finite(zt.core, f"{name}.core")
         for i, u in enumerate(zt.factors):
