@@ -145,9 +145,21 @@ class TuckerAdapter(nn.Module):
     every access (not a Parameter: assign to ``base.weight`` or train ``update``). The
     adapter deliberately does not present the Tucker-layer interface (``core``,
     ``factors``): :class:`tuckerflow.optim.TDLRT` trains ``update`` (named ``<path>.update``)
-    as any Tucker layer, and ``base`` stays out of its reach. Unlike LoRA [HSW22]_, whose
+    as any Tucker layer, and ``base`` stays out of its reach. Unlike LoRA [1]_, whose
     update ``B A`` has a fixed rank and treats a convolution kernel as a matrix, the update
-    keeps the kernel a tensor and TDLRT adapts its rank per mode [ZSCKT24]_.
+    keeps the kernel a tensor and TDLRT adapts its rank per mode [2]_.
+
+    With a zero core the factor gradients vanish (``∇_{U_i} L = g_i S_iᴴ`` with ``S_i = 0``):
+    under ``TDLRT(..., kstep="factors")`` the first step trains the core in the initial
+    random bases, and the bases rotate and grow from the second step on. The default
+    ``kstep="weight"`` forms the K-step from the weight gradient and grows the ranks from
+    the first step.
+
+    References
+    ----------
+    .. [1] E. J. Hu, Y. Shen, P. Wallis et al., "LoRA: Low-rank adaptation of large language
+       models", ICLR 2022 (arXiv:2106.09685).
+    .. [2] Zangrando, Schotthöfer, Ceruti, Kusch & Tudisco, NeurIPS 2024, arXiv:2305.19059.
 
     Examples
     --------
@@ -326,7 +338,7 @@ class AdapterReport:
         widths = [max(len(h), *(len(row[j]) for row in rows)) for j, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         frac = self.trainable_fraction
         lines.append(
             f"trainable parameters {self.trainable} of {self.total} "
