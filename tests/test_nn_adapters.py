@@ -12,6 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 import tuckerflow.nn.adapters as adapters_module  # noqa: E402
@@ -27,6 +29,13 @@ from tuckerflow.nn import (  # noqa: E402
     merge_adapters,
 )
 from tuckerflow.optim import TDLRT, ddp_ignore_tucker_parameters  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -238,11 +247,12 @@ def _regression_task(base, shift, *, seed):
     w = (base.weight + shift).detach()
     conv = isinstance(base, nn.Conv2d)
 
+    @torch.no_grad()
     def batch():
         if conv:
-            x = torch.randn(16, base.in_channels, 6, 6, generator=g)
+            x = torch.randn(16, base.in_channels, 6, 6, generator=g, dtype=w.dtype)
             return x, F.conv2d(x, w, base.bias, base.stride, base.padding)
-        x = torch.randn(64, base.in_features, generator=g)
+        x = torch.randn(64, base.in_features, generator=g, dtype=w.dtype)
         return x, F.linear(x, w, base.bias)
 
     return batch
@@ -297,26 +307,66 @@ def test_ranks_grow_from_a_small_start_and_bases_stay_bit_identical(kind, optimi
     assert adapter_report(model).layers[0].ranks == ranks
 
 
-def test_kstep_factors_starts_in_the_initial_bases():
-    # at a zero core the factor gradients vanish (∇_U L = g Sᴴ with S = 0): the first step
-    # moves the core in the initial bases, the bases follow from the second step on
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_float32_takes_the_rank_decisions_of_float64(kind):
+    # the same start in both precisions (built in float64, then cast): float32 round-off
+    # must not stop the ranks from growing out of the zero core
+    torch.manual_seed(14)
+    if kind == "linear":
+        base, shift_shape, steps = nn.Linear(48, 40).double(), (40, 48), 15
+    else:
+        base, shift_shape, steps = nn.Conv2d(16, 12, 3, padding=1).double(), (12, 16, 3, 3), 12
+    shift = 0.3 * torch.randn(shift_shape, dtype=torch.float64)
+    batch = _regression_task(base, shift, seed=15)
+    data = [batch() for _ in range(steps)]
+    model64, _ = add_adapters(nn.Sequential(base), rank=2, rng=0)
+    model32 = copy.deepcopy(model64).float()
+    results = {}
+    for name, model in (("64", model64), ("32", model32)):
+        dtype = model[0].update.core.dtype
+        opt = torch.optim.SGD(_trainable(model), lr=0.3, momentum=0.9)
+        tdlrt = TDLRT(model, opt, tau=0.01)
+        for x, y in data:
+            opt.zero_grad()
+            loss = F.mse_loss(model(x.to(dtype)), y.to(dtype))
+            loss.backward()
+            tdlrt.step()
+        x, y = data[-1]
+        with torch.no_grad():
+            final = F.mse_loss(model(x.to(dtype)).double(), y).item()
+        results[name] = (model[0].ranks, final)
+    (r64, l64), (r32, l32) = results["64"], results["32"]
+    assert all(r32[i] >= 0.75 * r64[i] for i in model64[0].update.factorized_modes), (r32, r64)
+    assert min(r64[i] for i in model64[0].update.factorized_modes) >= 6, r64
+    assert l32 <= 1.2 * l64, (l32, l64)
+
+
+@pytest.mark.parametrize("mode", ["one-pass", "two-pass"])
+@pytest.mark.parametrize("kstep", ["weight", "factors"])
+def test_every_step_form_trains_from_the_zero_core(kstep, mode):
+    # kstep="weight" augments by the projected weight gradient: the ranks grow at once.
+    # kstep="factors": the factor gradients vanish at a zero core (∇_U L = g Sᴴ, S = 0), so
+    # the first step moves the core in the initial bases; the bases follow from step two
     torch.manual_seed(5)
     base = nn.Linear(16, 12)
     batch = _regression_task(base, 0.3 * torch.randn(12, 16), seed=6)
     model, _ = add_adapters(nn.Sequential(base), rank=1, rng=0)
     opt = torch.optim.SGD(_trainable(model), lr=0.3, momentum=0.9)
-    tdlrt = TDLRT(model, opt, tau=0.01, kstep="factors")
+    tdlrt = TDLRT(model, opt, tau=0.01, kstep=kstep, mode=mode)
     ranks, losses = [], []
     for _ in range(20):
         x, y = batch()
-        opt.zero_grad()
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        tdlrt.step()
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        losses.append(tdlrt.step(closure).item())
         ranks.append(model[0].ranks)
-        losses.append(loss.item())
-    assert ranks[0] == (1, 1)
-    assert bool(model[0].update.core.any())
+    assert ranks[0] == ((1, 1) if kstep == "factors" else (2, 2))
+    assert ranks[1] > ranks[0]
     assert min(ranks[-1]) >= 4 and losses[-1] < 0.25 * losses[0], (ranks, losses)
 
 
@@ -414,6 +464,55 @@ def test_merged_module_equals_the_adapter_to_round_off(kind):
     for name in ("stride", "padding", "dilation", "groups", "padding_mode"):
         assert getattr(merged[0], name, None) == getattr(adapter.base, name, None)
     assert merged[0].weight.data_ptr() != adapter.base.weight.data_ptr()
+
+
+@st.composite
+def adaptable_modules(draw):
+    """A Linear or ConvNd with any options the adapters must copy, an input, a rank."""
+    nd = draw(st.integers(0, 3))
+    if nd == 0:
+        n_in, n_out = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+        return {
+            "make": lambda: nn.Linear(n_in, n_out, bias=draw(st.booleans())),
+            "input": (draw(st.integers(1, 3)), n_in),
+            "rank": draw(st.integers(1, 4)),
+            "keep_full": draw(st.sampled_from([None, "none", (0,), (1,)])),
+        }
+    groups = draw(st.sampled_from([1, 2]))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    k = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    same = draw(st.booleans())
+    stride = (1,) * nd if same else tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    padding = "same" if same else tuple(draw(st.integers(0, 2)) for _ in range(nd))
+    mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+    bias = draw(st.booleans())
+    # inputs at least as large as the dilated kernel and than any reflect padding
+    spatial = tuple(d * (kk - 1) + 3 + draw(st.integers(0, 2)) for kk, d in zip(k, dil))
+    cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd - 1]
+    return {
+        "make": lambda: cls(c_in, c_out, k, stride, padding, dil, groups, bias, mode),
+        "input": (draw(st.integers(1, 2)), c_in, *spatial),
+        "rank": draw(st.integers(1, 4)),
+        "keep_full": draw(st.sampled_from([None, "none", "spatial", (0,), (1,)])),
+    }
+
+
+@given(cfg=adaptable_modules(), seed=st.integers(0, 2**31 - 1))
+def test_any_module_starts_exactly_and_merges_to_round_off(device, cfg, seed):
+    torch.manual_seed(seed)
+    base = cfg["make"]().to(device)
+    x = torch.randn(cfg["input"], device=device)
+    with torch.no_grad():
+        ref = base(x)
+    adapter = TuckerAdapter(base, rank=cfg["rank"], keep_full=cfg["keep_full"], rng=seed)
+    with torch.no_grad():
+        assert torch.equal(adapter(x), ref)
+        for forward_mode in ("dense", "factorized"):
+            adapter.update.forward_mode = forward_mode
+            assert torch.equal(adapter(x), ref)
+        adapter.update.core.normal_(0.0, 1.0)
+    _assert_merged_matches(adapter, adapter.merge(), x)
 
 
 def test_merged_network_matches_layer_by_layer_after_training():
