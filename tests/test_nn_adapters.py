@@ -603,6 +603,11 @@ def test_adapter_state_round_trips_after_rank_changes():
     fresh.train()
     _train_a_few_steps(fresh, steps=2, seed=11)
     assert not torch.equal(fresh[9].weight, state["9.weight"])
+    # the whole model's state dict also loads across rank changes (as for Tucker layers)
+    whole, _ = add_adapters(copy.deepcopy(pretrained), rank=1, modules_to_save=keep)
+    whole.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        assert torch.equal(whole.eval()(x), trained(x))
     # without buffers: the fresh copy keeps its own statistics; keys with DDP's prefix
     lean = adapter_state_dict(trained, buffers=False)
     assert set(lean) == set(state) - stats

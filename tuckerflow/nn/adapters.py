@@ -128,7 +128,9 @@ class TuckerAdapter(nn.Module):
         Modes of the update kept full, as in the Tucker layer constructors (default: none for
         a linear layer, spatial modes of size ≤ 3 for a convolution).
     rng : None, int or torch.Generator
-        Source of the random orthonormal factors (default: torch's global generator).
+        Source of the random orthonormal factors: torch's global generator (default), or a
+        seed or CPU generator, whose draws are moved to the base's device (the same factors
+        on every device).
 
     Attributes
     ----------
