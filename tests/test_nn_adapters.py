@@ -464,6 +464,10 @@ def test_merged_module_equals_the_adapter_to_round_off(kind):
     for name in ("stride", "padding", "dilation", "groups", "padding_mode"):
         assert getattr(merged[0], name, None) == getattr(adapter.base, name, None)
     assert merged[0].weight.data_ptr() != adapter.base.weight.data_ptr()
+    # the merged weight is W_0 + ΔW formed in float64 and rounded once
+    delta64 = copy.deepcopy(adapter.update).double().reconstruct().detach()
+    want = (adapter.base.weight.detach().double() + delta64).float()
+    assert torch.equal(merged[0].weight, want)
 
 
 @st.composite

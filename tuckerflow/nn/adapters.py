@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layer import TuckerLayer, orthonormal_
+from .layer import TuckerLayer, mode_dot, orthonormal_
 from .tuckerize import _REPLACEMENTS, _selected, _unsupported_reason
 
 __all__ = [
@@ -220,11 +220,13 @@ class TuckerAdapter(nn.Module):
         return self.base.weight + self.delta_weight()
 
     def merged_weight(self):
-        """``base.weight + ΔW`` summed in float64 and rounded once to the base's dtype."""
-        w0 = self.base.weight
+        """``base.weight + ΔW``, formed in float64 and rounded once to the base's dtype."""
+        w0, update = self.base.weight, self.update
         with torch.no_grad():
             work = torch.float64 if w0.dtype in _WIDENED else w0.dtype
-            delta = self.update.reconstruct().to(work)
+            delta = update.core.detach().to(work)
+            for i in update.factorized_modes:
+                delta = mode_dot(delta, update.factor(i).detach().to(work), i)
             return (w0.detach().to(work) + delta).to(w0.dtype)
 
     def merge(self):
@@ -618,9 +620,10 @@ def merge_adapters(model):
 
     In place: each :class:`TuckerAdapter` of ``model`` is replaced by a copy of its base
     module (same type, options, bias, hooks and ``requires_grad`` flags) whose weight is
-    ``W_0 + ΔW``, summed in float64 and rounded once to the weight's dtype. The model then
-    holds no tuckerflow module and computes what the adapted model computed, to the
-    round-off of the weight's dtype. The replaced adapters themselves are left unchanged.
+    ``W_0 + ΔW``, formed in float64 (``ΔW`` included) and rounded once to the weight's
+    dtype. The model then holds no tuckerflow module and computes what the adapted model
+    computed, to the round-off of the weight's dtype. The replaced adapters themselves are
+    left unchanged.
 
     Parameters
     ----------
