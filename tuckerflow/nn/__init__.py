@@ -9,6 +9,16 @@ References
    (arXiv:2305.19059).
 """
 
+from .adapters import (
+    AdapterLayerReport,
+    AdapterReport,
+    TuckerAdapter,
+    adapter_report,
+    adapter_state_dict,
+    add_adapters,
+    load_adapter_state_dict,
+    merge_adapters,
+)
 from .conv import PADDING_MODES, TuckerConv1d, TuckerConv2d, TuckerConv3d
 from .decompose import tucker_from_weight
 from .layer import FORWARD_MODES, TuckerLayer
@@ -23,8 +33,11 @@ from .tuckerize import (
 )
 
 __all__ = [
+    "AdapterLayerReport",
+    "AdapterReport",
     "FORWARD_MODES",
     "PADDING_MODES",
+    "TuckerAdapter",
     "LayerReport",
     "ParameterCount",
     "TuckerConv1d",
@@ -33,8 +46,13 @@ __all__ = [
     "TuckerLayer",
     "TuckerLinear",
     "TuckerizeReport",
+    "adapter_report",
+    "adapter_state_dict",
+    "add_adapters",
     "compression_rate",
     "count_parameters",
+    "load_adapter_state_dict",
+    "merge_adapters",
     "tucker_from_weight",
     "tuckerize",
 ]
