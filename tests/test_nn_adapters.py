@@ -388,12 +388,18 @@ def test_training_loop_idioms_clipping_scheduler_and_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = F.cross_entropy(model(x), target)
         loss.backward()
-        clipped += float(torch.nn.utils.clip_grad_norm_(_trainable(model), 0.05)) > 0.05
+        norm = float(torch.nn.utils.clip_grad_norm_(_trainable(model), 0.05))
         tdlrt.step()
+        if norm > 0.05:
+            clipped += 1
+            # the clipping reached the adapters' update: the uniform edit factor TDLRT
+            # applied is the one clip_grad_norm_ applied (up to its 1e-6 guard)
+            for edit in tdlrt.last_edits.values():
+                assert edit.scale == pytest.approx(0.05 / (norm + 1e-6), rel=1e-4)
         scheduler.step()
         losses.append(loss.item())
     assert clipped >= 6  # the clipping was active
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.95 * losses[0], losses
     assert opt.param_groups[0]["lr"] == pytest.approx(0.7**3)
     for n, p in model.named_parameters():
         if n in frozen:
@@ -502,6 +508,8 @@ def adaptable_modules(draw):
     }
 
 
+# torch warns once per process about padding="same" with even kernels (a copy of the input)
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
 @given(cfg=adaptable_modules(), seed=st.integers(0, 2**31 - 1))
 def test_any_module_starts_exactly_and_merges_to_round_off(device, cfg, seed):
     torch.manual_seed(seed)

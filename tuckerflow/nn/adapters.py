@@ -385,6 +385,8 @@ def adapter_report(model):
     >>> report.kept, report.trainable, report.total
     ({'2': 68}, 136, 408)
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     model = _unwrap(model)
     layers = [
         AdapterLayerReport(
