@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import tensorly as tl
+from conftest import tol
 from hypothesis import given
 from hypothesis import strategies as st
 
 import tuckerflow as tf
-from conftest import tol
 from tuckerflow.dlra import (
     AUGMENT_RTOL_FACTOR,
     augment_basis,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorly as tl
+from conftest import tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tuckerflow as tf
-from conftest import tol
 from tuckerflow.testing import assert_in_tangent_space, assert_on_manifold, relative_distance
 from tuckerflow.testing.strategies import shapes_and_ranks
 

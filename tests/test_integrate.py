@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import tensorly as tl
+from conftest import tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import make_valid, seeds
 
 import tuckerflow as tf
-from conftest import tol
 from tuckerflow.integrate import (
     METHODS,
     FixedRankBUG,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorly as tl
+from conftest import tol
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import seeds, shape_and_rank
 
 import tuckerflow as tf
-from conftest import tol
 from tuckerflow.geometry import contract
 from tuckerflow.operators import (
     AmbientSum,

@@ -8,11 +8,11 @@ import threading
 import numpy as np
 import pytest
 import tensorly as tl
+from conftest import eps, tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tuckerflow as tf
-from conftest import eps, tol
 from tuckerflow.dlra import truncate_core
 from tuckerflow.linalg import left_singular, svd
 from tuckerflow.testing.strategies import seeds, shape_and_rank

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import tensorly as tl
+from conftest import eps, tol
 from hypothesis import given
 from hypothesis import strategies as st
 
 import tuckerflow as tf
-from conftest import eps, tol
 from tuckerflow.testing.strategies import make_valid, seeds, shape_and_rank
 
 METHODS = ("auto", "svd", "qr", "gram")

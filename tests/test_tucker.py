@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorly as tl
+from conftest import tol
 from hypothesis import given
 
 import tuckerflow as tf
-from conftest import tol
 from tuckerflow.testing.strategies import seeds, shape_and_rank
 
 
