@@ -37,6 +37,8 @@ def test_every_public_callable_is_fuzzed_or_excluded_with_a_reason():
     # the core and the geometry are fuzzed in full
     assert {"tuckerflow.hosvd", "tuckerflow.truncate", "tuckerflow.project"} <= fuzzed
     assert not any(n.startswith(("tuckerflow.geometry", "tuckerflow.hosvd")) for n in fuzz.EXCLUDED)
+    # ... and so are the layers and the optimizer helpers
+    assert not any(n.startswith(("tuckerflow.nn", "tuckerflow.optim")) for n in fuzz.EXCLUDED)
 
 
 def _target(fn, decision=True):

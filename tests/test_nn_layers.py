@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -16,10 +17,12 @@ from torch import nn  # noqa: E402
 from tuckerflow.nn import (  # noqa: E402
     FORWARD_MODES,
     PADDING_MODES,
+    StateDictEntryError,
     TuckerConv1d,
     TuckerConv2d,
     TuckerConv3d,
     TuckerLinear,
+    tucker_from_weight,
 )
 from tuckerflow.nn.layer import mode_dot  # noqa: E402
 
@@ -450,6 +453,151 @@ def test_load_state_dict_across_rank_change():
     with pytest.raises(RuntimeError, match="size mismatch"):
         conv.load_state_dict(wider.state_dict())
     assert conv.ranks == (2, 2, 3, 3)
+
+
+def _layer_state(layer):
+    return [(p.shape, p.detach().clone()) for p in layer.parameters()]
+
+
+def _same_state(a, b):
+    return len(a) == len(b) and all(s == t and torch.equal(x, y) for (s, x), (t, y) in zip(a, b))
+
+
+def _malformed_layer_state_dicts():
+    """(edit of a good TuckerConv2d(4, 6, 3, rank=3, keep_full="none") state dict, entry)."""
+
+    def put(key, value):
+        return lambda sd: sd.__setitem__(key, value)
+
+    return [
+        (lambda sd: sd.pop("factors.2"), "factors.2"),  # a missing factor
+        (lambda sd: sd.pop("core"), "core"),  # factors without their core
+        (put("core", [[1.0]]), "core"),  # not a tensor
+        (put("factors.4", torch.zeros(3, 3)), "factors.4"),  # a factor of no mode
+        (put("core", torch.zeros(2, 2, 2)), "core"),  # three modes for four
+        (put("factors.1", torch.zeros(4, 2)), "factors.1"),  # off its core's rank
+        (put("core", torch.zeros(1, 3, 3, 3)), "factors.0"),  # core off its factors
+    ]
+
+
+@pytest.mark.parametrize(("edit", "entry"), _malformed_layer_state_dicts())
+def test_malformed_layer_state_dict_is_refused_before_anything_changes(edit, entry):
+    torch.manual_seed(3)
+    src = TuckerConv2d(4, 6, 3, rank=3, keep_full="none", dtype=torch.float64)
+    dst = TuckerConv2d(4, 6, 3, rank=2, keep_full="none", dtype=torch.float64)
+    sd = dict(src.state_dict())
+    edit(sd)
+    before = _layer_state(dst)
+    with pytest.raises(StateDictEntryError, match=re.escape(entry)) as info:
+        dst.load_state_dict(sd)
+    # a ValueError naming the entry, and torch's RuntimeError of load_state_dict
+    assert isinstance(info.value, ValueError) and isinstance(info.value, RuntimeError)
+    assert info.value.entry == entry
+    assert _same_state(before, _layer_state(dst)) and dst.ranks == (2, 2, 2, 2)
+
+
+def test_impossible_stored_rank_is_refused_and_a_partial_non_strict_load_still_works():
+    torch.manual_seed(4)
+    dst = TuckerLinear(9, 7, rank=2, dtype=torch.float64)
+    before = _layer_state(dst)
+    sd = {"core": torch.zeros(1, 3), "factors.0": torch.zeros(7, 1), "factors.1": torch.zeros(9, 3)}
+    with pytest.raises(StateDictEntryError, match="product of the other ranks"):
+        dst.load_state_dict(sd, strict=False)
+    assert _same_state(before, _layer_state(dst))
+    # strict=False without the core: the factors of the current rank load, as torch does
+    u = torch.linalg.qr(torch.randn(7, 2, dtype=torch.float64))[0]
+    dst.load_state_dict({"factors.0": u}, strict=False)
+    assert torch.equal(dst.factor(0).detach(), u) and dst.ranks == (2, 2)
+    # ... and factors of another rank without their core are refused
+    with pytest.raises(StateDictEntryError, match="factors.0"):
+        dst.load_state_dict({"factors.0": torch.zeros(7, 3)}, strict=False)
+
+
+_BAD_SIZES = [
+    (float("inf"), ValueError),
+    (float("nan"), ValueError),
+    (1e300, ValueError),
+    (2.7, ValueError),
+    (0, ValueError),
+    ("4", TypeError),
+    (True, TypeError),
+    (None, TypeError),
+]
+
+
+@pytest.mark.parametrize(("size", "error"), _BAD_SIZES)
+def test_layer_sizes_are_refused_naming_the_argument(size, error):
+    with pytest.raises(error, match="in_features"):
+        TuckerLinear(size, 3, rank=2)
+    with pytest.raises(error, match="out_features"):
+        TuckerLinear(4, size, rank=2)
+    with pytest.raises(error, match="in_channels"):
+        TuckerConv1d(size, 4, 3, rank=2)
+    with pytest.raises(error, match="out_channels"):
+        TuckerConv3d(4, size, 3, rank=2)
+    with pytest.raises(error, match="groups"):
+        TuckerConv2d(4, 4, 3, groups=size, rank=2)
+    # kernel sizes, strides and paddings are ints (as for torch's ConvNd): a float is a
+    # TypeError, whatever its value
+    kernel_error = TypeError if isinstance(size, float) else error
+    with pytest.raises(kernel_error, match="kernel_size"):
+        TuckerConv2d(4, 4, size, rank=2)
+    with pytest.raises(kernel_error, match="kernel_size\\[1\\]"):
+        TuckerConv2d(4, 4, (3, size), rank=2)
+    with pytest.raises(kernel_error, match="stride\\[1\\]"):
+        TuckerConv2d(4, 4, 3, stride=(1, size), rank=2)
+
+
+def test_layer_ranks_paddings_dtypes_and_devices_are_refused_naming_the_argument():
+    with pytest.raises(TypeError, match="padding\\[0\\]"):
+        TuckerConv2d(4, 4, 3, padding=(float("inf"), 1), rank=2)
+    with pytest.raises(TypeError, match="padding\\[1\\]"):
+        TuckerConv2d(4, 4, 3, padding=(1, 1.5), rank=2)
+    with pytest.raises(ValueError, match="padding\\[0\\]=-1"):
+        TuckerConv2d(4, 4, 3, padding=(-1, 1), rank=2)
+    assert TuckerConv2d(4, 4, 3, padding=(0, 1), rank=2).padding == (0, 1)
+    for bad in (float("inf"), float("nan"), "2"):
+        with pytest.raises(TypeError, match="rank\\[0\\]"):
+            TuckerLinear(4, 3, rank=(bad, 2))
+    with pytest.raises(ValueError, match="fraction"):
+        TuckerLinear(4, 3, rank=float("inf"))
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
+        TuckerLinear(4, 3, rank=2, dtype="float32")
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
+        TuckerConv2d(4, 4, 3, rank=2, dtype=int)
+    with pytest.raises(ValueError, match="device='x' is not a torch device"):
+        TuckerLinear(4, 3, rank=2, device="x")
+    with pytest.raises(TypeError, match="device must be"):
+        TuckerLinear(4, 3, rank=2, device=[])
+    assert TuckerLinear(4.0, np_int(3), rank=2).in_features == 4  # integral values as before
+
+
+def np_int(v):
+    import numpy as np
+
+    return np.int64(v)
+
+
+def test_tucker_from_weight_refuses_bad_arguments_naming_them():
+    w = torch.randn(6, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        tucker_from_weight(w.numpy(), (), rank=2)
+    with pytest.raises(ValueError, match="floating point"):
+        tucker_from_weight(w.to(torch.int64), (), rank=2)
+    with pytest.raises(ValueError, match="full_modes contains mode 2"):
+        tucker_from_weight(w, (2,), rank=2)
+    with pytest.raises(TypeError, match="full_modes"):
+        tucker_from_weight(w, None, rank=2)
+    with pytest.raises(TypeError, match="rtol"):
+        tucker_from_weight(w, (), rtol="0.1")
+    with pytest.raises(ValueError, match="rtol"):
+        tucker_from_weight(w, (), rtol=float("nan"))
+    with pytest.raises(TypeError, match="max_rank"):
+        tucker_from_weight(w, (), rtol=0.1, max_rank=float("inf"))
+    with pytest.raises(ValueError, match="min_rank\\[1\\]=0"):
+        tucker_from_weight(w, (), rtol=0.1, min_rank=(1, 0))
+    core, factors = tucker_from_weight(w, (), rtol=0.1, max_rank=(None, 2))
+    assert core.shape[1] <= 2 and factors[1].shape == (4, core.shape[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -162,6 +162,12 @@ def test_compression_rate_arguments():
     assert compression_rate(nn.Linear(3, 3), nn.Linear(3, 3), scope="model") == 0.0
 
 
+def test_count_parameters_refuses_a_non_module():
+    for bad in (None, 3.0, [nn.Linear(2, 2)]):
+        with pytest.raises(TypeError, match="model must be an nn.Module"):
+            count_parameters(bad)
+
+
 def test_per_module_ranks_from_a_mapping():
     model = _model()
     model, report = tuckerize(model, rank={"2.0": (4, 2, None, None), "5": 3}, init="random")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import tensorly as tl
 import torch
 from conftest import eps
@@ -119,6 +120,30 @@ def test_truncation_error_is_below_sqrt_d_theta(sr, seed, tau):
     for u, p, n in zip(U_hats, P_list, new.rank):
         assert p.shape == (u.shape[1], n)
     assert np.isclose(info.tolerance, theta)
+
+
+def test_kstep_arguments_are_checked_naming_them():
+    g = torch.Generator().manual_seed(0)
+    U = [torch.linalg.qr(torch.randn(n, 2, generator=g, dtype=torch.float64))[0] for n in (5, 4)]
+    C = torch.randn(2, 2, generator=g, dtype=torch.float64)
+    G = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    cases = [
+        ((float("nan"), (), G, 0.1), {}, TypeError, "core must be a torch.Tensor"),
+        ((C, U[:1], G, 0.1), {}, ValueError, "factors has 1 entries"),
+        ((C, "ab", G, 0.1), {}, TypeError, "factors must be a list"),
+        ((C, [U[0], U[1].T], G, 0.1), {}, ValueError, "factors\\[1\\].shape"),
+        ((C, U, G.T, 0.1), {}, ValueError, "G must be a torch.Tensor of shape \\(5, 4\\)"),
+        ((C, U, None, 0.1), {"factor_grads": "x"}, TypeError, "factor_grads"),
+        ((C, U, G, float("inf")), {}, ValueError, "lr must be a finite"),
+        ((C, U, G, "0.1"), {}, ValueError, "lr must be a finite"),
+        ((C, U, G, 0.1), {"fixed_modes": (2,)}, ValueError, "fixed_modes contains 2"),
+        # non-finite tensors: refused by the factorizations (no NaN bases come back)
+        ((C, U, G * float("nan"), 0.1), {}, ValueError, "non-finite"),
+        ((C * float("inf"), U, G, 0.1), {}, ValueError, "non-finite"),
+    ]
+    for args, kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            kstep_bases(*args, **kwargs)
 
 
 @given(sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6), seed=st.integers(0, 2**31 - 1))

@@ -21,6 +21,9 @@ from tuckerflow.optim import (
     TDLRT,
     GradientEditError,
     TuckerAveragedModel,
+    ddp_ignore_tucker_parameters,
+    resize_like,
+    tucker_layers,
 )
 
 OPTIMIZERS = {
@@ -137,6 +140,35 @@ def test_bad_model_and_optimizer_are_type_errors_naming_them():
         TDLRT(model, [opt])
     with pytest.raises(TypeError, match="already a TDLRT"):
         TDLRT(model, TDLRT(model, opt))
+
+
+def test_model_helpers_refuse_a_non_module_naming_it():
+    model = net(torch.float64)
+    for bad in (None, "model", [model]):
+        for fn in (tucker_layers, ddp_ignore_tucker_parameters):
+            with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+                fn(bad)
+        with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+            resize_like(bad, model.state_dict())
+        with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+            TuckerAveragedModel(bad)
+
+
+def test_averaged_model_arguments_are_checked_naming_them():
+    model = net(torch.float64)
+    with pytest.raises(TypeError, match="decay"):
+        TuckerAveragedModel(model, decay="0.9")
+    with pytest.raises(ValueError, match="decay"):
+        TuckerAveragedModel(model, decay=float("nan"))
+    with pytest.raises(ValueError, match="rtol"):
+        TuckerAveragedModel(model, rtol=float("inf"))
+    with pytest.raises(TypeError, match="max_rank"):
+        TuckerAveragedModel(model, max_rank=(float("nan"), 2))
+    with pytest.raises(ValueError, match="max_rank"):
+        TuckerAveragedModel(model, max_rank=0)
+    with pytest.raises(ValueError, match="device='x' is not a torch device"):
+        TuckerAveragedModel(model, device="x")
+    assert TuckerAveragedModel(model, max_rank=(None, 3)).max_rank == (None, 3)
 
 
 def test_a_layer_missing_part_of_the_contract_is_named():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 import tuckerflow.nn as tnn
 from tuckerflow import validate_rank
-from tuckerflow.optim import TDLRT, NonFiniteGradientError, resize_like
+from tuckerflow.optim import TDLRT, NonFiniteGradientError, StateDictEntryError, resize_like
 
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.2),
@@ -384,6 +385,100 @@ def test_load_state_dict_of_another_model_is_rejected_and_changes_nothing():
     with pytest.raises(ValueError, match="Tucker layers"):
         tdlrt.load_state_dict(sd)
     assert_same_snapshot(before, snapshot(model, opt))
+
+
+def _trained_state(seed=11):
+    model = conv_net(seed)
+    x, y = data(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tdlrt = TDLRT(model, opt, tau=0.3)
+    for _ in range(2):
+        tdlrt.step(make_closure(model, opt, x, y))
+    return tdlrt.state_dict()
+
+
+def _bad_tdlrt_state_dicts():
+    """(what is wrong, edit of a good TDLRT state dict, entry named in the error)."""
+
+    def drop(key):
+        return lambda sd: sd.pop(key)
+
+    def core_of(layer, shape):
+        return lambda sd: sd["shapes"][layer].__setitem__("core", shape)
+
+    def factor_of(layer, mode, shape):
+        return lambda sd: sd["shapes"][layer]["factors"].__setitem__(mode, shape)
+
+    def momentum(index, shape):
+        def edit(sd):
+            buf = sd["optimizer"]["state"][index]["momentum_buffer"]
+            sd["optimizer"]["state"][index]["momentum_buffer"] = torch.zeros(shape, dtype=buf.dtype)
+
+        return edit
+
+    def linear_ranks(r0, r1):  # layer "3" is a TuckerLinear(150, 4): weight (4, 150)
+        def edit(sd):
+            sd["shapes"]["3"] = {"core": (r0, r1), "factors": [(4, r0), (150, r1)]}
+
+        return edit
+
+    def groups(sd):
+        sd["optimizer"]["param_groups"].append(dict(sd["optimizer"]["param_groups"][0]))
+
+    return [
+        ("no shapes", drop("shapes"), "shapes"),
+        ("no optimizer", drop("optimizer"), "optimizer"),
+        ("layers missing", lambda sd: sd["shapes"].pop("3"), "shapes"),
+        ("core of 3 modes", core_of("0", (2, 2, 3)), "['core']"),
+        ("core not a shape", core_of("0", "2233"), "['core']"),
+        ("factor off the core", factor_of("0", 1, (3, 1)), "['factors'][1]"),
+        ("factor of a kept-full mode", factor_of("3", 0, None), "['factors'][0]"),
+        ("impossible rank", linear_ranks(1, 2), "['core']"),
+        ("rank above the size", linear_ranks(5, 5), "['core']"),
+        ("momentum of another rank", momentum(0, (7, 7, 7, 7)), "momentum_buffer"),
+        ("a parameter group more", groups, "param_groups"),
+        ("steps not a count", lambda sd: sd.__setitem__("steps", -1), "steps"),
+    ]
+
+
+@pytest.mark.parametrize(("what", "edit", "entry"), _bad_tdlrt_state_dicts())
+def test_malformed_state_dict_is_refused_naming_the_entry_and_changes_nothing(what, edit, entry):
+    sd = _trained_state()
+    edit(sd)
+    fresh = conv_net(12, ranks=(2, 2))
+    opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    tdlrt = TDLRT(fresh, opt, tau=0.3)
+    x, y = data(12)
+    tdlrt.step(make_closure(fresh, opt, x, y))
+    before, ranks, steps = snapshot(fresh, opt), tdlrt.ranks(), tdlrt.steps
+    with pytest.raises(StateDictEntryError, match=re.escape(entry)) as info:
+        tdlrt.load_state_dict(sd)
+    assert isinstance(info.value, ValueError) and entry.strip("[]'") in info.value.entry, what
+    assert tdlrt.ranks() == ranks and tdlrt.steps == steps
+    assert_same_snapshot(before, snapshot(fresh, opt))
+
+
+def test_resize_like_refuses_a_malformed_model_state_dict_and_changes_nothing():
+    src = conv_net(13)
+    fresh = conv_net(14, ranks=(2, 2))
+    ranks = [m.ranks for m in tucker_modules(fresh)]
+    params = [p.detach().clone() for p in fresh.parameters()]
+    good = src.state_dict()
+    cases = [
+        ({k: v for k, v in good.items() if k != "3.factors.1"}, "3.factors.1"),
+        ({**good, "3.core": good["3.core"][:2, :2].clone().T.contiguous()[:1]}, "3.factors.0"),
+        ({**good, "0.core": "core"}, "0.core"),
+        ({**good, "3.core": torch.zeros(4, 3, 1)}, "3.core"),
+    ]
+    for sd, entry in cases:
+        with pytest.raises(StateDictEntryError, match=re.escape(entry)):
+            resize_like(fresh, sd)
+        assert [m.ranks for m in tucker_modules(fresh)] == ranks  # not even layer "0"
+        assert all(torch.equal(p, q) for p, q in zip(params, fresh.parameters()))
+    with pytest.raises(KeyError):  # the missing entry stays a KeyError, as documented before
+        resize_like(fresh, cases[0][0])
+    with pytest.raises(TypeError, match="state_dict must be a dict"):
+        resize_like(fresh, [("0.core", good["0.core"])])
 
 
 # ------------------------------------------------------------------------- robustness

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -91,6 +92,28 @@ def test_state_dict_transport_keeps_counters_and_foreign_shapes():
     assert torch.allclose(out["exp_avg_sq"][2], torch.full((3,), 4.0))
     assert state["exp_avg"].shape == shape  # the input is not modified
     assert {"exp_avg_sq", "max_exp_avg_sq", "square_avg"} <= NONNEGATIVE_STATE_KEYS
+
+
+def test_transport_arguments_are_checked_naming_them():
+    m = torch.ones(2, 3, dtype=torch.float64)
+    b = torch.eye(3, 2, dtype=torch.float64)
+    for fn, name in ((transport_linear, "m"), (transport_nonnegative, "v")):
+        with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor"):
+            fn(m.numpy(), [b, None])
+        with pytest.raises(ValueError, match="matrices has 1 entries"):
+            fn(m, [b])
+        with pytest.raises(TypeError, match="matrices\\[1\\] must be a torch.Tensor"):
+            fn(m, [b, m.numpy()])
+        with pytest.raises(ValueError, match="matrices\\[0\\].shape=\\(3, 3\\)"):
+            fn(m, [torch.eye(3, dtype=m.dtype), None])
+        with pytest.raises(TypeError, match="matrices must be a list"):
+            fn(m, "ab")
+    with pytest.raises(TypeError, match="state must be a dict"):
+        transport_state(None, (2, 3), [b, None])
+    with pytest.raises(ValueError, match="old_shape\\[0\\]"):
+        transport_state({}, (float("inf"), 3), [None, None])
+    with pytest.raises(ValueError, match="matrices has 1 entries"):
+        transport_state({"momentum_buffer": m}, (2, 3), [b])
 
 
 def test_factored_second_moments_follow_the_core_shape():

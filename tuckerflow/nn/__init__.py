@@ -9,6 +9,7 @@ References
    (arXiv:2305.19059).
 """
 
+from .._state import StateDictEntryError
 from .adapters import (
     AdapterLayerReport,
     AdapterReport,
@@ -40,6 +41,7 @@ __all__ = [
     "TuckerAdapter",
     "LayerReport",
     "ParameterCount",
+    "StateDictEntryError",
     "TuckerConv1d",
     "TuckerConv2d",
     "TuckerConv3d",

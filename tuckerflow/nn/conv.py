@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from torch import nn
 from torch.nn import grad as nn_grad
 
 from .decompose import tucker_from_weight
-from .layer import TuckerLayer, mode_dot, resolve_full_modes
+from .layer import TuckerLayer, check_size, mode_dot, resolve_full_modes
 
 __all__ = ["TuckerConv1d", "TuckerConv2d", "TuckerConv3d", "PADDING_MODES"]
 
@@ -21,16 +23,17 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SMALL_KERNEL = 3
 
 
-def _tuple(value, n, name):
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * n
-    try:
-        vals = tuple(int(v) for v in value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}") from None
-    if len(vals) != n:
+def _tuple(value, n, name, minimum=1):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return (check_size(value, name, minimum=minimum),) * n
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if len(value) != n:
         raise ValueError(f"{name}={value!r} must have {n} entries")
-    return vals
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name}[{i}] must be an int, got {v!r} ({type(v).__name__})")
+    return tuple(check_size(v, f"{name}[{i}]", minimum=minimum) for i, v in enumerate(value))
 
 
 class _TuckerConvNd(TuckerLayer):
@@ -58,13 +61,9 @@ class _TuckerConvNd(TuckerLayer):
     ):
         super().__init__()
         n = self._ndim
-        for name, v in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("groups", groups),
-        ):
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"{name}={v!r} must be a positive int")
+        in_channels = check_size(in_channels, "in_channels")
+        out_channels = check_size(out_channels, "out_channels")
+        groups = check_size(groups, "groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels={in_channels} and out_channels={out_channels} must both be "
@@ -74,13 +73,6 @@ class _TuckerConvNd(TuckerLayer):
         self.kernel_size = _tuple(kernel_size, n, "kernel_size")
         self.stride = _tuple(stride, n, "stride")
         self.dilation = _tuple(dilation, n, "dilation")
-        for name, vals in (
-            ("kernel_size", self.kernel_size),
-            ("stride", self.stride),
-            ("dilation", self.dilation),
-        ):
-            if any(v < 1 for v in vals):
-                raise ValueError(f"{name}={vals} must be positive")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding={padding!r} must be 'same', 'valid', an int or tuple")
@@ -90,9 +82,7 @@ class _TuckerConvNd(TuckerLayer):
                 )
             self.padding = padding
         else:
-            self.padding = _tuple(padding, n, "padding")
-            if any(p < 0 for p in self.padding):
-                raise ValueError(f"padding={self.padding} must be non-negative")
+            self.padding = _tuple(padding, n, "padding", minimum=0)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode={padding_mode!r} is not one of {PADDING_MODES}")
         self.padding_mode = padding_mode

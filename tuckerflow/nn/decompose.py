@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import numbers
+from collections.abc import Iterable
 
 import tensorly as tl
 import torch
 
-from ..ranks import RankSpec
+from ..ranks import RankSpec, check_tolerance, per_mode
 from ..recompression import recompress
 from .layer import resolve_rank
 
@@ -18,12 +18,32 @@ __all__ = ["tucker_from_weight"]
 def _per_mode(value, d, name):
     if value is None:
         return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return [int(value)] * d
-    vals = list(value)
-    if len(vals) != d:
-        raise ValueError(f"{name} has {len(vals)} entries but the weight has {d} modes")
-    return [None if v is None else int(v) for v in vals]
+    vals = per_mode(value, d, name, allow_none=True)
+    for i, v in enumerate(vals):
+        if v is not None and v < 1:
+            raise ValueError(f"{name}[{i}]={v} must be at least 1")
+    return vals
+
+
+def _check_weight(weight, full_modes):
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if not (weight.is_floating_point() or weight.is_complex()) or weight.ndim < 1:
+        raise ValueError(
+            f"weight must be a floating point tensor with at least one mode, got dtype "
+            f"{weight.dtype} and shape {tuple(weight.shape)}"
+        )
+    if isinstance(full_modes, (str, bytes)) or not isinstance(full_modes, Iterable):
+        raise TypeError(f"full_modes must be a sequence of modes, got {full_modes!r}")
+    modes = list(full_modes)
+    for m in modes:
+        if isinstance(m, bool) or not isinstance(m, numbers.Integral):
+            raise TypeError(f"full_modes entries must be ints, got {m!r}")
+        if not 0 <= m < weight.ndim:
+            raise ValueError(
+                f"full_modes contains mode {m}, the weight has modes 0..{weight.ndim - 1}"
+            )
+    return tuple(int(m) for m in modes)
 
 
 def tucker_from_weight(weight, full_modes, *, rank=None, rtol=None, max_rank=None, min_rank=1):
@@ -61,14 +81,15 @@ def tucker_from_weight(weight, full_modes, *, rank=None, rtol=None, max_rank=Non
     ----------
     .. [1] Vannieuwenhoven, Vandebril & Meerbergen, SIAM J. Sci. Comput. 34(2), 2012.
     """
+    full_modes = _check_weight(weight, full_modes)
     shape = tuple(weight.shape)
     d = len(shape)
     factorized = [i for i in range(d) if i not in full_modes]
     if (rank is None) == (rtol is None):
         raise ValueError("give exactly one of rank (fixed ranks) or rtol (relative tolerance)")
     if rtol is not None:
-        rtol = float(rtol)
-        if not (math.isfinite(rtol) and 0.0 <= rtol < 1.0):
+        rtol = check_tolerance(rtol, "rtol")
+        if not rtol < 1.0:
             raise ValueError(f"rtol={rtol!r} must lie in [0, 1)")
         fixed = None
     else:

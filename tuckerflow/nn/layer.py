@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .._state import StateDictEntryError, check_tucker_shapes
 from .recording import GradientRecord
 
 __all__ = ["TuckerLayer", "FORWARD_MODES"]
@@ -46,6 +47,37 @@ def mode_dot(tensor, matrix, mode):
     return torch.movedim(
         torch.tensordot(matrix.to(dtype), tensor.to(dtype), dims=([1], [mode])), 0, mode
     )
+
+
+#: Sizes beyond torch's index range (``int64``) cannot be allocated.
+_MAX_SIZE = 2**63 - 1
+
+
+def check_size(value, name, *, minimum=1):
+    """``value`` as an int ``≥ minimum`` (a layer size, a kernel entry, a padding).
+
+    Python and NumPy integers and integral floats (``2.0``) are accepted; booleans, strings,
+    fractions, NaN and inf are refused with an error naming ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or int(value) != value or not minimum <= value <= _MAX_SIZE:
+        raise ValueError(f"{name}={value!r} must be an int >= {minimum} (and below 2**63)")
+    return int(value)
+
+
+def check_factory(device, dtype):
+    """``device`` and ``dtype`` as ``nn.Linear`` takes them, refused with a clear error."""
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype (e.g. torch.float32) or None, got {dtype!r}")
+    if device is None or isinstance(device, torch.device):
+        return
+    if isinstance(device, bool) or not isinstance(device, (str, int)):
+        raise TypeError(f"device must be a torch.device, a str or an int, got {device!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"device={device!r} is not a torch device: {exc}") from None
 
 
 def orthonormal_(n, r, *, device=None, dtype=None, generator=None):
@@ -139,14 +171,18 @@ def resolve_rank(weight_shape, rank, full_modes, name="rank"):
         )
     r = []
     for i, (ri, n) in enumerate(zip(rank, shape)):
+        if ri is not None and (
+            isinstance(ri, bool) or not isinstance(ri, numbers.Real) or not math.isfinite(ri)
+        ):
+            raise TypeError(f"{name}[{i}] must be an int or None, got {ri!r}")
         if i in full_modes:
-            if ri is not None and int(ri) != n:
+            if ri is not None and ri != n:
                 raise ValueError(
                     f"{name}[{i}]={ri} but mode {i} is kept full (size {n}); give None or {n}"
                 )
             r.append(n)
             continue
-        if ri is None or isinstance(ri, bool) or int(ri) != ri:
+        if ri is None or int(ri) != ri:
             raise TypeError(f"{name}[{i}] must be an int for factorized mode {i}, got {ri!r}")
         ri = int(ri)
         if ri < 1:
@@ -220,6 +256,7 @@ class TuckerLayer(nn.Module):
     auto_threshold = 1.0
 
     def _init_tucker(self, weight_shape, *, rank, keep_full, default_full, bias_size, factory):
+        check_factory(factory.get("device"), factory.get("dtype"))
         self.weight_shape = tuple(int(n) for n in weight_shape)
         full = resolve_full_modes(self.weight_shape, keep_full, default=default_full)
         self.factorized_modes = tuple(i for i in range(len(self.weight_shape)) if i not in full)
@@ -423,31 +460,75 @@ class TuckerLayer(nn.Module):
             _assign(p, new.detach().contiguous())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints of other ranks: resize the (same) Parameters before torch copies into them
-        key = prefix + "core"
-        if key in state_dict and isinstance(state_dict[key], torch.Tensor):
-            core = state_dict[key]
-            facs = [state_dict.get(f"{prefix}factors.{k}") for k in range(len(self.factors))]
-            shapes_ok = (
-                core.ndim == len(self.weight_shape)
-                and all(
-                    isinstance(u, torch.Tensor)
-                    and tuple(u.shape) == (self.weight_shape[i], core.shape[i])
-                    and 1 <= core.shape[i] <= self.weight_shape[i]
-                    for i, u in zip(self.factorized_modes, facs)
-                )
-                and all(
-                    core.shape[i] == n
-                    for i, n in enumerate(self.weight_shape)
-                    if i not in self.factorized_modes
-                )
-            )
-            if shapes_ok and tuple(core.shape) != self.ranks:
-                ref = self.core
-                with torch.no_grad():
-                    for p, src in zip([self.core, *self.factors], [core, *facs]):
-                        _assign(p, torch.empty(src.shape, dtype=ref.dtype, device=ref.device))
+        # checkpoints of other ranks: resize the (same) Parameters before torch copies into
+        # them; a malformed entry of this layer is refused before any of it changes
+        stored = self._stored_tucker(state_dict, prefix)
+        if stored is not None and tuple(stored[0].shape) != self.ranks:
+            ref = self.core
+            with torch.no_grad():
+                for p, src in zip([self.core, *self.factors], stored):
+                    _assign(p, torch.empty(src.shape, dtype=ref.dtype, device=ref.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict=True, **kwargs):
+        """``nn.Module.load_state_dict``, across rank changes, refusing malformed entries.
+
+        The core and factors may be of another rank than the layer's (the parameters are
+        resized, and keep their identity). A missing entry (with ``strict``), an entry that
+        is not a tensor, a factor of no factorized mode, and shapes that do not fit the
+        layer or each other (a factor off its core, an impossible multilinear rank) raise a
+        :class:`~tuckerflow.nn.StateDictEntryError` naming the entry, before anything
+        changes. Inside a model, torch loads module by module: the layer refuses before it
+        changes, modules loaded before it keep what they loaded (call
+        :func:`tuckerflow.optim.resize_like` first to check every Tucker layer at once).
+        """
+        if strict and isinstance(state_dict, Mapping):
+            missing = [k for k in self.state_dict(keep_vars=True) if k not in state_dict]
+            if missing:
+                raise StateDictEntryError(
+                    missing[0], f"state_dict has no entry {missing[0]!r} for the Tucker layer"
+                )
+        return super().load_state_dict(state_dict, strict, **kwargs)
+
+    def _stored_tucker(self, state_dict, prefix):
+        """``[core, *factors]`` stored for this layer (checked), or None if none is stored."""
+        keys = [prefix + "core"] + [f"{prefix}factors.{k}" for k in range(len(self.factors))]
+        present = [k in state_dict for k in keys]
+        for k in keys:
+            if k in state_dict and not isinstance(state_dict[k], torch.Tensor):
+                raise StateDictEntryError(
+                    k,
+                    f"state_dict[{k!r}] must be a torch.Tensor, got {type(state_dict[k]).__name__}",
+                )
+        extra = sorted(
+            k
+            for k in state_dict
+            if isinstance(k, str) and k.startswith(prefix + "factors.") and k not in keys
+        )
+        if extra:
+            raise StateDictEntryError(
+                extra[0],
+                f"state_dict has the entry {extra[0]!r}, but the Tucker layer {prefix[:-1]!r} "
+                f"has {len(self.factors)} factors (modes {self.factorized_modes} factorized)",
+            )
+        if not any(present):
+            return None
+        # entries left out (strict=False) must fit the ones given at the current ranks
+        values = [state_dict[k] if k in state_dict else None for k in keys]
+        core_shape = self.ranks if values[0] is None else tuple(values[0].shape)
+        factor_shapes = {
+            m: (self.weight_shape[m], self.ranks[m]) if u is None else tuple(u.shape)
+            for m, u in zip(self.factorized_modes, values[1:])
+        }
+        check_tucker_shapes(
+            self.weight_shape,
+            self.factorized_modes,
+            core_shape,
+            factor_shapes,
+            core_entry=keys[0],
+            factor_entry=lambda i: keys[1 + self.factorized_modes.index(i)],
+        )
+        return values if all(present) else None
 
     # ---------------------------------------------------------------------------------------
     # forward dispatch

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .decompose import tucker_from_weight
-from .layer import TuckerLayer, resolve_full_modes
+from .layer import TuckerLayer, check_size, resolve_full_modes
 
 __all__ = ["TuckerLinear"]
 
@@ -61,11 +61,8 @@ class TuckerLinear(TuckerLayer):
         dtype=None,
     ):
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if int(v) != v or v < 1:
-                raise ValueError(f"{name}={v!r} must be a positive int")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = check_size(in_features, "in_features")
+        self.out_features = check_size(out_features, "out_features")
         self._init_tucker(
             (self.out_features, self.in_features),
             rank=rank,

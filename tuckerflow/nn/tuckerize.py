@@ -39,6 +39,8 @@ class ParameterCount:
 
 def count_parameters(model):
     """:class:`ParameterCount` of ``model`` (shared parameters counted once)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     seen, conv, total = set(), 0, 0
     conv_ids = set()
     for m in model.modules():

@@ -17,6 +17,7 @@ approximation", BIT Numer. Math. 62, 2022 (arXiv:2104.05247).
 
 from __future__ import annotations
 
+from .._state import StateDictEntryError
 from .averaging import TuckerAveragedModel
 from .basis import kstep_bases
 from .distributed import ddp_ignore_tucker_parameters
@@ -35,6 +36,7 @@ __all__ = [
     "NONNEGATIVE_STATE_KEYS",
     "GradientEditError",
     "NonFiniteGradientError",
+    "StateDictEntryError",
     "TDLRT",
     "TuckerAveragedModel",
     "TuckerLayerProtocol",

@@ -10,14 +10,32 @@ dense weight); every other parameter is averaged as ``AveragedModel`` does.
 
 from __future__ import annotations
 
+import numbers
+
 import tensorly as tl
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from .layers import set_tucker, tucker_layers, unwrap_model
+from .layers import check_device, check_model, set_tucker, tucker_layers, unwrap_model
 from .precision import plain_precision, work_dtype
 
 __all__ = ["TuckerAveragedModel"]
+
+
+def _check_max_rank(max_rank):
+    """None, an int ``≥ 1`` or a sequence of them (None entries: no cap in that mode)."""
+    if max_rank is None:
+        return
+    sequence = isinstance(max_rank, (list, tuple))
+    for v in max_rank if sequence else [max_rank]:
+        if v is None and sequence:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(
+                f"max_rank must be None, an int or a sequence of ints, got {max_rank!r}"
+            )
+        if v < 1:
+            raise ValueError(f"max_rank={max_rank!r} must be at least 1 in every mode")
 
 
 class TuckerAveragedModel(AveragedModel):
@@ -60,12 +78,20 @@ class TuckerAveragedModel(AveragedModel):
     def __init__(
         self, model, *, decay=None, rtol="roundoff", max_rank=None, device=None, use_buffers=False
     ):
+        check_model(model)
         if decay is not None:
+            if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
+                raise TypeError(f"decay must be None or a float in [0, 1), got {decay!r}")
             decay = float(decay)
             if not 0.0 <= decay < 1.0:
                 raise ValueError(f"decay={decay!r} must lie in [0, 1)")
-        if not (rtol == "roundoff" or (isinstance(rtol, float | int) and 0 <= rtol < 1)):
+        if not (
+            (isinstance(rtol, str) and rtol == "roundoff")
+            or (not isinstance(rtol, bool) and isinstance(rtol, numbers.Real) and 0 <= rtol < 1)
+        ):
             raise ValueError(f"rtol={rtol!r} must be 'roundoff' or a number in [0, 1)")
+        _check_max_rank(max_rank)
+        check_device(device)
         super().__init__(unwrap_model(model), device=device, use_buffers=use_buffers)
         self.decay = decay
         self.rtol = rtol

@@ -6,6 +6,10 @@ blocks of :mod:`tuckerflow.dlra` (called under TensorLy's PyTorch backend, local
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Iterable
+
 import tensorly as tl
 
 from ..dlra import augment_basis, core_qr
@@ -19,6 +23,48 @@ def partial_contraction(G, factors, skip):
     """``G ×_{j≠skip} U_jᴴ`` (modes with a None factor are left alone)."""
     mats = [None if (u is None or j == skip) else u.conj().T for j, u in enumerate(factors)]
     return mode_products(G, mats)
+
+
+def _check_kstep_args(core, factors, G, lr, fixed_modes, factor_grads):
+    """Types and shapes of :func:`kstep_bases`' arguments (finiteness: the blocks refuse)."""
+    import torch
+
+    if not isinstance(core, torch.Tensor) or core.ndim < 1:
+        raise TypeError(f"core must be a torch.Tensor with at least one mode, got {core!r:.60}")
+    d = core.ndim
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, (list, tuple)):
+        raise TypeError(
+            f"factors must be a list of {d} torch matrices or None, got {factors!r:.60}"
+        )
+    if len(factors) != d:
+        raise ValueError(f"factors has {len(factors)} entries, core.ndim={d}")
+    for i, u in enumerate(factors):
+        if u is not None and not (isinstance(u, torch.Tensor) and u.ndim == 2):
+            raise TypeError(f"factors[{i}] must be a torch matrix or None, got {u!r:.60}")
+        if u is not None and u.shape[1] != core.shape[i]:
+            raise ValueError(
+                f"factors[{i}].shape={tuple(u.shape)} must have core.shape[{i}]={core.shape[i]} "
+                "columns"
+            )
+    if factor_grads is None:
+        shape = tuple(core.shape[i] if u is None else u.shape[0] for i, u in enumerate(factors))
+        if not isinstance(G, torch.Tensor) or tuple(G.shape) != shape:
+            raise ValueError(f"G must be a torch.Tensor of shape {shape}, got {G!r:.60}")
+    else:
+        if not isinstance(factor_grads, (list, tuple)) or len(factor_grads) != d:
+            raise TypeError(f"factor_grads must be a list of {d} entries, got {factor_grads!r:.60}")
+        for i, (u, g) in enumerate(zip(factors, factor_grads)):
+            if u is not None and not (isinstance(g, torch.Tensor) and g.shape == u.shape):
+                raise ValueError(
+                    f"factor_grads[{i}] must be a torch.Tensor shaped like factors[{i}]"
+                )
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr):
+        raise ValueError(f"lr must be a finite real number, got {lr!r}")
+    if isinstance(fixed_modes, (str, bytes)) or not isinstance(fixed_modes, Iterable):
+        raise TypeError(f"fixed_modes must be an iterable of modes, got {fixed_modes!r}")
+    for m in fixed_modes:
+        if isinstance(m, bool) or not isinstance(m, numbers.Integral) or not 0 <= m < d:
+            raise ValueError(f"fixed_modes contains {m!r}; modes are 0..{d - 1}")
 
 
 def kstep_bases(core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
@@ -92,6 +138,7 @@ def kstep_bases(core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
     >>> bool(torch.allclose(mode_products(Ch, Uh), mode_products(C, U)))
     True
     """
+    _check_kstep_args(core, factors, G, lr, fixed_modes, factor_grads)
     fixed = set(fixed_modes)
     U_hats = []
     with tl.backend_context("pytorch", local_threadsafe=True):

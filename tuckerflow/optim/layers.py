@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from .._state import StateDictEntryError, check_tucker_shapes
+
 __all__ = ["is_tucker_layer", "resize_like", "set_tucker", "tucker_layers", "unwrap_model"]
 
 _REQUIRED = ("core", "factors", "factorized_modes", "factor", "set_tucker_", "weight_shape")
@@ -22,8 +26,31 @@ def unwrap_model(model):
     return model
 
 
+def check_model(model, name="model"):
+    """Refuse anything but a ``torch.nn.Module`` (possibly wrapped) with a ``TypeError``."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def check_device(device, name="device"):
+    """Refuse what ``torch.device`` cannot read, with an error naming ``name``."""
+    import torch
+
+    if device is None or isinstance(device, torch.device):
+        return
+    if isinstance(device, bool) or not isinstance(device, (str, int)):
+        raise TypeError(f"{name} must be a torch.device, a str or an int, got {device!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{name}={device!r} is not a torch device: {exc}") from None
+
+
 def tucker_layers(model) -> dict:
     """``{qualified name: layer}`` for every Tucker layer of ``model``, in module order."""
+    check_model(model)
     return {name: m for name, m in unwrap_model(model).named_modules() if is_tucker_layer(m)}
 
 
@@ -55,9 +82,40 @@ def set_tucker(layer, core, factors):
 
 def _strip_prefix(state_dict):
     keys = list(state_dict)
-    if keys and all(k.startswith("module.") for k in keys):
+    if keys and all(isinstance(k, str) and k.startswith("module.") for k in keys):
         return {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
+
+
+def _stored_tucker(sd, name, layer):
+    """The stored core and factors (one entry per mode) of ``layer``, checked, unchanged."""
+    import torch
+
+    prefix = f"{name}." if name else ""
+    key = f"{prefix}core"
+    entries = {}
+    for mode, k in [(None, key)] + [
+        (m, f"{prefix}factors.{j}") for j, m in enumerate(layer.factorized_modes)
+    ]:
+        if k not in sd:
+            raise StateDictEntryError(
+                k, f"state_dict has no entry {k!r} for the Tucker layer {name!r}"
+            )
+        if not isinstance(sd[k], torch.Tensor):
+            raise StateDictEntryError(
+                k, f"state_dict[{k!r}] must be a torch.Tensor, got {type(sd[k]).__name__}"
+            )
+        entries[mode] = sd[k]
+    check_tucker_shapes(
+        layer.weight_shape,
+        layer.factorized_modes,
+        tuple(entries[None].shape),
+        {m: tuple(entries[m].shape) for m in layer.factorized_modes},
+        core_entry=key,
+        factor_entry=lambda i: f"{prefix}factors.{layer.factorized_modes.index(i)}",
+    )
+    factors = [entries.get(i) for i in range(len(layer.weight_shape))]
+    return entries[None], factors
 
 
 def resize_like(model, state_dict):
@@ -76,27 +134,28 @@ def resize_like(model, state_dict):
 
     Raises
     ------
-    KeyError
-        Naming the missing entry when ``state_dict`` lacks the core or a factor of a layer.
-    ValueError
-        From ``set_tucker_`` when a stored shape does not fit the layer (nothing changed).
+    StateDictEntryError
+        A ``ValueError`` (and ``KeyError``) naming the entry, when ``state_dict`` lacks the
+        core or a factor of a layer, holds something else than a tensor there, or a shape
+        that does not fit the layer (wrong number of modes, a factor that does not match
+        the core, an impossible multilinear rank). Every layer is checked before any is
+        changed: on error the model is unchanged.
 
     Examples
     --------
     ``resize_like(fresh_model, ckpt["model"]); fresh_model.load_state_dict(ckpt["model"])``.
     """
+    layers = tucker_layers(model)
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
     sd = _strip_prefix(state_dict)
-    for name, layer in tucker_layers(model).items():
-        prefix = f"{name}." if name else ""
-        key = f"{prefix}core"
-        if key not in sd:
-            raise KeyError(f"state_dict has no entry {key!r} for the Tucker layer {name!r}")
+    stored = {name: _stored_tucker(sd, name, layer) for name, layer in layers.items()}
+    for name, layer in layers.items():
         ref = layer.core
-        core = sd[key].detach().to(device=ref.device, dtype=ref.dtype).clone()
-        factors = [None] * len(layer.weight_shape)
-        for k, mode in enumerate(layer.factorized_modes):
-            fkey = f"{prefix}factors.{k}"
-            if fkey not in sd:
-                raise KeyError(f"state_dict has no entry {fkey!r} for the Tucker layer {name!r}")
-            factors[mode] = sd[fkey].detach().to(device=ref.device, dtype=ref.dtype).clone()
+        core, factors = stored[name]
+        core = core.detach().to(device=ref.device, dtype=ref.dtype).clone()
+        factors = [
+            None if u is None else u.detach().to(device=ref.device, dtype=ref.dtype).clone()
+            for u in factors
+        ]
         set_tucker(layer, core, factors)

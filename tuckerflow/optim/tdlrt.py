@@ -37,6 +37,7 @@ from .edits import GradientEditError, resolve_edits
 from .layers import set_tucker, tucker_layers
 from .precision import plain_precision, work_dtype
 from .protocol import check_layer
+from .state import check_tdlrt_state_dict
 from .transport import mode_products, transport_state
 
 __all__ = ["GradientEditError", "NonFiniteGradientError", "TDLRT", "ddp_ignore_tucker_parameters"]
@@ -66,6 +67,16 @@ def _orthonormality_tolerance(dtype):
 
 def _eye_like(u):
     return torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+
+
+def _restore_shapes(layers, saved):
+    """Give the layers back the core and factor data ``saved`` (``{name: (core, factors)}``)."""
+    for name, layer in layers.items():
+        core, facs = saved[name]
+        factors = [None] * len(layer.weight_shape)
+        for mode_, u in zip(layer.factorized_modes, facs):
+            factors[mode_] = u
+        set_tucker(layer, core, factors)
 
 
 def _check_tau(tau):
@@ -544,24 +555,12 @@ class TDLRT(torch.optim.Optimizer):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        for key in ("optimizer", "shapes"):
-            if key not in state_dict:
-                raise KeyError(f"state_dict has no entry {key!r}; was it made by TDLRT?")
+        check_tdlrt_state_dict(self._layers, self.optimizer, state_dict)
         shapes = state_dict["shapes"]
-        if set(shapes) != set(self._layers):
-            raise ValueError(
-                f"state_dict holds the Tucker layers {sorted(shapes)} but the model has "
-                f"{sorted(self._layers)}"
-            )
-        for name, layer in self._layers.items():
-            want = shapes[name]
-            if len(want["core"]) != len(layer.weight_shape):
-                raise ValueError(
-                    f"stored core of layer {name!r} has {len(want['core'])} modes, the layer "
-                    f"{len(layer.weight_shape)}"
-                )
+        saved = {
+            n: (layer.core.data, [u.data for u in layer.factors])
+            for n, layer in self._layers.items()
+        }
         for name, layer in self._layers.items():
             want = shapes[name]
             if tuple(want["core"]) == tuple(layer.core.shape):
@@ -575,7 +574,11 @@ class TDLRT(torch.optim.Optimizer):
                 for s in want["factors"]
             ]
             set_tucker(layer, core, factors)
-        self.optimizer.load_state_dict(state_dict["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state_dict["optimizer"])
+        except BaseException:
+            _restore_shapes(self._layers, saved)  # the base optimizer refused: undo the resize
+            raise
         self._steps = int(state_dict.get("steps", 0))
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._frozen = bool(state_dict.get("frozen", False))

@@ -29,6 +29,9 @@ Rule (documented in ``docs/api/optim.rst``):
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping, Sequence
+
 __all__ = [
     "NONNEGATIVE_STATE_KEYS",
     "mode_products",
@@ -42,6 +45,37 @@ __all__ = [
 NONNEGATIVE_STATE_KEYS = frozenset(
     {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "step_size"}
 )
+
+
+def _check_matrices(matrices, shape, name):
+    """``matrices``: one ``(r_i', shape[i])`` torch matrix or None per mode of ``shape``."""
+    import torch
+
+    if isinstance(matrices, (str, bytes)) or not isinstance(matrices, (list, tuple)):
+        raise TypeError(f"matrices must be a list of torch matrices or None, got {matrices!r}")
+    if len(matrices) != len(shape):
+        raise ValueError(
+            f"matrices has {len(matrices)} entries but {name} has {len(shape)} modes "
+            f"(shape {tuple(shape)})"
+        )
+    for i, b in enumerate(matrices):
+        if b is None:
+            continue
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(f"matrices[{i}] must be a torch.Tensor or None, got {type(b).__name__}")
+        if b.ndim != 2 or b.shape[1] != shape[i]:
+            raise ValueError(
+                f"matrices[{i}].shape={tuple(b.shape)} must be (r, {shape[i]}) to act on "
+                f"mode {i} of {name} (shape {tuple(shape)})"
+            )
+
+
+def _check_tensor(x, matrices, name):
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _check_matrices(matrices, tuple(x.shape), name)
 
 
 def mode_products(x, matrices):
@@ -66,6 +100,7 @@ def transport_linear(m, matrices):
     >>> transport_linear(m, [B, B]).tolist()
     [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
     """
+    _check_tensor(m, matrices, "m")
     return mode_products(m, [None if b is None else b.to(m.dtype) for b in matrices])
 
 
@@ -89,6 +124,7 @@ def transport_nonnegative(v, matrices):
     """
     import torch
 
+    _check_tensor(v, matrices, "v")
     weights = [None if b is None else b.abs().to(v.dtype) ** 2 for b in matrices]
     moved = mode_products(v, weights)
     mass = torch.ones((), dtype=v.dtype, device=v.device)
@@ -121,8 +157,16 @@ def transport_state(state, old_shape, matrices):
     """
     import torch
 
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a dict of optimizer state, got {type(state).__name__}")
+    if isinstance(old_shape, (str, bytes)) or not isinstance(old_shape, Sequence):
+        raise TypeError(f"old_shape must be a tuple of ints, got {old_shape!r}")
+    for i, n in enumerate(old_shape):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"old_shape[{i}]={n!r} must be an int >= 0")
     out = {}
-    old_shape = tuple(old_shape)
+    old_shape = tuple(int(n) for n in old_shape)
+    _check_matrices(matrices, old_shape, "old_shape")
     row, col = state.get("row_var"), state.get("col_var")
     if _is_factored_pair(row, col, old_shape):
         full = (row @ col) / row.mean(dim=-2, keepdim=True).clamp_min(torch.finfo(row.dtype).tiny)
