@@ -25,8 +25,11 @@ from tuckerflow.nn import (  # noqa: E402
     adapter_report,
     adapter_state_dict,
     add_adapters,
+    disable_adapters,
+    enable_adapters,
     load_adapter_state_dict,
     merge_adapters,
+    remove_adapters,
 )
 from tuckerflow.optim import TDLRT, ddp_ignore_tucker_parameters  # noqa: E402
 
@@ -775,6 +778,143 @@ def test_merged_network_matches_layer_by_layer_after_training():
     # the product of the layer norms (here O(10)): far below the logits' scale
     assert torch.allclose(out, ref, rtol=0, atol=1e3 * torch.finfo(torch.float32).eps)
     assert not hasattr(merged[9], adapters_module._KEEP_MARK)
+
+
+# ------------------------------------------------------------------------------------------
+# removing and disabling
+
+
+def _model_snapshot(model):
+    """Structure with module identities, tensors, flags, marks: all remove_adapters restores."""
+    return (
+        [(name, type(m), id(m)) for name, m in model.named_modules()],
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        {n: sorted(vars(m)) for n, m in model.named_modules()},
+    )
+
+
+def _assert_same_model(a, b):
+    assert a[0] == b[0]
+    _assert_same_state(a[1], b[1], "state_dict")
+    assert a[2] == b[2]
+    assert a[3] == b[3]  # no attribute left behind (marks, flags)
+
+
+def test_remove_adapters_puts_the_original_modules_back_with_their_flags():
+    model = _pretrained()
+    model[1].weight.requires_grad_(False)  # a flag add_adapters must not lose
+    before = _model_snapshot(model)
+    originals = {p: model.get_submodule(p) for p in ("0", "3", "7", "9")}
+    model, _ = add_adapters(model, rank=1, modules_to_save=["9"], rng=0)
+    assert remove_adapters(model) is model
+    _assert_same_model(before, _model_snapshot(model))  # exactly as before add_adapters
+    # after training: the same module objects, bit-identical bases, the flags of before
+    model, _ = add_adapters(model, rank=1, filter=["0", "3"], modules_to_save=["9"], rng=0)
+    _train_a_few_steps(model)
+    trained_head = model[9].weight.detach().clone()
+    removed = remove_adapters(model)
+    assert removed is model
+    assert all(model.get_submodule(p) is m for p, m in originals.items())
+    assert not any(isinstance(m, (TuckerAdapter, TuckerLayer)) for m in model.modules())
+    after = _model_snapshot(model)
+    assert after[0] == before[0] and after[2] == before[2] and after[3] == before[3]
+    for k, v in before[1].items():
+        if k.startswith(("0.", "3.", "7.")) or k in ("1.weight", "1.bias"):
+            assert torch.equal(_bits(after[1][k]), _bits(v)), k
+    # what trained in place stays trained: the kept head and the frozen BatchNorm's statistics
+    assert torch.equal(model[9].weight, trained_head)
+    assert not torch.equal(model[1].running_mean, before[1]["1.running_mean"])
+    # the model can be adapted again
+    again, report = add_adapters(model, rank=1, rng=0)
+    assert [r.path for r in report.layers] == ["0", "3", "7", "9"]
+    # a root adapter gives back its base; a shared adapter comes back as the shared module
+    linear = nn.Linear(4, 4)
+    adapter, _ = add_adapters(linear, rank=1)
+    assert remove_adapters(adapter) is linear and linear.weight.requires_grad
+    shared = nn.Linear(4, 4)
+    model, _ = add_adapters(nn.Sequential(shared, nn.Tanh(), shared), rank=1)
+    model = remove_adapters(model)
+    assert model[0] is shared and model[2] is shared
+    # a TuckerAdapter built directly gives its base back its flags too
+    frozen_bias = nn.Linear(3, 3)
+    frozen_bias.bias.requires_grad_(False)
+    holder = nn.Sequential(TuckerAdapter(frozen_bias, rank=1))
+    remove_adapters(holder)
+    assert holder[0] is frozen_bias
+    assert frozen_bias.weight.requires_grad and not frozen_bias.bias.requires_grad
+
+
+def test_remove_errors_change_nothing():
+    model, _ = add_adapters(_pretrained(), rank=1, modules_to_save=["9"])
+    snap = _snapshot(model)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        remove_adapters("model")
+    with pytest.raises(ValueError, match="nothing to remove: the model has no TuckerAdapter"):
+        remove_adapters(_pretrained())
+    wrapper = nn.DataParallel(model)
+    with pytest.raises(TypeError, match=r"remove_adapters needs the model itself.*wrapper\.module"):
+        remove_adapters(wrapper)
+    _assert_unchanged(model, snap)
+
+
+def test_disabled_adapters_compute_the_base_model_and_stay_untrained():
+    pretrained = _pretrained()
+    model, _ = add_adapters(copy.deepcopy(pretrained), rank=1, modules_to_save=["9"], rng=0)
+    _train_a_few_steps(model)  # ΔW ≠ 0 now
+    model.eval()
+    base = remove_adapters(copy.deepcopy(model))  # the same modules without their updates
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        adapted, unadapted = model(x), base(x)
+    assert not torch.allclose(adapted, unadapted)
+    with disable_adapters(model) as handle:
+        assert not any(a.enabled for a in model.modules() if isinstance(a, TuckerAdapter))
+        assert "disabled" in repr(model[0])
+        with torch.no_grad():
+            assert torch.equal(model(x), unadapted)
+        with disable_adapters(model):  # nested: the inner exit keeps them off
+            pass
+        with torch.no_grad():
+            assert torch.equal(model(x), unadapted)
+    assert handle is not None
+    with torch.no_grad():
+        assert torch.equal(model(x), adapted)  # switched back on, exactly as before
+    # the toggle: off at the call, on again by enable_adapters (or restore())
+    off = disable_adapters(model)
+    assert not model[0].enabled
+    assert enable_adapters(model) is model and model[0].enabled
+    off.restore()
+    assert model[0].enabled
+    # training while disabled: the updates get no gradient and TDLRT leaves them alone,
+    # the kept head trains
+    model.train()
+    updates = {k: v.clone() for k, v in model.state_dict().items() if ".update." in k}
+    head = model[9].weight.detach().clone()
+    with disable_adapters(model):
+        tdlrt = _train_a_few_steps(model, steps=2, seed=21)
+        with pytest.raises(ValueError, match="adapter '0' is disabled.*nothing was merged"):
+            merge_adapters(model)
+    for k, v in model.state_dict().items():
+        if ".update." in k:
+            assert torch.equal(v, updates[k]), k
+    assert tdlrt.steps == 2 and not torch.equal(model[9].weight, head)
+    merge_adapters(model)  # enabled again: merging works
+
+
+def test_disable_and_enable_errors_change_nothing():
+    model = _pretrained()
+    snap = _snapshot(model)
+    for fn in (disable_adapters, enable_adapters):
+        with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
+            fn("model")
+        with pytest.raises(ValueError, match="the model has no TuckerAdapter modules"):
+            fn(model)
+    _assert_unchanged(model, snap)
+    adapted, _ = add_adapters(_pretrained(), rank=1)
+    with disable_adapters(nn.DataParallel(adapted)):  # through a wrapper
+        assert not adapted[0].enabled
+    assert adapted[0].enabled
 
 
 # ------------------------------------------------------------------------------------------
