@@ -38,6 +38,7 @@ import tensorly as tl
 from tensorly.tenalg import mode_dot, multi_mode_dot
 
 from ._backend import astype, check_finite, check_tensor, conj_t, scale_pow2
+from ._host import to_host
 from .linalg import GRAM_SAFETY, SVD_METHODS, _left_singular, _svd
 from .ranks import RankSpec, lower_ranks_greedily, select_rank, sequential_budget
 
@@ -86,7 +87,7 @@ class TruncationInfo:
 
 
 def _to_host(s) -> np.ndarray:
-    return np.asarray(tl.to_numpy(s), dtype=np.float64)
+    return to_host(s)
 
 
 def _choose_rank(s_host, spec: RankSpec, i: int, budget2: float, margin2: float):
