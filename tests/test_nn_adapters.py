@@ -25,8 +25,11 @@ from tuckerflow.nn import (  # noqa: E402
     adapter_report,
     adapter_state_dict,
     add_adapters,
+    disable_adapters,
+    enable_adapters,
     load_adapter_state_dict,
     merge_adapters,
+    remove_adapters,
 )
 from tuckerflow.optim import TDLRT, ddp_ignore_tucker_parameters  # noqa: E402
 
@@ -408,6 +411,221 @@ def test_training_loop_idioms_clipping_scheduler_and_bf16_autocast():
     assert any(r != (1, 1, 3, 3) for r in tdlrt.ranks().values())
 
 
+def _head_task(n=16, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 6, 6, generator=g), torch.arange(n) % 5
+
+
+def _scaled_fp16_steps(model, tdlrt, scaler, steps, x, y, clip=None):
+    for _ in range(steps):
+        tdlrt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(tdlrt)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(_trainable(model), clip)
+        scaler.step(tdlrt)
+        scaler.update()
+
+
+def _adapter_snapshot(model, tdlrt):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        copy.deepcopy(tdlrt.state_dict()),
+        tdlrt.ranks(),
+    )
+
+
+def _assert_same_state(a, b, where="state"):
+    """Nested dicts/lists/tensors equal, tensors bit for bit."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            _assert_same_state(u, v, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.shape == b.shape, where
+        assert torch.equal(_bits(a), _bits(b)), where
+    else:
+        assert a == b, where
+
+
+def _assert_same_adapter_snapshot(a, b):
+    assert a[2] == b[2]
+    _assert_same_state(a[0], b[0], "model")
+    _assert_same_state(a[1], b[1], "tdlrt")
+
+
+def test_fp16_autocast_under_grad_scaler_steps_as_the_unscaled_loss_and_skips_overflow():
+    # fp16 autocast on CPU: the scaler multiplies the loss by 2¹²; TDLRT must see the unscaled
+    # gradient (scaler.unscale_ edits it uniformly), so the steps equal unscaled fp16 steps
+    pretrained = _pretrained()
+    x, y = _head_task()
+    model, _ = add_adapters(copy.deepcopy(pretrained), rank=1, modules_to_save=["9"], rng=0)
+    ref = copy.deepcopy(model)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.SGD(_trainable(model), lr=0.5, momentum=0.9)
+    tdlrt = TDLRT(model, opt, tau=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    _scaled_fp16_steps(model, tdlrt, scaler, 3, x, y, clip=1.0)
+    assert tdlrt.steps == 3 and scaler.get_scale() == 2.0**12
+    for edit in tdlrt.last_edits.values():
+        assert edit.scale <= 2.0**-12  # the unscale, and the clipping on top where it binds
+    ref_opt = torch.optim.SGD(_trainable(ref), lr=0.5, momentum=0.9)
+    ref_tdlrt = TDLRT(ref, ref_opt, tau=0.05)
+    for _ in range(3):
+        ref_opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.cross_entropy(ref(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(_trainable(ref), 1.0)
+        ref_tdlrt.step()
+    assert tdlrt.ranks() == ref_tdlrt.ranks()
+    assert any(r not in ((1, 1, 3, 3), (1, 1)) for r in tdlrt.ranks().values())
+    # the fp16 output gradients of the scaled and the unscaled loss round differently (the
+    # scale is a power of two, but the backward of the fp16 convolutions is not exact):
+    # agreement at fp16 round-off, relative to the parameters' size
+    eps16 = torch.finfo(torch.float16).eps
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        p, q = p.detach(), q.detach()
+        assert p.shape == q.shape, n
+        assert (p - q).abs().max() <= 50 * eps16 * max(1.0, float(q.abs().max())), n
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert p.dtype == torch.float32 and torch.equal(p, frozen[n]), n
+    # an overflowing scale: inf gradients, the step is skipped, nothing changes
+    before = _adapter_snapshot(model, tdlrt)
+    scaler.update(2.0**60)
+    _scaled_fp16_steps(model, tdlrt, scaler, 1, x, y)
+    assert tdlrt.steps == 3 and scaler.get_scale() < 2.0**60
+    after = _adapter_snapshot(model, tdlrt)
+    # the frozen BatchNorm's statistics moved in the forward pass: not the step's doing
+    for k in [k for k in before[0] if "running" in k or "num_batches" in k]:
+        del before[0][k], after[0][k]
+    _assert_same_adapter_snapshot(before, after)
+    scaler.update(2.0**12)
+    _scaled_fp16_steps(model, tdlrt, scaler, 1, x, y)  # and training goes on
+    assert tdlrt.steps == 4
+
+
+# dynamo reads ``.grad`` of its (non-leaf) view inputs and hides the resulting warning by
+# overriding ``warnings.showwarning``, which the "error" filter of the test suite bypasses
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_compiled_adapted_model_trains_as_the_eager_one():
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    pretrained = nn.Sequential(nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 6))
+    model, _ = add_adapters(copy.deepcopy(pretrained), rank=1, rng=0)
+    eager = copy.deepcopy(model)
+    compiles = []
+
+    def backend(gm, example_inputs):  # counts what dynamo compiles, runs it as traced
+        compiles.append(len(gm.graph.nodes))
+        return gm.forward
+
+    dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend=backend)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 12, generator=g)
+    target = pretrained(x).detach() + torch.tanh(x @ torch.randn(12, 6, generator=g))
+    runs = []
+    for m, fwd in ((model, compiled), (eager, eager)):
+        opt = torch.optim.SGD(_trainable(m), lr=0.3, momentum=0.9)
+        tdlrt = TDLRT(m, opt, tau=1e-3)
+        ranks = [tuple(tdlrt.ranks().values())]
+        for _ in range(15):
+            opt.zero_grad()
+            ((fwd(x) - target) ** 2).mean().backward()
+            tdlrt.step()
+            ranks.append(tuple(tdlrt.ranks().values()))
+        runs.append((ranks, [p.detach().clone() for p in m.parameters()]))
+    (ranks, p_compiled), (ranks_eager, p_eager) = runs
+    assert compiles, "dynamo compiled nothing"
+    assert not counters["unimplemented"], dict(counters["unimplemented"])
+    assert counters["frames"]["total"] == counters["frames"]["ok"]
+    assert sum(a != b for a, b in zip(ranks, ranks[1:])) >= 2  # ranks grew while compiled
+    assert ranks == ranks_eager
+    # the traced graph runs the same kernels in the same order: round-off level agreement
+    for p, q in zip(p_compiled, p_eager):
+        assert p.shape == q.shape
+        assert (p - q).abs().max() <= 1e3 * torch.finfo(torch.float32).eps * max(
+            1.0, float(q.abs().max())
+        )
+    for k, v in pretrained.state_dict().items():
+        assert torch.equal(model.state_dict()[k.replace(".", ".base.", 1)], v), k
+    dynamo.reset()
+
+
+def _resumable_run(pretrained, steps, *, checkpoint_at=None, state=None, rng=0):
+    """Adapters trained with AdamW, a cosine schedule and clipping; optionally a checkpoint.
+
+    ``state``: the bytes of a checkpoint to resume from, into a fresh adapted copy of the
+    pretrained model (other initial factors and ranks: everything must come from the file).
+    """
+    model, _ = add_adapters(copy.deepcopy(pretrained), rank=1, modules_to_save=["9"], rng=rng)
+    start = 0
+    if state is not None:
+        ckpt = torch.load(io.BytesIO(state), weights_only=True)
+        load_adapter_state_dict(model, ckpt["adapters"])
+        start = ckpt["step"]
+    opt = torch.optim.AdamW(_trainable(model), lr=0.05, weight_decay=1e-2)
+    tdlrt = TDLRT(model, opt, tau=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(tdlrt, T_max=steps)
+    if state is not None:
+        tdlrt.load_state_dict(ckpt["tdlrt"])
+        sched.load_state_dict(ckpt["sched"])
+    saved = None
+    for s in range(start, steps):
+        x, y = _head_task(8, seed=40 + s)
+        tdlrt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(_trainable(model), 0.5)
+        tdlrt.step()
+        sched.step()
+        if checkpoint_at == s + 1:
+            buf = io.BytesIO()
+            torch.save(
+                {
+                    "adapters": adapter_state_dict(model),
+                    "tdlrt": tdlrt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "step": s + 1,
+                },
+                buf,
+            )
+            saved = buf.getvalue()
+            break  # the process is killed here
+    return model, tdlrt, saved
+
+
+def test_kill_and_resume_from_adapter_and_optimizer_state_dicts_is_bit_identical():
+    pretrained = _pretrained()
+    whole, tdlrt, _ = _resumable_run(pretrained, 8)
+    assert any(r not in ((1, 1, 3, 3), (1, 1)) for r in tdlrt.ranks().values())
+    _, first, state = _resumable_run(pretrained, 8, checkpoint_at=4)
+    assert first.steps == 4 and first.ranks() != {k: (1, 1) for k in first.ranks()}
+    resumed, second, _ = _resumable_run(pretrained, 8, state=state, rng=5)
+    assert second.steps == tdlrt.steps and second.ranks() == tdlrt.ranks()
+    assert second.param_groups[0]["lr"] == tdlrt.param_groups[0]["lr"]
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape and torch.equal(_bits(a[k]), _bits(b[k])), k
+    for k, v in pretrained.state_dict().items():  # the frozen weights never moved
+        layer, _, name = k.partition(".")
+        if layer in ("0", "3", "7"):
+            assert torch.equal(b[f"{layer}.base.{name}"], v), k
+        elif layer == "1" and name in ("weight", "bias"):
+            assert torch.equal(b[k], v), k
+
+
 # ------------------------------------------------------------------------------------------
 # merging
 
@@ -560,6 +778,143 @@ def test_merged_network_matches_layer_by_layer_after_training():
     # the product of the layer norms (here O(10)): far below the logits' scale
     assert torch.allclose(out, ref, rtol=0, atol=1e3 * torch.finfo(torch.float32).eps)
     assert not hasattr(merged[9], adapters_module._KEEP_MARK)
+
+
+# ------------------------------------------------------------------------------------------
+# removing and disabling
+
+
+def _model_snapshot(model):
+    """Structure with module identities, tensors, flags, marks: all remove_adapters restores."""
+    return (
+        [(name, type(m), id(m)) for name, m in model.named_modules()],
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        {n: sorted(vars(m)) for n, m in model.named_modules()},
+    )
+
+
+def _assert_same_model(a, b):
+    assert a[0] == b[0]
+    _assert_same_state(a[1], b[1], "state_dict")
+    assert a[2] == b[2]
+    assert a[3] == b[3]  # no attribute left behind (marks, flags)
+
+
+def test_remove_adapters_puts_the_original_modules_back_with_their_flags():
+    model = _pretrained()
+    model[1].weight.requires_grad_(False)  # a flag add_adapters must not lose
+    before = _model_snapshot(model)
+    originals = {p: model.get_submodule(p) for p in ("0", "3", "7", "9")}
+    model, _ = add_adapters(model, rank=1, modules_to_save=["9"], rng=0)
+    assert remove_adapters(model) is model
+    _assert_same_model(before, _model_snapshot(model))  # exactly as before add_adapters
+    # after training: the same module objects, bit-identical bases, the flags of before
+    model, _ = add_adapters(model, rank=1, filter=["0", "3"], modules_to_save=["9"], rng=0)
+    _train_a_few_steps(model)
+    trained_head = model[9].weight.detach().clone()
+    removed = remove_adapters(model)
+    assert removed is model
+    assert all(model.get_submodule(p) is m for p, m in originals.items())
+    assert not any(isinstance(m, (TuckerAdapter, TuckerLayer)) for m in model.modules())
+    after = _model_snapshot(model)
+    assert after[0] == before[0] and after[2] == before[2] and after[3] == before[3]
+    for k, v in before[1].items():
+        if k.startswith(("0.", "3.", "7.")) or k in ("1.weight", "1.bias"):
+            assert torch.equal(_bits(after[1][k]), _bits(v)), k
+    # what trained in place stays trained: the kept head and the frozen BatchNorm's statistics
+    assert torch.equal(model[9].weight, trained_head)
+    assert not torch.equal(model[1].running_mean, before[1]["1.running_mean"])
+    # the model can be adapted again
+    again, report = add_adapters(model, rank=1, rng=0)
+    assert [r.path for r in report.layers] == ["0", "3", "7", "9"]
+    # a root adapter gives back its base; a shared adapter comes back as the shared module
+    linear = nn.Linear(4, 4)
+    adapter, _ = add_adapters(linear, rank=1)
+    assert remove_adapters(adapter) is linear and linear.weight.requires_grad
+    shared = nn.Linear(4, 4)
+    model, _ = add_adapters(nn.Sequential(shared, nn.Tanh(), shared), rank=1)
+    model = remove_adapters(model)
+    assert model[0] is shared and model[2] is shared
+    # a TuckerAdapter built directly gives its base back its flags too
+    frozen_bias = nn.Linear(3, 3)
+    frozen_bias.bias.requires_grad_(False)
+    holder = nn.Sequential(TuckerAdapter(frozen_bias, rank=1))
+    remove_adapters(holder)
+    assert holder[0] is frozen_bias
+    assert frozen_bias.weight.requires_grad and not frozen_bias.bias.requires_grad
+
+
+def test_remove_errors_change_nothing():
+    model, _ = add_adapters(_pretrained(), rank=1, modules_to_save=["9"])
+    snap = _snapshot(model)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        remove_adapters("model")
+    with pytest.raises(ValueError, match="nothing to remove: the model has no TuckerAdapter"):
+        remove_adapters(_pretrained())
+    wrapper = nn.DataParallel(model)
+    with pytest.raises(TypeError, match=r"remove_adapters needs the model itself.*wrapper\.module"):
+        remove_adapters(wrapper)
+    _assert_unchanged(model, snap)
+
+
+def test_disabled_adapters_compute_the_base_model_and_stay_untrained():
+    pretrained = _pretrained()
+    model, _ = add_adapters(copy.deepcopy(pretrained), rank=1, modules_to_save=["9"], rng=0)
+    _train_a_few_steps(model)  # ΔW ≠ 0 now
+    model.eval()
+    base = remove_adapters(copy.deepcopy(model))  # the same modules without their updates
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        adapted, unadapted = model(x), base(x)
+    assert not torch.allclose(adapted, unadapted)
+    with disable_adapters(model) as handle:
+        assert not any(a.enabled for a in model.modules() if isinstance(a, TuckerAdapter))
+        assert "disabled" in repr(model[0])
+        with torch.no_grad():
+            assert torch.equal(model(x), unadapted)
+        with disable_adapters(model):  # nested: the inner exit keeps them off
+            pass
+        with torch.no_grad():
+            assert torch.equal(model(x), unadapted)
+    assert handle is not None
+    with torch.no_grad():
+        assert torch.equal(model(x), adapted)  # switched back on, exactly as before
+    # the toggle: off at the call, on again by enable_adapters (or restore())
+    off = disable_adapters(model)
+    assert not model[0].enabled
+    assert enable_adapters(model) is model and model[0].enabled
+    off.restore()
+    assert model[0].enabled
+    # training while disabled: the updates get no gradient and TDLRT leaves them alone,
+    # the kept head trains
+    model.train()
+    updates = {k: v.clone() for k, v in model.state_dict().items() if ".update." in k}
+    head = model[9].weight.detach().clone()
+    with disable_adapters(model):
+        tdlrt = _train_a_few_steps(model, steps=2, seed=21)
+        with pytest.raises(ValueError, match="adapter '0' is disabled.*nothing was merged"):
+            merge_adapters(model)
+    for k, v in model.state_dict().items():
+        if ".update." in k:
+            assert torch.equal(v, updates[k]), k
+    assert tdlrt.steps == 2 and not torch.equal(model[9].weight, head)
+    merge_adapters(model)  # enabled again: merging works
+
+
+def test_disable_and_enable_errors_change_nothing():
+    model = _pretrained()
+    snap = _snapshot(model)
+    for fn in (disable_adapters, enable_adapters):
+        with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
+            fn("model")
+        with pytest.raises(ValueError, match="the model has no TuckerAdapter modules"):
+            fn(model)
+    _assert_unchanged(model, snap)
+    adapted, _ = add_adapters(_pretrained(), rank=1)
+    with disable_adapters(nn.DataParallel(adapted)):  # through a wrapper
+        assert not adapted[0].enabled
+    assert adapted[0].enabled
 
 
 # ------------------------------------------------------------------------------------------
@@ -862,6 +1217,81 @@ def test_ddp_wrapped_adapters_train_and_save(tmp_path):
             merge_adapters(ddp)
     finally:
         dist.destroy_process_group()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_adapter_worker(rank, world, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        pretrained = _pretrained()  # the same base weights in every process
+        # other initial factors per process: TDLRT starts every process from process 0's
+        model, _ = add_adapters(
+            copy.deepcopy(pretrained), rank=1, modules_to_save=["9"], rng=100 + rank
+        )
+        ddp_ignore_tucker_parameters(model)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.SGD(_trainable(model), lr=0.2, momentum=0.9)
+        tdlrt = TDLRT(ddp, opt, tau=0.05)
+        g = torch.Generator().manual_seed(300 + rank)  # each process sees its own shard
+        history = []
+        for _ in range(4):
+            x = torch.randn(8, 3, 6, 6, generator=g)
+            y = torch.randint(0, 5, (8,), generator=g)
+            opt.zero_grad()
+            F.cross_entropy(ddp(x), y).backward()
+            tdlrt.step()
+            history.append(tdlrt.ranks())
+        torch.save(
+            {
+                "ranks": history,
+                "state": model.state_dict(),
+                "adapters": adapter_state_dict(ddp),
+                "pretrained": pretrained.state_dict(),
+            },
+            os.path.join(out_dir, f"{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_train_the_adapters_identically(tmp_path):
+    import torch.multiprocessing as mp
+
+    world = 2
+    mp.spawn(
+        _ddp_adapter_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True
+    )
+    a, b = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(world))
+    assert a["ranks"] == b["ranks"]
+    assert a["ranks"][-1]["0.update"] != (1, 1, 3, 3)  # the ranks adapted
+    # each process's frozen BatchNorm updates its running statistics on its own shard in the
+    # last forward pass (DDP broadcasts process 0's buffers before each forward): not compared
+    moving = ("running_mean", "running_var", "num_batches_tracked")
+    for state in ("state", "adapters"):
+        assert a[state].keys() == b[state].keys()
+        for k in a[state]:
+            if not k.endswith(moving):
+                assert torch.equal(_bits(a[state][k]), _bits(b[state][k])), (state, k)
+    for k, v in a["pretrained"].items():  # the bases are bit-identical to the pretrained
+        layer, _, name = k.partition(".")
+        if layer in ("0", "3", "7"):
+            assert torch.equal(a["state"][f"{layer}.base.{name}"], v), k
+            assert torch.equal(b["state"][f"{layer}.base.{name}"], v), k
+    assert not torch.equal(a["state"]["9.weight"], a["pretrained"]["9.weight"])
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import math
 import numpy as np
 import tensorly as tl
 
+from ._host import to_host
+
 __all__ = [
     "FLOAT_DTYPES",
     "astype",
@@ -172,8 +174,8 @@ def normalize_dtype(dtype, name: str = "dtype", allowed=FLOAT_DTYPES) -> str:
 
 
 def to_float(x) -> float:
-    """A Python float from a 0-d backend array (host sync)."""
-    return float(tl.to_numpy(x))
+    """A Python float from a 0-d backend array (one host transfer, see :mod:`tuckerflow._host`)."""
+    return float(to_host(x))
 
 
 def conj_t(a):

@@ -15,7 +15,9 @@ with real or complex data.
 
 from __future__ import annotations
 
-from numbers import Number
+import math
+from collections.abc import Mapping
+from numbers import Integral, Number, Real
 
 import numpy as np
 import tensorly as tl
@@ -52,6 +54,41 @@ _IDENTITY_ROUNDOFF = 100.0
 
 def _coefficient(c, t):
     return c(t) if callable(c) else c
+
+
+def _check_size(name, n):
+    """A grid or matrix size: an integer ``>= 1`` (a mode of one point is valid)."""
+    if isinstance(n, bool) or not isinstance(n, Integral):
+        raise TypeError(f"{name} must be an integer >= 1, got {n!r}")
+    if n < 1:
+        raise ValueError(f"{name}={n!r} must be >= 1")
+    return int(n)
+
+
+def _check_shape(shape, name="shape"):
+    try:
+        entries = list(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of integers >= 1, got {shape!r}") from None
+    if not entries:
+        raise ValueError(f"{name} must have at least one mode, got {shape!r}")
+    return tuple(_check_size(f"{name}[{j}]", n) for j, n in enumerate(entries))
+
+
+def _check_spacing(name, h):
+    """A grid spacing: real, finite, ``> 0``, with ``1 / h²`` a finite nonzero float64."""
+    if isinstance(h, bool) or not isinstance(h, Real):
+        raise TypeError(f"{name} must be a real number > 0, got {h!r}")
+    h = float(h)
+    if not (math.isfinite(h) and h > 0):
+        raise ValueError(f"{name}={h!r} must be a finite number > 0")
+    h2 = h * h
+    if not (0.0 < h2 < math.inf and 2.0 / h2 < math.inf):
+        raise ValueError(
+            f"{name}={h!r}: the finite-difference weight 1/{name}² = 1/{h2!r} is outside the "
+            "float64 range; the spacing must lie between about 1e-154 and 1e154"
+        )
+    return h
 
 
 class KroneckerSum:
@@ -384,15 +421,38 @@ class Banded:
     """
 
     def __init__(self, n, diagonals, *, periodic=False):
-        self.n = int(n)
+        self.n = _check_size("n", n)
         self.shape = (self.n, self.n)
+        if not isinstance(periodic, (bool, np.bool_)):
+            raise TypeError(f"periodic must be True or False, got {periodic!r}")
         self.periodic = bool(periodic)
+        if not isinstance(diagonals, Mapping):
+            raise TypeError(
+                "diagonals must be a dict {offset: values} (values a scalar or a length-n "
+                f"array), got {type(diagonals).__name__}"
+            )
+        if not diagonals:
+            raise ValueError("diagonals must hold at least one {offset: values} entry")
         self.diagonals = {}
         for off, vals in diagonals.items():
+            if isinstance(off, bool) or not isinstance(off, Integral):
+                raise TypeError(f"diagonals: offset {off!r} must be an integer")
             off = int(off)
-            if abs(off) >= max(self.n, 1):
-                raise ValueError(f"offset {off} is outside an {self.n} x {self.n} matrix")
-            v = np.broadcast_to(np.asarray(vals), (self.n,)).copy()
+            if abs(off) >= self.n:
+                raise ValueError(
+                    f"diagonals: offset {off} is outside an {self.n} x {self.n} matrix "
+                    f"(|offset| <= {self.n - 1})"
+                )
+            a = np.asarray(vals)
+            if a.dtype.kind not in "biufc":
+                raise TypeError(f"diagonals[{off}] must be numbers, got {a.dtype} values")
+            if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != self.n):
+                raise ValueError(
+                    f"diagonals[{off}] has shape {a.shape}; expected a scalar or ({self.n},)"
+                )
+            v = np.broadcast_to(a, (self.n,)).copy()
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"diagonals[{off}] has non-finite entries (NaN or Inf)")
             self.diagonals[off] = v
         self.is_complex = any(np.iscomplexobj(v) for v in self.diagonals.values())
 
@@ -561,19 +621,17 @@ def second_difference(n, h, *, boundary="dirichlet"):
     """
     if boundary not in ("dirichlet", "periodic"):
         raise ValueError(f"boundary={boundary!r} is not one of ('dirichlet', 'periodic')")
-    if n < 1 or not h > 0:
-        raise ValueError(f"need n >= 1 and h > 0, got n={n}, h={h}")
+    n = _check_size("n", n)
+    h = _check_spacing("h", h)
     a = -2.0 * np.eye(n) + np.eye(n, k=1) + np.eye(n, k=-1)
     if boundary == "periodic" and n > 2:
         a[0, -1] = a[-1, 0] = 1.0
-    return a / h**2
+    return a / (h * h)
 
 
 def _second_difference_banded(n, h, boundary):
     if boundary not in ("dirichlet", "periodic"):
         raise ValueError(f"boundary={boundary!r} is not one of ('dirichlet', 'periodic')")
-    if n < 1 or not h > 0:
-        raise ValueError(f"need n >= 1 and h > 0, got n={n}, h={h}")
     if n < 3:  # the wrap-around would double the off-diagonals
         return Banded(n, {-1: 1 / h**2, 0: -2 / h**2, 1: 1 / h**2} if n > 1 else {0: -2 / h**2})
     return Banded(n, {-1: 1 / h**2, 0: -2 / h**2, 1: 1 / h**2}, periodic=boundary == "periodic")
@@ -589,11 +647,28 @@ def _kinetic_banded(n, off, diag, boundary):
 
 def _spacings(shape, spacing):
     if isinstance(spacing, Number):
-        return [float(spacing)] * len(shape)
-    sp = [float(s) for s in spacing]
-    if len(sp) != len(shape):
-        raise ValueError(f"spacing has {len(sp)} entries but shape has {len(shape)} modes")
-    return sp
+        return [_check_spacing("spacing", spacing)] * len(shape)
+    try:
+        entries = list(spacing)
+    except TypeError:
+        raise TypeError(
+            f"spacing must be a number > 0 or one per mode, got {type(spacing).__name__}"
+        ) from None
+    if len(entries) != len(shape):
+        raise ValueError(f"spacing has {len(entries)} entries but shape has {len(shape)} modes")
+    return [_check_spacing(f"spacing[{j}]", s) for j, s in enumerate(entries)]
+
+
+def _real_vector(name, values, n):
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {n} real numbers, got {values!r}") from None
+    if v.shape != (n,):
+        raise ValueError(f"{name} has shape {v.shape}, expected {(n,)}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} has non-finite entries (NaN or Inf)")
+    return v
 
 
 def laplacian(shape, spacing, *, boundary="dirichlet"):
@@ -616,7 +691,9 @@ def laplacian(shape, spacing, *, boundary="dirichlet"):
     >>> laplacian((8, 8, 8), 1 / 9)
     KroneckerSum(shape=(8, 8, 8), terms=3)
     """
-    shape = tuple(int(n) for n in shape)
+    if boundary not in ("dirichlet", "periodic"):
+        raise ValueError(f"boundary={boundary!r} is not one of ('dirichlet', 'periodic')")
+    shape = _check_shape(shape)
     d = len(shape)
     sp = _spacings(shape, spacing)
     terms = []
@@ -658,7 +735,7 @@ def schrodinger(shape, spacing, potentials=None, *, couplings=(), boundary="diri
     """
     if boundary not in ("dirichlet", "periodic"):
         raise ValueError(f"boundary={boundary!r} is not one of ('dirichlet', 'periodic')")
-    shape = tuple(int(n) for n in shape)
+    shape = _check_shape(shape)
     d = len(shape)
     sp = _spacings(shape, spacing)
     potentials = [None] * d if potentials is None else list(potentials)
@@ -668,21 +745,31 @@ def schrodinger(shape, spacing, potentials=None, *, couplings=(), boundary="diri
     for j in range(d):
         diag = np.full(shape[j], 1.0 / sp[j] ** 2)
         if potentials[j] is not None:
-            v = np.asarray(potentials[j], dtype=np.float64)
-            if v.shape != (shape[j],):
-                raise ValueError(f"potentials[{j}] has shape {v.shape}, expected {(shape[j],)}")
+            v = _real_vector(f"potentials[{j}]", potentials[j], shape[j])
             diag = diag + v
         off = -0.5 / sp[j] ** 2
         mats = [None] * d
         mats[j] = _kinetic_banded(shape[j], off, diag, boundary)
         terms.append((-1j, mats))
-    for k, (lam, ws) in enumerate(couplings):
-        ws = list(ws)
+    try:
+        couplings = list(couplings)
+    except TypeError:
+        raise TypeError(
+            f"couplings must be a sequence of (λ, [w_0, …]) pairs, got {couplings!r}"
+        ) from None
+    for k, term in enumerate(couplings):
+        try:
+            lam, ws = term
+            ws = list(ws)
+        except (TypeError, ValueError):
+            raise TypeError(f"couplings[{k}] must be a pair (λ, [w_0, …]), got {term!r}") from None
+        if isinstance(lam, bool) or not isinstance(lam, Real) or not math.isfinite(lam):
+            raise ValueError(f"couplings[{k}] coefficient λ={lam!r} must be a finite real number")
         if len(ws) != d:
             raise ValueError(f"couplings[{k}] has {len(ws)} entries but shape has {d} modes")
         mats = [
-            None if w is None else Banded(n, {0: np.asarray(w, dtype=np.float64)})
-            for n, w in zip(shape, ws)
+            None if w is None else Banded(n, {0: _real_vector(f"couplings[{k}][{j}]", w, n)})
+            for j, (n, w) in enumerate(zip(shape, ws))
         ]
         terms.append((-1j * lam, mats))
     return KroneckerSum(shape, terms)

@@ -20,8 +20,10 @@ Numerics shared by all callers
   squares, an identity. HOSVD starts from the same split and then lowers ranks greedily
   while the **exact** error ``‖A − A ×_i P_iP_iᴴ‖`` stays within ``ϑ``: with the full
   singular bases ``W_i`` of the unfoldings, ``G = A ×_i W_iᴴ`` is computed once and the
-  error of any ranks ``r`` is ``‖G‖² − ‖G[:r_1, …, :r_d]‖²``, read from prefix sums of
-  ``|G|²`` in float64. For ``d = 2`` this gives the ranks of the matrix SVD truncation.
+  error of any ranks ``r`` is ``‖G‖² − ‖G[:r_1, …, :r_d]‖²``, summed in float64 from the
+  small end (suffix sums of ``|G|²`` over the discarded slabs, no ``total − kept``
+  cancellation, so that tight tolerances in float32 and float64 are resolved). For
+  ``d = 2`` this gives the ranks of the matrix SVD truncation.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import tensorly as tl
 from tensorly.tenalg import mode_dot, multi_mode_dot
 
 from ._backend import astype, check_finite, check_tensor, conj_t, scale_pow2
+from ._host import to_host
 from .linalg import GRAM_SAFETY, SVD_METHODS, _left_singular, _svd
 from .ranks import RankSpec, lower_ranks_greedily, select_rank, sequential_budget
 
@@ -84,7 +87,7 @@ class TruncationInfo:
 
 
 def _to_host(s) -> np.ndarray:
-    return np.asarray(tl.to_numpy(s), dtype=np.float64)
+    return to_host(s)
 
 
 def _choose_rank(s_host, spec: RankSpec, i: int, budget2: float, margin2: float):
@@ -165,6 +168,7 @@ def _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta2):
     new ranks, the rotated core ``G = work ×_i bases[i]ᴴ`` and the exact squared error at the
     returned ranks.
     """
+    modes = sorted(modes)
     lo = [max(floors[i], 1) for i in range(len(ranks))]
     hi = list(ranks)
     # narrow an oversized search box to the ranks next to the split rule's
@@ -174,33 +178,57 @@ def _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta2):
     g = multi_mode_dot(work, [conj_t(bases[i]) for i in modes], modes=list(modes))
     e = tl.abs(g)
     e = astype(e, "float64") ** 2
-    total = tl.sum(e)
-    # keep the leading hi block of the truncated modes, sum the others away
-    sl = tuple(slice(0, hi[i]) if i in modes else slice(None) for i in range(tl.ndim(e)))
-    block = e[sl]
-    others = tuple(j for j in range(tl.ndim(e)) if j not in modes)
-    if others:
-        block = tl.sum(block, axis=others)
-    for ax in range(tl.ndim(block)):
-        block = tl.cumsum(block, axis=ax)
-    sub = tuple(slice(lo[i] - 1, hi[i]) for i in modes)
-    window = block[sub]
-    host = _to_host(tl.concatenate([tl.reshape(total, (1,)), tl.reshape(window, (-1,))]))
-    total_h = float(host[0])
-    table = host[1:].reshape([hi[i] - lo[i] + 1 for i in modes])
-    # prefix sums of N non-negative float64 terms: absolute error below N · eps64 · total
-    margin2 = 4.0 * math.prod(tl.shape(e)) * _EPS64 * total_h
+    table = _host(_error_table(e, modes, lo, hi)).reshape([hi[i] - lo[i] + 1 for i in modes])
+    # each entry is a sum of at most N non-negative float64 terms (no cancellation): its
+    # relative error is below N · eps64, so the budget is shrunk by that factor
+    budget2 = theta2 * (1.0 - 4.0 * math.prod(tl.shape(e)) * _EPS64)
 
     def error2(r):
-        return max(total_h - float(table[tuple(r[m] - lo[m] for m in modes)]), 0.0)
+        return float(table[tuple(r[m] - lo[m] for m in modes)])
 
-    budget2 = theta2 - margin2
     start = tuple(hi)
     floor = [lo[i] if i in modes else hi[i] for i in range(len(hi))]
     new = start
     if error2(start) <= budget2:
         new = lower_ranks_greedily(start, floor, error2, budget2)
     return list(new), g, _complement2(e, new, modes)
+
+
+def _host(x) -> np.ndarray:
+    return _to_host(tl.reshape(x, (-1,)))
+
+
+def _error_table(e, modes, lo, hi):
+    """``‖G‖² − ‖G[:r_1, …, :r_d]‖²`` for every ``r`` with ``lo ≤ r ≤ hi``, from ``e = |G|²``.
+
+    Computed from the small end, as a sum of non-negative terms (the complement of the
+    leading block split into the slabs ``[:r_{m_1}, …, :r_{m_{k-1}}, r_{m_k}:, …]``, each a
+    prefix sum in the earlier modes and a suffix sum in mode ``m_k``), never as
+    ``total − kept``: an error far below ``‖G‖²`` (a tight tolerance) keeps its relative
+    accuracy. Axes of the result follow ``modes`` (sorted); the other modes are summed.
+    """
+    d = tl.ndim(e)
+    others = tuple(j for j in range(d) if j not in modes)
+    block = tl.sum(e, axis=others) if others else e
+    k = len(modes)
+    table = None
+    for a, m in enumerate(modes):
+        t = block
+        if a + 1 < k:
+            t = tl.sum(t, axis=tuple(range(a + 1, k)))
+        t = t[tuple(slice(0, hi[b]) for b in modes[:a])]
+        for ax in range(a):
+            t = tl.cumsum(t, axis=ax)
+        # suffix sums along axis a, with a zero slot for "keep everything" (r = n)
+        t = tl.flip(tl.cumsum(tl.flip(t, axis=a), axis=a), axis=a)
+        zshape = list(tl.shape(t))
+        zshape[a] = 1
+        t = tl.concatenate([t, tl.zeros(tuple(zshape), **tl.context(t))], axis=a)
+        window = tuple(slice(lo[b] - 1, hi[b]) for b in modes[:a]) + (slice(lo[m], hi[m] + 1),)
+        t = t[window]
+        t = tl.reshape(t, tuple(tl.shape(t)) + (1,) * (k - a - 1))
+        table = t if table is None else table + t
+    return table
 
 
 def _complement2(e, ranks, modes) -> float:

@@ -16,6 +16,8 @@ and :data:`MAX_FACTOR` (SciPy's values).
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 
 import numpy as np
 import tensorly as tl
@@ -31,6 +33,7 @@ from .substep import resolve_substep
 __all__ = [
     "MAX_FACTOR",
     "MIN_FACTOR",
+    "OptionWarning",
     "RTOL_FLOOR",
     "SAFETY",
     "SLIVER_FRACTION",
@@ -54,6 +57,25 @@ TRUNCATION_FRACTION = 0.1
 #: A fixed step that would leave less than this fraction of ``step`` before ``t_bound`` (or
 #: the next stop) is stretched to end there, so that no sliver step of round-off size remains.
 SLIVER_FRACTION = 1e-10
+
+
+class OptionWarning(UserWarning):
+    """An option was passed that the chosen method does not take (it has no effect).
+
+    SciPy's ``solve_ivp`` warns likewise about arguments that do not apply to the chosen
+    solver; turn it into an error with ``warnings.simplefilter("error", OptionWarning)``.
+    """
+
+
+def _user_stacklevel():
+    """Stack level of the first frame outside ``tuckerflow.integrate`` (the user's call)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+        "tuckerflow.integrate"
+    ):
+        level += 1
+        frame = frame.f_back
+    return level
 
 
 class RightHandSideError(RuntimeError):
@@ -202,8 +224,8 @@ class TuckerOdeSolver:
     substep : {"euler", "rk4", "exp"} or callable
         Solver of the substep ODEs (see :mod:`tuckerflow.integrate.substep`).
     **options
-        Method-specific options, listed in the class attribute ``OPTIONS``; any other name is
-        an error listing the valid ones.
+        Method-specific options, listed in the class attribute ``OPTIONS``; any other name has
+        no effect and raises an :class:`OptionWarning` listing the valid ones.
 
     Attributes
     ----------
@@ -255,9 +277,13 @@ class TuckerOdeSolver:
             valid = ", ".join(
                 ("step", "rtol", "atol", "first_step", "max_step", "substep", *self.OPTIONS)
             )
-            raise TypeError(
-                f"method {self.name!r} got unknown option(s) {unknown}; its options are: {valid}"
+            warnings.warn(
+                f"method {self.name!r} got unknown option(s) {unknown}, which have no effect; "
+                f"its options are: {valid}",
+                OptionWarning,
+                stacklevel=_user_stacklevel(),
             )
+            options = {k: v for k, v in options.items() if k in self.OPTIONS}
         self.t = check_time("t0", t0)
         self.t_bound = check_time("t_bound", t_bound)
         self.direction = -1.0 if self.t_bound < self.t else 1.0
@@ -399,10 +425,14 @@ class TuckerOdeSolver:
 
     def _fixed_step(self, t, y, end):
         h_abs = self.fixed_step
-        if t + self.direction * h_abs == t:
-            return False, (
-                f"step={h_abs!r} is below the time resolution at t={t!r} (t + step == t)"
-            )
+        # the resolution is coarsest at the end of the span of largest magnitude: a step
+        # below it there would never reach t_bound (or take ~2^52 steps to)
+        for where in (t, self.t_bound):
+            if where + self.direction * h_abs == where or where - self.direction * h_abs == where:
+                return False, (
+                    f"step={h_abs!r} is below the time resolution at t={where!r} "
+                    "(t + step == t): the steps cannot reach t_bound"
+                )
         remaining = abs(end - t)
         if h_abs >= remaining - SLIVER_FRACTION * h_abs:
             t_new = end
@@ -425,6 +455,11 @@ class TuckerOdeSolver:
             else:
                 self._h_abs = initial_step(f0, norm0, self, exponent)
         h_abs = min(self._h_abs, self.max_step)
+        if self.max_step < self._min_step(self.t_bound):
+            return False, (
+                f"max_step={self.max_step!r} is below the time resolution at "
+                f"t={self.t_bound!r}: the steps cannot reach t_bound"
+            )
         rejected = False
         while True:
             if h_abs < self._min_step(t):

@@ -101,6 +101,11 @@ class StepInterpolant:
     """
 
     def __init__(self, data):
+        if not isinstance(data, StepData):
+            raise TypeError(
+                "StepInterpolant takes the StepData of an accepted step (use "
+                f"solver.dense_output()), got {type(data).__name__}"
+            )
         self.t_old, self.t = data.t0, data.t1
         self.bases = data.bases
         self.theta = data.theta
@@ -140,8 +145,39 @@ class TuckerOdeSolution:
     """
 
     def __init__(self, ts, interpolants):
-        self.ts = np.asarray(ts, dtype=np.float64)
-        self.interpolants = list(interpolants)
+        try:
+            self.ts = np.asarray(ts, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"ts must be a sequence of step times, got {ts!r}") from None
+        try:
+            self.interpolants = list(interpolants)
+        except TypeError:
+            raise TypeError(
+                f"interpolants must be a list of StepInterpolant, got {interpolants!r}"
+            ) from None
+        if self.ts.ndim != 1 or self.ts.size == 0:
+            raise ValueError(
+                f"ts must be a non-empty 1-D sequence of times, got shape {self.ts.shape}"
+            )
+        if not np.all(np.isfinite(self.ts)):
+            raise ValueError("ts must be finite")
+        if len(self.interpolants) != self.ts.size - 1:
+            raise ValueError(
+                f"len(interpolants)={len(self.interpolants)} must be len(ts) - 1 = "
+                f"{self.ts.size - 1} (one interpolant per step between consecutive times)"
+            )
+        for k, p in enumerate(self.interpolants):
+            if not isinstance(p, StepInterpolant):
+                raise TypeError(f"interpolants[{k}] must be a StepInterpolant, got {p!r}")
+        steps = np.diff(self.ts)
+        if steps.size and not (np.all(steps > 0) or np.all(steps < 0)):
+            raise ValueError("ts must be strictly monotonic (the order of integration)")
+        for k, p in enumerate(self.interpolants):
+            if (p.t_old, p.t) != (self.ts[k], self.ts[k + 1]):
+                raise ValueError(
+                    f"interpolants[{k}] covers [{p.t_old!r}, {p.t!r}], not the step "
+                    f"[{float(self.ts[k])!r}, {float(self.ts[k + 1])!r}] of ts"
+                )
         self.ascending = len(self.ts) < 2 or self.ts[-1] >= self.ts[0]
         self._sorted = self.ts if self.ascending else self.ts[::-1]
         self.t_min, self.t_max = float(self._sorted[0]), float(self._sorted[-1])

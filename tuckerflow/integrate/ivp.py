@@ -124,6 +124,7 @@ def solve_ivp(
     t_eval=None,
     dense_output=False,
     events=None,
+    vectorized=False,
     args=None,
     rank_atol=None,
     rank_rtol=None,
@@ -171,19 +172,25 @@ def solve_ivp(
     events : callable or list of callables ``event(t, Y, *args) -> float``, optional
         Zero crossings to locate, with SciPy's optional attributes ``terminal`` (bool or a
         count) and ``direction``; roots are found on the dense output.
+    vectorized : bool
+        SciPy's flag; only ``False`` is supported: ``fun`` receives one Tucker tensor at a
+        time (a batch of states has no Tucker format).
     args : tuple, optional
         Extra arguments passed to ``fun`` and to the events.
     rank_atol, rank_rtol, max_rank, min_rank : optional
         Truncation options of the rank-adaptive methods (see
-        :class:`~tuckerflow.integrate.RankAdaptiveSolver`); an error for the fixed-rank ones.
+        :class:`~tuckerflow.integrate.RankAdaptiveSolver`); for the fixed-rank methods they
+        have no effect (an :class:`~tuckerflow.integrate.OptionWarning`).
     substep : {"euler", "rk4", "exp"} or callable
         Solver of the substep ODEs; ``"exp"`` is exact for linear ``fun``
         (:class:`~tuckerflow.integrate.substep.KrylovExponential`).
     callback : callable ``callback(t, Y) -> bool``, optional
         Called after every accepted step; returning True stops the integration (status 1).
     **options
-        Further method options (e.g. ``truncation="st_hosvd"``); unknown names are an error
-        listing the valid ones.
+        Further method options (e.g. ``truncation="st_hosvd"``); a name the method does not
+        take has no effect and raises an :class:`~tuckerflow.integrate.OptionWarning`
+        listing the valid ones (as SciPy warns about arguments that do not apply), as do
+        ``rank_atol``, ``rank_rtol``, ``max_rank``, ``min_rank`` for the fixed-rank methods.
 
     Returns
     -------
@@ -245,6 +252,13 @@ def solve_ivp(
     if not (math.isfinite(t0) and math.isfinite(t_bound)):
         raise ValueError(f"t_span={t_span!r} must be finite")
     check_tolerances(rtol, atol)
+    if not isinstance(vectorized, (bool, np.bool_)):
+        raise TypeError(f"vectorized must be True or False, got {vectorized!r}")
+    if vectorized:
+        raise ValueError(
+            "vectorized=True is not supported: fun(t, Y) is called on one Tucker tensor at a "
+            "time (a batch of states has no Tucker format); pass vectorized=False"
+        )
     span = abs(t_bound - t0)
     if first_step is not None:
         check_step_size("first_step", first_step, span)

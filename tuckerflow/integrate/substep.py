@@ -11,6 +11,7 @@ tolerance) for linear ``f``.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import tensorly as tl
@@ -86,8 +87,16 @@ class KrylovExponential:
     """
 
     def __init__(self, *, krylov_dim=30, rtol=None):
-        if int(krylov_dim) < 1:
+        if isinstance(krylov_dim, bool) or not isinstance(krylov_dim, numbers.Integral):
+            raise TypeError(f"krylov_dim must be an integer >= 1, got {krylov_dim!r}")
+        if krylov_dim < 1:
             raise ValueError(f"krylov_dim={krylov_dim} must be at least 1")
+        if rtol is not None:
+            if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
+                raise TypeError(f"rtol must be None or a real number in (0, 1), got {rtol!r}")
+            if not (0.0 < float(rtol) < 1.0):
+                raise ValueError(f"rtol={rtol!r} must lie in (0, 1) (None: 100·eps of the dtype)")
+            rtol = float(rtol)
         self.krylov_dim = int(krylov_dim)
         self.rtol = rtol
 

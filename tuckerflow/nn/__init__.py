@@ -13,12 +13,16 @@ from .._state import StateDictEntryError
 from .adapters import (
     AdapterLayerReport,
     AdapterReport,
+    AdaptersDisabled,
     TuckerAdapter,
     adapter_report,
     adapter_state_dict,
     add_adapters,
+    disable_adapters,
+    enable_adapters,
     load_adapter_state_dict,
     merge_adapters,
+    remove_adapters,
 )
 from .conv import PADDING_MODES, TuckerConv1d, TuckerConv2d, TuckerConv3d
 from .decompose import tucker_from_weight
@@ -36,6 +40,7 @@ from .tuckerize import (
 __all__ = [
     "AdapterLayerReport",
     "AdapterReport",
+    "AdaptersDisabled",
     "FORWARD_MODES",
     "PADDING_MODES",
     "TuckerAdapter",
@@ -51,10 +56,13 @@ __all__ = [
     "adapter_report",
     "adapter_state_dict",
     "add_adapters",
+    "disable_adapters",
+    "enable_adapters",
     "compression_rate",
     "count_parameters",
     "load_adapter_state_dict",
     "merge_adapters",
+    "remove_adapters",
     "tucker_from_weight",
     "tuckerize",
 ]

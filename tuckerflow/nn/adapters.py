@@ -34,12 +34,16 @@ from .tuckerize import _REPLACEMENTS, _selected, _unsupported_reason
 __all__ = [
     "AdapterLayerReport",
     "AdapterReport",
+    "AdaptersDisabled",
     "TuckerAdapter",
     "adapter_report",
     "adapter_state_dict",
     "add_adapters",
+    "disable_adapters",
+    "enable_adapters",
     "load_adapter_state_dict",
     "merge_adapters",
+    "remove_adapters",
 ]
 
 #: Attributes of the base module that a :class:`TuckerAdapter` reads through (read-only).
@@ -63,6 +67,8 @@ FORWARDED_ATTRIBUTES = frozenset(
 
 # marks a module that add_adapters keeps trainable (its state travels with the adapters)
 _KEEP_MARK = "_tuckerflow_adapter_keep"
+# {own parameter name: requires_grad} of a module before add_adapters froze it
+_FLAGS_MARK = "_tuckerflow_requires_grad"
 
 
 def _generator(rng):
@@ -138,6 +144,9 @@ class TuckerAdapter(nn.Module):
     update : TuckerLayer
         Core initialised to zero, so the adapter computes exactly what ``base`` does until
         the update is trained; factors are Haar-random with orthonormal columns.
+    enabled : bool
+        While False (see :func:`disable_adapters`), ``forward`` returns ``base(x)`` alone:
+        the update takes no part in the output and receives no gradient.
 
     Notes
     -----
@@ -185,6 +194,9 @@ class TuckerAdapter(nn.Module):
         update = _zero_update(base, rank=rank, keep_full=keep_full, generator=_generator(rng))
         self.base = base
         self.update = update
+        self.enabled = True
+        # the base's flags before freezing, which remove_adapters restores
+        self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
         self.base.requires_grad_(False)
         self.train(base.training)
 
@@ -241,13 +253,15 @@ class TuckerAdapter(nn.Module):
         return sum(p.numel() for p in self.update.parameters())
 
     def forward(self, x):
+        if not self.enabled:
+            return self.base(x)
         return self.base(x) + self.update(x)
 
     def extra_repr(self):
         return (
             f"frozen base + Tucker update ΔW = C ×_i U_i: ranks={self.ranks}, "
             f"factorized_modes={self.update.factorized_modes}, "
-            f"trainable={self.trainable_parameter_count()}"
+            f"trainable={self.trainable_parameter_count()}" + ("" if self.enabled else ", disabled")
         )
 
 
@@ -528,6 +542,10 @@ def add_adapters(
     generator = _generator(rng)
     # building an adapter freezes its base: restore the flags if a later module fails
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    marks = [
+        (m, {n: p.requires_grad for n, p in m.named_parameters(recurse=False)})
+        for m in model.modules()
+    ]
     try:
         plan = _plan(model, filter, keep, rank, per_path, keep_full, generator)
     except BaseException:
@@ -544,6 +562,9 @@ def add_adapters(
         for m in model.modules():
             if getattr(m, _KEEP_MARK, False):
                 delattr(m, _KEEP_MARK)
+        for m, own in marks:
+            if own:
+                setattr(m, _FLAGS_MARK, own)
         model.requires_grad_(False)
         for path in keep:
             module = model.get_submodule(path)
@@ -660,6 +681,12 @@ def merge_adapters(model):
     found = [(p, m) for p, m in found if isinstance(m, TuckerAdapter)]
     if not found:
         raise _no_adapters_error("nothing to merge")
+    off = [p for p, a in found if not a.enabled]
+    if off:
+        raise ValueError(
+            f"adapter {off[0] or '(root)'!r} is disabled: enable it (enable_adapters) to merge "
+            "its update, or drop the updates with remove_adapters; nothing was merged"
+        )
     merged = {}
     for path, adapter in found:
         if id(adapter) in merged:
@@ -681,9 +708,189 @@ def merge_adapters(model):
         parent_path, _, child = path.rpartition(".")
         owner = model.get_submodule(parent_path) if parent_path else model
         setattr(owner, child, module)
+    _drop_marks(model)
+    return model
+
+
+def _drop_marks(model):
     for m in model.modules():
         if getattr(m, _KEEP_MARK, False):
             delattr(m, _KEEP_MARK)
+        m.__dict__.pop(_FLAGS_MARK, None)
+
+
+def remove_adapters(model):
+    """Undo :func:`add_adapters`: put the original modules back, without their updates.
+
+    In place: each :class:`TuckerAdapter` is replaced by its ``base`` (the very module that
+    was adapted, bit-identical, since it was frozen) and the ``requires_grad`` flags of the
+    whole model return to what they were before :func:`add_adapters`. The trained updates
+    are dropped (save them first with :func:`adapter_state_dict`, or fold them in with
+    :func:`merge_adapters` instead). What was trained in place stays: the modules kept
+    trainable by ``modules_to_save`` keep their trained weights, and the buffers of the
+    frozen part (a ``BatchNorm``'s running statistics) keep their values.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with adapters (not a DDP/DataParallel wrapper).
+
+    Returns
+    -------
+    nn.Module
+        The same object (or the base module, if ``model`` itself is an adapter).
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is not a module, or is a DDP/DataParallel wrapper.
+    ValueError
+        When the model has no adapters; the model is unchanged.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from tuckerflow.nn import add_adapters, remove_adapters
+    >>> linear = nn.Linear(4, 4)
+    >>> model, _ = add_adapters(nn.Sequential(linear), rank=1)
+    >>> model = remove_adapters(model)
+    >>> model[0] is linear, linear.weight.requires_grad
+    (True, True)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _refuse_wrapper(model, "remove_adapters")
+    found = [
+        (p, m)
+        for p, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, TuckerAdapter)
+    ]
+    if not found:
+        raise _no_adapters_error("nothing to remove")
+    # nothing below can fail
+    for path, adapter in found:
+        if path == "":
+            model = adapter.base
+            continue
+        parent_path, _, child = path.rpartition(".")
+        owner = model.get_submodule(parent_path) if parent_path else model
+        setattr(owner, child, adapter.base)
+    for adapter in {id(a): a for _, a in found}.values():
+        flags = adapter.__dict__.get("_base_requires_grad", {})
+        for n, p in adapter.base.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
+    for m in model.modules():
+        own = m.__dict__.get(_FLAGS_MARK)
+        if own:
+            for n, flag in own.items():
+                p = m._parameters.get(n)
+                if p is not None:
+                    p.requires_grad_(flag)
+    _drop_marks(model)
+    return model
+
+
+class AdaptersDisabled:
+    """What :func:`disable_adapters` returns: a context manager that re-enables on exit.
+
+    Leaving the ``with`` block (or calling :meth:`restore`) gives each adapter back the
+    ``enabled`` state it had when :func:`disable_adapters` was called, so blocks nest.
+    """
+
+    def __init__(self, previous):
+        self._previous = previous
+
+    def restore(self):
+        """Give each adapter back the ``enabled`` state it had before."""
+        for adapter, enabled in self._previous:
+            adapter.enabled = enabled
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.restore()
+        return False
+
+
+def _all_adapters(model, what):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    adapters = list(_adapters(_unwrap(model)).values())
+    if not adapters:
+        raise _no_adapters_error(what)
+    return adapters
+
+
+def disable_adapters(model):
+    """Switch every adapter of ``model`` off: the model computes what its base model computes.
+
+    While disabled, an adapter's ``forward`` is its base's alone (the same modules, so the
+    outputs equal the unadapted model's bit for bit); the updates keep their values, take no
+    part in the output and receive no gradient, so a training step (TDLRT included) leaves
+    them unchanged. The switch takes effect at the call; use the result as a context manager
+    to switch back on leaving the block, or call :func:`enable_adapters`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with adapters (a DDP/DataParallel wrapper is accepted).
+
+    Returns
+    -------
+    AdaptersDisabled
+        A context manager restoring, on exit, the states the adapters had before the call.
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is not a module.
+    ValueError
+        When the model has no adapters (nothing is changed).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from tuckerflow.nn import add_adapters, disable_adapters
+    >>> base = nn.Linear(4, 2)
+    >>> model, _ = add_adapters(nn.Sequential(base), rank=1)
+    >>> with torch.no_grad():
+    ...     _ = model[0].update.core.fill_(1.0)  # as if trained
+    >>> x = torch.randn(3, 4)
+    >>> with disable_adapters(model):
+    ...     torch.equal(model(x), base(x))
+    True
+    >>> torch.equal(model(x), base(x)), model[0].enabled
+    (False, True)
+    """
+    adapters = _all_adapters(model, "nothing to disable")
+    previous = [(a, a.enabled) for a in adapters]
+    for a in adapters:
+        a.enabled = False
+    return AdaptersDisabled(previous)
+
+
+def enable_adapters(model):
+    """Switch every adapter of ``model`` back on (after :func:`disable_adapters`).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model with adapters (a DDP/DataParallel wrapper is accepted).
+
+    Returns
+    -------
+    nn.Module
+        ``model``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`disable_adapters`.
+    """
+    for a in _all_adapters(model, "nothing to enable"):
+        a.enabled = True
     return model
 
 

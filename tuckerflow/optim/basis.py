@@ -166,3 +166,173 @@ def kstep_bases(core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
     M_hats = [None if u is None else uh.conj().T @ u for u, uh in zip(factors, U_hats)]
     c_hat = mode_products(core, M_hats)
     return U_hats, c_hat, M_hats
+
+
+class HostBatch:
+    """Device values gathered for one host transfer: ``add`` returns a slice into the result."""
+
+    def __init__(self):
+        self.parts, self.size, self.host = [], 0, None
+
+    def add(self, t):
+        import torch
+
+        t = t.reshape(-1).to(torch.float64)
+        sl = slice(self.size, self.size + t.numel())
+        self.parts.append(t)
+        self.size += t.numel()
+        return sl
+
+    def fetch(self):
+        """The one transfer (none when nothing was added)."""
+        import numpy as np
+        import torch
+
+        from .._host import to_host
+
+        self.host = to_host(torch.cat(self.parts)) if self.parts else np.zeros(0)
+        return self.host
+
+
+class KStepJob:
+    """Inputs of :func:`kstep_bases` for one layer (see there)."""
+
+    __slots__ = ("core", "factors", "G", "lr", "fixed", "factor_grads", "modes")
+
+    def __init__(self, core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
+        self.core, self.factors, self.G, self.lr = core, list(factors), G, lr
+        self.fixed, self.factor_grads = set(fixed_modes), factor_grads
+        self.modes = {}
+
+
+def kstep_prepare(jobs, batch, ok=None):
+    """Device half of :func:`kstep_bases` for many layers at once; no host transfer.
+
+    Every QR of a core unfolding, every orthonormalisation of a fixed mode and every SVD or
+    Gram ``eigh`` of the new directions is one batched call per shape
+    (:mod:`tuckerflow.optim._batched`). The norms and singular values the augmentation
+    decides on are added to ``batch`` (a :class:`HostBatch`); after ``batch.fetch()``,
+    :func:`kstep_finish` forms the bases. ``ok`` (a device boolean) replaces the matrices
+    handed to the iterative SVD/``eigh`` by zeros when the step's inputs were not finite
+    (the step is refused after the transfer; some LAPACK drivers never return on an Inf).
+    """
+    import math
+
+    import torch
+
+    from .._backend import eps
+    from ..dlra import _EPS64, AUGMENT_GRAM_SAFETY, AUGMENT_RTOL_FACTOR
+    from . import _batched
+
+    def unfold(x, i):
+        return torch.movedim(x, i, 0).reshape(x.shape[i], -1)
+
+    # 1. QRs of the core unfoldings (weight K-step) in batches
+    qr_in, qr_at = [], []
+    for j, job in enumerate(jobs):
+        for i, u in enumerate(job.factors):
+            if u is not None and job.factor_grads is None:
+                qr_in.append(unfold(job.core, i).conj().T)
+                qr_at.append((j, i))
+    qrs = _batched.batched(lambda a: torch.linalg.qr(a), qr_in)
+    qr_of = {key: res for key, res in zip(qr_at, qrs)}
+    fixed_in, fixed_at, svd_in, svd_at, gram_in, gram_at = [], [], [], [], [], []
+    for j, job in enumerate(jobs):
+        for i, u in enumerate(job.factors):
+            if u is None:
+                continue
+            if job.factor_grads is not None:
+                unf = unfold(job.core, i)
+                start, g = u @ (unf @ unf.conj().T), job.factor_grads[i]
+            else:
+                q, r = qr_of[(j, i)]
+                s = r.conj().T.resolve_conj()
+                start = u @ s
+                g = unfold(partial_contraction(job.G, job.factors, i), i) @ q
+            entry = {"u": u}
+            job.modes[i] = entry
+            if i in job.fixed:
+                entry["kind"] = "fixed"
+                fixed_in.append(start - job.lr * g)
+                fixed_at.append(entry)
+                continue
+            n, r_ = u.shape
+            k = g.shape[1]
+            if job.lr == 0 or n == r_ or k == 0:
+                entry["kind"] = "keep"
+                continue
+            rtol = AUGMENT_RTOL_FACTOR * eps(u)
+            u0h = u.conj().T
+            w = g - u @ (u0h @ g)
+            w = w - u @ (u0h @ w)
+            entry.update(kind="augment", w=w, rtol=rtol, room=n - r_)
+            entry["norm"] = batch.add(torch.norm(g).reshape(1))
+            safe = w if ok is None else torch.where(ok, w, torch.zeros_like(w))
+            if k < n and rtol**2 > AUGMENT_GRAM_SAFETY * (math.sqrt(n) + k) * _EPS64:
+                entry["gram"] = True
+                gram_in.append(safe.conj().T)
+                gram_at.append(entry)
+            else:
+                entry["gram"] = False
+                svd_in.append(safe)
+                svd_at.append(entry)
+    for entry, q in zip(fixed_at, _batched.orth(fixed_in)):
+        entry["U"] = q
+    for entry, (v, s) in zip(gram_at, _batched.gram_left(gram_in)):
+        entry["vecs"], entry["s"] = v, s
+        entry["s_at"] = batch.add(s)
+    for entry, (u_, s, _) in zip(svd_at, _batched.svd(svd_in)):
+        entry["vecs"], entry["s"] = u_, s
+        entry["s_at"] = batch.add(s)
+    return jobs
+
+
+def kstep_finish(jobs, host):
+    """Host half: the new bases of every job from the transferred values (no transfer).
+
+    Returns ``[(U_hats, C_hat, M_hats), …]`` as :func:`kstep_bases` does.
+    """
+    import numpy as np
+
+    from . import _batched
+
+    orth_in, orth_at = [], []
+    for job in jobs:
+        for entry in job.modes.values():
+            if entry["kind"] != "augment":
+                continue
+            u = entry["u"]
+            norm_k = float(host[entry["norm"]][0])
+            s_host = host[entry["s_at"]]
+            m = 0
+            if norm_k != 0.0:
+                m = min(int(np.count_nonzero(s_host > entry["rtol"] * norm_k)), entry["room"])
+            if m == 0:
+                entry["U"] = u
+                continue
+            if entry["gram"]:
+                new = (entry["w"] @ entry["vecs"][:, :m]) / entry["s"][None, :m]
+            else:
+                new = entry["vecs"][:, :m]
+            orth_in.append(new - u @ (u.conj().T @ new))
+            orth_at.append(entry)
+    for entry, q in zip(orth_at, _batched.orth(orth_in)):
+        entry["U"] = _cat(entry["u"], q)
+    out = []
+    for job in jobs:
+        U_hats = []
+        for i, u in enumerate(job.factors):
+            if u is None:
+                U_hats.append(None)
+                continue
+            entry = job.modes[i]
+            U_hats.append(entry["u"] if entry["kind"] == "keep" else entry["U"])
+        M_hats = [None if u is None else uh.conj().T @ u for u, uh in zip(job.factors, U_hats)]
+        out.append((U_hats, mode_products(job.core, M_hats), M_hats))
+    return out
+
+
+def _cat(u, new):
+    import torch
+
+    return torch.cat([u, new], dim=1)

@@ -97,20 +97,12 @@ def _suffix_candidates(grad, raws):
     return out  # out[n-1]: the suffix of the last n passes
 
 
-def resolve_edits(layers):
-    """An :class:`EditResolution` per layer from one device synchronisation.
+def edit_candidates(layers):
+    """The device half of :func:`resolve_edits`: no host transfer.
 
-    Parameters
-    ----------
-    layers : dict
-        ``{name: layer}``; each layer has ``core`` and ``gradient_record``.
-
-    Returns
-    -------
-    dict
-        ``{name: EditResolution}``. Layers whose ``core.grad`` is None get one without groups;
-        a layer whose gradient no suffix explains gets the best candidate with ``matched``
-        False (the caller raises).
+    Returns ``(stack, index, out)``: ``stack`` is a float64 tensor of shape ``(K, 5)`` (or
+    None) holding the candidates of every layer, to be read with one transfer and passed
+    to :func:`settle_edits` with ``index`` and ``out`` (the layers already resolved).
     """
     import torch
 
@@ -134,22 +126,63 @@ def resolve_edits(layers):
         cands = _suffix_candidates(grad, [g.core_grad for g in groups])
         index[name] = (len(stacks), len(cands), groups)
         stacks.extend(cands)
-    if stacks:
-        values = torch.stack(stacks).tolist()
-        for name, (start, count, groups) in index.items():
-            best = None
-            # the longest suffix first: accumulation without a zero_grad keeps every pass
-            for n in range(count, 0, -1):
-                c, residual, tol, at_one, unit = values[start + n - 1]
-                if at_one <= unit:
-                    c, residual, tol = 1.0, at_one, unit
-                cand = EditResolution(groups[-n:], c, residual, tol)
-                if cand.matched:
-                    best = cand
-                    break
-                if best is None or residual / max(tol, 1e-300) < best.residual / max(
-                    best.tolerance, 1e-300
-                ):
-                    best = cand
-            out[name] = best
+    return (torch.stack(stacks) if stacks else None), index, out
+
+
+def settle_edits(values, index, out):
+    """The host half of :func:`resolve_edits`: ``values`` are the rows of the stack."""
+    for name, (start, count, groups) in index.items():
+        best = None
+        # the longest suffix first: accumulation without a zero_grad keeps every pass
+        for n in range(count, 0, -1):
+            c, residual, tol, at_one, unit = (float(v) for v in values[start + n - 1])
+            if at_one <= unit:
+                c, residual, tol = 1.0, at_one, unit
+            cand = EditResolution(groups[-n:], c, residual, tol)
+            if cand.matched:
+                best = cand
+                break
+            if best is None or residual / max(tol, 1e-300) < best.residual / max(
+                best.tolerance, 1e-300
+            ):
+                best = cand
+        out[name] = best
+    return out
+
+
+def speculative_scale(stack, index, name):
+    """The device scalar ``c`` of the longest suffix of layer ``name`` (1 where unedited).
+
+    It is the factor :func:`settle_edits` returns when every recorded pass is still held (the
+    common case), available before the transfer; None for a layer without candidates.
+    """
+    import torch
+
+    if name not in index:
+        return None
+    start, count, _ = index[name]
+    c, _, _, at_one, unit = stack[start + count - 1]
+    return torch.where(at_one <= unit, torch.ones_like(c), c)
+
+
+def resolve_edits(layers):
+    """An :class:`EditResolution` per layer from one device synchronisation.
+
+    Parameters
+    ----------
+    layers : dict
+        ``{name: layer}``; each layer has ``core`` and ``gradient_record``.
+
+    Returns
+    -------
+    dict
+        ``{name: EditResolution}``. Layers whose ``core.grad`` is None get one without groups;
+        a layer whose gradient no suffix explains gets the best candidate with ``matched``
+        False (the caller raises).
+    """
+    from .._host import to_host
+
+    stack, index, out = edit_candidates(layers)
+    if stack is not None:
+        settle_edits(to_host(stack), index, out)
     return out

@@ -17,15 +17,20 @@ The pieces live by concept: :mod:`~tuckerflow.optim.basis` (K-step),
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 from collections import OrderedDict
 from collections.abc import Iterable
 
+import numpy as np
 import tensorly as tl
 import torch
 
+from .._host import to_host
 from ..dlra import truncate_core
-from .basis import kstep_bases
+from ..recompression import GREEDY_BOX_LIMIT
+from . import _batched
+from .basis import HostBatch, KStepJob, kstep_bases, kstep_finish, kstep_prepare
 from .distributed import (
     agree_flags,
     average_,
@@ -35,7 +40,13 @@ from .distributed import (
     process_group,
     tucker_parameter_names,
 )
-from .edits import GradientEditError, resolve_edits
+from .edits import (
+    GradientEditError,
+    edit_candidates,
+    resolve_edits,
+    settle_edits,
+    speculative_scale,
+)
 from .layers import set_tucker, tucker_layers
 from .precision import plain_precision, work_dtype
 from .protocol import check_layer
@@ -131,6 +142,14 @@ def _rank_bound(value, lname, layer, what, default_full):
             )
         out.append(v)
     return out
+
+
+def _max_abs(tensors):
+    """``max |entry|`` over tensors as a 0-d float64 device tensor (NaN and Inf propagate)."""
+    maxima = [t.detach().abs().amax().to(torch.float64) for t in tensors if t.numel()]
+    if not maxima:
+        return torch.zeros((), dtype=torch.float64, device=tensors[0].device)
+    return torch.stack(maxima).amax()
 
 
 def _clear_records(layers):
@@ -613,8 +632,10 @@ class TDLRT(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        batched = kind != "core" and self._batched_step()
         with plain_precision():
-            if not self._all_finite(self._visible_grads()):
+            # a batched basis update reads this flag with its one transfer
+            if not batched and not self._all_finite(self._visible_grads()):
                 return self._reject("a gradient")
             if kind == "core":
                 for layer in self._layers.values():
@@ -625,11 +646,18 @@ class TDLRT(torch.optim.Optimizer):
             self._steps += 1
             return loss
         with plain_precision():
-            resolutions = self._resolve_edits()
-            weight_grads = self._weight_gradients(resolutions)
-            if not self._all_finite(list(weight_grads.values())):
-                return self._reject("the recorded weight gradient")
-            plans = self._k_steps(kind, weight_grads)
+            galerkin_ok = False
+            if batched:
+                gate = self._batched_k_steps(kind)
+                if gate is None:
+                    return None
+                resolutions, weight_grads, plans, galerkin_ok = gate
+            else:
+                resolutions = self._resolve_edits()
+                weight_grads = self._weight_gradients(resolutions)
+                if not self._all_finite(list(weight_grads.values())):
+                    return self._reject("the recorded weight gradient")
+                plans = self._k_steps(kind, weight_grads)
             saved = self._apply_augmentation(plans)
         second = loss
         try:
@@ -639,7 +667,7 @@ class TDLRT(torch.optim.Optimizer):
                     second = closure()
             with plain_precision():
                 galerkin = self._galerkin_gradients(plans, weight_grads, resolutions)
-                finite = self._all_finite(list(galerkin.values()))
+                finite = galerkin_ok or self._all_finite(list(galerkin.values()))
         except BaseException:
             # e.g. the closure failed at the augmented bases: leave the model as it was
             with plain_precision():
@@ -744,7 +772,7 @@ class TDLRT(torch.optim.Optimizer):
             flag = flag.to(torch.float32)
         else:
             flag = torch.ones((), device=self._device())
-        return bool(agree_flags(flag, "min").item())
+        return bool(to_host(agree_flags(flag, "min")) > 0)
 
     def _resolve_edits(self):
         """What ``core.grad`` of each layer holds; raises before any change if one-pass
@@ -752,12 +780,17 @@ class TDLRT(torch.optim.Optimizer):
         if not self._reads_records(self._kind()):
             self.last_edits = {}
             return {}
-        resolutions = resolve_edits(self._layers)
+        return self._check_resolutions(resolve_edits(self._layers))
+
+    def _check_resolutions(self, resolutions):
+        """Raise for gradients one-pass mode cannot honour; record and return the rest."""
         bad = [name for name, r in resolutions.items() if not r.matched]
         unexplained = [name for name in bad if not resolutions[name].groups]
         # 2: a gradient no record explains, 1: a non-uniform edit (fine in two-pass mode)
         level = 2.0 if unexplained else (1.0 if bad else 0.0)
-        level = agree_flags(torch.tensor(level, device=self._device()), "max").item()
+        if process_group() is not None:
+            flag = agree_flags(torch.tensor(level, device=self._device()), "max")
+            level = float(to_host(flag))
         if level >= 2 or (level >= 1 and self.mode == "one-pass"):
             if not bad:
                 raise GradientEditError(
@@ -859,6 +892,164 @@ class TDLRT(torch.optim.Optimizer):
             plans[name] = (U_hats, c_hat, M_hats)
         return plans
 
+    #: Take the per-layer path of every basis update (the reference of the batched one).
+    _reference_path = False
+
+    def _batched_step(self):
+        """Whether the basis update batches its host reads (all but multi-process runs,
+        where the ranks are agreed on by a collective per decision)."""
+        return not self._reference_path and process_group() is None
+
+    def _k_step_jobs(self, kind, weight_grads):
+        groups = self._groups_by_param()
+        jobs = {}
+        for name, layer in self._layers.items():
+            work = work_dtype(layer.core.dtype)
+            G, factor_grads = weight_grads.get(name), None
+            if self.kstep == "factors":
+                grads = [p.grad for p in layer.factors]
+                if layer.core.grad is None or any(g is None for g in grads):
+                    continue
+                factor_grads = [None] * len(layer.weight_shape)
+                for mode_, g in zip(layer.factorized_modes, grads):
+                    factor_grads[mode_] = g.detach().to(work).clone()
+            elif G is None:
+                continue
+            factors = [None] * len(layer.weight_shape)
+            for mode_ in layer.factorized_modes:
+                factors[mode_] = layer.factor(mode_).detach().to(work)
+            jobs[name] = KStepJob(
+                layer.core.detach().to(work),
+                factors,
+                G,
+                self._lr(layer.core, groups),
+                fixed_modes=self._fixed_modes(name, layer, kind),
+                factor_grads=factor_grads,
+            )
+        return jobs
+
+    def _batched_k_steps(self, kind):
+        """Finite checks, edit resolution and K-steps of all layers with one host transfer.
+
+        Everything the decisions need is computed on the device first: ``max |grad|`` of
+        the visible gradients and of the layers' parameters, the edit candidates of every
+        core gradient (:mod:`~tuckerflow.optim.edits`), the weight gradients formed with the
+        edit factor of the longest suffix of recorded passes (what the resolution picks
+        unless a pass was zeroed away; otherwise they are formed again after the transfer,
+        at the cost of a second one), and the norms and singular values of the new
+        directions of every mode. One transfer brings them to the host, where the step is
+        refused or the augmentation ranks are chosen. Returns None for a refused step,
+        else ``(resolutions, weight_grads, plans, galerkin_ok)``; ``galerkin_ok`` says that
+        the Galerkin gradient is finite by construction (one-pass, ``kstep="weight"``: its
+        norm is at most ``‖G‖``, far below overflow), so that it needs no check of its own.
+        """
+        batch = HostBatch()
+        vis = [g for g in self._visible_grads() if g is not None]
+        vis_max = _max_abs(vis) if vis else None
+        at = {"vis": None if vis_max is None else batch.add(vis_max)}
+        params = [t for layer in self._layers.values() for t in (layer.core, *layer.factors)]
+        par_max = _max_abs(params)
+        at["params"] = batch.add(par_max)
+        reads = self._reads_records(kind)
+        stack, index, pre = (None, {}, {})
+        if reads:
+            stack, index, pre = edit_candidates(self._layers)
+            if stack is not None:
+                at["edits"] = batch.add(stack)
+        guess = {}
+        if self.kstep == "weight":
+            for name in index:
+                guess[name] = (index[name][2], speculative_scale(stack, index, name))
+        weight_grads = self._scaled_weight_gradients(guess)
+        names = list(weight_grads)
+        ok = torch.isfinite(par_max)
+        if names:
+            g_max = torch.stack([weight_grads[n].abs().amax().to(torch.float64) for n in names])
+            at["G"] = batch.add(g_max)
+            at["scales"] = batch.add(torch.stack([guess[n][1] for n in names]))
+            ok = ok & torch.isfinite(g_max).all()
+        if vis_max is not None:
+            ok = ok & torch.isfinite(vis_max)
+        jobs = self._k_step_jobs(kind, weight_grads)
+        kstep_prepare(list(jobs.values()), batch, ok)
+        host = batch.fetch()
+        if at["vis"] is not None and not np.isfinite(host[at["vis"]]).all():
+            return self._reject("a gradient")
+        if not np.isfinite(host[at["params"]]).all():
+            raise ValueError(
+                "a core or factor of a Tucker layer holds NaN or Inf; the step was not taken"
+            )
+        resolutions = {}
+        if reads:
+            if stack is not None:
+                rows = host[at["edits"]].reshape(-1, 5)
+                settle_edits(rows, index, pre)
+            resolutions = self._check_resolutions(pre)
+        else:
+            self.last_edits = {}
+        if names:
+            scales = host[at["scales"]]
+            for name, c in zip(names, scales):
+                res = resolutions.get(name)
+                held = len(index[name][2])
+                if res is None or len(res.groups) != held or res.scale != float(c):
+                    # a pass was zeroed away or an edit is not uniform: the exact weight
+                    # gradients and K-steps again, with the resolved passes (one more transfer)
+                    return self._k_steps_resolved(kind, resolutions)
+            if not np.isfinite(host[at["G"]]).all():
+                return self._reject("the recorded weight gradient")
+        plans = dict(zip(jobs, kstep_finish(list(jobs.values()), host)))
+        g_host = host[at["G"]] if names else ()
+        return resolutions, weight_grads, plans, self._galerkin_bounded(weight_grads, g_host, plans)
+
+    def _k_steps_resolved(self, kind, resolutions):
+        """The K-steps again from the resolved passes and edit factors (one transfer)."""
+        weight_grads = self._weight_gradients(resolutions)
+        names = list(weight_grads)
+        batch = HostBatch()
+        ok = torch.ones((), dtype=torch.bool, device=self._device())
+        if names:
+            g_max = torch.stack([weight_grads[n].abs().amax().to(torch.float64) for n in names])
+            g_at = batch.add(g_max)
+            ok = torch.isfinite(g_max).all()
+        jobs = self._k_step_jobs(kind, weight_grads)
+        kstep_prepare(list(jobs.values()), batch, ok)
+        host = batch.fetch()
+        g_host = host[g_at] if names else ()
+        if not np.isfinite(g_host).all():
+            return self._reject("the recorded weight gradient")
+        plans = dict(zip(jobs, kstep_finish(list(jobs.values()), host)))
+        return resolutions, weight_grads, plans, self._galerkin_bounded(weight_grads, g_host, plans)
+
+    def _galerkin_bounded(self, weight_grads, g_host, plans):
+        """Whether ``G ×_i Û_iᴴ`` is finite by construction (no check needed).
+
+        ``‖G ×_i Û_iᴴ‖ ≤ ‖G‖ ≤ √N max|G|`` for orthonormal ``Û_i``, and every partial sum of
+        the mode products is bounded by the same norm: finite when that lies far below the
+        overflow threshold. Only the one-pass step from the weight gradient forms it so.
+        """
+        if self.mode != "one-pass" or self.kstep != "weight" or not weight_grads:
+            return False
+        if not set(plans) <= set(weight_grads):
+            return False
+        return all(
+            4.0 * math.sqrt(G.numel()) * float(m) < torch.finfo(G.dtype).max
+            for G, m in zip(weight_grads.values(), g_host)
+        )
+
+    def _scaled_weight_gradients(self, guess):
+        """``c · Σ G_j`` over the given passes, ``c`` a device scalar (no transfer)."""
+        out = {}
+        for name, (groups, scale) in guess.items():
+            layer = self._layers[name]
+            d = len(layer.weight_shape)
+            G = layer.gradient_record.weight_gradient([None] * d, groups)
+            if G is None:
+                continue
+            G = G.detach().to(work_dtype(layer.core.dtype))
+            out[name] = G * scale.to(G.dtype)
+        return out
+
     def _apply_augmentation(self, plans):
         """Write ``(Ĉ, Û)`` into the layers and carry the core's state; return an undo record."""
         opt_state = self.optimizer.state
@@ -929,7 +1120,21 @@ class TDLRT(torch.optim.Optimizer):
     def _truncate(self, plans):
         opt_state = self.optimizer.state
         results = {}
+        batched = []
+        if self._batched_step() and self.truncation == "hosvd":
+            for name, (U_hats, _, _) in plans.items():
+                layer = self._layers[name]
+                c_hat = layer.core.detach().to(work_dtype(layer.core.dtype))
+                if _batched.box_size(c_hat, U_hats) <= GREEDY_BOX_LIMIT:
+                    batched.append((name, c_hat, U_hats))
+            items = [(c, u, self._lo[n], self._hi[n]) for n, c, u in batched]
+            for (name, c_hat, U_hats), res in zip(
+                batched, _batched.truncate_cores(items, self.tau) if items else []
+            ):
+                results[name] = (c_hat, U_hats, *res)
         for name, (U_hats, _, _) in plans.items():
+            if name in results:
+                continue
             layer = self._layers[name]
             work = work_dtype(layer.core.dtype)
             c_hat = layer.core.detach().to(work)

@@ -1,0 +1,374 @@
+"""Host transfers of a TDLRT step: how many, through which door, and the same trajectory as
+the per-layer path; the batched small factorisations against the per-matrix ones."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import tensorly as tl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tuckerflow.nn as tnn
+from tuckerflow import _host
+from tuckerflow.dlra import truncate_core
+from tuckerflow.linalg import _gram_left, _left_singular, _orth, _svd
+from tuckerflow.optim import TDLRT, _batched
+from tuckerflow.optim.basis import HostBatch, KStepJob, kstep_bases, kstep_finish, kstep_prepare
+
+
+def chain(n_layers, *, dtype=torch.float64, seed=0):
+    """A Tucker convolution (all four modes factorized) followed by Tucker linear layers."""
+    torch.manual_seed(seed)
+    layers = [
+        tnn.TuckerConv2d(3, 6, 3, padding=1, rank=3, keep_full="none", dtype=dtype),
+        nn.Tanh(),
+        nn.Flatten(),
+    ]
+    width = 6 * 5 * 5
+    for _ in range(n_layers - 2):
+        layers += [tnn.TuckerLinear(width, 12, rank=4, dtype=dtype), nn.Tanh()]
+        width = 12
+    layers += [tnn.TuckerLinear(width, 4, rank=3, dtype=dtype)]
+    model = nn.Sequential(*layers)
+    assert sum(isinstance(m, tnn.TuckerLayer) for m in model.modules()) == n_layers
+    return model
+
+
+def batches(dtype=torch.float64, n=3):
+    g = torch.Generator().manual_seed(1)
+    return [
+        (
+            torch.randn(16, 3, 5, 5, generator=g, dtype=torch.float64).to(dtype),
+            torch.randint(0, 4, (16,), generator=g),
+        )
+        for _ in range(n)
+    ]
+
+
+def run_steps(model, tdlrt, data, steps, *, counts=None):
+    opt = tdlrt.optimizer
+    for k in range(steps):
+        x, y = data[k % len(data)]
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        kind = tdlrt.next_step
+        if tdlrt.mode == "two-pass":
+            with _host.counting() as n:
+                tdlrt.step(closure)
+        else:
+            closure()
+            with _host.counting() as n:
+                tdlrt.step()
+        if counts is not None:
+            counts.append((kind, n()))
+
+
+def make(n_layers, *, dtype=torch.float64, reference=False, **options):
+    model = chain(n_layers, dtype=dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+    tdlrt = TDLRT(model, opt, tau=0.05, **options)
+    tdlrt._reference_path = reference
+    return model, tdlrt
+
+
+@pytest.mark.parametrize(
+    ("options", "per_update"),
+    [
+        ({}, 2),  # one-pass, K-step from the weight gradient: the Galerkin gradient is bounded
+        ({"kstep": "factors"}, 3),  # + the finite check of the record-formed Galerkin gradient
+        ({"mode": "two-pass"}, 3),  # + the finite check of the second evaluation's gradient
+    ],
+)
+def test_transfers_per_step_do_not_depend_on_the_number_of_layers(options, per_update):
+    seen = {}
+    for n_layers in (2, 8):
+        model, tdlrt = make(n_layers, **options)
+        counts = []
+        run_steps(model, tdlrt, batches(), 4, counts=counts)
+        assert all(kind == "adapt" for kind, _ in counts)
+        seen[n_layers] = [n for _, n in counts]
+        # the ranks did change (the count is not that of a trivial step)
+        assert any(r != (4, 4) for r in tdlrt.ranks().values())
+    assert seen[2] == seen[8] == [per_update] * 4
+
+
+def test_core_steps_read_only_the_finite_flag():
+    for n_layers in (2, 8):
+        model, tdlrt = make(n_layers, update_every=3)
+        counts = []
+        run_steps(model, tdlrt, batches(), 6, counts=counts)
+        assert [k for k, _ in counts] == ["adapt", "core", "core"] * 2
+        # one flag: NaN/Inf in any gradient (what on_nonfinite acts on at this very step)
+        assert [n for k, n in counts if k == "core"] == [1] * 4
+        assert [n for k, n in counts if k == "adapt"] == [2, 2]
+
+
+def test_frozen_ranks_take_one_transfer():
+    model, tdlrt = make(8, freeze_ranks=True)
+    counts = []
+    run_steps(model, tdlrt, batches(), 3, counts=counts)
+    assert counts == [("bug", 1)] * 3
+
+
+_WATCHED = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def host_reads_outside_the_helper():
+    """Record every read of tensor values that does not go through ``tuckerflow._host``."""
+    seen = []
+    saved = {name: getattr(torch.Tensor, name) for name in _WATCHED}
+
+    def watch(name, fn):
+        def wrapper(self, *args, **kwargs):
+            if not _host.inside() and self.device.type != "meta":
+                seen.append(name)
+            return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    try:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, watch(name, fn))
+        yield seen
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+@pytest.mark.parametrize("options", [{}, {"kstep": "factors"}, {"update_every": 2}])
+def test_every_read_of_a_step_goes_through_the_helper(options):
+    model, tdlrt = make(3, **options)
+    data = batches()
+    run_steps(model, tdlrt, data, 1)  # warm: the first step builds lazy state
+    x, y = data[1]
+    for _ in range(2):
+        tdlrt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        with host_reads_outside_the_helper() as seen:
+            tdlrt.step()
+        assert seen == []
+
+
+def test_the_watch_sees_a_read():
+    t = torch.ones(2)
+    with host_reads_outside_the_helper() as seen:
+        float(t.sum())
+        bool(t.any())
+    assert seen == ["__float__", "__bool__"]
+
+
+# ------------------------------------------------------- same trajectory as per layer
+
+
+def _trajectory(reference, dtype, **options):
+    model, tdlrt = make(8, dtype=dtype, reference=reference, **options)
+    history = []
+    data = batches(dtype)
+    for _ in range(6):
+        run_steps(model, tdlrt, data, 1)
+        history.append(
+            (
+                tdlrt.ranks(),
+                [p.detach().clone() for p in model.parameters()],
+                {n: list(i.tails) for n, i in tdlrt.last_truncation.items()},
+            )
+        )
+    return history
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"kstep": "factors"}, {"mode": "two-pass"}, {"update_every": 2}, {"max_rank": 4}],
+)
+def test_batched_step_follows_the_per_layer_trajectory(options):
+    """float64: the same ranks at every step and the weights to round-off (the two paths
+    call the same factorisations, batched or one by one)."""
+    ref = _trajectory(True, torch.float64, **options)
+    new = _trajectory(False, torch.float64, **options)
+    changed = False
+    for (r0, p0, t0), (r1, p1, t1) in zip(ref, new):
+        assert r0 == r1
+        changed |= any(r != (3, 3, 3, 3) and r != (4, 4) and r != (3, 3) for r in r1.values())
+        for a, b in zip(p0, p1):
+            assert a.shape == b.shape
+            # 6 steps of a map with Lipschitz constant O(1): a few hundred eps of the scale
+            assert torch.linalg.vector_norm(a - b) <= 1e3 * EPS64 * (
+                1 + torch.linalg.vector_norm(a)
+            )
+        for n in t0:
+            for x, y in zip(t0[n], t1[n]):
+                assert abs(x - y) <= 1e-8 * (1 + abs(x))
+    assert changed
+
+
+EPS64 = torch.finfo(torch.float64).eps
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def test_batched_step_in_float32_follows_the_per_layer_path():
+    """float32, what users run: the batched path takes the per-layer path's decisions and
+    stays within float32 round-off of it."""
+    ref = _trajectory(True, torch.float32)
+    new = _trajectory(False, torch.float32)
+    for (r0, p0, _), (r1, p1, _) in zip(ref, new):
+        assert r0 == r1
+        for a, b in zip(p0, p1):
+            err = torch.linalg.vector_norm((a - b).double())
+            assert err <= 1e3 * EPS32 * (1 + torch.linalg.vector_norm(a.double()))
+
+
+def test_a_pass_zeroed_away_costs_one_more_transfer_and_changes_nothing():
+    """``model.zero_grad()`` between two backward passes: the K-step formed with every
+    recorded pass is formed again with the passes ``core.grad`` still holds."""
+    out = {}
+    for reference in (True, False):
+        model, tdlrt = make(4, reference=reference)
+        (x0, y0), (x1, y1) = batches()[:2]
+        F.cross_entropy(model(x0), y0).backward()
+        model.zero_grad(set_to_none=False)  # records stay, the gradient of pass 1 is gone
+        F.cross_entropy(model(x1), y1).backward()
+        with _host.counting() as n:
+            tdlrt.step()
+        out[reference] = (n(), tdlrt.ranks(), [p.detach().clone() for p in model.parameters()])
+    assert out[False][0] == 3
+    assert out[True][1] == out[False][1]
+    for a, b in zip(out[True][2], out[False][2]):
+        assert torch.linalg.vector_norm(a - b) <= 100 * EPS64 * (1 + torch.linalg.vector_norm(a))
+
+
+# ------------------------------------------------------- the batched factorisations
+
+
+def _mats(dtype, shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+
+
+SHAPES = [(7, 3), (7, 3), (5, 9), (7, 3), (5, 9), (4, 4), (12, 2)]
+
+
+def _close(a, b, dtype, scale=1.0, cond=1.0):
+    """Equal up to round-off: ``50 eps`` of the scale, times a condition number (singular
+    vectors move by ``eps ‖A‖ / gap``)."""
+    eps = torch.finfo(dtype).eps
+    return torch.linalg.vector_norm((a - b).double()) <= 50 * eps * max(scale, 1.0) * cond
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batched_factorisations_equal_the_per_matrix_ones(dtype):
+    mats = _mats(dtype, SHAPES)
+    with tl.backend_context("pytorch"):
+        for a, (u, s, vh) in zip(mats, _batched.svd(mats)):
+            u0, s0, vh0 = _svd(a)
+            scale = float(torch.linalg.vector_norm(a.double()))
+            assert _close(u, u0, dtype) and _close(vh, vh0, dtype)
+            assert _close(s, s0, dtype, scale)
+        for a, q in zip(mats, _batched.orth(mats)):
+            assert _close(q, _orth(a), dtype)
+        wide = [a.T if a.shape[0] > a.shape[1] else a for a in mats]
+        for a, (u, s) in zip(wide, _batched.gram_left(wide)):
+            u0, s0 = _gram_left(a)
+            assert _close(u, u0, dtype) and _close(s, s0, dtype, float(s0[0]))
+        methods = ["qr", "svd", "qr", "gram", "qr", "svd", "qr"]
+        for a, m, (u, s) in zip(wide, methods, _batched.left_singular(wide, methods)):
+            u0, s0 = _left_singular(a, method=m)
+            assert _close(u, u0, dtype) and _close(s, s0, dtype, float(s0[0]))
+
+
+def test_one_batched_call_per_shape(monkeypatch):
+    calls = []
+    real = torch.linalg.svd
+
+    def counted(a, *args, **kwargs):
+        calls.append(tuple(a.shape))
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", counted)
+    _batched.svd(_mats(torch.float64, SHAPES))
+    assert sorted(calls) == sorted([(3, 7, 3), (2, 5, 9), (1, 4, 4), (1, 12, 2)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batched_k_steps_equal_kstep_bases(dtype):
+    g = torch.Generator().manual_seed(3)
+
+    def orthonormal(n, r):
+        return torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0].to(dtype)
+
+    jobs, expected = [], []
+    for shape, ranks, fixed in [
+        ((6, 5, 4), (2, 2, 2), ()),
+        ((6, 5, 4), (2, 2, 2), (1,)),
+        ((8, 7), (3, 3), ()),
+        ((8, 7), (8, 3), ()),  # a full mode: nothing to add
+    ]:
+        factors = [orthonormal(n, r) for n, r in zip(shape, ranks)]
+        core = torch.randn(*ranks, generator=g, dtype=torch.float64).to(dtype)
+        G = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+        jobs.append(KStepJob(core, factors, G, 0.1, fixed_modes=fixed))
+        expected.append(kstep_bases(core, factors, G, 0.1, fixed_modes=fixed))
+    batch = HostBatch()
+    kstep_prepare(jobs, batch)
+    got = kstep_finish(jobs, batch.fetch())
+    for (U1, C1, _), (U0, C0, _) in zip(got, expected):
+        for a, b in zip(U1, U0):
+            assert a.shape == b.shape and _close(a, b, dtype)
+        assert _close(C1, C0, dtype, float(torch.linalg.vector_norm(C0)))
+
+
+def _vector_condition(s, r):
+    """``σ_1 / min gap`` of the leading ``r + 1`` singular values: how far round-off of the
+    matrix moves the kept singular vectors, relative to ``eps``."""
+    if s is None:
+        return 1.0
+    s = list(s[: r + 1])
+    gaps = [a - b for a, b in zip(s, s[1:])]
+    return float(s[0] / min(gaps)) if gaps and min(gaps) > 0 else 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batched_truncation_equals_truncate_core(dtype):
+    g = torch.Generator().manual_seed(5)
+    items, expected = [], []
+    for shape, low in [((6, 6, 3, 3), (2, 2, 3, 3)), ((8, 6), (3, 2)), ((8, 6), (3, 2))]:
+        # a core with a decaying spectrum, so that the tolerance has ranks to choose
+        base = torch.randn(*low, generator=g, dtype=torch.float64)
+        mats = [torch.randn(n, r, generator=g, dtype=torch.float64) for n, r in zip(shape, low)]
+        core = base
+        for i, m in enumerate(mats):
+            core = torch.movedim(torch.tensordot(m, core, dims=([1], [i])), 0, i)
+        core = (core + 1e-2 * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
+        U = [
+            torch.linalg.qr(torch.randn(2 * n, n, generator=g, dtype=torch.float64))[0].to(dtype)
+            for n in shape
+        ]
+        if len(shape) == 4:
+            U[2] = U[3] = None
+        items.append((core, U, 1, None))
+        with tl.backend_context("pytorch"):
+            expected.append(truncate_core(core, U, rtol=0.05, method="hosvd"))
+    with _host.counting() as n:
+        got = _batched.truncate_cores(items, 0.05)
+    assert n() == 1
+    for (Y1, _, i1), (Y0, _, i0) in zip(got, expected):
+        assert Y1.rank == Y0.rank
+        assert _close(Y1.core, Y0.core, dtype, float(torch.linalg.vector_norm(Y0.core)))
+        for i, (a, b) in enumerate(zip(Y1.factors, Y0.factors)):
+            assert _close(a, b, dtype, cond=_vector_condition(i0.singular_values[i], Y0.rank[i]))
+        for a, b in zip(i1.tails, i0.tails):
+            assert math.isclose(a, b, rel_tol=1e-4 if dtype == torch.float32 else 1e-10)
+        # the error bound from the prefix sums: within its round-off, 4 N eps64 ‖Ĉ‖²
+        norm2 = float(torch.linalg.vector_norm(items[0][0].double())) ** 2
+        assert abs(i1.error_bound**2 - i0.error_bound**2) <= 4 * 1e3 * EPS64 * norm2 + 1e-3 * (
+            i0.error_bound**2
+        )

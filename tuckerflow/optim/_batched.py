@@ -1,0 +1,388 @@
+"""Small factorisations of many layers at once, and the batched HOSVD truncation of TDLRT.
+
+A TDLRT step factors a handful of small matrices per Tucker layer (QRs of core unfoldings,
+SVDs or Gram eigen-decompositions of the new directions, the HOSVD of the augmented core).
+Here they are grouped by shape and dtype and each group is one batched ``torch.linalg`` call
+(on CUDA each call also synchronises once for its error check, so grouping bounds those as
+well). The results equal the per-matrix calls of :mod:`tuckerflow.linalg` up to round-off:
+the same LAPACK/cuSOLVER routines on the same matrices, the same sign convention
+(:func:`flip_signs`, batched).
+
+:func:`truncate_cores` is :func:`tuckerflow.dlra.truncate_core` with ``method="hosvd"`` for
+all layers of a step: every factorisation and the prefix sums of the exact-error table are
+computed on the device, then **one** host transfer brings the singular values, norms and
+tables of all layers, and the rank decisions are taken on the host by the same rules
+(:mod:`tuckerflow.ranks`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorly as tl
+import torch
+
+from .._backend import scale_pow2
+from .._host import to_host
+from ..dlra import _clamped, _gram_is_invisible
+from ..ranks import (
+    largest_valid_rank,
+    lower_ranks_greedily,
+    rank_spec,
+    select_rank,
+    sequential_budget,
+)
+from ..recompression import TruncationInfo, _choose_rank, _make_valid
+from ..tucker import TuckerTensor
+
+__all__ = [
+    "batched",
+    "flip_signs",
+    "gram_left",
+    "left_singular",
+    "orth",
+    "svd",
+    "truncate_cores",
+]
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def batched(fn, mats):
+    """``[fn(stack)[k] …]``: apply a batched ``fn`` to matrices grouped by shape and dtype.
+
+    ``fn`` takes a ``(b, m, n)`` tensor and returns a tensor or a tuple of tensors with the
+    batch as leading dimension; the result is one entry (tensor or tuple) per input, in order.
+    """
+    groups = {}
+    for k, a in enumerate(mats):
+        groups.setdefault((tuple(a.shape), a.dtype, a.device), []).append(k)
+    out = [None] * len(mats)
+    for ks in groups.values():
+        res = fn(torch.stack([mats[k] for k in ks]))
+        for j, k in enumerate(ks):
+            out[k] = tuple(r[j] for r in res) if isinstance(res, tuple) else res[j]
+    return out
+
+
+def flip_signs(u, vh=None):
+    """:func:`tuckerflow.linalg.flip_signs` on a batch ``(…, m, k)`` (same operations)."""
+    mag = u.abs()
+    real = mag.dtype
+    top = mag.amax(dim=-2, keepdim=True)
+    hit = (mag == top).to(real)
+    first = hit * (torch.cumsum(hit, dim=-2) == 1).to(real)
+    pick = (u * first.to(u.dtype)).sum(dim=-2)
+    pmag = pick.abs()
+    safe = torch.where(pmag == 0, torch.ones_like(pmag), pmag)
+    phase = pick / safe.to(pick.dtype)
+    phase = torch.where(pmag == 0, torch.ones_like(phase), phase)
+    u = u * phase.conj().unsqueeze(-2)
+    if vh is not None:
+        vh = vh * phase.unsqueeze(-1)
+    return u, vh
+
+
+def _svd_stack(a):
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    u, vh = flip_signs(u, vh)
+    return u, s, vh
+
+
+def svd(mats):
+    """Thin SVDs with deterministic signs, one batched call per shape: ``[(u, s, vh), …]``."""
+    return batched(_svd_stack, mats)
+
+
+def _orth_stack(a):
+    return torch.linalg.qr(a)[0]
+
+
+def orth(mats):
+    """``Q`` of thin Householder QRs, one batched call per shape."""
+    return batched(_orth_stack, mats)
+
+
+def _gram_stack(a):
+    work = a
+    if a.dtype in (torch.float32, torch.complex64):
+        work = a.to(torch.complex128 if a.is_complex() else torch.float64)
+    g = work @ work.conj().transpose(-2, -1)
+    lam, v = torch.linalg.eigh(g)
+    lam = torch.flip(lam, dims=(-1,))
+    v = torch.flip(v, dims=(-1,))
+    lam = torch.where(lam < 0, torch.zeros_like(lam), lam)
+    s = torch.sqrt(lam)
+    u, _ = flip_signs(v)
+    real = a.real.dtype if a.is_complex() else a.dtype
+    return u.to(a.dtype), s.to(real)
+
+
+def gram_left(mats):
+    """:func:`tuckerflow.linalg._gram_left` (float64 Gram matrix and ``eigh``), batched."""
+    return batched(_gram_stack, mats)
+
+
+def _qr_left_stack(a):
+    r = torch.linalg.qr(a.conj().transpose(-2, -1), mode="r")[1]
+    u, s, _ = _svd_stack(r.conj().transpose(-2, -1))
+    return u, s
+
+
+def left_singular(mats, methods):
+    """Left singular vectors and values by the paths of ``tuckerflow.linalg._left_singular``.
+
+    ``methods[k]`` is ``"svd"``, ``"qr"`` (the R factor of a QR of ``aᴴ`` for a wide ``a``)
+    or ``"gram"``; one batched call per path and shape. Returns ``[(u, s), …]``.
+    """
+    out = [None] * len(mats)
+    paths = {"svd": [], "qr": [], "gram": []}
+    for k, (a, m) in enumerate(zip(mats, methods)):
+        rows, cols = a.shape
+        if m == "qr" and rows >= cols:
+            m = "svd"
+        paths[m].append(k)
+    for m, ks in paths.items():
+        if not ks:
+            continue
+        fn = {"svd": lambda a: _svd_stack(a)[:2], "qr": _qr_left_stack, "gram": _gram_stack}[m]
+        for k, res in zip(ks, batched(fn, [mats[k] for k in ks])):
+            out[k] = res
+    return out
+
+
+# ----------------------------------------------------------------- batched truncation
+
+
+def _scale_steps(dtype):
+    # the steps of tuckerflow._backend.scale_pow2: numpy's maxexp (128, 1024) minus 2
+    return int(np.finfo(str(dtype).replace("torch.", "")).maxexp) - 2
+
+
+def _pow2_scale(x, e, step):
+    """``x · 2**e`` for a device integer ``e`` in at most two exact steps (as ``scale_pow2``).
+
+    ``|e| ≤ 2·step`` always holds here: ``e`` is the exponent of a finite entry of ``x``.
+    """
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    k1 = torch.clamp(e, -step, step)
+    k2 = e - k1
+    x = x * torch.ldexp(one, k1)
+    return x * torch.ldexp(one, k2)
+
+
+class _Request:
+    __slots__ = (
+        "c_hat",
+        "U_hats",
+        "rtol",
+        "min_rank",
+        "max_rank",
+        "cshape",
+        "free",
+        "spec",
+        "policy",
+        "e",
+        "work",
+        "pairs",
+        "slots",
+    )
+
+    def __init__(self):
+        self.pairs = {}
+
+
+def _prepare(c_hat, U_hats, rtol, min_rank, max_rank):
+    """The host-static part of ``truncate_core`` (bounds and factorisation paths)."""
+    q = _Request()
+    q.c_hat, q.U_hats, q.rtol = c_hat, list(U_hats), rtol
+    d = c_hat.dim()
+    cshape = tuple(c_hat.shape)
+    q.cshape = cshape
+    q.free = [i for i in range(d) if q.U_hats[i] is not None]
+    hi = _clamped(max_rank, cshape, lambda i: cshape[i], "max_rank")
+    lo = _clamped(min_rank, cshape, lambda i: 1, "min_rank")
+    for i in range(d):
+        if q.U_hats[i] is None:
+            lo[i] = hi[i] = cshape[i]
+    lo = [min(a, b) for a, b in zip(lo, hi)]
+    lo = list(largest_valid_rank(lo))
+    spec = rank_spec(cshape, None, rtol, None, hi, None)
+    spec.min_rank = lo
+    q.spec = spec
+    size = math.prod(cshape)
+    gram_ok = bool(q.free) and _gram_is_invisible(
+        rtol**2 / len(q.free), max(cshape[i] for i in q.free)
+    )
+    q.policy = ["gram" if gram_ok and cshape[i] ** 2 < size else "qr" for i in range(d)]
+    return q
+
+
+def box_size(c_hat, U_hats):
+    """Entries of the exact-error table :func:`truncate_cores` transfers for one core."""
+    shape = tuple(c_hat.shape)
+    return math.prod(shape[i] for i, u in enumerate(U_hats) if u is not None)
+
+
+def truncate_cores(items, rtol):
+    """HOSVD truncation of many augmented cores with one host transfer.
+
+    Parameters
+    ----------
+    items : list of ``(C_hat, U_hats, min_rank, max_rank)``
+        As :func:`tuckerflow.dlra.truncate_core` takes them (torch tensors; every core has
+        at least one truncated mode and ``box_size(C_hat, U_hats) ≤ GREEDY_BOX_LIMIT``).
+    rtol : float
+        Relative tolerance ``ϑ = rtol · ‖Ĉ‖_F``.
+
+    Returns
+    -------
+    list of ``(TuckerTensor, P_list, TruncationInfo)``, as ``truncate_core(…, method="hosvd")``
+    returns them. ``info.error_bound`` is read from the prefix sums instead of a separate sum
+    of the discarded blocks: its absolute error is below ``4 N eps64 ‖Ĉ‖²`` in the square
+    (``N`` entries), the margin the rank decision already allows for.
+
+    Raises
+    ------
+    ValueError
+        A core or factor holds NaN or Inf (nothing of the layers was changed by this call).
+    """
+    with tl.backend_context("pytorch", local_threadsafe=True):
+        return _truncate_cores(items, rtol)
+
+
+def _truncate_cores(items, rtol):
+    reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
+    parts = []
+
+    def slot(t):
+        t = t.reshape(-1).to(torch.float64)
+        start = sum(p.numel() for p in parts)
+        parts.append(t)
+        return slice(start, start + t.numel())
+
+    mats, methods, owners = [], [], []
+    for q in reqs:
+        top = q.c_hat.abs().amax()
+        umax = torch.stack([q.U_hats[i].abs().amax() for i in q.free]).amax()
+        ok = torch.isfinite(top) & torch.isfinite(umax)
+        e = torch.frexp(torch.where(ok, top, torch.zeros_like(top)))[1].to(torch.int64)
+        q.e = e
+        step = _scale_steps(q.c_hat.dtype)
+        work = _pow2_scale(torch.where(ok, q.c_hat, torch.zeros_like(q.c_hat)), -e, step)
+        q.work = work
+        q.slots = {"top": slot(top), "umax": slot(umax), "e": slot(e), "norm": slot(tl_norm(work))}
+        for i in q.free:
+            mats.append(_unfold(work, i))
+            methods.append(q.policy[i])
+            owners.append((q, i))
+    results = left_singular(mats, methods)
+    for (q, i), (u, s) in zip(owners, results):
+        q.pairs[i] = (u, s)
+        q.slots[("s", i)] = slot(s)
+    for q in reqs:
+        # the rotated core in the full singular bases and its |·|² prefix sums over the
+        # whole box of the truncated modes (the greedy HOSVD reads any window of it)
+        with tl.backend_context("pytorch", local_threadsafe=True):
+            from tensorly.tenalg import multi_mode_dot
+
+            g = multi_mode_dot(q.work, [q.pairs[i][0].conj().T for i in q.free], modes=list(q.free))
+        e2 = g.abs().to(torch.float64) ** 2
+        total = e2.sum()
+        others = tuple(j for j in range(e2.dim()) if j not in q.free)
+        block = e2.sum(dim=others) if others else e2
+        for ax in range(block.dim()):
+            block = torch.cumsum(block, dim=ax)
+        q.slots["g"] = g
+        q.slots["total"] = slot(total)
+        q.slots["table"] = slot(block)
+        q.slots["table_shape"] = tuple(block.shape)
+        q.slots["e_numel"] = e2.numel()
+    host = to_host(torch.cat(parts)) if parts else np.zeros(0)
+    out = []
+    for q in reqs:
+        out.append(_finish(q, host))
+    return out
+
+
+def tl_norm(x):
+    return torch.norm(x)  # what tl.norm calls
+
+
+def _unfold(x, mode):
+    return torch.movedim(x, mode, 0).reshape(x.shape[mode], -1)
+
+
+def _finish(q, host):
+    """The host half of one truncation: the rules of ``recompress(method="hosvd")``."""
+    sl = q.slots
+    top, umax = float(host[sl["top"]][0]), float(host[sl["umax"]][0])
+    if not math.isfinite(umax):
+        maxes = to_host(torch.stack([q.U_hats[i].abs().amax() for i in q.free]))
+        bad = next(i for i, m in zip(q.free, maxes) if not math.isfinite(m))
+        raise ValueError(f"U_hats[{bad}] contains non-finite values (NaN or Inf)")
+    if not math.isfinite(top):
+        raise ValueError("C_hat contains non-finite values (NaN or Inf)")
+    exponent = int(host[sl["e"]][0]) if top > 0 else 0
+    unit = math.ldexp(1.0, exponent)
+    spec, modes, d = q.spec, list(q.free), len(q.cshape)
+    norm_w = float(host[sl["norm"]][0])
+    info = TruncationInfo(order=list(modes))
+    info.singular_values, info.tails, info.methods = [None] * d, [0.0] * d, [None] * d
+    theta = spec.rtol * norm_w
+    info.tolerance = theta * unit
+    theta = min(theta, 2.0 * norm_w)
+    used2 = 0.0
+    ranks = list(q.cshape)
+    for k, i in enumerate(modes):
+        budget2 = sequential_budget(theta, used2, len(modes) - k)
+        s_host = host[sl[("s", i)]]
+        used = q.policy[i]
+        margin2 = 10.0 * ranks[i] * _EPS64 * norm_w**2 if used == "gram" else 0.0
+        r, tail2 = _choose_rank(s_host, spec, i, budget2, margin2)
+        ranks[i] = r
+        used2 += tail2
+        info.singular_values[i], info.tails[i], info.methods[i] = s_host, tail2, used
+    floors = list(ranks)
+    for i in modes:
+        floors[i] = select_rank(
+            info.singular_values[i], theta**2, min_rank=spec.min_rank[i], max_rank=spec.max_rank[i]
+        )[0]
+    # the greedy lowering of tuckerflow.recompression._exact_hosvd_ranks on the full table
+    lo = [max(floors[i], 1) for i in range(d)]
+    hi = list(ranks)
+    total_h = float(host[sl["total"]][0])
+    table = host[sl["table"]].reshape(sl["table_shape"])
+    margin2 = 4.0 * sl["e_numel"] * _EPS64 * total_h
+
+    def error2(r):
+        return max(total_h - float(table[tuple(r[m] - 1 for m in modes)]), 0.0)
+
+    budget2 = theta**2 - margin2
+    start = tuple(hi)
+    floor = [lo[i] if i in modes else hi[i] for i in range(d)]
+    new = start
+    if error2(start) <= budget2:
+        new = lower_ranks_greedily(start, floor, error2, budget2)
+    err2 = error2(new)
+    P_list = [None] * d
+    for i in modes:
+        ranks[i] = new[i]
+        P_list[i] = q.pairs[i][0][:, : new[i]]
+        s_i = np.asarray(info.singular_values[i])
+        info.tails[i] = float(np.sum(s_i[new[i] :] ** 2))
+    g = sl["g"]
+    core = g[tuple(slice(0, ranks[i]) if i in modes else slice(None) for i in range(d))]
+    core, P_list = _make_valid(core, P_list, modes)
+    info.error_bound = math.sqrt(err2) * unit
+    info.tails = [math.sqrt(t2) * unit for t2 in info.tails]
+    info.singular_values = [None if s is None else s * unit for s in info.singular_values]
+    core = scale_pow2(core, exponent)
+    factors = []
+    for i, u in enumerate(q.U_hats):
+        if u is None:
+            factors.append(torch.eye(q.cshape[i], dtype=core.dtype, device=core.device))
+        else:
+            factors.append(u @ P_list[i])
+    return TuckerTensor(core, factors), P_list, info
