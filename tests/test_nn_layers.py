@@ -561,6 +561,8 @@ def test_layer_ranks_paddings_dtypes_and_devices_are_refused_naming_the_argument
             TuckerLinear(4, 3, rank=(bad, 2))
     with pytest.raises(ValueError, match="fraction"):
         TuckerLinear(4, 3, rank=float("inf"))
+    with pytest.raises(TypeError, match="rank must be an int, a float or a sequence"):
+        TuckerLinear(4, 3, rank="22")
     with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
         TuckerLinear(4, 3, rank=2, dtype="float32")
     with pytest.raises(TypeError, match="dtype must be a torch.dtype"):

@@ -7,6 +7,7 @@ import copy
 import io
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -785,6 +786,25 @@ def test_tau_outside_the_open_unit_interval_is_rejected(tau):
     model = conv_net(0)
     with pytest.raises(ValueError, match="tau"):
         TDLRT(model, torch.optim.SGD(model.parameters(), lr=0.1), tau=tau)
+
+
+def test_rank_bounds_and_tau_are_not_coerced():
+    model = conv_net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="tau must be a real number"):
+        TDLRT(model, opt, tau="0.1")
+    with pytest.raises(TypeError, match="max_rank must be an int, a sequence"):
+        TDLRT(model, opt, max_rank=float("inf"))
+    with pytest.raises(TypeError, match="max_rank must be an int, a sequence"):
+        TDLRT(model, opt, max_rank="4")
+    with pytest.raises(TypeError, match=r"max_rank\[1\] for layer '3' must be an int or None"):
+        TDLRT(model, opt, max_rank={"3": (4, 2.7)})
+    with pytest.raises(TypeError, match=r"min_rank\[0\] for layer '3'"):
+        TDLRT(model, opt, min_rank={"3": (float("nan"), 1)})
+    # NumPy integers are integers (a TypeError before), compared as such
+    with pytest.raises(ValueError, match="min_rank"):
+        TDLRT(model, opt, min_rank=np.int64(3), max_rank=np.int64(2))
+    TDLRT(model, opt, max_rank={"3": (np.int64(3), None)}, min_rank=np.int64(1))
 
 
 def test_bad_options_are_rejected_with_clear_messages():

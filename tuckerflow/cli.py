@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 from tuckerflow.train.config import GROUPS, TrainConfig, cli_fields
 from tuckerflow.train.dependencies import MissingDependencyError, check_dependencies
@@ -64,7 +65,7 @@ def _add_train_arguments(parser):
         )
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``tuckerflow`` with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="tuckerflow", description="Tucker tensors and rank-adaptive training of Tucker layers."
@@ -93,7 +94,7 @@ def _one_line(err):
     return " ".join(str(err).split())
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
     0 on success, 1 when training diverged (NaN/Inf loss or gradient), 2 on a usage error

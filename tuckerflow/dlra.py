@@ -116,7 +116,7 @@ def _resolved(x):
     return resolve() if resolve is not None else x
 
 
-def augment_basis(U0, K, *, rtol=None):
+def augment_basis(U0: Tensor, K: Tensor, *, rtol: float | None = None) -> Tensor:
     """Orthonormal basis ``[U0, Ũ]`` of ``span[U0, K]`` that starts with ``U0`` exactly.
 
     Parameters

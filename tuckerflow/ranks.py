@@ -51,7 +51,7 @@ def _as_int(v, where: str) -> int:
     return int(v)
 
 
-def per_mode(value, d: int, name: str, *, allow_none: bool = False) -> list[Any]:
+def per_mode(value: Any, d: int, name: str, *, allow_none: bool = False) -> list[Any]:
     """``value`` (an int, or one int per mode) as a list of ``d`` ints.
 
     With ``allow_none=True`` a ``None`` entry is kept (it means "no bound" to the caller).
@@ -73,7 +73,7 @@ def per_mode(value, d: int, name: str, *, allow_none: bool = False) -> list[Any]
     return out
 
 
-def validate_rank(shape, rank, name: str = "rank") -> tuple[int, ...]:
+def validate_rank(shape: Sequence[int], rank: Any, name: str = "rank") -> tuple[int, ...]:
     """Check that ``rank`` is a valid multilinear rank for ``shape`` and return it as a tuple.
 
     A multilinear rank ``r`` of a tensor of shape ``n`` exists iff ``1 ≤ r_i ≤ n_i`` and
@@ -110,7 +110,7 @@ def validate_rank(shape, rank, name: str = "rank") -> tuple[int, ...]:
     return tuple(r)
 
 
-def largest_valid_rank(rank) -> tuple[int, ...]:
+def largest_valid_rank(rank: Sequence[int]) -> tuple[int, ...]:
     """Largest multilinear rank ``≤ rank`` (entrywise) that satisfies ``r_i ≤ ∏_{j≠i} r_j``.
 
     Entries must be integers ``≥ 1``. Entries are lowered to the product of the others until
@@ -139,7 +139,7 @@ def largest_valid_rank(rank) -> tuple[int, ...]:
     return tuple(r)
 
 
-def check_tolerance(value, name: str) -> float | None:
+def check_tolerance(value: Any, name: str) -> float | None:
     """``value`` as a float ``≥ 0`` (None passes through).
 
     Only real numbers are accepted (Python or NumPy; not bool, not strings): ``rtol="0.1"`` is
@@ -188,7 +188,7 @@ class RankSpec:
             cands.append(self.rtol * norm_x)
         return min(cands) if cands else None
 
-    def clamped(self, shape) -> RankSpec:
+    def clamped(self, shape: Sequence[int]) -> RankSpec:
         """The same request with caps, floors and fixed ranks clamped to ``shape``."""
         return RankSpec(
             None if self.fixed is None else tuple(min(a, b) for a, b in zip(self.fixed, shape)),
@@ -199,7 +199,14 @@ class RankSpec:
         )
 
 
-def rank_spec(shape, rank=None, rtol=None, atol=None, max_rank=None, min_rank=None) -> RankSpec:
+def rank_spec(
+    shape: Sequence[int],
+    rank: Any = None,
+    rtol: Any = None,
+    atol: Any = None,
+    max_rank: Any = None,
+    min_rank: Any = None,
+) -> RankSpec:
     """Validate the rank arguments of a truncation of a tensor of ``shape``.
 
     ``rank`` (fixed ranks, valid for ``shape``) excludes ``rtol``/``atol``; ``max_rank`` and
@@ -238,7 +245,7 @@ def rank_spec(shape, rank=None, rtol=None, atol=None, max_rank=None, min_rank=No
     return RankSpec(fixed, rtol, atol, lo, hi)
 
 
-def default_order(shape, spec: RankSpec) -> list[int]:
+def default_order(shape: Sequence[int], spec: RankSpec) -> list[int]:
     """ST-HOSVD's default processing order: the largest reduction ``n_i / r_i`` first.
 
     Ties go to the larger mode, then the lower index; later (costlier-per-entry) SVDs then
@@ -253,7 +260,14 @@ def _tails2(s: np.ndarray) -> np.ndarray:
     return np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])
 
 
-def select_rank(s, budget2, *, min_rank=1, max_rank=None, margin2=0.0) -> tuple[int, float]:
+def select_rank(
+    s: Any,
+    budget2: float,
+    *,
+    min_rank: int = 1,
+    max_rank: int | None = None,
+    margin2: float = 0.0,
+) -> tuple[int, float]:
     """Smallest ``ρ`` with ``Σ_{j≥ρ} s_j² + margin2 ≤ budget2``, clamped to the rank bounds.
 
     Parameters

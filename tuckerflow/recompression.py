@@ -253,16 +253,16 @@ def _complement2(e, ranks, modes) -> float:
 
 
 def recompress(
-    core,
+    core: Any,
     spec: RankSpec,
     *,
     method: str = "st_hosvd",
     order: Sequence[int] | None = None,
     modes: Sequence[int] | None = None,
     svd_method: str | Sequence[str] = "auto",
-    rng=None,
+    rng: Any = None,
     name: str = "core",
-):
+) -> tuple[Any, list[Any], TruncationInfo]:
     """Truncate the array ``core`` in ``modes`` by ST-HOSVD or HOSVD.
 
     Parameters

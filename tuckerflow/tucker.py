@@ -115,7 +115,7 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
         return tuple(int(tl.shape(u)[0]) for u in self.factors)
 
     @shape.setter
-    def shape(self, value) -> None:  # TensorLy's constructor assigns it; we derive it
+    def shape(self, value: Any) -> None:  # TensorLy's constructor assigns it; we derive it
         pass
 
     @property
@@ -124,7 +124,7 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
         return tuple(int(n) for n in tl.shape(self.core))
 
     @rank.setter
-    def rank(self, value) -> None:
+    def rank(self, value: Any) -> None:
         pass
 
     def __setitem__(self, index, value):
@@ -139,7 +139,9 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
         """A deep copy (new arrays)."""
         return TuckerTensor(tl.copy(self.core), [tl.copy(u) for u in self.factors])
 
-    def mode_dot(self, matrix_or_vector, mode, keep_dim=False, copy=None) -> TuckerTensor:
+    def mode_dot(
+        self, matrix_or_vector: Tensor, mode: int, keep_dim: bool = False, copy: bool | None = None
+    ) -> TuckerTensor:
         """``self ×_mode M``: see :func:`tuckerflow.mode_dot` (``self`` is not modified).
 
         ``copy`` is accepted for compatibility with TensorLy and has no effect (deprecated):
@@ -163,7 +165,7 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
         return self
 
     # -- arithmetic -------------------------------------------------------------------------
-    def __add__(self, other):
+    def __add__(self, other: TuckerLike) -> TuckerTensor:
         if not isinstance(other, (_tl_tucker.TuckerTensor, tuple, list)):
             return NotImplemented
         return add(self, other)
@@ -176,7 +178,7 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
     def __neg__(self):
         return scale(self, -1.0)
 
-    def __mul__(self, a):
+    def __mul__(self, a: Any) -> TuckerTensor:
         if not _is_scalar(a):
             return NotImplemented
         return scale(self, a)
@@ -192,16 +194,16 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
             raise TuckerZeroDivisionError("division of a Tucker tensor by zero")
         return scale(self, 1.0 / a)
 
-    def inner(self, other):
+    def inner(self, other: TuckerLike | Tensor) -> Tensor:
         """Compressed inner product ``⟨self, other⟩``; see :func:`tuckerflow.inner`."""
         return inner(self, other)
 
-    def norm(self):
+    def norm(self) -> Tensor:
         """Frobenius norm without densifying; see :func:`tuckerflow.norm`."""
         return norm(self)
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return self.core.dtype
 
     @property

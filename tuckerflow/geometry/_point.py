@@ -10,6 +10,7 @@ import tensorly as tl
 from .._backend import check_finite, conj_t, context, eps, to_float
 from ..ranks import validate_rank
 from ..tucker import TuckerTensor, as_tucker
+from ..typing import Tensor, TuckerLike
 
 #: Orthonormality is accepted when ``‖UᴴU − I‖_F ≤ ORTHONORMALITY_FACTOR · eps · max(n, r)``.
 ORTHONORMALITY_FACTOR = 100.0
@@ -24,17 +25,17 @@ RANK_DEFICIENCY_FACTOR = 1000.0
 SAME_POINT_FACTOR = 1000.0
 
 
-def orthonormality_error(u) -> float:
+def orthonormality_error(u: Tensor) -> float:
     """``‖UᴴU − I‖_F`` as a Python float."""
     r = tl.shape(u)[1]
     return to_float(tl.norm(tl.dot(conj_t(u), u) - tl.eye(r, **context(u))))
 
 
-def orthonormality_tolerance(u) -> float:
+def orthonormality_tolerance(u: Tensor) -> float:
     return ORTHONORMALITY_FACTOR * eps(u) * max(tl.shape(u))
 
 
-def check_point(y, name: str = "Y") -> TuckerTensor:
+def check_point(y: TuckerLike, name: str = "Y") -> TuckerTensor:
     """Return ``y`` as a TuckerTensor, raising ``ValueError`` unless it can be a base point.
 
     Checks, in this order: finite entries, a multilinear rank that exists
@@ -80,7 +81,7 @@ def same_point(a: TuckerTensor, b: TuckerTensor) -> tuple[bool, str]:
     return True, ""
 
 
-def v_factors(core, name: str = "Y"):
+def v_factors(core: Tensor, name: str = "Y") -> tuple[list[Tensor], list[Tensor]]:
     """Per mode ``i`` the thin QR ``Mat_i(C)ᴴ = Q_i S_iᴴ``: returns the lists ``(Q, S)``.
 
     ``Q_i`` has shape ``(∏_{j≠i} r_j, r_i)`` and orthonormal columns, ``S_i`` is ``r_i × r_i``

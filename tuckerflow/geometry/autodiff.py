@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import tensorly as tl
 
 from .._backend import conj_t, dtype_name
 from ..tucker import TuckerTensor
+from ..typing import TuckerLike
 from ._point import check_point
 from .projection import _orthogonal_complement
 from .tangent import TuckerTangent, _assemble, _Base
@@ -16,7 +20,13 @@ __all__ = ["AUTODIFF_METHODS", "autodiff_riemannian_gradient"]
 AUTODIFF_METHODS = ("tangent", "factors")
 
 
-def autodiff_riemannian_gradient(f, Y, *, method="tangent", return_value=False):
+def autodiff_riemannian_gradient(
+    f: Callable[[Any], Any],
+    Y: TuckerLike,
+    *,
+    method: str = "tangent",
+    return_value: bool = False,
+) -> TuckerTangent | tuple[TuckerTangent, Any]:
     """Riemannian gradient of a real scalar PyTorch function of a Tucker tensor.
 
     Parameters

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorly as tl
@@ -12,6 +14,7 @@ from ..linalg import svd
 from ..random import random_tucker
 from ..truncation import hosvd, st_hosvd, truncate, validate_rank
 from ..tucker import TuckerTensor, as_tucker
+from ..typing import Rank, Seed, TuckerLike
 from ._point import orthonormality_error, orthonormality_tolerance, same_point
 from .projection import project, riemannian_gradient, transport
 from .retraction import retract
@@ -65,7 +68,7 @@ class FixedRankTucker:
     True
     """
 
-    def __init__(self, shape, rank):
+    def __init__(self, shape: Sequence[int], rank: Rank) -> None:
         self.shape = tuple(int(n) for n in shape)
         if any(n < 1 for n in self.shape):
             raise ValueError(f"shape={self.shape} must hold positive sizes")
@@ -84,7 +87,7 @@ class FixedRankTucker:
         return math.prod(self.rank) + sum(r * (n - r) for n, r in zip(self.shape, self.rank))
 
     # -- checks ------------------------------------------------------------------------------
-    def check_point_on_manifold(self, x, *, explain=False):
+    def check_point_on_manifold(self, x: Any, *, explain: bool = False) -> bool | tuple[bool, str]:
         """Whether ``x`` is a point of ``M_r``: shape, rank, orthonormal factors, full-rank core.
 
         Returns ``ok`` or, with ``explain=True``, ``(ok, reason)``.
@@ -123,13 +126,15 @@ class FixedRankTucker:
                 )
         return True, ""
 
-    def assert_check_point_on_manifold(self, x):
+    def assert_check_point_on_manifold(self, x: Any) -> None:
         """Raise ``ValueError`` with the reason unless ``x`` is on the manifold."""
         ok, reason = self._point_reason(x)
         if not ok:
             raise ValueError(f"point is not on {self!r}: {reason}")
 
-    def check_vector_on_tangent(self, x, u, *, explain=False):
+    def check_vector_on_tangent(
+        self, x: Any, u: Any, *, explain: bool = False
+    ) -> bool | tuple[bool, str]:
         """Whether ``u`` is a tangent vector at ``x`` (same base point, gauge to round-off)."""
         ok, reason = self._vector_reason(x, u)
         return (ok, reason) if explain else ok
@@ -150,7 +155,7 @@ class FixedRankTucker:
             return False, f"u violates the gauge: max_i ‖U_iᴴ δK_i‖/‖u‖={g:.3g} > {tol:.3g}"
         return True, ""
 
-    def assert_check_vector_on_tangent(self, x, u):
+    def assert_check_vector_on_tangent(self, x: Any, u: Any) -> None:
         """Raise ``ValueError`` with the reason unless ``u`` is tangent at ``x``."""
         ok, reason = self._vector_reason(x, u)
         if not ok:
@@ -162,22 +167,24 @@ class FixedRankTucker:
         if shape != self.shape:
             raise ValueError(f"{name}.shape={shape} differs from the manifold's {self.shape}")
 
-    def proju(self, x, u) -> TuckerTangent:
+    def proju(self, x: TuckerLike, u: Any) -> TuckerTangent:
         """Project an ambient tensor ``u`` onto ``T_x M_r`` (:func:`tuckerflow.project`)."""
         self._check_shape(x, "x")
         return project(x, u)
 
-    def egrad2rgrad(self, x, egrad) -> TuckerTangent:
+    def egrad2rgrad(self, x: TuckerLike, egrad: Any) -> TuckerTangent:
         """Riemannian gradient from a Euclidean one (:func:`tuckerflow.riemannian_gradient`)."""
         self._check_shape(x, "x")
         return riemannian_gradient(x, egrad)
 
-    def retr(self, x, u, t=1.0, *, method="hosvd") -> TuckerTensor:
+    def retr(
+        self, x: TuckerLike, u: TuckerTangent, t: float = 1.0, *, method: str = "hosvd"
+    ) -> TuckerTensor:
         """Retraction ``R(x, t u)`` (:func:`tuckerflow.retract`)."""
         self._check_shape(x, "x")
         return retract(x, u, t, method=method)
 
-    def transp(self, x, y, v) -> TuckerTangent:
+    def transp(self, x: TuckerLike, y: TuckerLike, v: TuckerTangent) -> TuckerTangent:
         """Transport ``v ∈ T_x M_r`` to ``T_y M_r`` by projection (:func:`tuckerflow.transport`)."""
         self._check_shape(x, "x")
         self._check_shape(y, "y")
@@ -191,7 +198,7 @@ class FixedRankTucker:
         if not same:
             raise ValueError(f"{name} is not attached to x ({why})")
 
-    def inner(self, x, u, v=None):
+    def inner(self, x: TuckerLike, u: TuckerTangent, v: TuckerTangent | None = None) -> Any:
         """``⟨u, v⟩`` in ``T_x M_r`` (``⟨u, u⟩`` when ``v`` is None).
 
         Checks only that ``u`` is attached to ``x`` (cheap); use
@@ -200,12 +207,12 @@ class FixedRankTucker:
         self._check_attached(x, u)
         return u.inner(u if v is None else v)
 
-    def norm(self, x, u):
+    def norm(self, x: TuckerLike, u: TuckerTangent) -> Any:
         """``‖u‖`` in ``T_x M_r``."""
         self._check_attached(x, u)
         return u.norm()
 
-    def projx(self, z, *, method="st_hosvd") -> TuckerTensor:
+    def projx(self, z: Any, *, method: str = "st_hosvd") -> TuckerTensor:
         """A point of ``M_r`` near ``z`` (dense: ST-HOSVD/HOSVD; Tucker: :func:`truncate`)."""
         if tl.is_tensor(z):
             if tuple(tl.shape(z)) != self.shape:
@@ -214,18 +221,20 @@ class FixedRankTucker:
         self._check_shape(z, "z")
         return truncate(z, rank=self.rank, method=method)
 
-    def zero_tangent(self, x) -> TuckerTangent:
+    def zero_tangent(self, x: TuckerLike) -> TuckerTangent:
         self._check_shape(x, "x")
         return TuckerTangent.zeros(x)
 
     # -- random ------------------------------------------------------------------------------
-    def random_point(self, *, rng=None, dtype="float64", device=None, decay=1.0) -> TuckerTensor:
+    def random_point(
+        self, *, rng: Seed = None, dtype: Any = "float64", device: Any = None, decay: float = 1.0
+    ) -> TuckerTensor:
         """A random point (:func:`tuckerflow.random_tucker`, unit norm)."""
         return random_tucker(
             self.shape, self.rank, rng=rng, dtype=dtype, device=device, decay=decay
         )
 
-    def random_tangent(self, x, *, rng=None) -> TuckerTangent:
+    def random_tangent(self, x: TuckerLike, *, rng: Seed = None) -> TuckerTangent:
         """A random unit tangent vector at ``x``: projection of a Gaussian Tucker tensor.
 
         The Gaussian ambient tensor has Tucker rank ``min(2r, n)`` so that the cost stays

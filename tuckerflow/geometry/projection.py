@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import tensorly as tl
 
 from .._backend import check_finite, conj_t, dtype_name, to_float
 from ..ambient import ambient_shape, contract, is_tucker
 from ..tucker import as_tucker
+from ..typing import TuckerLike
 from ._point import check_point
 from .tangent import TuckerTangent, _Base
 
@@ -65,7 +67,7 @@ def _check_ambient(y, z, name="Z"):
     return z
 
 
-def project(Y, Z) -> TuckerTangent:
+def project(Y: TuckerLike, Z: Any) -> TuckerTangent:
     """Orthogonal projection ``P_Y Z`` of an ambient tensor onto the tangent space at ``Y``.
 
     Parameters
@@ -121,7 +123,7 @@ def project(Y, Z) -> TuckerTangent:
     return _project(_Base(y), z)
 
 
-def transport(Y, xi) -> TuckerTangent:
+def transport(Y: TuckerLike, xi: TuckerTangent) -> TuckerTangent:
     """Vector transport of a tangent vector to the tangent space at ``Y`` by projection.
 
     Parameters
@@ -164,7 +166,7 @@ def transport(Y, xi) -> TuckerTangent:
     return _project(_Base(y), xi.to_tucker(), "xi")
 
 
-def riemannian_gradient(Y, egrad) -> TuckerTangent:
+def riemannian_gradient(Y: TuckerLike, egrad: Any) -> TuckerTangent:
     """Riemannian gradient at ``Y`` from the Euclidean gradient ``egrad`` (its projection).
 
     Parameters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..truncation import truncate
 from ..tucker import TuckerTensor
+from ..typing import TuckerLike
 from ._point import check_point, same_point
 from .tangent import TuckerTangent, _finite_scalar
 
@@ -13,7 +14,9 @@ __all__ = ["RETRACTION_METHODS", "retract"]
 RETRACTION_METHODS = ("hosvd", "st_hosvd")
 
 
-def retract(Y, xi, t=1.0, *, method="hosvd") -> TuckerTensor:
+def retract(
+    Y: TuckerLike, xi: TuckerTangent, t: float = 1.0, *, method: str = "hosvd"
+) -> TuckerTensor:
     """Retraction ``R(Y, t ξ)``: the rank-``r`` truncation of ``Y + t ξ``.
 
     Parameters

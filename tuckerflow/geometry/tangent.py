@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Number
+from typing import Any
 
 import tensorly as tl
 
 from .._backend import check_tensor, conj_t, context, dtype_name, eps, to_float
 from ..tucker import TuckerTensor
+from ..typing import Tensor, TuckerLike
 from ._point import check_point, same_point, v_factors
 
 __all__ = ["TuckerTangent"]
@@ -84,7 +87,7 @@ class TuckerTangent:
     __slots__ = ("_base", "_dcore", "_dk")
     __array_priority__ = 1000  # NumPy scalars defer to __rmul__
 
-    def __init__(self, point, dcore, dfactors):
+    def __init__(self, point: TuckerLike, dcore: Tensor, dfactors: Sequence[Tensor]) -> None:
         point = check_point(point, "point")
         base = _Base(point)
         dcore, dfactors = _check_components(point, dcore, dfactors)
@@ -116,7 +119,9 @@ class TuckerTangent:
         return out
 
     @classmethod
-    def from_scaled(cls, point, dcore, scaled_dfactors) -> TuckerTangent:
+    def from_scaled(
+        cls, point: TuckerLike, dcore: Tensor, scaled_dfactors: Sequence[Tensor]
+    ) -> TuckerTangent:
         """Build from ``(δC, δK_1, …, δK_d)`` with ``δK_i = δU_i S_i`` (see Notes of the class).
 
         Each ``δK_i`` must satisfy the gauge ``U_iᴴ δK_i = 0`` (checked).
@@ -128,7 +133,7 @@ class TuckerTangent:
         return out
 
     @classmethod
-    def zeros(cls, point) -> TuckerTangent:
+    def zeros(cls, point: TuckerLike) -> TuckerTangent:
         """The zero tangent vector at ``point``."""
         point = check_point(point, "point")
         base = _Base(point)
@@ -141,7 +146,7 @@ class TuckerTangent:
         return self._base.point
 
     @property
-    def dcore(self):
+    def dcore(self) -> Tensor:
         return self._dcore
 
     @property
@@ -165,7 +170,7 @@ class TuckerTangent:
         return tuple(self.point.rank)
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return self._dcore.dtype
 
     def __repr__(self) -> str:
@@ -187,7 +192,7 @@ class TuckerTangent:
                 "of them first (tuckerflow.transport)"
             )
 
-    def __add__(self, other):
+    def __add__(self, other: TuckerTangent) -> TuckerTangent:
         self._check_same_base(other, "add")
         dk = [a + b for a, b in zip(self._dk, other._dk)]
         return TuckerTangent._from_scaled(self._base, self._dcore + other._dcore, dk)
@@ -200,7 +205,7 @@ class TuckerTangent:
     def __neg__(self):
         return self * -1.0
 
-    def __mul__(self, a):
+    def __mul__(self, a: Any) -> TuckerTangent:
         if not isinstance(a, Number) and not (tl.is_tensor(a) and tl.ndim(a) == 0):
             return NotImplemented
         return TuckerTangent._from_scaled(self._base, self._dcore * a, [k * a for k in self._dk])
@@ -212,7 +217,7 @@ class TuckerTangent:
             return NotImplemented
         return self * (1.0 / a)
 
-    def inner(self, other):
+    def inner(self, other: TuckerTangent) -> Tensor:
         """``⟨self, other⟩``: the Frobenius product of the embedded tensors (0-d tensor).
 
         Conjugate-linear in ``self``, like :func:`tuckerflow.inner`.
@@ -223,7 +228,7 @@ class TuckerTangent:
             out = out + tl.sum(tl.conj(a) * b)
         return out
 
-    def norm(self):
+    def norm(self) -> Tensor:
         """Frobenius norm of the embedded tensor (0-d real tensor)."""
         out = tl.norm(self._dcore) ** 2
         for k in self._dk:
@@ -245,7 +250,7 @@ class TuckerTangent:
         return worst
 
     # -- embeddings --------------------------------------------------------------------------
-    def to_tucker(self, point_scale=0.0) -> TuckerTensor:
+    def to_tucker(self, point_scale: float = 0.0) -> TuckerTensor:
         """The exact Tucker form of ``point_scale · Y + ξ``, of rank ``≤ 2r``.
 
         Factors ``[U_i, δK_i]`` (not orthonormalised: pass the result to
@@ -266,7 +271,7 @@ class TuckerTangent:
         factors = [tl.concatenate([u, k], axis=1) for u, k in zip(y.factors, self._dk)]
         return TuckerTensor(core, factors)
 
-    def to_tensor(self):
+    def to_tensor(self) -> Tensor:
         """The dense embedded tensor ``ξ`` (for small problems and tests)."""
         y = self.point
         d = len(y.shape)

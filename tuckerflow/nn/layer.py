@@ -163,7 +163,7 @@ def resolve_rank(weight_shape, rank, full_modes, name="rank"):
             raise ValueError(f"{name}={rank} must be at least 1")
         r = [n if i in full_modes else min(int(rank), n) for i, n in enumerate(shape)]
         return _reduce_to_valid(r, factorized)
-    if not isinstance(rank, Sequence):
+    if isinstance(rank, (str, bytes)) or not isinstance(rank, Sequence):
         raise TypeError(f"{name} must be an int, a float or a sequence, got {rank!r}")
     if len(rank) != d:
         raise ValueError(

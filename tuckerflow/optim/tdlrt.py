@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import numpy as np
 import tensorly as tl
@@ -91,6 +93,8 @@ def _restore_shapes(layers, saved):
 
 
 def _check_tau(tau):
+    if isinstance(tau, (str, bytes, bool)):
+        raise TypeError(f"tau must be a real number in (0, 1), got {tau!r}")
     try:
         value = float(tau)
     except (TypeError, ValueError):
@@ -110,10 +114,12 @@ def _rank_bound(value, lname, layer, what, default_full):
         return [n if default_full else 1 for n in shape]
     if isinstance(value, bool):
         raise TypeError(f"{what} must be an int, a sequence of ints or a dict, got {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):
         if value < 1:
             raise ValueError(f"{what}={value} must be at least 1")
-        return [min(value, n) for n in shape]
+        return [min(int(value), n) for n in shape]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{what} must be an int, a sequence of ints or a dict, got {value!r}")
     vals = list(value)
     if len(vals) != d:
         raise ValueError(
@@ -125,6 +131,8 @@ def _rank_bound(value, lname, layer, what, default_full):
         if v is None:
             out.append(n if default_full else 1)
             continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{what}[{i}] for layer {lname!r} must be an int or None, got {v!r}")
         v = int(v)
         if v < 1:
             raise ValueError(f"{what}[{i}]={v} for layer {lname!r} must be at least 1")

@@ -351,6 +351,27 @@ class _Pools:
         self.models = [model, model, conv, lambda: nn.Linear(3, 2), lambda: nn.Sequential()]
         self.models += [lambda: None, lambda: "model"]
 
+        def edited(make, key, value):
+            sd = dict(make().state_dict())
+            if value is None:
+                sd.pop(key)
+            else:
+                sd[key] = value
+            return sd
+
+        # state dicts of the pool's models, whole and malformed (a missing factor, a core off
+        # its factors, an impossible rank, a non-tensor), to load into another model
+        z = torch.zeros
+        self.state_dicts = [
+            lambda: model().state_dict(),
+            lambda: conv().state_dict(),
+            lambda: edited(model, "0.factors.1", None),
+            lambda: edited(model, "0.core", z(3, 2, dtype=torch.float64)),
+            lambda: edited(model, "0.core", z(1, 2, dtype=torch.float64)),
+            lambda: edited(conv, "0.core", "core"),
+            {},
+        ]
+
     # -- drawing ------------------------------------------------------------------------------
     def for_param(self, name: str, owner: str):
         """The pool a parameter called ``name`` draws from (lazy entries are callables)."""
@@ -358,6 +379,8 @@ class _Pools:
             return self.models
         if name in ("weight",) and self.torch:
             return self.weights
+        if name in ("state_dict",) and self.torch:
+            return self.state_dicts
         if name in ("optimizer",) and self.torch:
             return ["optimizer", "optimizer", None, "sgd", 3]
         if name in ("y", "z", "Y", "Z", "X", "x", "y0", "point", "egrad", "tucker_tensor"):

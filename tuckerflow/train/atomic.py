@@ -10,6 +10,8 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -32,7 +34,9 @@ def _default_file_mode():
     return 0o666 & ~umask
 
 
-def atomic_write(path, write, *, suffix, mode="wb"):
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Any], Any], *, suffix: str, mode: str = "wb"
+) -> None:
     """Write through ``write(handle)`` to a temporary file in the folder of ``path``, then
     ``os.replace`` it onto ``path``; the temporary file is removed if anything fails."""
     path = os.fspath(path)
@@ -51,7 +55,7 @@ def atomic_write(path, write, *, suffix, mode="wb"):
         raise
 
 
-def atomic_save(obj, path):
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``.
 
     A reader sees either the previous file or the complete new one, never a partial write.
@@ -59,18 +63,20 @@ def atomic_save(obj, path):
     atomic_write(path, lambda handle: torch.save(obj, handle), suffix=".pt")
 
 
-def atomic_write_text(text, path):
+def atomic_write_text(text: str, path: str | os.PathLike[str]) -> None:
     """Write ``text`` to ``path`` atomically (as :func:`atomic_save` does)."""
     suffix = os.path.splitext(os.fspath(path))[1]
     atomic_write(path, lambda handle: handle.write(text), suffix=suffix, mode="w")
 
 
-def remove_stale_temporaries(folder):
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
     """Remove the temporary files (``.tmp-*.pt``, ``.json``, ``.png``) a killed write left in
     ``folder``; returns their names. Nothing reads them, so removing them loses nothing."""
     removed = []
     for suffix in _TEMPORARY_SUFFIXES:
-        for path in glob.glob(os.path.join(glob.escape(folder), f"{TEMPORARY_PREFIX}*{suffix}")):
+        for path in glob.glob(
+            os.path.join(glob.escape(os.fspath(folder)), f"{TEMPORARY_PREFIX}*{suffix}")
+        ):
             try:
                 os.unlink(path)
             except FileNotFoundError:  # removed meanwhile

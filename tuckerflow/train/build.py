@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from tuckerflow.nn import tuckerize
 from tuckerflow.optim import TDLRT
 from tuckerflow.train.models import layer_parameter_counts
+
+if TYPE_CHECKING:
+    from tuckerflow.train.config import TrainConfig
 
 __all__ = [
     "factorizable_names",
@@ -22,7 +28,7 @@ __all__ = [
 _TRAINING_DEVICES = frozenset({"cpu", "cuda", "mps", "xpu"})
 
 
-def resolve_device(name):
+def resolve_device(name: str) -> torch.device:
     """``torch.device`` of the option ``device``: ``"auto"`` is CUDA when available.
 
     Raises ValueError for a name PyTorch does not know or a CUDA device that is not there.
@@ -55,7 +61,7 @@ def resolve_device(name):
     return device
 
 
-def factorizable_names(model, policy):
+def factorizable_names(model: torch.nn.Module, policy: str) -> list[str]:
     """Names of the modules that become Tucker layers under ``policy`` (option ``factorize``)."""
     counts = layer_parameter_counts(model)
     names = [name for name, (kind, _) in counts.items() if policy != "conv" or kind == "conv"]
@@ -65,7 +71,9 @@ def factorizable_names(model, policy):
     return names
 
 
-def tuckerize_layers(model, config, names):
+def tuckerize_layers(
+    model: torch.nn.Module, config: TrainConfig, names: Sequence[str]
+) -> torch.nn.Module:
     """Replace the modules ``names`` by Tucker layers initialised from scratch at the rank
     ``config.rank``, or at ``config.ranks[name]`` where given."""
     per_layer = dict(config.ranks or {})
@@ -80,7 +88,7 @@ def tuckerize_layers(model, config, names):
     return model
 
 
-def make_optimizer(config, parameters):
+def make_optimizer(config: TrainConfig, parameters: Iterable[Any]) -> torch.optim.Optimizer:
     """The ``torch.optim`` optimizer of the option ``optimizer``."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -93,7 +101,9 @@ def make_optimizer(config, parameters):
     return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def make_tdlrt(config, model, optimizer):
+def make_tdlrt(
+    config: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> TDLRT | None:
     """TDLRT around ``optimizer`` for ``method="tdlrt"``, else None."""
     if config.method != "tdlrt":
         return None
@@ -107,7 +117,7 @@ def make_tdlrt(config, model, optimizer):
     )
 
 
-def make_scheduler(config, optimizer, steps_per_epoch):
+def make_scheduler(config: TrainConfig, optimizer: Any, steps_per_epoch: int) -> Any:
     """Cosine annealing over all steps of the run, or None."""
     if config.scheduler != "cosine":
         return None

@@ -15,7 +15,8 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ _DIGEST_KEY = "sha256"
 # --------------------------------------------------------------------------- checksum
 
 
-def content_digest(obj):
+def content_digest(obj: Any) -> str:
     """SHA-256 (hex) of a checkpoint's content: its nested dicts, lists, numbers, strings and
     tensors (dtype, shape and bytes), in order.
 
@@ -97,7 +98,12 @@ def _feed(digest, obj, where):
 # --------------------------------------------------------------------------- save and load
 
 
-def model_fingerprint(config, dense_model, input_shape, num_classes):
+def model_fingerprint(
+    config: TrainConfig,
+    dense_model: torch.nn.Module,
+    input_shape: Sequence[int],
+    num_classes: int,
+) -> dict[str, Any]:
     """Identity of a run's network: architecture, method and data geometry.
 
     Two runs with the same fingerprint build the same network; whether the other options may
@@ -113,7 +119,7 @@ def model_fingerprint(config, dense_model, input_shape, num_classes):
     }
 
 
-def save_checkpoint(state, path):
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write the training state ``state`` (a dict) atomically to ``path``, with the format,
     the library version and the content checksum that :func:`load_checkpoint` verifies."""
     payload = {"format": CHECKPOINT_FORMAT, "tuckerflow_version": __version__, **state}
@@ -121,7 +127,12 @@ def save_checkpoint(state, path):
     atomic_save(payload, path)
 
 
-def load_checkpoint(path, fingerprint=None, *, map_location="cpu"):
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    fingerprint: Mapping[str, Any] | None = None,
+    *,
+    map_location: Any = "cpu",
+) -> dict[str, Any]:
     """Load a checkpoint and verify its checksum, version and (if given) network fingerprint.
 
     Parameters
@@ -191,7 +202,9 @@ def load_checkpoint(path, fingerprint=None, *, map_location="cpu"):
 # --------------------------------------------------------------------------- resume rules
 
 
-def check_fingerprint(payload, fingerprint, *, path):
+def check_fingerprint(
+    payload: Mapping[str, Any], fingerprint: Mapping[str, Any], *, path: str | os.PathLike[str]
+) -> None:
     """Refuse a checkpoint written for another network than :func:`model_fingerprint`
     ``fingerprint`` describes; the message lists the differing entries."""
     saved = payload["fingerprint"]
@@ -219,7 +232,9 @@ def _same(name, saved, current):
     return saved == current
 
 
-def check_resume_options(saved, config, *, epochs_done, path):
+def check_resume_options(
+    saved: Mapping[str, Any], config: TrainConfig, *, epochs_done: int, path: str | os.PathLike[str]
+) -> None:
     """Refuse to resume when ``config`` changes an option the checkpoint's run depends on.
 
     Parameters
@@ -287,7 +302,14 @@ def check_resume_options(saved, config, *, epochs_done, path):
         )
 
 
-def check_resume_data(saved_digest, saved_data, digest, data, *, path):
+def check_resume_data(
+    saved_digest: str | None,
+    saved_data: str | None,
+    digest: str,
+    data: str,
+    *,
+    path: str | os.PathLike[str],
+) -> None:
     """Refuse to resume on other data: the content digests must agree (a moved file is fine)."""
     if saved_digest != digest:
         raise ValueError(

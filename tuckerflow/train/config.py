@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "AUTOCAST",
@@ -297,7 +298,7 @@ class TrainConfig:
         default_factory=dict, metadata=_option("run", None, resume="free", cli=False)
     )
 
-    def validate(self):
+    def validate(self) -> TrainConfig:
         """Raise ValueError naming the first invalid option; returns self."""
         if not isinstance(self.data, (str, os.PathLike)):
             raise TypeError(f"data={self.data!r} must be a name or a path")
@@ -372,7 +373,7 @@ class TrainConfig:
             raise ValueError("resume=True needs out (the folder holding checkpoint.pt)")
         return self
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of the options (per-layer ranks as lists)."""
         d = dataclasses.asdict(self)
         if self.ranks is not None:
@@ -392,6 +393,6 @@ def _check_int(name, value, minimum, expected):
         raise ValueError(f"{name}={value} must be {expected}")
 
 
-def cli_fields():
+def cli_fields() -> list[dataclasses.Field]:
     """The fields of :class:`TrainConfig` that are ``tuckerflow train`` options, in order."""
     return [f for f in dataclasses.fields(TrainConfig) if f.metadata["cli"]]

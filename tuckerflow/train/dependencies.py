@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["MissingDependencyError", "check_dependencies", "missing_modules"]
 
@@ -31,7 +33,7 @@ class MissingDependencyError(ImportError):
     extra of tuckerflow brings it (e.g. ``pip install 'tuckerflow[train]'``)."""
 
 
-def missing_modules(modules):
+def missing_modules(modules: Iterable[str]) -> list[str]:
     """The names in ``modules`` that cannot be imported (not installed, or blocked)."""
     missing = []
     for name in modules:
@@ -54,14 +56,14 @@ def _message(missing, what):
     return f"{what} needs the package{plural} {', '.join(packages)}, not installed: {hint}"
 
 
-def require(modules, what):
+def require(modules: Iterable[str], what: str) -> None:
     """Raise :class:`MissingDependencyError` if one of ``modules`` cannot be imported."""
     missing = missing_modules(modules)
     if missing:
         raise MissingDependencyError(_message(missing, what), name=missing[0])
 
 
-def check_dependencies(config, *, what="the training job"):
+def check_dependencies(config: Any, *, what: str = "the training job") -> None:
     """Raise :class:`MissingDependencyError` naming every package ``config`` needs and lacks.
 
     A run needs torch and tqdm, matplotlib when it writes an output folder (the figure), and

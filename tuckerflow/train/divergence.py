@@ -9,6 +9,8 @@ turns either into the :class:`TrainingDiverged` a run stops with.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["TrainingDiverged", "checked_step", "diverged"]
 
@@ -21,7 +23,9 @@ class TrainingDiverged(FloatingPointError):
     """
 
 
-def checked_step(closure, optimizer, tdlrt=None, *, two_pass=False):
+def checked_step(
+    closure: Callable[[], Any], optimizer: Any, tdlrt: Any = None, *, two_pass: bool = False
+) -> None:
     """One step: evaluate ``closure`` (loss and backward) and move the parameters.
 
     Without TDLRT, a non-finite loss raises :class:`FloatingPointError` before
@@ -40,7 +44,15 @@ def checked_step(closure, optimizer, tdlrt=None, *, two_pass=False):
         tdlrt.step()
 
 
-def diverged(err, *, epoch, step, steps_per_epoch, lr, checkpoint=None):
+def diverged(
+    err: BaseException,
+    *,
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+    lr: float,
+    checkpoint: str | None = None,
+) -> TrainingDiverged:
     """The :class:`TrainingDiverged` of a step that raised ``err``.
 
     ``checkpoint`` names the file that holds the last completed epoch (None: nothing kept).

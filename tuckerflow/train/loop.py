@@ -14,7 +14,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +55,9 @@ FIGURE_NAME = "training.png"
 
 
 @torch.no_grad()
-def evaluate(model, x, y, *, batch_size=512):
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512
+) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on tensors ``x``, ``y``.
 
     Raises ValueError for an empty set (whose accuracy is undefined, not 0).
@@ -73,7 +77,7 @@ def evaluate(model, x, y, *, batch_size=512):
     return total_loss / len(y), correct / len(y)
 
 
-def train(config, *, transform=None):
+def train(config: TrainConfig, *, transform: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Train a network as described by ``config`` and return its summary.
 
     Parameters
@@ -364,7 +368,7 @@ def _train_epoch(run, epoch):
     for step in batches:
         index = order[step * config.batch_size : (step + 1) * config.batch_size]
         xb, yb = x_train[index], y_train[index]
-        outputs = {}
+        outputs: dict[str, Any] = {}
 
         def closure(xb=xb, yb=yb, outputs=outputs):
             optimizer.zero_grad(set_to_none=True)

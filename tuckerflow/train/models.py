@@ -7,6 +7,7 @@ one name works for 8×8 digits as well as for 32×32 colour images.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ def _check_geometry(in_channels, image_size, num_classes):
 class LeNet5(nn.Module):
     """LeNet5 as in the Caffe example: conv 5×5 (20), pool, conv 5×5 (50), pool, FC 500, FC."""
 
-    def __init__(self, in_channels, image_size, num_classes):
+    def __init__(self, in_channels: int, image_size: Sequence[int], num_classes: int) -> None:
         super().__init__()
         padding = _lenet5_padding(image_size)
         features = [_lenet5_side(side, padding) for side in image_size]
@@ -76,7 +77,9 @@ def _lenet5_side(side, padding):
     return side
 
 
-def lenet5(in_channels=1, image_size=28, num_classes=10):
+def lenet5(
+    in_channels: int = 1, image_size: int | Sequence[int] = 28, num_classes: int = 10
+) -> LeNet5:
     """LeNet5 as in the Caffe example: two 5×5 convolutions (20, 50 filters), FC 500, FC classes.
 
     Images smaller than 20 pixels are zero-padded by 2 in each convolution so that the network
@@ -92,7 +95,13 @@ def lenet5(in_channels=1, image_size=28, num_classes=10):
     return LeNet5(in_channels, size, num_classes)
 
 
-def vgg_small(in_channels=1, image_size=28, num_classes=10, *, widths=(32, 64, 128)):
+def vgg_small(
+    in_channels: int = 1,
+    image_size: int | Sequence[int] = 28,
+    num_classes: int = 10,
+    *,
+    widths: Sequence[int] = (32, 64, 128),
+) -> nn.Sequential:
     """A small VGG-style CNN: blocks of two 3×3 conv + BatchNorm + ReLU, then 2×2 max pooling.
 
     One block per entry of ``widths``; pooling is skipped once the feature map is 1 pixel
@@ -146,7 +155,9 @@ class _BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR-style ResNet: 3×3 stem without pooling, four stages of basic blocks, global pool."""
 
-    def __init__(self, blocks, in_channels, num_classes, *, width=64):
+    def __init__(
+        self, blocks: Sequence[int], in_channels: int, num_classes: int, *, width: int = 64
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -170,7 +181,13 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-def resnet18(in_channels=3, image_size=32, num_classes=10, *, width=64):
+def resnet18(
+    in_channels: int = 3,
+    image_size: int | Sequence[int] = 32,
+    num_classes: int = 10,
+    *,
+    width: int = 64,
+) -> ResNet:
     """CIFAR-style ResNet18 (He et al. 2016): 2-2-2-2 basic blocks, widths 64-128-256-512.
 
     ``width`` scales all stages (``width=16`` gives a network small enough for CPU tests).
@@ -191,7 +208,7 @@ def resnet18(in_channels=3, image_size=32, num_classes=10, *, width=64):
 MODELS = {"lenet5": lenet5, "vgg_small": vgg_small, "resnet18": resnet18}
 
 
-def build_model(name, input_shape, num_classes):
+def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Build the model ``name`` for images of shape ``input_shape = (C, H, W)``.
 
     Examples
@@ -208,12 +225,12 @@ def build_model(name, input_shape, num_classes):
     return MODELS[name](channels, (height, width), num_classes)
 
 
-def layer_parameter_counts(model):
+def layer_parameter_counts(model: nn.Module) -> dict[str, tuple[str, int]]:
     """Parameters (weight and bias) of each ``Conv*d``/``Linear`` module: ``{name: (kind, n)}``.
 
     ``kind`` is ``"conv"`` or ``"linear"``.
     """
-    counts = {}
+    counts: dict[str, tuple[str, int]] = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             counts[name] = ("conv", sum(p.numel() for p in module.parameters()))

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from tuckerflow.train.atomic import atomic_write
 
 __all__ = ["plot_history"]
 
 
-def plot_history(history, path, *, title=None):
+def plot_history(
+    history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str | None = None
+) -> None:
     """Write a PNG with accuracy (train/validation) and the ranks of each layer per epoch."""
     # imported here: matplotlib is needed only by runs that write an output folder, and
     # importing it costs more than a short run

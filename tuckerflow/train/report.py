@@ -5,6 +5,9 @@ The figure lives in :mod:`tuckerflow.train.plot`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from tuckerflow.nn import TuckerLayer
@@ -12,12 +15,12 @@ from tuckerflow.nn import TuckerLayer
 __all__ = ["compression_report", "format_summary_table", "layer_ranks", "tucker_layers"]
 
 
-def tucker_layers(model):
+def tucker_layers(model: nn.Module) -> dict[str, TuckerLayer]:
     """``{name: layer}`` of the Tucker layers of ``model`` (empty for dense models)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, TuckerLayer)}
 
 
-def layer_ranks(model):
+def layer_ranks(model: nn.Module) -> dict[str, list[int]]:
     """Current multilinear rank of each Tucker layer, or full shape of each dense layer.
 
     Returns ``{name: [r_0, r_1, …]}``; a dense ``Conv*d``/``Linear`` layer reports its weight
@@ -33,7 +36,9 @@ def layer_ranks(model):
     return ranks
 
 
-def compression_report(dense_counts, model, dense_total):
+def compression_report(
+    dense_counts: Mapping[str, Any], model: nn.Module, dense_total: int
+) -> dict[str, Any]:
     """Compression rates of ``model`` against the dense network it came from.
 
     Parameters
@@ -94,7 +99,7 @@ def compression_report(dense_counts, model, dense_total):
     }
 
 
-def format_summary_table(summary):
+def format_summary_table(summary: Mapping[str, Any]) -> str:
     """Text table of a summary: accuracy, compression, time and the ranks of each layer."""
     lines = [
         f"method          {summary['method']}  (model {summary['model']}, data {summary['data']})",
