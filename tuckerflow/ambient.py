@@ -86,25 +86,36 @@ class Contractible(Protocol):
 
 
 def mode_products(x, matrices):
-    """``x ×_0 M_0 ×_1 M_1 ⋯`` (None leaves a mode alone) in ``d`` tensor contractions.
+    """``x ×_0 M_0 ×_1 M_1 ⋯`` (None leaves a mode alone), one matrix product per mode.
 
-    Contracting axis 0 and appending the new axis at the end, ``d`` times, returns the modes
-    in their original order, so no transposition is ever materialised: one backend call per
-    mode instead of the unfold/product/fold of a mode product.
+    Each product works on ``x`` in its own memory layout: mode ``j`` of a tensor of shape
+    ``(a, n_j, b)`` (``a``, ``b`` the products of the sizes before and after it) is
+    ``M_j @ x`` batched over ``a`` (a plain product for the first and the last mode), and the
+    result keeps the layout. No transposed copy is ever made, and no later product reads a
+    strided view (which costs several times a contiguous one in BLAS).
     """
-    for m in matrices:
-        x = tl.moveaxis(x, 0, -1) if m is None else tl.tensordot(x, m, axes=([0], [1]))
+    shape = list(tl.shape(x))
+    for j, m in enumerate(matrices):
+        if m is None:
+            continue
+        left, n, right = math.prod(shape[:j]), shape[j], math.prod(shape[j + 1 :])
+        if left == 1:
+            x = tl.dot(m, tl.reshape(x, (n, right)))
+        elif right == 1:
+            x = tl.dot(tl.reshape(x, (left, n)), tl.transpose(m))
+        else:
+            x = tl.matmul(m, tl.reshape(x, (left, n, right)))
+        shape[j] = tl.shape(m)[0]
+        x = tl.reshape(x, tuple(shape))
     return x
 
 
 def unfolded_products(x, matrices, mode):
-    """``Mat_mode(x ×_{j≠mode} M_j)`` (``matrices[mode]`` ignored) in ``d`` backend calls."""
-    x = tl.moveaxis(x, mode, 0)
-    for j, m in enumerate(matrices):
-        if j == mode:
-            continue
-        x = tl.moveaxis(x, 1, -1) if m is None else tl.tensordot(x, m, axes=([1], [1]))
-    return tl.reshape(x, (tl.shape(x)[0], -1))
+    """``Mat_mode(x ×_{j≠mode} M_j)`` (``matrices[mode]`` ignored), TensorLy's unfolding."""
+    mats = list(matrices)
+    mats[mode] = None
+    x = mode_products(x, mats)
+    return tl.reshape(tl.moveaxis(x, mode, 0), (tl.shape(x)[mode], -1))
 
 
 def is_tucker(z) -> bool:

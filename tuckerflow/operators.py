@@ -48,6 +48,10 @@ __all__ = [
 
 #: Factor images kept per mode by a KroneckerSum (the last factors it was applied to).
 _IMAGE_CACHE_SIZE = 4
+#: Reduced matrices ``M_j B U_j`` and K-step coefficient blocks kept by a KroneckerSum: the
+#: substeps contract every evaluation of ``F`` with the same small matrices, and a K-step's
+#: other modes and core do not change between its evaluations.
+_REDUCED_CACHE_SIZE = 16
 #: ``‖Uᴴ U − I‖_max ≤ _IDENTITY_ROUNDOFF · eps · r`` counts as the identity (orthonormal factors).
 _IDENTITY_ROUNDOFF = 100.0
 
@@ -163,6 +167,8 @@ class KroneckerSum:
             self._terms.append((c, tuple(blocks)))
         self._cache = {}
         self._image_cache = {}
+        self._reduced_cache = []  # entries (m, image, reduced or None)
+        self._block_cache = []  # entries (key objects, coefficients, blocks)
         self._constant = not any(callable(c) for c, _ in self._terms)
         self._constant_cache = {}
 
@@ -231,8 +237,29 @@ class KroneckerSum:
         coefs = self._coefficients(t, Y.core)
         images = [self._images(j, u, mats[j]) for j, u in enumerate(Y.factors)]
         return AppliedKroneckerSum(
-            self.shape, Y.core, images, coefs, [b for _, b in self._terms], factors=Y.factors
+            self.shape,
+            Y.core,
+            images,
+            coefs,
+            [b for _, b in self._terms],
+            factors=Y.factors,
+            cache=self,
         )
+
+    def _reduced_of(self, m, img, identity_ok):
+        """``m @ img``, or None when it is the identity to round-off (``identity_ok``: the
+        image is the factor itself, contracted with its own conjugate transpose); reused
+        while the same ``m`` and ``img`` objects come back."""
+        cache = self._reduced_cache
+        for entry in cache:
+            if entry[0] is m and entry[1] is img and entry[2] == identity_ok:
+                return entry[3]
+        r = tl.dot(m, img)
+        if identity_ok and _near_identity(r):
+            r = None
+        cache.insert(0, (m, img, identity_ok, r))
+        del cache[_REDUCED_CACHE_SIZE:]
+        return r
 
     def _images(self, j, u, mats):
         """``[B_{j,b} U_j for each distinct b]``, reused while the same factor object comes
@@ -294,13 +321,14 @@ class AppliedKroneckerSum:
     ``[B_{j,1} U_j, …]``, block core) and :meth:`to_tensor` the dense tensor.
     """
 
-    def __init__(self, shape, core, images, coefficients, blocks, factors=None):
+    def __init__(self, shape, core, images, coefficients, blocks, factors=None, cache=None):
         self.shape = tuple(shape)
         self.core = core
         self.images = images  # images[j][b] = B_{j,b} U_j
         self.coefficients = coefficients
         self.blocks = blocks
         self.factors = factors  # U_j: the image of an identity block is U_j itself
+        self._owner = cache  # the KroneckerSum whose caches serve repeated contractions
 
     def _reduced(self, j, m):
         """``[M_j B_{j,b} U_j for each b]``; an identity block contracted with the conjugate
@@ -308,8 +336,12 @@ class AppliedKroneckerSum:
         gives the identity up to round-off, marked None so that no product is spent on it."""
         out = []
         for img in self.images[j]:
+            own = self.factors is not None and img is self.factors[j]
+            if self._owner is not None:
+                out.append(self._owner._reduced_of(m, img, own))
+                continue
             r = tl.dot(m, img)
-            if self.factors is not None and img is self.factors[j] and _near_identity(r):
+            if own and _near_identity(r):
                 r = None
             out.append(r)
         return out
@@ -321,7 +353,11 @@ class AppliedKroneckerSum:
         ]
         out = None
         for c, blocks in zip(self.coefficients, self.blocks):
-            term = mode_products(self.core, [reduced[j][b] for j, b in enumerate(blocks)]) * c
+            term = mode_products(
+                self.core, _scaled_first([reduced[j][b] for j, b in enumerate(blocks)], c)
+            )
+            if all(reduced[j][b] is None for j, b in enumerate(blocks)):
+                term = term * c
             out = term if out is None else out + term
         return out
 
@@ -332,6 +368,33 @@ class AppliedKroneckerSum:
         core first, so the cost is ``O(n_mode r_mode · cols(right))`` plus core work, with no
         ``n_mode × ∏_{j≠mode} m_j`` intermediate.
         """
+        groups = self._mode_blocks(matrices, mode, right)
+        out = None
+        for b, g in groups.items():
+            term = tl.dot(self.images[mode][b], g)
+            out = term if out is None else out + term
+        return out
+
+    def _mode_blocks(self, matrices, mode, right):
+        """``{b: Σ_{k: b_{k,mode} = b} c_k Mat_mode(C ×_{j≠mode} M_j B_{k,j} U_j) @ right}``.
+
+        Everything but ``U_mode`` enters: within a K-step (same core, other modes, matrices
+        and ``right`` at every evaluation) the blocks are computed once and reused, so an
+        evaluation costs the products of the new ``U_mode`` images only.
+        """
+        key = [self.core, right, *(matrices[j] for j in range(len(matrices)) if j != mode)]
+        key += [self.images[j] for j in range(len(self.images)) if j != mode]
+        coefs = tuple(self.coefficients)
+        owner = self._owner
+        if owner is not None:
+            for entry in owner._block_cache:
+                if (
+                    entry[0] == mode
+                    and len(entry[1]) == len(key)
+                    and all(a is b for a, b in zip(entry[1], key))
+                    and entry[2] == coefs
+                ):
+                    return entry[3]
         reduced = [
             None if j == mode else list(imgs) if m is None else self._reduced(j, m)
             for j, (m, imgs) in enumerate(zip(matrices, self.images))
@@ -339,14 +402,17 @@ class AppliedKroneckerSum:
         groups = {}
         for c, blocks in zip(self.coefficients, self.blocks):
             mats = [None if j == mode else reduced[j][b] for j, b in enumerate(blocks)]
-            small = unfolded_products(self.core, mats, mode) * c
+            if all(m is None for m in mats):
+                small = unfolded_products(self.core, mats, mode) * c
+            else:
+                small = unfolded_products(self.core, _scaled_first(mats, c), mode)
             b = blocks[mode]
             groups[b] = small if b not in groups else groups[b] + small
-        out = None
-        for b, small in groups.items():
-            term = tl.dot(self.images[mode][b], tl.dot(small, right))
-            out = term if out is None else out + term
-        return out
+        groups = {b: tl.dot(small, right) for b, small in groups.items()}
+        if owner is not None:
+            owner._block_cache.insert(0, (mode, key, coefs, groups))
+            del owner._block_cache[_REDUCED_CACHE_SIZE:]
+        return groups
 
     def tucker_terms(self):
         """The terms as ``(c_k C, [B_{k,j} U_j for each j])``; terms share their factor images
@@ -376,13 +442,30 @@ class AppliedKroneckerSum:
             return NotImplemented
         coefs = [a * c for c in self.coefficients]
         return AppliedKroneckerSum(
-            self.shape, self.core, self.images, coefs, self.blocks, factors=self.factors
+            self.shape,
+            self.core,
+            self.images,
+            coefs,
+            self.blocks,
+            factors=self.factors,
+            cache=self._owner,
         )
 
     __rmul__ = __mul__
 
     def __repr__(self):
         return f"AppliedKroneckerSum(shape={self.shape}, terms={len(self.blocks)})"
+
+
+def _scaled_first(mats, c):
+    """``mats`` with the first matrix that is not None multiplied by ``c`` (the coefficient
+    of a term applied to its smallest operand instead of the result)."""
+    out = list(mats)
+    for j, m in enumerate(out):
+        if m is not None:
+            out[j] = m * c
+            break
+    return out
 
 
 def _near_identity(r):

@@ -13,7 +13,7 @@ import tensorly as tl
 from ..ambient import contract_unchecked
 from ..tucker import TuckerTensor
 from .base import TuckerOdeSolver, check_finite_step, check_shape
-from .steps import ct, galerkin_step, k_step
+from .steps import ct, galerkin_step, k_step, trusted_tucker
 
 __all__ = ["ProjectorSplitting"]
 
@@ -26,7 +26,7 @@ def s_step(rhs, substep, t0, h, s0, q, factors, i, s_rank):
 
     def f(t, s):
         c = tl.fold(tl.dot(s, qh), i, s_rank)
-        F = rhs(t, TuckerTensor(c, factors))
+        F = rhs(t, trusted_tucker(c, factors))
         g = check_shape(contract_unchecked(F, mats), expected, t, "the S-step contraction")
         return -tl.dot(tl.unfold(g, i), q)
 

@@ -184,6 +184,12 @@ class RankAdaptiveSolver(TuckerOdeSolver):
         self.augmented_norm = to_float(tl.norm(core_hat))
         if self.derived_tolerance:
             rtol, atol = None, self._theta
+            if 0 < self._theta < self.augmented_norm:
+                # the same ϑ as a fraction of ‖Ĉ‖: a relative tolerance lets the truncation
+                # factor the unfoldings through their Gram matrices where that path's
+                # round-off is invisible at this ϑ (one product and a small eigh instead of
+                # a QR per mode)
+                rtol, atol = self._theta / self.augmented_norm, None
         else:
             rtol, atol = self.rank_rtol, self.rank_atol
         y, p_list, info = truncate_core(

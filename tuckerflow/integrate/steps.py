@@ -16,7 +16,28 @@ from ..dlra import augment_basis, augmented_core, core_qr
 from ..tucker import TuckerTensor
 from .base import check_finite_step, check_shape
 
-__all__ = ["augmented_bug_step", "ct", "galerkin_step", "k_step", "k_steps"]
+__all__ = [
+    "augmented_bug_step",
+    "ct",
+    "galerkin_step",
+    "k_step",
+    "k_steps",
+    "trusted_tucker",
+]
+
+
+def trusted_tucker(core, factors):
+    """A :class:`~tuckerflow.TuckerTensor` from arrays the integrator built itself.
+
+    The substep evaluations of ``fun`` pass states assembled from the step's own, already
+    validated arrays (a core and factors of matching shapes, dtype and device), so the
+    per-evaluation validation of the constructor is skipped: the state is validated once per
+    step (``y0`` at the start, every result by the finiteness check of its substep).
+    """
+    y = TuckerTensor.__new__(TuckerTensor)
+    y.core = core
+    y.factors = list(factors)
+    return y
 
 
 def ct(x):
@@ -44,7 +65,7 @@ def k_step(rhs, substep, t0, h, core, factors, i):
     def f(t, k):
         fac = list(factors)
         fac[i] = k
-        F = rhs(t, TuckerTensor(k_core, fac))
+        F = rhs(t, trusted_tucker(k_core, fac))
         return check_shape(unfolded_contract(F, mats, i, q), expected, t, "a K-step contraction")
 
     return substep(f, t0, k0, h), q
@@ -67,7 +88,7 @@ def galerkin_step(rhs, substep, t0, h, core0, factors):
     expected = tuple(tl.shape(core0))
 
     def f(t, c):
-        F = rhs(t, TuckerTensor(c, factors))
+        F = rhs(t, trusted_tucker(c, factors))
         return check_shape(contract_unchecked(F, mats), expected, t, "the Galerkin contraction")
 
     c1 = substep(f, t0, core0, h)
