@@ -5,6 +5,7 @@
 #   make demo    run the demo (python -m tuckerflow.demo)
 #   make docs    build the HTML docs, warnings are errors
 #   make bench   run all benchmarks into bench-results/
+#   make gpu-check  CUDA/CuPy tests and GPU benchmarks into bench-results/ (one line without a GPU)
 #   make format  apply ruff's formatter and autofixes
 #   make clean   remove build outputs and caches (keeps .venv)
 
@@ -15,7 +16,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 LINT_PATHS := tuckerflow tests backends conftest.py
 
-.PHONY: all install test lint typecheck layers probe pytest fuzz demo docs bench format clean distclean
+.PHONY: all install test lint typecheck layers probe pytest fuzz demo docs bench gpu-check format clean distclean
 
 all: test
 
@@ -65,6 +66,12 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tuckerflow.bench all --out bench-results
+
+# No install step: a GPU machine brings its own CUDA build of torch (and CuPy). Set
+# GPU_PY to its interpreter; GPU_CHECK_FLAGS=--require makes a missing GPU an error.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	@$(GPU_PY) backends/gpu_check.py --out bench-results $(GPU_CHECK_FLAGS)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix $(LINT_PATHS)

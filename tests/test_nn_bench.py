@@ -48,4 +48,9 @@ def test_training_benchmark_rows_and_ratios(capsys):
     assert rows["tucker@0.9"]["params_state_MB/dense"] < 0.15
     assert rows["tdlrt1@0.9"]["recorded_MB"] > 0
     assert "tdlrt/tucker" in rows["tdlrt1@0.9"]
+    paired = rows["tdlrt1@0.9"]["every_step_paired"]
+    assert (
+        paired["pairs"] == 1 and paired["median"] == rows["tdlrt1@0.9"]["every_step/tucker_paired"]
+    )
+    assert paired["tucker_ms_median"] > 0 and paired["tdlrt_ms_median"] > 0
     assert "tucker@0.9" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import pytest
 import tensorly as tl
@@ -372,3 +373,77 @@ def test_batched_truncation_equals_truncate_core(dtype):
         assert abs(i1.error_bound**2 - i0.error_bound**2) <= 4 * 1e3 * EPS64 * norm2 + 1e-3 * (
             i0.error_bound**2
         )
+
+
+# ------------------------------------------------------- static phases compile
+
+
+class PlainSGD(torch.optim.Optimizer):
+    """A base optimizer without the deliberate graph breaks of ``torch.optim``'s steps."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-group["lr"])
+
+
+def _compile_or_skip(fn, **kwargs):
+    try:
+        with warnings.catch_warnings():
+            # torch's compiler stack emits its own deprecation warnings
+            warnings.simplefilter("ignore")
+            compiled = torch.compile(fn, **kwargs)
+            compiled()
+    except Exception as err:  # noqa: BLE001 - the platform's compiler, not our code
+        text = f"{type(err).__name__}: {err}"
+        if "Unsupported" in type(err).__name__ or "graph break" in text.lower():
+            raise
+        pytest.skip(f"torch.compile does not run on this platform ({text.splitlines()[0]})")
+    return compiled
+
+
+def _core_phase(optimizer):
+    torch.manual_seed(0)
+    model = chain(3, dtype=torch.float32)
+    tdlrt = TDLRT(model, optimizer(model.parameters()), tau=0.05, update_every=100)
+    data = batches(torch.float32)
+    run_steps(model, tdlrt, data, 1)  # the basis update; every step after it is a core step
+    x, y = data[1]
+    tdlrt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert tdlrt.next_step == "core"
+    return model, tdlrt
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile needs torch >= 2.0")
+def test_a_core_step_compiles_with_fullgraph():
+    """The step between basis updates, TDLRT's part and a graph-friendly base optimizer's
+    step, is one graph: no host read, no Python-side decision on tensor values."""
+    eager_model, eager = _core_phase(lambda p: PlainSGD(p, lr=0.1))
+    model, tdlrt = _core_phase(lambda p: PlainSGD(p, lr=0.1))
+    eager._core_step()
+    _compile_or_skip(tdlrt._core_step, fullgraph=True)
+    for a, b in zip(eager_model.parameters(), model.parameters()):
+        a, b = a.detach(), b.detach()
+        assert torch.allclose(a, b, rtol=0, atol=4 * EPS32 * float(a.abs().max()))
+    # and differs from the start: the step moved the cores
+    _, fresh = _core_phase(lambda p: PlainSGD(p, lr=0.1))
+    assert not torch.equal(next(fresh.model.parameters()), next(model.parameters()))
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile needs torch >= 2.0")
+def test_tdlrt_adds_no_graph_break_to_a_torch_optim_step():
+    """``torch.optim`` steps break the graph on purpose (grad mode); TDLRT adds none."""
+    _, tdlrt = _core_phase(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    _, plain = _core_phase(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's compiler stack warns about itself
+        ours = torch._dynamo.explain(tdlrt._core_step)()
+        base = torch._dynamo.explain(plain.optimizer.step)()
+    assert ours.graph_break_count == base.graph_break_count
+    _compile_or_skip(tdlrt._core_prologue, fullgraph=True)

@@ -31,6 +31,7 @@ from tensorly.tenalg import mode_dot as _tl_mode_dot
 from tensorly.tenalg import multi_mode_dot as _tl_multi_mode_dot
 
 from ._backend import check_tensor, conj_t, to_float
+from ._host import to_host
 from .linalg import left_singular
 from .tucker import TuckerTensor, as_tucker
 
@@ -505,7 +506,7 @@ def complement_directions(z, bases, threshold):
             continue
         # the Gram path: directions far below ‖Z‖ (its round-off) are not wanted here
         u, s = left_singular(tl.unfold(term, j), method="gram")
-        s_host = tl.to_numpy(s)
+        s_host = to_host(s, dtype=None)
         keep = int((s_host > threshold).sum())
         out.append(tl.dot(qs[j], u[:, :keep]))
     return out

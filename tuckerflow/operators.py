@@ -23,6 +23,7 @@ import numpy as np
 import tensorly as tl
 
 from ._backend import context, dtype_name, eps, is_complex
+from ._host import to_host
 from .ambient import (
     ambient_shape,
     contract_unchecked,
@@ -157,7 +158,7 @@ class KroneckerSum:
             for j, a in enumerate(mats):
                 if a is not None:
                     if not isinstance(a, Banded):
-                        a = np.asarray(tl.to_numpy(a) if tl.is_tensor(a) else a)
+                        a = np.asarray(to_host(a, dtype=None) if tl.is_tensor(a) else a)
                     if a.shape != (self.shape[j], self.shape[j]):
                         raise ValueError(
                             f"terms[{k}] matrix for mode {j} has shape {a.shape}, expected "
@@ -473,7 +474,7 @@ def _near_identity(r):
     k = tl.shape(r)
     if len(k) != 2 or k[0] != k[1] or k[0] == 0:
         return False
-    err = float(tl.to_numpy(tl.max(tl.abs(r - tl.eye(k[0], **tl.context(r))))))
+    err = float(to_host(tl.max(tl.abs(r - tl.eye(k[0], **tl.context(r))))))
     return err <= _IDENTITY_ROUNDOFF * eps(r) * k[0]
 
 

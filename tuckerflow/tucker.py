@@ -35,6 +35,7 @@ from ._backend import (
     eps,
     safe_norm,
 )
+from ._host import to_host
 from .ranks import RankSpec, default_order, rank_spec
 from .recompression import TRUNCATION_METHODS, TruncationInfo, recompress
 from .typing import Rank, Tensor, TuckerLike
@@ -190,7 +191,7 @@ class TuckerTensor(_tl_tucker.TuckerTensor):
             return NotImplemented
         if not tl.is_tensor(a) and a == 0:
             raise TuckerZeroDivisionError("division of a Tucker tensor by zero")
-        if tl.is_tensor(a) and float(np.abs(tl.to_numpy(a))) == 0.0:
+        if tl.is_tensor(a) and float(np.abs(to_host(a, dtype=None))) == 0.0:
             raise TuckerZeroDivisionError("division of a Tucker tensor by zero")
         return scale(self, 1.0 / a)
 

@@ -23,6 +23,14 @@ cross-entropy, backward and the optimizer step (SGD with momentum 0.9). Variants
     adaptation with tolerance ``--tau`` included; the time is the mean over the timed steps,
     i.e. amortized over the run; the final compression is reported).
 
+When both ``tucker`` and ``tdlrt1`` run, a paired measurement follows per model, precision
+and compression: TDLRT with the bases updated at every step (the published schedule,
+whatever ``--update-every`` says) and the fixed-rank Tucker model take their steps
+alternately from the same ranks, and the median per-pair ratio is reported
+(``every_step/tucker_paired``, with its 10/90 % quantiles and the ratio of the means in the
+JSON). Interleaving makes the ratio robust to a changing machine load, which shifts the rows
+measured one after the other.
+
 ``--compile`` wraps the models of the non-TDLRT rows in ``torch.compile`` (compilation happens
 in the warm-up steps; TDLRT changes shapes and stays eager).
 
@@ -361,6 +369,53 @@ def _time_steps(step, n, device):
     }
 
 
+def _paired_ratio(name, target, batches, device, precision, args, steps, warmup, classes):
+    """TDLRT with the bases updated at every step against the fixed-rank Tucker step.
+
+    Both models start from the same ranks and take their steps alternately (the order
+    swapped every pair), so that a change of machine load acts on both alike; returns the
+    median and the 10/90 % quantiles of the per-pair ratios and the ratio of the means.
+    """
+    import copy
+
+    every = copy.copy(args)
+    every.update_every = 1
+    tucker, _ = _build_variant(name, "tucker", target, args, device, classes)
+    tdlrt, _ = _build_variant(name, "tdlrt1", target, every, device, classes)
+    a = _Step(tucker, "tucker", batches, device, precision, args)
+    b = _Step(tdlrt, "tdlrt1", batches, device, precision, every)
+    for _ in range(warmup):
+        a()
+        b()
+    _sync(device)
+
+    def timed(step):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    ta, tb = [], []
+    for k in range(steps):
+        if k % 2:
+            tb.append(timed(b))
+            ta.append(timed(a))
+        else:
+            ta.append(timed(a))
+            tb.append(timed(b))
+    ratios = [y / x for x, y in zip(ta, tb)]
+    q = statistics.quantiles(ratios, n=10) if len(ratios) > 1 else [ratios[0]] * 9
+    return {
+        "median": statistics.median(ratios),
+        "p10": q[0],
+        "p90": q[-1],
+        "of_means": statistics.fmean(tb) / statistics.fmean(ta),
+        "tucker_ms_median": 1e3 * statistics.median(ta),
+        "tdlrt_ms_median": 1e3 * statistics.median(tb),
+        "pairs": steps,
+    }
+
+
 def _state_bytes(model, optimizer):
     import torch
 
@@ -629,6 +684,26 @@ def run(args):
                         flush=True,
                     )
                     del model
+            if "tucker" in variants and "tdlrt1" in variants:
+                for target in args.compressions:
+                    paired = _paired_ratio(
+                        name, target, batches, device, precision, args, steps, warmup, classes
+                    )
+                    for row in rows:
+                        if (
+                            row["model"] == name
+                            and row["precision"] == precision
+                            and row["variant"] == f"tdlrt1@{target:g}"
+                        ):
+                            row["every_step/tucker_paired"] = paired["median"]
+                            row["every_step/tucker_paired_p10_p90"] = [paired["p10"], paired["p90"]]
+                            row["every_step_paired"] = paired
+                    print(
+                        f"  {name} {precision} TDLRT (bases every step) / Tucker @{target:g}, "
+                        f"{steps} interleaved pairs: {paired['median']:.3g} "
+                        f"(p10 {paired['p10']:.3g}, p90 {paired['p90']:.3g})",
+                        flush=True,
+                    )
     _tdlrt_vs_tucker(rows)
     columns = [
         "model",
@@ -648,7 +723,7 @@ def run(args):
     if not cpu:
         columns[8:8] = ["gpu_ms", "gpu_ms/dense", "kernels", "graph_ms", "graph_ms/dense"]
         columns += ["peak_above_MB/dense"]
-    columns += ["tdlrt/tucker"]
+    columns += ["tdlrt/tucker", "every_step/tucker_paired"]
     print_table(rows, columns)
     for note in notes:
         print(note)
@@ -664,6 +739,7 @@ def run(args):
         "warmup": warmup,
         "tau": args.tau,
         "tdlrt_kstep": args.tdlrt_kstep,
+        "update_every": args.update_every,
         "compile": args.compile,
         "rank_multiple": args.rank_multiple,
         "notes": notes,

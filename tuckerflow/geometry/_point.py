@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import tensorly as tl
 
 from .._backend import check_finite, conj_t, context, eps, to_float
+from .._host import to_host
 from ..ranks import validate_rank
 from ..tucker import TuckerTensor, as_tucker
 from ..typing import Tensor, TuckerLike
@@ -99,7 +99,7 @@ def v_factors(core: Tensor, name: str = "Y") -> tuple[list[Tensor], list[Tensor]
         qs.append(q)
         ss.append(conj_t(r))
         diags.append(tl.abs(tl.diag(r)))
-    host = np.asarray(tl.to_numpy(tl.concatenate(diags)), dtype=np.float64)
+    host = to_host(tl.concatenate(diags))
     pos = 0
     for i, s in enumerate(ss):
         k = tl.shape(s)[0]

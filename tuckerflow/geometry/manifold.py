@@ -10,6 +10,7 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import context, dtype_name, eps, max_abs, to_float
+from .._host import to_host
 from ..linalg import svd
 from ..random import random_tucker
 from ..truncation import hosvd, st_hosvd, truncate, validate_rank
@@ -115,7 +116,7 @@ class FixedRankTucker:
                     f"x.factors[{i}] is not orthonormal: ‖UᴴU − I‖={err:.3g} exceeds {tol:.3g}"
                 )
         for i in range(self.ndim):
-            s = np.asarray(tl.to_numpy(svd(tl.unfold(x.core, i))[1]))
+            s = to_host(svd(tl.unfold(x.core, i))[1], dtype=None)
             if not np.all(np.isfinite(s)):
                 return False, "x.core contains non-finite values"
             if s.size < self.rank[i] or not s[-1] > RANK_FACTOR * eps(x.core) * s[0]:

@@ -23,6 +23,7 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import check_finite, dtype_name, eps, to_float
+from .._host import to_host
 from ..ambient import ContractionError, ambient_shape
 from ..truncation import validate_rank
 from ..tucker import TuckerTensor, as_tucker, orthonormalize
@@ -146,7 +147,7 @@ def check_finite_step(arrays, t0, t1):
     maxima = [tl.reshape(tl.max(tl.abs(a)), (1,)) for a in arrays if int(np.prod(tl.shape(a)))]
     if not maxima:
         return
-    m = np.asarray(tl.to_numpy(tl.concatenate(maxima)))
+    m = to_host(tl.concatenate(maxima), dtype=None)
     if not np.all(np.isfinite(m)):
         raise RightHandSideError(
             t0,

@@ -17,6 +17,7 @@ import numpy as np
 import tensorly as tl
 
 from .._backend import context, eps, is_complex, to_float
+from .._host import to_host
 
 __all__ = [
     "SUBSTEPS",
@@ -129,7 +130,7 @@ class KrylovExponential:
                 for _ in range(2):  # classical Gram–Schmidt twice: orthogonal to round-off
                     c = tl.dot(tl.conj(basis), w)
                     w = w - tl.dot(c, basis)
-                    hess[: j + 1, j] += np.asarray(tl.to_numpy(c))
+                    hess[: j + 1, j] += to_host(c, dtype=None)
                 nxt = to_float(tl.norm(w))
                 size = j + 1
                 if nxt <= tiny * max(scale, 1e-300):  # invariant subspace: exact

@@ -637,12 +637,8 @@ class TDLRT(torch.optim.Optimizer):
             # a batched basis update reads this flag with its one transfer
             if not batched and not self._all_finite(self._visible_grads()):
                 return self._reject("a gradient")
-            if kind == "core":
-                for layer in self._layers.values():
-                    average_(layer.core.grad)
-                self._hide_factor_grads()
         if kind == "core":
-            self._base_step(closure, loss)
+            self._core_step(closure, loss)
             self._steps += 1
             return loss
         with plain_precision():
@@ -687,6 +683,31 @@ class TDLRT(torch.optim.Optimizer):
                 self._truncate(plans)
         self._steps += 1
         return loss
+
+    def _core_step(self, closure=None, loss=None):
+        """The body of a step between basis updates: no host read and no shape change.
+
+        Everything here is fixed-shape device work (the core gradients averaged over the
+        processes, the base optimizer's step), so it can be captured in a CUDA graph or
+        compiled with ``torch.compile(fullgraph=True)``; the finite check of the gradients
+        before it is the step's only host read.
+        """
+        if closure is None and torch.compiler.is_compiling():
+            # traced as it is (the precision guard's context managers do not trace; the
+            # base optimizer's elementwise update does not depend on autocast or TF32)
+            self._core_prologue()
+            self.optimizer.step()
+            return
+        with plain_precision():
+            self._core_prologue()
+        self._base_step(closure, loss)
+
+    def _core_prologue(self):
+        """What a step between basis updates adds to the base optimizer's step."""
+        with torch.no_grad():
+            for layer in self._layers.values():
+                average_(layer.core.grad)
+            self._hide_factor_grads()
 
     def _base_step(self, closure, loss):
         """The base optimizer's step; with a closure, one whose first call returns ``loss``."""
