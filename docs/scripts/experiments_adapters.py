@@ -384,6 +384,17 @@ def goals(rows, margin=0.5):
     tc, ac = out["tdlrt_conv_adapter"], out["adalora_conv_adapter"]
     out["fewer_conv_than_adalora"] = bool(tc and (ac is None or tc[1] < ac[1]))
     out["adalora_reaches_target"] = ada is not None
+    # the same comparison at AdaLoRA's own level (within margin of AdaLoRA's best)
+    ada_rows = [r for r in rows if r["method"] == "adalora"]
+    if ada_rows:
+        level = max(r["test"] for r in ada_rows) - margin
+        out["adalora_best"], out["adalora_level"] = level + margin, level
+        for method in ("adalora", "tdlrt", "lora"):
+            ok = [r for r in rows if r["method"] == method and r["test"] >= level]
+            best = min(ok, key=lambda r: r["conv_adapter"]) if ok else None
+            out[f"at_adalora_level_{method}_conv"] = (
+                None if best is None else (best["label"], best["conv_adapter"])
+            )
     return out
 
 
