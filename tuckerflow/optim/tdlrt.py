@@ -17,12 +17,14 @@ The pieces live by concept: :mod:`~tuckerflow.optim.basis` (K-step),
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 
 import tensorly as tl
 import torch
 
 from ..dlra import truncate_core
+from ..ranks import largest_valid_rank
 from .basis import kstep_bases
 from .distributed import (
     agree_flags,
@@ -135,6 +137,34 @@ def _recording(layers, flag):
             layer.factor_gradients = grads
 
 
+def _momentum_memory(optimizer, cores):
+    """``⌈1/(1 − β)⌉`` for the largest momentum ``β`` of the cores' groups (1 without)."""
+    ids = {id(c) for c in cores}
+    beta = 0.0
+    for group in optimizer.param_groups:
+        if not any(id(p) in ids for p in group["params"]):
+            continue
+        value = group.get("momentum", 0.0)
+        if "betas" in group:
+            value = group["betas"][0]
+        value = float(value or 0.0)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"update_every='auto' needs a momentum in [0, 1) in the base optimizer, got "
+                f"{value!r}; pass update_every as an integer"
+            )
+        beta = max(beta, value)
+    # round first: 1/(1 − 0.9) is 10.000000000000002 in floating point
+    return max(1, math.ceil(round(1.0 / (1.0 - beta), 9)))
+
+
+def _discarded(reference, P_list):
+    """``‖R − R ×_i P_iP_iᴴ‖``: what projecting onto the kept directions removes from ``R``."""
+    kept = mode_products(reference, [None if p is None else p.conj().T for p in P_list])
+    back = mode_products(kept, list(P_list))
+    return float(torch.linalg.vector_norm(reference - back))
+
+
 def _has_flat_history(optimizer):
     """Optimizers keeping one flattened history over all parameters (``LBFGS``)."""
     return isinstance(optimizer, torch.optim.LBFGS)
@@ -175,21 +205,30 @@ class TDLRT(torch.optim.Optimizer):
         return without a change. In both cases model and optimizer are left unchanged.
     freeze_ranks : bool
         Start with frozen ranks (fixed-rank BUG steps); see :meth:`freeze_ranks`.
-    update_every : int
+    update_every : int or "auto"
         Amortized variant: basis augmentation and truncation only every ``update_every``-th
         step; in between, the factors stay and only the cores (and the other parameters)
-        take an optimizer step with their exact gradient ``G ×_i U_iᴴ``.
-    truncation : {"hosvd", "st_hosvd"}
-        Truncation of the augmented core (HOSVD is the published rule).
-    kstep : {"weight", "factors"}
-        Source of the K-step. ``"weight"`` (published): from the dense weight gradient ``G``
-        the layers record (in one-pass mode the Galerkin gradient ``G ×_i Û_iᴴ`` is then
-        formed from the same ``G``). ``"factors"``: from the autograd gradients of the
-        factors, ``K_i S_iᴴ = U_i Mat_i(C)Mat_i(C)ᴴ − λ∇_{U_i}L`` (same span when the core
-        unfoldings have full row rank), and the Galerkin gradient from the layer's records;
-        no dense weight gradient is formed, which is cheaper for large convolutions, and
-        two-pass mode then needs no recording at all. Use ``"weight"`` for cores that may be
-        exactly rank-deficient (e.g. zero).
+        take an optimizer step with their exact gradient ``G ×_i U_iᴴ``. ``"auto"`` (the
+        default) takes the memory length of the base optimizer's momentum,
+        ``⌈1/(1 − β)⌉`` for the momentum ``β`` of the cores' parameter groups (``momentum``
+        of SGD/RMSprop, ``betas[0]`` of Adam-like optimizers; 10 for ``β = 0.9``) and 1
+        without momentum; it is resolved once, here (:attr:`update_every` holds the
+        integer). See Notes for why.
+    defer_truncation : bool
+        With ``update_every > 1``: directions that a basis update adds are judged by the
+        tolerance only at the end of the update interval, after the cores have taken
+        ``update_every`` steps in the augmented bases (the rank cap ``max_rank`` applies at
+        once). Without it a new direction is judged after a single step, at a size of one
+        learning-rate step against ``τ‖Ĉ‖``, and ranks can hardly grow. Between the basis
+        update and the end of the interval the layers hold the augmented bases (up to twice
+        the rank); :meth:`apply_pending_truncation` truncates at once (``freeze_ranks`` does
+        so too). No effect with ``update_every=1``.
+    truncation_guard : bool
+        Bound what one truncation may discard by the layer's norm before the update:
+        ``ϑ = τ min(‖Ĉ‖, ‖Y₀‖)``, where ``Y₀`` is the weight before the basis update (that
+        opened the interval, with ``defer_truncation``). A step that inflates ``‖Ĉ‖`` then
+        cannot make the truncation take the layer's earlier content (see Notes). False: the
+        published rule ``ϑ = τ‖Ĉ‖``.
 
     Raises
     ------
@@ -213,6 +252,25 @@ class TDLRT(torch.optim.Optimizer):
     3. Truncation of ``Ĉ`` by HOSVD with ``ϑ = τ‖Ĉ‖`` within the rank bounds
        (:func:`tuckerflow.dlra.truncate_core`), ``U_i ← Û_i P_i``, state carried by
        ``×_i P_iᴴ``.
+
+    *Why the defaults.* The published form (``update_every=1``, no deferral, no guard,
+    ``ϑ = τ‖Ĉ‖``) collapses layers to rank 1 on small image data with SGD and momentum 0.9 at
+    learning rate 0.05 (see the experiments page). The mechanism: (i) with momentum, a step
+    early in training can be many times larger than the weight it is added to; ``‖Ĉ‖`` is then
+    dominated by that one step, and ``τ‖Ĉ‖`` exceeds the norm of everything the layer held
+    before, which the relative truncation removes in one go, leaving the rank of the step
+    (often (1, 1, 1, 1)); (ii) afterwards a new direction enters the bases with the size of one
+    step, ``λ‖G‖``, far below ``τ‖Ĉ‖``, and is truncated again at once, so the rank cannot
+    grow back. ``update_every="auto"`` lets momentum act over its own memory length between
+    basis updates (momentum of a direction builds up over about ``1/(1 − β)`` steps; judged
+    after one step, it is judged at a tenth of its size for ``β = 0.9``), ``defer_truncation``
+    judges new directions after the interval, and the guard bounds what a truncation may take
+    away to a share ``τ`` of the norm the layer had before the update (``τ²`` of its
+    energy), whatever the update did: ``‖Y₁ − Ĉ‖ ≤ τ‖Y₀‖`` in addition to ``≤ τ‖Ĉ‖``. In
+    an ordinary step ``‖Ĉ‖`` and ``‖Y₀‖`` differ by a learning-rate step and the guard
+    changes nothing.
+    The guard's norms are the Frobenius norms of the cores in the augmented bases (equal to
+    those of the weights, the bases being orthonormal).
 
     A mode whose rank sits at its cap (below the mode size) takes the fixed-rank BUG update
     ``Û_i = orth(K_i)`` instead [CL22]_: augmenting and truncating back to the cap would
@@ -284,9 +342,11 @@ class TDLRT(torch.optim.Optimizer):
         mode="one-pass",
         on_nonfinite="raise",
         freeze_ranks=False,
-        update_every=1,
+        update_every="auto",
         truncation="hosvd",
         kstep="weight",
+        defer_truncation=True,
+        truncation_guard=True,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
@@ -319,8 +379,16 @@ class TDLRT(torch.optim.Optimizer):
         self.kstep = kstep
         if truncation not in ("hosvd", "st_hosvd"):
             raise ValueError(f"truncation={truncation!r} is not one of ('hosvd', 'st_hosvd')")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every={update_every!r} must be an integer >= 1")
+        if not (isinstance(update_every, str) and update_every == "auto") and (
+            isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1
+        ):
+            raise ValueError(f"update_every={update_every!r} must be 'auto' or an integer >= 1")
+        if not isinstance(defer_truncation, bool):
+            raise TypeError(f"defer_truncation={defer_truncation!r} must be True or False")
+        if not isinstance(truncation_guard, bool):
+            raise TypeError(f"truncation_guard={truncation_guard!r} must be True or False")
+        self.defer_truncation = defer_truncation
+        self.truncation_guard = truncation_guard
         self.model = model
         self.mode = mode
         self.on_nonfinite = on_nonfinite
@@ -381,9 +449,19 @@ class TDLRT(torch.optim.Optimizer):
                     f"the core of Tucker layer {name!r} is not among the optimizer's "
                     "parameters; build the optimizer over model.parameters()"
                 )
+        if update_every == "auto":
+            update_every = _momentum_memory(
+                self.optimizer, [layer.core for layer in self._layers.values()]
+            )
+        self.update_every = update_every
+        #: ``{layer name: core before the basis update}`` of the layers whose truncation
+        #: ``defer_truncation`` holds back to the end of the interval (in the current bases).
+        self._pending = {}
         self._frozen = bool(freeze_ranks)
         self._steps = 0
         self.skipped_steps = 0
+        #: Truncations whose tolerance the guard lowered (see ``truncation_guard``).
+        self.guarded_truncations = 0
         #: ``{layer name: TruncationInfo}`` of the last truncation.
         self.last_truncation = {}
         #: ``{layer name: EditResolution}`` of the last basis-updating step (what
@@ -455,9 +533,40 @@ class TDLRT(torch.optim.Optimizer):
         return {name: tuple(layer.ranks) for name, layer in self._layers.items()}
 
     def freeze_ranks(self):
-        """From now on take fixed-rank BUG steps (for a final fine-tuning phase)."""
+        """From now on take fixed-rank BUG steps (for a final fine-tuning phase).
+
+        A truncation held back by ``defer_truncation`` is applied first.
+        """
+        self.apply_pending_truncation()
         self._frozen = True
         self._arm_recording()
+
+    def apply_pending_truncation(self):
+        """Truncate now the layers whose truncation ``defer_truncation`` holds back.
+
+        Call it after the last step of a training run that may end inside an update
+        interval (the training job does), so that the model holds the truncated ranks.
+        A no-op when nothing is pending. Returns the names of the layers truncated.
+        """
+        if not self._pending:
+            return []
+        names = sorted(self._pending)
+        references, self._pending = self._pending, {}
+        plans = {}
+        for name in names:
+            layer = self._layers[name]
+            factors = [None] * len(layer.weight_shape)
+            for mode_ in layer.factorized_modes:
+                factors[mode_] = layer.factor(mode_).detach().to(work_dtype(layer.core.dtype))
+            plans[name] = (factors, None, None)
+        with plain_precision():
+            self._truncate(plans, references)
+        return names
+
+    @property
+    def pending_truncation(self):
+        """Names of the layers whose truncation waits for the end of the update interval."""
+        return sorted(self._pending)
 
     @property
     def frozen(self):
@@ -524,6 +633,7 @@ class TDLRT(torch.optim.Optimizer):
             "skipped_steps": self.skipped_steps,
             "frozen": self._frozen,
             "tau": self.tau,
+            "pending": {name: c.clone() for name, c in self._pending.items()},
         }
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, out)
@@ -579,6 +689,19 @@ class TDLRT(torch.optim.Optimizer):
         self._steps = int(state_dict.get("steps", 0))
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._frozen = bool(state_dict.get("frozen", False))
+        pending = dict(state_dict.get("pending") or {})
+        unknown = sorted(set(pending) - set(self._layers))
+        if unknown:
+            raise ValueError(f"state_dict holds a pending truncation of unknown layers {unknown}")
+        self._pending = {}
+        for name, ref in pending.items():
+            core = self._layers[name].core
+            if tuple(ref.shape) != tuple(core.shape):
+                raise ValueError(
+                    f"pending truncation reference of layer {name!r} has shape "
+                    f"{tuple(ref.shape)}, the stored core {tuple(core.shape)}"
+                )
+            self._pending[name] = ref.to(device=core.device, dtype=work_dtype(core.dtype))
         self._arm_recording()
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
@@ -612,6 +735,7 @@ class TDLRT(torch.optim.Optimizer):
         if kind == "core":
             self._base_step(closure, loss)
             self._steps += 1
+            self._end_of_interval()
             return loss
         with plain_precision():
             resolutions = self._resolve_edits()
@@ -642,12 +766,23 @@ class TDLRT(torch.optim.Optimizer):
                 if name in galerkin:
                     layer.core.grad = galerkin[name].to(layer.core.dtype).contiguous()
             self._hide_factor_grads()
+        # the weight before the update, for the guard (copied: the core may share storage)
+        references = {n: p[1].detach().clone() for n, p in plans.items()} if kind == "adapt" else {}
         self._base_step(closure, second)
         if kind == "adapt":
             with plain_precision():
-                self._truncate(plans)
+                if self.defer_truncation and self.update_every > 1:
+                    # the cap at once, the tolerance at the end of the interval
+                    self._pending.update(self._truncate(plans, None, references))
+                else:
+                    self._truncate(plans, references)
         self._steps += 1
+        self._end_of_interval()
         return loss
+
+    def _end_of_interval(self):
+        if self._pending and self._kind() == "adapt":
+            self.apply_pending_truncation()
 
     def _base_step(self, closure, loss):
         """The base optimizer's step; with a closure, one whose first call returns ``loss``."""
@@ -915,22 +1050,81 @@ class TDLRT(torch.optim.Optimizer):
                 out[name] = self._average(g)
         return out
 
-    def _truncate(self, plans):
+    def _guard_floor(self, name, c_hat, U_hats, reference, P_list, ranks):
+        """Per-mode rank floor under which the kept bases would lose more than ``τ‖Y₀‖`` of
+        the weight ``Y₀`` before the update (``reference``); None when the published ranks
+        keep it.
+
+        Mode ``i`` keeps the fewest leading left singular vectors of ``Mat_i(Ĉ)`` (at least
+        the published rank) outside which ``Mat_i(Y₀)`` has norm at most ``τ‖Y₀‖/√m`` (``m``
+        truncated modes); since the per-mode projections commute, the kept bases then hold
+        ``Y₀`` to ``‖Y₀ − Y₀ ×_i P_iP_iᴴ‖ ≤ τ‖Y₀‖``.
+        """
+        bound = self.tau * float(torch.linalg.vector_norm(reference))
+        if _discarded(reference, P_list) <= bound:
+            return None
+        with tl.backend_context("pytorch", local_threadsafe=True):
+            _, P_full, _ = truncate_core(
+                c_hat, U_hats, min_rank=self._lo[name], max_rank=self._hi[name], method="hosvd"
+            )
+        free = [i for i, u in enumerate(U_hats) if u is not None]
+        share = bound / math.sqrt(max(len(free), 1))
+        floor = list(ranks)
+        for i in free:
+            unfolded = torch.movedim(reference, i, 0).reshape(reference.shape[i], -1)
+            coefficients = P_full[i].conj().T @ unfolded
+            outside = float(torch.linalg.vector_norm(unfolded - P_full[i] @ coefficients)) ** 2
+            rows = torch.linalg.vector_norm(coefficients, dim=1) ** 2
+            # tails[r] = norm of Mat_i(Y₀) outside the first r directions
+            tails = torch.flip(torch.cumsum(torch.flip(rows, [0]), 0), [0]).tolist() + [0.0]
+            keep = len(rows)
+            for r in range(floor[i], len(rows) + 1):
+                if math.sqrt(tails[r] + outside) <= share:
+                    keep = r
+                    break
+            floor[i] = max(floor[i], keep)
+        return list(largest_valid_rank(floor))
+
+    def _truncate(self, plans, references, carry=None):
+        """Truncate the layers of ``plans`` (core: the layer's, bases: the plan's ``Û``).
+
+        ``references``: ``{name: core before the update}`` for the guard; None truncates to
+        the rank cap only (no tolerance) and returns ``carry`` (``{name: core}`` in the
+        bases ``Û``) carried to the kept bases.
+        """
         opt_state = self.optimizer.state
         results = {}
+        tolerances = {}
         for name, (U_hats, _, _) in plans.items():
             layer = self._layers[name]
             work = work_dtype(layer.core.dtype)
             c_hat = layer.core.detach().to(work)
+            reference = None if references is None else references.get(name)
+            rtol = None if references is None else self.tau
             with tl.backend_context("pytorch", local_threadsafe=True):
                 new, P_list, info = truncate_core(
                     c_hat,
                     U_hats,
-                    rtol=self.tau,
+                    rtol=rtol,
                     min_rank=self._lo[name],
                     max_rank=self._hi[name],
                     method=self.truncation,
                 )
+            if rtol is not None and self.truncation_guard and reference is not None:
+                floor = self._guard_floor(name, c_hat, U_hats, reference, P_list, new.rank)
+                if floor is not None:
+                    self.guarded_truncations += 1
+                    with tl.backend_context("pytorch", local_threadsafe=True):
+                        new, P_list, info = truncate_core(
+                            c_hat,
+                            U_hats,
+                            rtol=rtol,
+                            min_rank=floor,
+                            max_rank=self._hi[name],
+                            method=self.truncation,
+                        )
+            atol = None
+            tolerances[name] = (rtol, atol)
             results[name] = (c_hat, U_hats, new, P_list, info)
         if process_group() is not None and results:
             names = sorted(results)
@@ -950,7 +1144,8 @@ class TDLRT(torch.optim.Optimizer):
                             new2, P2, info2 = truncate_core(
                                 c_hat,
                                 U_hats,
-                                rtol=self.tau,
+                                rtol=tolerances[n][0],
+                                atol=tolerances[n][1],
                                 min_rank=want,
                                 max_rank=want,
                                 method=self.truncation,
@@ -973,3 +1168,11 @@ class TDLRT(torch.optim.Optimizer):
         if results and flat:
             self.optimizer.state.pop(self.optimizer._params[0], None)
             self.optimizer._numel_cache = None
+        carried = {}
+        for name, ref in (carry or {}).items():
+            if name in results:
+                P_list = results[name][3]
+                carried[name] = mode_products(
+                    ref, [None if p is None else p.conj().T for p in P_list]
+                )
+        return carried

@@ -38,7 +38,7 @@ from tuckerflow.train.checkpoint import (
     model_fingerprint,
     save_checkpoint,
 )
-from tuckerflow.train.config import TrainConfig
+from tuckerflow.train.config import TrainConfig, resolve_freeze_after
 from tuckerflow.train.data import DataSplits, data_digest, load_dataset, split_dataset
 from tuckerflow.train.dependencies import check_dependencies
 from tuckerflow.train.divergence import TrainingDiverged, checked_step, diverged
@@ -343,7 +343,8 @@ def _autocast(kind, device):
 def _train_epoch(run, epoch):
     """One pass over the training part in the order drawn from the run's batch generator."""
     config, model, optimizer = run.config, run.model, run.optimizer
-    if run.tdlrt is not None and config.freeze_after is not None and epoch > config.freeze_after:
+    freeze_after = resolve_freeze_after(config.freeze_after, config.epochs)
+    if run.tdlrt is not None and freeze_after is not None and epoch > freeze_after:
         run.tdlrt.freeze_ranks()
     model.train()
     tick = time.perf_counter()
@@ -411,6 +412,9 @@ def _train_epoch(run, epoch):
 def _finish(run):
     """Evaluate on the test part; write ``summary.json`` and ``training.png``; the summary."""
     config, model = run.config, run.model
+    if run.tdlrt is not None:
+        # a run may end inside an update interval: the model keeps the truncated ranks
+        run.tdlrt.apply_pending_truncation()
     test_loss, test_acc = evaluate(model, run.tensors["x_test"], run.tensors["y_test"])
     summary = {
         "test_accuracy": test_acc,
