@@ -110,17 +110,22 @@ def test_init_scale_multiplies_the_initial_cores(scale):
         torch.testing.assert_close(scaled[name], scale * plain[name], rtol=1e-6, atol=0)
 
 
-def test_a_run_ending_inside_an_update_interval_reports_truncated_ranks(tmp_path):
-    # 12 steps per epoch on digits with update_every=5: the last interval is cut short, the
-    # summary's ranks are those after the pending truncation, and resume continues from the
-    # checkpoint (written before it) as a straight run does
+def test_an_epoch_ending_inside_an_update_interval_reports_truncated_ranks(tmp_path):
+    # 12 steps per epoch on digits with update_every=5: the basis update of step 10 would
+    # hold augmented bases past the end of the epoch; the epoch ends with its truncation, so
+    # the history, the summary and the checkpoint hold the truncated ranks, and resume
+    # continues exactly as a straight run does
     options = {**TINY, "method": "tdlrt", "rank": 8, "tau": 0.3, "update_every": 5}
     straight = train(TrainConfig(**options, epochs=2, out=str(tmp_path / "a")))
     first = train(TrainConfig(**options, epochs=1, out=str(tmp_path / "b")))
-    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["tdlrt"]
-    assert saved["pending"]  # the checkpoint holds the augmented bases of the last interval
-    augmented = {name: tuple(s["core"]) for name, s in saved["shapes"].items()}
-    assert any(tuple(first["ranks"][n]) != augmented[n] for n in augmented)
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["tdlrt"]
+    assert saved["pending"] == {}
+    stored = {name: list(s["core"]) for name, s in saved["shapes"].items()}
+    assert stored == {n: first["ranks"][n] for n in stored}
+    assert first["history"][-1]["ranks"] == first["ranks"]
+    # without the truncation at the end of the epoch the ranks would be the augmented ones
+    ranks = straight["history"][1]["ranks"]
+    assert all(max(ranks[n]) <= 8 for n in stored), ranks
     resumed = train(TrainConfig(**options, epochs=2, out=str(tmp_path / "b"), resume=True))
     assert resumed["ranks"] == straight["ranks"]
     assert resumed["test_loss"] == pytest.approx(straight["test_loss"], rel=1e-5)

@@ -343,7 +343,9 @@ def run_study_job(job, folder, epochs):
             return json.load(handle)
     options = {k: v for k, v in {**ARMS.get(arm, {}), **options}.items() if k != "_tag"}
     base = {"quiet": True, "device": "cpu", "threads": 1, "epochs": epochs}
-    config = TrainConfig(**base, data=data, seed=seed, tau=tau, **options)
+    if tau is not None:
+        options["tau"] = tau
+    config = TrainConfig(**base, data=data, seed=seed, **options)
     summary = train(config)
     record = _record(arm, config.method, seed, summary, {"tau": tau, "data": data})
     record["options"] = {k: v for k, v in options.items() if k != "ranks"}
@@ -409,6 +411,97 @@ def study_table(records, dense_by_seed):
     return "\n".join(lines)
 
 
+INIT_SCALES = (0.01, 0.1, 1.0, 10.0)
+
+
+def run_init_pair(job, folder, epochs):
+    """Goal 3: TDLRT at one initial core scale, then the same Tucker layers (same seed and
+    scale) trained directly at the ranks that TDLRT run ended with."""
+    data, scale, seed, tau, factorize = job
+    tag = f"-scale{scale}-{factorize}"
+    tdlrt = run_study_job(
+        (
+            data,
+            "TDLRT",
+            tau,
+            seed,
+            {"method": "tdlrt", "init_scale": scale, "factorize": factorize, "_tag": tag},
+        ),
+        folder,
+        epochs,
+    )
+    ranks = {k: v for k, v in tdlrt["ranks"].items() if k in tdlrt["tucker_layers"]}
+    direct = run_study_job(
+        (
+            data,
+            "direct",
+            tau,
+            seed,
+            {
+                "method": "tucker-fixed",
+                "init_scale": scale,
+                "factorize": factorize,
+                "ranks": ranks,
+                "_tag": tag,
+            },
+        ),
+        folder,
+        epochs,
+    )
+    for record in (tdlrt, direct):
+        record["init_scale"] = scale
+        record["factorize"] = factorize
+    return [tdlrt, direct]
+
+
+def init_table(records):
+    """Goal 3: per method and setting, spread of test accuracy over seeds × scales."""
+    import numpy as np
+
+    lines = [
+        "| setting | method | init scale | runs | test accuracy (%) mean ± std | min – max |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["factorize"], r["label"]) for r in records})
+    for factorize, label in keys:
+        rows = [r for r in records if (r["factorize"], r["label"]) == (factorize, label)]
+        for scale in [*INIT_SCALES, "all"]:
+            sel = rows if scale == "all" else [r for r in rows if r["init_scale"] == scale]
+            if not sel:
+                continue
+            acc = 100 * np.array([r["test_accuracy"] for r in sel])
+            lines.append(
+                f"| {factorize} | {label} | {scale} | {len(sel)} | {acc.mean():.2f} ± "
+                f"{_std(acc):.2f} | {acc.min():.2f} – {acc.max():.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def run_init_study(out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-last",)):
+    folder = os.path.join(out, "runs")
+    os.makedirs(folder, exist_ok=True)
+    jobs = [
+        ("mnist5k", scale, seed, tau, factorize)
+        for seed in range(seeds)
+        for factorize in settings
+        for scale in INIT_SCALES
+    ]
+    tick = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_init_pair, job, folder, epochs) for job in jobs]
+        records = [r for f in futures for r in f.result()]
+    meta = {"study": "init", "seeds": seeds, "epochs": epochs, "tau": tau, "jobs": len(jobs)}
+    meta["wall_s"] = time.perf_counter() - tick
+    text = init_table(records)
+    with open(os.path.join(out, "init.json"), "w") as handle:
+        json.dump({"meta": meta, "runs": records}, handle, indent=1)
+    with open(os.path.join(out, "init.md"), "w") as handle:
+        handle.write(text + "\n")
+    print(text)
+    print(json.dumps(meta))
+    return records
+
+
 def run_study(study, out, seeds, epochs, workers, **selection):
     folder = os.path.join(out, "runs")
     os.makedirs(folder, exist_ok=True)
@@ -461,13 +554,23 @@ def main(argv=None):
     )
     parser.add_argument(
         "--study",
-        choices=sorted(STUDIES),
+        choices=[*sorted(STUDIES), "init"],
         help="run a study grid with the CLI defaults instead (see STUDIES)",
     )
     parser.add_argument("--first-seed", type=int, default=0, help="studies: seeds from here")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="studies: arms")
     parser.add_argument("--data", nargs="+", help="studies: data sets")
     args = parser.parse_args(argv)
+    if args.study == "init":
+        run_init_study(
+            args.out,
+            args.seeds,
+            args.epochs,
+            args.workers,
+            tau=args.reference_tau,
+            settings=[args.factorize],
+        )
+        return
     if args.study:
         run_study(
             args.study,

@@ -396,6 +396,10 @@ def _train_epoch(run, epoch):
         seen += len(yb)
         if not config.quiet and step % 10 == 0:
             batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    if run.tdlrt is not None:
+        # an epoch may end inside an update interval: the epoch's ranks (history, checkpoint,
+        # evaluation) are those after the truncation that the interval holds back
+        run.tdlrt.apply_pending_truncation()
     run.elapsed += time.perf_counter() - tick
     run.epochs_done = epoch
     entry = _history_entry(run, epoch, loss_sum / seen, correct / seen)
@@ -412,9 +416,6 @@ def _train_epoch(run, epoch):
 def _finish(run):
     """Evaluate on the test part; write ``summary.json`` and ``training.png``; the summary."""
     config, model = run.config, run.model
-    if run.tdlrt is not None:
-        # a run may end inside an update interval: the model keeps the truncated ranks
-        run.tdlrt.apply_pending_truncation()
     test_loss, test_acc = evaluate(model, run.tensors["x_test"], run.tensors["y_test"])
     summary = {
         "test_accuracy": test_acc,
