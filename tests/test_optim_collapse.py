@@ -284,3 +284,43 @@ def test_bad_collapse_options_are_refused():
         TDLRT(layer, opt, defer_truncation=1)
     with pytest.raises(TypeError, match="truncation_guard='weight' must be True or False"):
         TDLRT(layer, opt, truncation_guard="weight")
+
+
+def _unchanged_weight_run(rate, steps=8):
+    """Basis updates of a weight that does not move (zero gradient), spectrum 0.8^k."""
+    layer = WeightTucker((10, 10, 10), (8, 8, 8), seed=1)
+    core = torch.zeros(8, 8, 8, dtype=torch.float64)
+    for k in range(8):
+        core[k, k, k] = 0.8**k
+    with torch.no_grad():
+        layer.core.copy_(core / core.norm())
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    tdlrt = TDLRT(layer, opt, tau=0.3, update_every=1, limit_truncation_rate=rate)
+    seen = []
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.0 * layer().sum()).backward()
+        tdlrt.step()
+        seen.append(tdlrt.ranks()[""][0])
+    return seen
+
+
+def test_the_relative_rule_drains_a_weight_that_does_not_move():
+    # re-applied to an already truncated weight, ϑ = τ‖Ĉ‖ finds a new tail below it: the
+    # rank falls twice although nothing changed (the guard allows it: each update removes
+    # less than τ of the weight before it)
+    seen = _unchanged_weight_run(False)
+    assert seen[0] < 8 and seen[-1] < seen[0]
+
+
+def test_the_rate_limit_removes_nothing_from_a_weight_that_does_not_move():
+    assert _unchanged_weight_run(True) == [8] * 8
+
+
+def test_the_rate_limit_needs_the_guard():
+    layer = WeightTucker((8, 6, 5), (2, 2, 2), seed=1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="limit_truncation_rate=True needs truncation_guard"):
+        TDLRT(layer, opt, truncation_guard=False, limit_truncation_rate=True)
+    with pytest.raises(TypeError, match="limit_truncation_rate=1 must be True or False"):
+        TDLRT(layer, opt, limit_truncation_rate=1)

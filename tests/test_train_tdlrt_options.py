@@ -35,7 +35,9 @@ def test_the_flags_reach_the_config():
         "0.1",
         "--freeze-after",
         "auto",
+        "--limit-truncation-rate",
     )
+    assert args.limit_truncation_rate is True
     assert (args.update_every, args.defer_truncation, args.truncation_guard) == (5, False, False)
     assert (args.init_scale, args.freeze_after) == (0.1, "auto")
     defaults = _parse()
@@ -71,6 +73,10 @@ def test_bad_flags_are_usage_errors(flags, name, capsys):
         ({"update_every": 0}, "update_every=0 must be 'auto' or an integer >= 1"),
         ({"defer_truncation": "yes"}, "defer_truncation='yes' must be True or False"),
         ({"truncation_guard": 1}, "truncation_guard=1 must be True or False"),
+        (
+            {"truncation_guard": False, "limit_truncation_rate": True},
+            "limit_truncation_rate=True needs truncation_guard=True",
+        ),
         ({"freeze_after": "later"}, "freeze_after='later' must be non-negative"),
     ],
 )

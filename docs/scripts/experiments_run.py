@@ -312,6 +312,7 @@ ARMS = {
     },
     "defaults": {"method": "tdlrt"},  # auto + defer + guard
     "defaults + freeze": {"method": "tdlrt", "freeze_after": "auto"},
+    "defaults + rate limit": {"method": "tdlrt", "limit_truncation_rate": True},
 }
 
 STUDIES = {

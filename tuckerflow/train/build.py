@@ -112,6 +112,7 @@ def make_tdlrt(config, model, optimizer):
         update_every=config.update_every,
         defer_truncation=config.defer_truncation,
         truncation_guard=config.truncation_guard,
+        limit_truncation_rate=config.limit_truncation_rate,
     )
 
 
