@@ -14,6 +14,7 @@ import tensorly as tl
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from .._host import to_host
 from .layers import set_tucker, tucker_layers, unwrap_model
 from .precision import plain_precision, work_dtype
 
@@ -89,7 +90,7 @@ class TuckerAveragedModel(AveragedModel):
             raise ValueError(
                 f"model has the Tucker layers {sorted(theirs)}, the average {sorted(mine)}"
             )
-        n = int(self.n_averaged.item())
+        n = int(to_host(self.n_averaged))
         alpha = self._weight(n)
         skip = set()
         with plain_precision():
