@@ -503,10 +503,14 @@ def run_init_study(out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-l
     return records
 
 
-def run_study(study, out, seeds, epochs, workers, **selection):
+def run_study(study, out, seeds, epochs, workers, *, cached_only=False, **selection):
     folder = os.path.join(out, "runs")
     os.makedirs(folder, exist_ok=True)
     jobs = study_jobs(study, seeds, **selection)
+    if cached_only:  # tables from the runs already there
+        jobs = [
+            j for j in jobs if os.path.exists(os.path.join(folder, _study_key(*j[:4]) + ".json"))
+        ]
     tick = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run_study_job, job, folder, epochs) for job in jobs]
@@ -515,6 +519,8 @@ def run_study(study, out, seeds, epochs, workers, **selection):
     dense = {(r["data"], r["seed"]): r["test_accuracy"] for r in records if r["label"] == "dense"}
     text = study_table(records, dense)
     meta = {"study": study, "seeds": seeds, "epochs": epochs, "wall_s": wall, "jobs": len(jobs)}
+    if cached_only:
+        meta["cached_only"] = True
     with open(os.path.join(out, f"{study}.json"), "w") as handle:
         json.dump({"meta": meta, "runs": records}, handle, indent=1)
     with open(os.path.join(out, f"{study}.md"), "w") as handle:
@@ -583,6 +589,7 @@ def main(argv=None):
             arms=args.arms,
             taus=args.taus if args.taus != list(TAUS) else None,
             data_sets=args.data,
+            cached_only=args.plot_only,
         )
         return
     folder = os.path.join(args.out, "runs")
