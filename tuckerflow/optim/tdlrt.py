@@ -262,11 +262,14 @@ class TDLRT(torch.optim.Optimizer):
         the rank); :meth:`apply_pending_truncation` truncates at once (``freeze_ranks`` does
         so too). No effect with ``update_every=1``.
     truncation_guard : bool
-        Bound what one truncation may discard by the layer's norm before the update:
-        ``ϑ = τ min(‖Ĉ‖, ‖Y₀‖)``, where ``Y₀`` is the weight before the basis update (that
-        opened the interval, with ``defer_truncation``). A step that inflates ``‖Ĉ‖`` then
+        A truncation must keep the weight ``Y₀`` the layer had before the basis update (that
+        opened the interval, with ``defer_truncation``) to relative accuracy ``τ``:
+        ``‖Y₀ − Y₀ ×_i P_iP_iᴴ‖ ≤ τ‖Y₀‖`` for the kept directions ``P_i``, in addition to the
+        published ``‖Ĉ − Y₁‖ ≤ τ‖Ĉ‖``. Where the published ranks violate it, each mode keeps
+        the fewest leading singular vectors of ``Mat_i(Ĉ)`` outside which ``Mat_i(Y₀)`` has
+        norm at most ``τ‖Y₀‖/√m`` (``m`` truncated modes). A step that inflates ``‖Ĉ‖`` then
         cannot make the truncation take the layer's earlier content (see Notes). False: the
-        published rule ``ϑ = τ‖Ĉ‖``.
+        published rule alone.
     limit_truncation_rate : bool
         With the guard: the kept bases must hold ``Y₀`` to ``min(τ‖Y₀‖, ‖Ĉ − Y₀‖)``, so a
         truncation never removes more of the earlier weight than the update moved it, and
@@ -308,10 +311,11 @@ class TDLRT(torch.optim.Optimizer):
     basis updates (momentum of a direction builds up over about ``1/(1 − β)`` steps; judged
     after one step, it is judged at a tenth of its size for ``β = 0.9``), ``defer_truncation``
     judges new directions after the interval, and the guard bounds what a truncation may take
-    away to a share ``τ`` of the norm the layer had before the update (``τ²`` of its
-    energy), whatever the update did: ``‖Y₁ − Ĉ‖ ≤ τ‖Y₀‖`` in addition to ``≤ τ‖Ĉ‖``. In
-    an ordinary step ``‖Ĉ‖`` and ``‖Y₀‖`` differ by a learning-rate step and the guard
-    changes nothing.
+    away from the weight before the update to a share ``τ`` of its norm (``τ²`` of its
+    energy), whatever the update did. It binds after a dominating step and, rarely, at the
+    margin of an ordinary one (a tail just under ``τ‖Ĉ‖`` holding a little more than
+    ``τ‖Y₀‖`` of the earlier weight); :attr:`guarded_truncations` counts the truncations
+    whose ranks it raised.
     The guard bounds one update, not many: where training moves a weight by less per update
     than ``τ`` of its norm, the relative rule still removes up to that share at every update
     (re-applied to an already truncated weight, it finds a new tail below ``ϑ``), and over
@@ -519,7 +523,7 @@ class TDLRT(torch.optim.Optimizer):
         self._frozen = bool(freeze_ranks)
         self._steps = 0
         self.skipped_steps = 0
-        #: Truncations whose tolerance the guard lowered (see ``truncation_guard``).
+        #: Truncations whose ranks the guard raised (see ``truncation_guard``).
         self.guarded_truncations = 0
         #: ``{layer name: TruncationInfo}`` of the last truncation.
         self.last_truncation = {}
@@ -693,6 +697,7 @@ class TDLRT(torch.optim.Optimizer):
             "frozen": self._frozen,
             "tau": self.tau,
             "pending": {name: c.clone() for name, c in self._pending.items()},
+            "guarded_truncations": self.guarded_truncations,
         }
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, out)
@@ -740,6 +745,7 @@ class TDLRT(torch.optim.Optimizer):
         self._steps = int(state_dict.get("steps", 0))
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._frozen = bool(state_dict.get("frozen", False))
+        self.guarded_truncations = int(state_dict.get("guarded_truncations", 0))
         pending = dict(state_dict.get("pending") or {})
         unknown = sorted(set(pending) - set(self._layers))
         if unknown:
