@@ -13,6 +13,7 @@ import math
 import pytest
 import tensorly as tl
 import torch
+from test_optim_helpers import WeightTucker, tucker_tensor
 from test_optim_host import EPS32, EPS64, _weights, batches, chain, run_steps
 
 from tuckerflow import _host
@@ -185,3 +186,30 @@ def test_a_rank_cap_that_rotates_the_bases_falls_back_to_the_tensors():
     assert data.remainders is None
     ((_, _, _, data),) = _batched.truncate_cores([(c_hat, U, 1, None)], 0.3, [y0])
     assert data.remainders is not None
+
+
+def test_the_fallback_takes_the_per_layer_decisions_and_counts_its_transfers():
+    """A layer whose caps break validity of the rank-cap HOSVD (augmented core (16, 4, 4),
+    caps (16, 3, 3): 16 > 3·3): the guard acts at the first step, reading those tails from
+    the tensors (counted), with the per-layer path's decisions."""
+    out = {}
+    for reference in (True, False):
+        layer = WeightTucker((16, 6, 6), (8, 2, 2), seed=1)
+        target = tucker_tensor((16, 6, 6), (6, 3, 3), seed=4)
+        target = 20.0 * target / target.norm()  # a first step that dominates the layer
+        opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+        tdlrt = TDLRT(layer, opt, tau=0.3, update_every=1, max_rank=(16, 3, 3))
+        tdlrt._reference_path = reference
+        seen = []
+        for _ in range(3):
+            opt.zero_grad()
+            (0.5 * ((layer() - target) ** 2).sum()).backward()
+            with _host.counting() as n:
+                tdlrt.step()
+            seen.append((tdlrt.ranks()[""], tdlrt.guarded_truncations, n()))
+        out[reference] = seen
+    assert [s[:2] for s in out[True]] == [s[:2] for s in out[False]]
+    assert out[False][0][1] == 1  # the guard acted at the first step
+    # the fallback's transfers are counted: the rank-cap HOSVD (3) and the tails (1)
+    assert out[False][0][2] == 2 + 4
+    assert [s[2] for s in out[False][1:]] == [2, 2]
