@@ -353,14 +353,29 @@ def _guard_slots(q, slot):
     from tensorly.tenalg import multi_mode_dot
 
     z = multi_mode_dot(y, [bases[i].conj().T for i in q.free], modes=list(q.free))
-    q.slots["g_table"] = slot(_box_table(z.abs() ** 2, q.free))
-    for i in q.free:
-        unfolded = _unfold(y, i)
-        coefficients = bases[i].conj().T @ unfolded
-        rows = (coefficients.abs() ** 2).sum(dim=1)
+    e2 = z.abs() ** 2
+    others = tuple(j for j in range(e2.dim()) if j not in q.free)
+    block = e2.sum(dim=others) if others else e2
+    table = block
+    for ax in range(table.dim()):
+        table = torch.cumsum(table, dim=ax)
+    q.slots["g_table"] = slot(table)
+    # with square bases (the usual case: n_i ≤ ∏_{j≠i} n_j) the other modes' rotations keep
+    # norms, so the rows of U_iᴴ Mat_i(Y₀) are the marginals of the table's block and nothing
+    # lies outside U_i; otherwise they are formed per mode
+    square = all(bases[i].shape[0] == bases[i].shape[1] for i in q.free)
+    for k, i in enumerate(q.free):
+        if square:
+            rest = tuple(a for a in range(block.dim()) if a != k)
+            rows = block.sum(dim=rest) if rest else block
+            outside = torch.zeros((), dtype=rows.dtype, device=rows.device)
+        else:
+            unfolded = _unfold(y, i)
+            coefficients = bases[i].conj().T @ unfolded
+            rows = (coefficients.abs() ** 2).sum(dim=1)
+            outside = torch.linalg.vector_norm(unfolded - bases[i] @ coefficients) ** 2
         suffix = torch.flip(torch.cumsum(torch.flip(rows, [0]), 0), [0])
         q.slots[("g_suffix", i)] = slot(torch.cat([suffix, torch.zeros_like(suffix[:1])]))
-        outside = torch.linalg.vector_norm(unfolded - bases[i] @ coefficients) ** 2
         q.slots[("g_outside", i)] = slot(outside)
 
 
