@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tol
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from integrate_problems import RotatingTucker, gauss_quadrature
 
 import tuckerflow as tf
-from tuckerflow.operators import Banded, KroneckerSum
+from tuckerflow.integrate import RankAdaptiveBUG
+from tuckerflow.operators import Banded, KroneckerSum, schrodinger
+from tuckerflow.testing.strategies import make_valid, seeds
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rk4(f, y, h):
@@ -115,3 +123,91 @@ def test_tensor_hosvd_rank_at_a_tight_tolerance(backend, dtype):
     z = tf.hosvd(backend.tensor(x, dtype), rank=(7, 7, 7))
     new, _, _ = tf.dlra.truncate_core(z.core, z.factors, rtol=theta, method="hosvd")
     assert new.rank == (5, 5, 5)
+
+
+# ------------------------------------------------------------------------------------------
+# truncation: tolerance plateau, norms, valid and capped ranks
+
+ADAPTIVE = ("ra-bug", "parallel-bug", "midpoint-bug")
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_rank_adaptive_error_plateaus_at_the_truncation_tolerance(backend, method):
+    """algorithms.md §4: at a fixed tolerance ϑ the error stops at a plateau (≲ nsteps · ϑ)
+    instead of falling with the step size; every returned rank is valid."""
+    # full multilinear rank (8, 8, 8), core spectrum 0.87 · 2^-k: truncation must bind
+    prob = RotatingTucker(backend, (8, 8, 8), (8, 8, 8), "float64", seed=2, decay=0.5)
+    end, steps = 0.4, (0.1, 0.05, 0.025)
+    for theta in (3e-2, 1e-2, 1e-3):
+        errs = []
+        for h in steps:
+            sol = tf.solve_ivp(
+                prob, (0.0, end), prob.A(0.0), method=method, step=h,
+                substep=gauss_quadrature, rank_atol=theta,
+            )  # fmt: skip
+            assert sol.success
+            for r in sol.ranks:
+                tf.validate_rank((8, 8, 8), r)
+            err = np.linalg.norm(backend.numpy(sol.y[-1].to_tensor()) - prob.dense(end))
+            errs.append(err)
+            # the truncations are the only error source (the substep is exact here)
+            assert err <= round(end / h) * theta
+        if theta == 1e-3:  # below the spectrum's tail: nothing is cut, exact to round-off
+            assert max(errs) < 1e-10
+        else:  # cut at every step, and the error does not shrink with the step size
+            assert min(errs) >= 0.1 * theta
+            assert errs[-1] >= 0.5 * errs[0], errs
+
+
+def test_schrodinger_norm_and_exact_truncation_change(backend):
+    x = np.linspace(-4, 4, 10)
+    h = x[1] - x[0]
+    op = schrodinger(
+        (10, 10, 10), h, [x**2 / 2] * 3, couplings=[(0.3, [x, x, None]), (0.2, [None, x, x])]
+    )
+    y0 = tf.random_tucker((10, 10, 10), 2, rng=4, dtype="complex128", device=backend.device)
+    solver = RankAdaptiveBUG(
+        op, 0.0, y0, 0.3, step=0.1, substep="exp", rank_rtol=1e-3, truncation="st_hosvd"
+    )
+    norm0 = float(backend.numpy(tf.norm(y0)))
+    while solver.status == "running":
+        before = float(backend.numpy(tf.norm(solver.y)))
+        assert solver.step() is None
+        # the Galerkin step is unitary up to the Krylov tolerance (100 eps per substep)
+        assert abs(solver.augmented_norm - before) <= 1e-11
+        # ST-HOSVD truncation removes exactly the discarded σ² from ‖Y‖²
+        after = float(backend.numpy(tf.norm(solver.y)))
+        removed2 = solver.truncation_info.error_bound**2
+        assert abs(solver.augmented_norm**2 - removed2 - after**2) <= 1e-12
+        assert removed2 <= (1e-3 * solver.augmented_norm) ** 2 * (1 + 1e-9)
+    assert abs(float(backend.numpy(tf.norm(solver.y))) - norm0) <= 3 * 1e-3 * norm0
+    assert max(solver.y.rank) > 2  # the coupling terms made the rank grow
+
+
+def _orth_err(b, u):
+    u = b.numpy(u)
+    return np.abs(u.conj().T @ u - np.eye(u.shape[1])).max()
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+@settings(max_examples=6)
+@given(
+    shape=st.tuples(st.integers(3, 6), st.integers(3, 6), st.integers(2, 5)),
+    cap=st.integers(1, 4),
+    seed=seeds,
+)
+def test_returned_ranks_valid_and_capped(backend, method, shape, cap, seed):
+    gen = np.random.default_rng(seed % 1000)
+    d = len(shape)
+    terms = [(1.0, [gen.standard_normal((n, n)) for n in shape]), (0.5, [None] * d)]
+    op = KroneckerSum(shape, terms)
+    rank = make_valid(tuple(min(cap, n) for n in shape))
+    y0 = tf.random_tucker(shape, rank, rng=seed % 1000, device=backend.device)
+    sol = tf.solve_ivp(op, (0, 0.2), y0, method=method, step=0.1, rank_rtol=1e-8, max_rank=cap)
+    assert sol.success
+    for r in sol.ranks:
+        tf.validate_rank(shape, r)
+        assert max(r) <= cap
+    for y in sol.y:
+        for u in y.factors:
+            assert _orth_err(backend, u) <= tol("float64", 100)
