@@ -1,9 +1,11 @@
 """What every integrator checks (tuckerflow.integrate.base): times, step sizes, names, rank
-caps, and a right-hand side of the wrong shape or with non-finite values."""
+caps, a right-hand side of the wrong shape or with non-finite values, a step below the time
+resolution (found by the bad-input fuzz, tuckerflow.testing.fuzz), unknown options."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -92,3 +94,53 @@ class TestBadInput:
         assert solver.status == "finished"
         with pytest.raises(RuntimeError, match="status is 'finished'"):
             solver.step()
+
+
+# ------------------------------------------------------------------------------------------
+# a step below the time resolution, unknown options, `vectorized`
+
+
+def _decay(t, Y):
+    return tf.scale(Y, -1.0)
+
+
+@pytest.fixture(scope="module")
+def y0():
+    return tf.random_tucker((4, 3, 2), (2, 2, 2), rng=0)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_step_below_the_resolution_of_the_span_ends_with_a_message(method, y0):
+    """``step=1e-17`` from 0 to 0.2 is representable at t = 0 but below the resolution near
+    0.2: it would take 2·10¹⁶ steps and then stall. The run ends at once, success=False."""
+    for span, step in (((0.0, 0.2), 1e-17), ((0.0, 0.2), 1e-300), ((0.0, 1e300), 0.1)):
+        sol = tf.solve_ivp(_decay, span, y0, method=method, step=step)
+        assert not sol.success and sol.status == -1 and sol.nsteps == 0
+        assert f"step={step!r} is below the time resolution" in sol.message
+        assert sol.t[-1] == 0.0
+    sol = tf.solve_ivp(_decay, (0.0, 0.2), y0, method=method, max_step=1e-17)
+    assert not sol.success and "max_step=1e-17 is below the time resolution" in sol.message
+
+
+def test_unknown_options_warn_and_have_no_effect(y0):
+    with pytest.warns(OptionWarning, match=r"method 'ra-bug' got unknown option\(s\) \['rank_tol'"):
+        warned = tf.solve_ivp(_decay, (0.0, 0.2), y0, step=0.1, rank_tol=1e-3)
+    plain = tf.solve_ivp(_decay, (0.0, 0.2), y0, step=0.1)
+    assert np.array_equal(warned.y[-1].to_tensor(), plain.y[-1].to_tensor())
+    # the warning points at the caller's line, and a filter makes it an error
+    with pytest.warns(OptionWarning) as record:
+        tf.solve_ivp(_decay, (0.0, 0.2), y0, method="bug", step=0.1, max_rank=3)
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OptionWarning)
+        with pytest.raises(OptionWarning, match="its options are: step, rtol"):
+            tf.solve_ivp(_decay, (0.0, 0.2), y0, step=0.1, nonsense=1)
+
+
+def test_vectorized_false_is_accepted_and_true_refused(y0):
+    sol = tf.solve_ivp(_decay, (0.0, 0.2), y0, step=0.1, vectorized=False)
+    assert sol.success
+    with pytest.raises(ValueError, match="vectorized=True is not supported"):
+        tf.solve_ivp(_decay, (0.0, 0.2), y0, step=0.1, vectorized=True)
+    with pytest.raises(TypeError, match="vectorized must be True or False"):
+        tf.solve_ivp(_decay, (0.0, 0.2), y0, step=0.1, vectorized="yes")

@@ -3,6 +3,8 @@ substep plugged into an integrator."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tensorly as tl
@@ -54,3 +56,19 @@ def test_user_substep_plugs_in(backend):
     sol = tf.solve_ivp(op, (0, 0.2), y0, method="bug", step=0.1, substep=midpoint)
     assert sol.success and len(calls) == 2 * 4  # 3 K-steps + 1 Galerkin per step
     assert sol.nfev == 2 * len(calls)
+
+
+# ------------------------------------------------------------------------------------------
+# bad input found by the fuzz (tuckerflow.testing.fuzz)
+
+
+def test_krylov_dim_must_be_a_positive_integer():
+    for bad in (math.inf, 2.7, True, "30", None):
+        with pytest.raises(TypeError, match="krylov_dim must be an integer >= 1"):
+            KrylovExponential(krylov_dim=bad)
+    with pytest.raises(ValueError, match="krylov_dim=0 must be at least 1"):
+        KrylovExponential(krylov_dim=0)
+    for bad in (0.0, 1.0, -1e-3, math.nan):
+        with pytest.raises(ValueError, match=r"rtol=.* must lie in \(0, 1\)"):
+            KrylovExponential(rtol=bad)
+    assert KrylovExponential(krylov_dim=np.int64(5)).krylov_dim == 5
