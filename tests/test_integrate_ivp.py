@@ -4,6 +4,9 @@ The reference problem is a dense tensor ODE small enough for ``scipy.integrate.s
 ``Y' = A·Y`` (a Kronecker sum, mode-wise skew plus a damping) ``+ b sin(t) Y⊙Y`` on a
 ``4 × 3 × 3`` tensor. A Tucker state of full multilinear rank spans the whole space, so
 every low-rank method solves the same ODE as SciPy and must agree with it to the tolerances.
+The facts every method satisfies through ``solve_ivp`` (exactness on constant-rank data,
+robustness, order, dtype and device) use the manufactured problems of
+``integrate_problems.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The rank rule of the rank-adaptive integrators: no over-counting of discarded values.
+"""The rank-adaptive integrators (tuckerflow.integrate.rank_adaptive): their truncation.
+
+The rank rule does not over-count discarded values:
 
 ``ra-bug`` with the default ``truncation="hosvd"`` must keep the ranks of the published
 matrix rank-adaptive BUG (Ceruti, Kusch & Lubich, BIT 62, 2022, Algorithm 1 with the
