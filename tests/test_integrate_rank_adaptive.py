@@ -1,8 +1,6 @@
 """The rank-adaptive integrators (tuckerflow.integrate.rank_adaptive): their truncation.
 
-The rank rule does not over-count discarded values:
-
-``ra-bug`` with the default ``truncation="hosvd"`` must keep the ranks of the published
+The rank rule does not over-count discarded values: ``ra-bug`` with the default ``truncation="hosvd"`` must keep the ranks of the published
 matrix rank-adaptive BUG (Ceruti, Kusch & Lubich, BIT 62, 2022, Algorithm 1 with the
 truncation of its §3) on the matrix Schrödinger example of its §6.1, step by step; the
 reference below is a direct implementation of that algorithm on dense ``n × n`` matrices.
