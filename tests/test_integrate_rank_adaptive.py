@@ -1,12 +1,12 @@
 """The rank-adaptive integrators (tuckerflow.integrate.rank_adaptive): their truncation.
 
-The rank rule does not over-count discarded values: ``ra-bug`` with the default ``truncation="hosvd"`` must keep the ranks of the published
-matrix rank-adaptive BUG (Ceruti, Kusch & Lubich, BIT 62, 2022, Algorithm 1 with the
-truncation of its §3) on the matrix Schrödinger example of its §6.1, step by step; the
-reference below is a direct implementation of that algorithm on dense ``n × n`` matrices.
-The tensor rule (``d ≥ 3``) is checked on a tensor whose exact HOSVD errors are known, at a
-tolerance far below ``‖X‖`` where an error computed as ``total − kept`` would lose the
-digits that decide the rank.
+The rank rule does not over-count discarded values: ``ra-bug`` with the default
+``truncation="hosvd"`` must keep the ranks of the published matrix rank-adaptive BUG
+(Ceruti, Kusch & Lubich, BIT 62, 2022, Algorithm 1 with the truncation of its §3) on the
+matrix Schrödinger example of its §6.1, step by step; the reference below is a direct
+implementation of that algorithm on dense ``n × n`` matrices. The tensor rule (``d ≥ 3``) is
+checked on a tensor whose exact HOSVD errors are known, at a tolerance far below ``‖X‖``
+where an error computed as ``total − kept`` would lose the digits that decide the rank.
 """
 
 from __future__ import annotations
