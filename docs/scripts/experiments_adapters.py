@@ -10,7 +10,8 @@ and every hidden linear layer; the new head is trained in full by every method):
 - ``adalora r``: PEFT AdaLoRA from ``init_r = 1.5 r`` to an average ``target_r = r``
   (its orthogonal regularisation, weight 0.5, added to the loss as PEFT does for its own models);
 - ``tdlrt τ``: :func:`tuckerflow.nn.add_adapters` at rank 1, trained by
-  :class:`tuckerflow.optim.TDLRT` with truncation tolerance ``τ``.
+  :class:`tuckerflow.optim.TDLRT` with truncation tolerance ``τ``;
+- ``tdlrt r0=8 τ``: the same from initial rank 8 (ranks then adapt down or up).
 
 Every method uses Adam (batch 64, no weight decay, no schedule) and takes its learning rate from
 a small grid, chosen on the validation images by the mean accuracy of the selection seeds; the
@@ -53,6 +54,7 @@ LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 LORA_RANKS = (1, 2, 4, 8, 16)
 ADALORA_RANKS = (2, 4, 8)
 TAUS = (0.05, 0.1, 0.2, 0.3)
+TAUS_FROM_8 = (0.1, 0.2, 0.3)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -159,12 +161,15 @@ def methods():
     out += [("lora", r) for r in LORA_RANKS]
     out += [("adalora", r) for r in ADALORA_RANKS]
     out += [("tdlrt", tau) for tau in TAUS]
+    out += [("tdlrt8", tau) for tau in TAUS_FROM_8]
     return out
 
 
 def label(method, value):
     if value is None:
         return method
+    if method == "tdlrt8":
+        return f"tdlrt r0=8 τ={value}"
     return f"{method} τ={value}" if method == "tdlrt" else f"{method} r={value}"
 
 
@@ -191,10 +196,11 @@ def prepare(method, value, base, name, steps):
         params = [p for p in model.parameters() if p.requires_grad]
         n = sum(p.numel() for p in params)
         return model, params, None, None, lambda: {"trainable": n, "adapter": 0, "conv_adapter": 0}
-    if method == "tdlrt":
+    if method in ("tdlrt", "tdlrt8"):
         from tuckerflow.nn import adapter_report, add_adapters
 
-        model, _ = add_adapters(model, filter=paths, rank=1, modules_to_save=[head])
+        start = 1 if method == "tdlrt" else 8
+        model, _ = add_adapters(model, filter=paths, rank=start, modules_to_save=[head])
         params = [p for p in model.parameters() if p.requires_grad]
 
         def count_tdlrt():
@@ -358,7 +364,7 @@ def summary(records, lrs):
                 "ranks": runs[0].get("ranks"),
             }
         )
-    order = {m: i for i, m in enumerate(("full", "head", "lora", "adalora", "tdlrt"))}
+    order = {m: i for i, m in enumerate(("full", "head", "lora", "adalora", "tdlrt", "tdlrt8"))}
     rows.sort(key=lambda r: (order[r["method"]], r["value"] or 0))
     return rows
 
@@ -370,8 +376,11 @@ def goals(rows, margin=0.5):
         return {}
     target = max(r["test"] for r in lora) - margin
 
+    def family(r):  # TDLRT from either initial rank
+        return "tdlrt" if r["method"].startswith("tdlrt") else r["method"]
+
     def cheapest(method, key):
-        ok = [r for r in rows if r["method"] == method and r["test"] >= target]
+        ok = [r for r in rows if family(r) == method and r["test"] >= target]
         return min(ok, key=lambda r: r[key]) if ok else None
 
     out = {"lora_best": max(r["test"] for r in lora), "target": target}
@@ -390,7 +399,7 @@ def goals(rows, margin=0.5):
         level = max(r["test"] for r in ada_rows) - margin
         out["adalora_best"], out["adalora_level"] = level + margin, level
         for method in ("adalora", "tdlrt", "lora"):
-            ok = [r for r in rows if r["method"] == method and r["test"] >= level]
+            ok = [r for r in rows if family(r) == method and r["test"] >= level]
             best = min(ok, key=lambda r: r["conv_adapter"]) if ok else None
             out[f"at_adalora_level_{method}_conv"] = (
                 None if best is None else (best["label"], best["conv_adapter"])
@@ -426,6 +435,7 @@ def plot(rows, name, path):
         "lora": ("tab:blue", "o"),
         "adalora": ("tab:orange", "D"),
         "tdlrt": ("tab:red", "^"),
+        "tdlrt8": ("tab:purple", "v"),
     }
     for method, (color, marker) in styles.items():
         pts = [r for r in rows if r["method"] == method]
@@ -440,9 +450,12 @@ def plot(rows, name, path):
             marker=marker,
             linestyle="-" if len(pts) > 1 else "none",
             capsize=2,
-            label={"tdlrt": "TDLRT adapters (τ)", "lora": "PEFT LoRA (r)"}.get(
-                method, {"adalora": "PEFT AdaLoRA (target r)"}.get(method, method)
-            ),
+            label={
+                "tdlrt": "TDLRT adapters from rank 1 (τ)",
+                "tdlrt8": "TDLRT adapters from rank 8 (τ)",
+                "lora": "PEFT LoRA (r)",
+                "adalora": "PEFT AdaLoRA (target r)",
+            }.get(method, method),
         )
         for r in pts:
             if r["value"] is not None:

@@ -47,18 +47,20 @@ def ct(x):
     return resolve() if resolve is not None else y
 
 
-def k_step(rhs, substep, t0, h, core, factors, i):
+def k_step(rhs, substep, t0, h, core, factors, i, adjoints=None):
     """K-step of mode ``i``: ``K' = Mat_i(F(t, Ten_i(K V_iᴴ))) V_i`` from ``K(t0) = U_i S_i``.
 
     Returns ``(K(t0 + h), Q_i)`` where ``Mat_i(C)ᴴ = Q_i S_iᴴ`` and ``V_i = (⊗_{j≠i} U_j) Q_i``.
     The result is not checked for finiteness (:func:`k_steps` checks all modes at once).
+    ``adjoints``: the ``U_jᴴ`` when the caller has them (the K-steps of one step share them,
+    so that an operator's contractions with them are computed once for all modes).
     """
     q, s = core_qr(core, i)
     k0 = tl.dot(factors[i], s)
     k_rank = list(tl.shape(core))
     k_rank[i] = tl.shape(q)[1]
     k_core = tl.fold(ct(q), i, k_rank)  # Mat_i(k_core) = Qᴴ, so Mat_i(Y) = K V_iᴴ
-    mats = [ct(u) for u in factors]
+    mats = [ct(u) for u in factors] if adjoints is None else list(adjoints)
     mats[i] = None
     expected = tuple(tl.shape(k0))
 
@@ -74,8 +76,9 @@ def k_step(rhs, substep, t0, h, core, factors, i):
 def k_steps(rhs, substep, t0, h, core, factors):
     """The K-steps of all modes from the same state; one finiteness check for all."""
     ks, qs = [], []
+    adjoints = [ct(u) for u in factors]
     for i in range(len(factors)):
-        k1, q = k_step(rhs, substep, t0, h, core, factors, i)
+        k1, q = k_step(rhs, substep, t0, h, core, factors, i, adjoints)
         ks.append(k1)
         qs.append(q)
     check_finite_step(ks, t0, t0 + h)

@@ -128,7 +128,8 @@ class KrylovExponential:
                 w = tl.reshape(f(tm, tl.reshape(basis[j], shape)), (-1,))
                 scale = to_float(tl.norm(w))
                 for _ in range(2):  # classical Gram–Schmidt twice: orthogonal to round-off
-                    c = tl.dot(tl.conj(basis), w)
+                    # (conj of a real basis would copy it for nothing)
+                    c = tl.dot(tl.conj(basis) if cplx else basis, w)
                     w = w - tl.dot(c, basis)
                     hess[: j + 1, j] += to_host(c, dtype=None)
                 nxt = to_float(tl.norm(w))

@@ -16,6 +16,7 @@ import tensorly as tl
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from .._host import to_host
 from .layers import check_device, check_model, set_tucker, tucker_layers, unwrap_model
 from .precision import plain_precision, work_dtype
 
@@ -115,7 +116,7 @@ class TuckerAveragedModel(AveragedModel):
             raise ValueError(
                 f"model has the Tucker layers {sorted(theirs)}, the average {sorted(mine)}"
             )
-        n = int(self.n_averaged.item())
+        n = int(to_host(self.n_averaged))
         alpha = self._weight(n)
         skip = set()
         with plain_precision():

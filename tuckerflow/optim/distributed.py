@@ -99,4 +99,6 @@ def broadcast_ranks(ranks, device):
     # on the parameters' device: NCCL communicates CUDA tensors only
     agreed = torch.tensor(list(ranks), dtype=torch.int64, device=device)
     dist.broadcast(agreed, src=0)
-    return [int(v) for v in agreed.tolist()]
+    from .._host import to_host
+
+    return [int(v) for v in to_host(agreed, dtype=None).tolist()]
