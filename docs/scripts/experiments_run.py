@@ -350,7 +350,7 @@ def _study_key(data, arm, tau, seed, extra=""):
 
 def run_study_job(job, folder, epochs):
     """One run of a study; returns its record (read from ``folder`` when done already)."""
-    from tuckerflow.train import TrainConfig, train
+    from tuckerflow.train import TrainConfig, TrainingDiverged, train
 
     data, arm, tau, seed, options = job
     key = _study_key(data, arm, tau, seed, options.get("_tag", ""))
@@ -363,7 +363,16 @@ def run_study_job(job, folder, epochs):
     if tau is not None:
         options["tau"] = tau
     config = TrainConfig(**base, data=data, seed=seed, **options)
-    summary = train(config)
+    try:
+        summary = train(config)
+    except TrainingDiverged as err:  # a result too: recorded, left out of the means
+        record = {"label": arm, "method": config.method, "seed": seed, "tau": tau}
+        record.update({"data": data, "diverged": str(err), "test_accuracy": None, "ranks": {}})
+        record["tucker_layers"] = []
+        with open(path + ".tmp", "w") as handle:
+            json.dump(record, handle)
+        os.replace(path + ".tmp", path)
+        return record
     record = _record(arm, config.method, seed, summary, {"tau": tau, "data": data})
     record["options"] = {k: v for k, v in options.items() if k != "ranks"}
     record["tdlrt_ranks_from"] = options.get("_from")
@@ -407,10 +416,14 @@ def study_table(records, dense_by_seed):
     for key in sorted(groups, key=order):
         data, arm, tau = key
         rows = groups[key]
-        acc = 100 * np.array([r["test_accuracy"] for r in rows])
-        cr = 100 * np.array([r["compression_rate"] for r in rows])
+        # a diverged run (no accuracy) counts as a run far below dense
+        done = [r for r in rows if r.get("test_accuracy") is not None]
+        acc = 100 * np.array([r["test_accuracy"] for r in done])
+        cr = 100 * np.array([r["compression_rate"] for r in done])
         gaps = [
-            100 * (dense_by_seed[(data, r["seed"])] - r["test_accuracy"])
+            math.inf
+            if r.get("test_accuracy") is None
+            else 100 * (dense_by_seed[(data, r["seed"])] - r["test_accuracy"])
             for r in rows
             if (data, r["seed"]) in dense_by_seed
         ]
@@ -448,6 +461,9 @@ def run_init_pair(job, folder, epochs):
         folder,
         epochs,
     )
+    if tdlrt.get("diverged"):
+        tdlrt.update(init_scale=scale, factorize=factorize)
+        return [tdlrt]
     ranks = {k: v for k, v in tdlrt["ranks"].items() if k in tdlrt["tucker_layers"]}
     direct = run_study_job(
         (
@@ -477,8 +493,9 @@ def init_table(records):
     import numpy as np
 
     lines = [
-        "| setting | method | init scale | runs | test accuracy (%) mean ± std | min – max |",
-        "|---|---|---|---|---|---|",
+        "| setting | method | init scale | runs | test accuracy (%) mean ± std | min – max | "
+        "diverged |",
+        "|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["factorize"], r["label"]) for r in records})
     for factorize, label in keys:
@@ -487,10 +504,14 @@ def init_table(records):
             sel = rows if scale == "all" else [r for r in rows if r["init_scale"] == scale]
             if not sel:
                 continue
-            acc = 100 * np.array([r["test_accuracy"] for r in sel])
+            failed = sum(r.get("diverged") is not None for r in sel)
+            acc = 100 * np.array([r["test_accuracy"] for r in sel if not r.get("diverged")])
+            if not len(acc):
+                lines.append(f"| {factorize} | {label} | {scale} | {len(sel)} | – | – | {failed} |")
+                continue
             lines.append(
                 f"| {factorize} | {label} | {scale} | {len(sel)} | {acc.mean():.2f} ± "
-                f"{_std(acc):.2f} | {acc.min():.2f} – {acc.max():.2f} |"
+                f"{_std(acc):.2f} | {acc.min():.2f} – {acc.max():.2f} | {failed} |"
             )
     return "\n".join(lines)
 
