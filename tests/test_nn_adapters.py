@@ -289,7 +289,7 @@ def test_ranks_grow_from_a_small_start_and_bases_stay_bit_identical(kind, optimi
         opt = torch.optim.SGD(chosen, lr=0.3, momentum=0.9, weight_decay=1e-2)
     else:
         opt = torch.optim.AdamW(chosen, lr=0.05, weight_decay=1e-1)
-    tdlrt = TDLRT(model, opt, tau=0.01)
+    tdlrt = TDLRT(model, opt, tau=0.01, update_every=1)
     adapter = model["layer"]
     losses = []
     for _ in range(steps):
@@ -328,7 +328,7 @@ def test_float32_takes_the_rank_decisions_of_float64(kind):
     for name, model in (("64", model64), ("32", model32)):
         dtype = model[0].update.core.dtype
         opt = torch.optim.SGD(_trainable(model), lr=0.3, momentum=0.9)
-        tdlrt = TDLRT(model, opt, tau=0.01)
+        tdlrt = TDLRT(model, opt, tau=0.01, update_every=1)
         for x, y in data:
             opt.zero_grad()
             loss = F.mse_loss(model(x.to(dtype)), y.to(dtype))
@@ -355,7 +355,7 @@ def test_every_step_form_trains_from_the_zero_core(kstep, mode):
     batch = _regression_task(base, 0.3 * torch.randn(12, 16), seed=6)
     model, _ = add_adapters(nn.Sequential(base), rank=1, rng=0)
     opt = torch.optim.SGD(_trainable(model), lr=0.3, momentum=0.9)
-    tdlrt = TDLRT(model, opt, tau=0.01, kstep=kstep, mode=mode)
+    tdlrt = TDLRT(model, opt, tau=0.01, kstep=kstep, mode=mode, update_every=1)
     ranks, losses = [], []
     for _ in range(20):
         x, y = batch()
@@ -384,7 +384,7 @@ def test_training_loop_idioms_clipping_scheduler_and_bf16_autocast():
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     opt = torch.optim.SGD(_trainable(model), lr=1.0, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.7)
-    tdlrt = TDLRT(model, opt, tau=0.05)
+    tdlrt = TDLRT(model, opt, tau=0.05, update_every=1)
     losses, clipped = [], 0
     for _ in range(12):
         opt.zero_grad()

@@ -317,7 +317,7 @@ def _entry_hook(model):
 def test_a_non_uniform_edit_is_refused_before_anything_changes(edit, name, dtype):
     model = net(dtype)
     opt = OPTIMIZERS[name](model.parameters())
-    tdlrt = TDLRT(model, opt, tau=0.05)
+    tdlrt = TDLRT(model, opt, tau=0.05, update_every=1)
     train(model, opt, tdlrt, 1)  # optimizer state exists
     x, y = batch(dtype, seed=7)
     tdlrt.zero_grad()
@@ -445,7 +445,7 @@ def test_step_with_a_closure_evaluates_it_once_and_equals_backward_then_step(nam
 def test_lbfgs_trains_through_step_closure_across_rank_changes(dtype):
     model = net(dtype)
     opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
-    tdlrt = TDLRT(model, opt, tau=1e-3, update_every=2)
+    tdlrt = TDLRT(model, opt, tau=1e-3, update_every=2, defer_truncation=False)
     x, y = batch(dtype, n=24)
 
     def closure():

@@ -514,7 +514,7 @@ def test_nonfinite_second_evaluation_rolls_back_the_augmentation():
     model = conv_net(16)
     x, y = data(16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    tdlrt = TDLRT(model, opt, tau=0.2, mode="two-pass")
+    tdlrt = TDLRT(model, opt, tau=0.2, mode="two-pass", update_every=1)
     tdlrt.step(make_closure(model, opt, x, y))
     bad = x.clone()
     bad[:, 0] = float("inf")
@@ -559,7 +559,7 @@ def test_a_failing_second_evaluation_leaves_the_model_unchanged():
     model = conv_net(19)
     x, y = data(19)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    tdlrt = TDLRT(model, opt, tau=0.2, mode="two-pass")
+    tdlrt = TDLRT(model, opt, tau=0.2, mode="two-pass", update_every=1)
     tdlrt.step(make_closure(model, opt, x, y))
     calls = []
 

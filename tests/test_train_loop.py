@@ -93,7 +93,7 @@ def test_tucker_fixed_keeps_its_ranks_and_reports_compression(tmp_path):
 def test_tdlrt_run_adapts_ranks_within_bounds(tmp_path):
     summary = train(
         TrainConfig(
-            **TINY, method="tdlrt", epochs=1, rank=8, max_rank=12, tau=0.2, out=str(tmp_path)
+            **TINY, method="tdlrt", epochs=2, rank=8, max_rank=12, tau=0.2, out=str(tmp_path)
         )
     )
     shapes = {"conv1": (20, 1, 5, 5), "conv2": (50, 20, 5, 5), "fc1": (500, 200)}

@@ -28,7 +28,7 @@ DEMO_SETTINGS = {
 }
 
 
-def run_demo(*, epochs=10, tau=0.2, out=None, quiet=False):
+def run_demo(*, epochs=10, tau=0.2, factorize="all-but-last", out=None, quiet=False):
     """Train the dense and the TDLRT LeNet5; returns ``{"dense": summary, "tdlrt": summary}``.
 
     Parameters
@@ -37,6 +37,9 @@ def run_demo(*, epochs=10, tau=0.2, out=None, quiet=False):
         Epochs of each run.
     tau : float
         Relative truncation tolerance of TDLRT.
+    factorize : {"all-but-last", "conv", "all"}
+        Which layers TDLRT factorizes (``"conv"``: the convolutions only, the setting of
+        Zangrando et al.).
     out : str, optional
         Folder receiving ``dense/`` and ``tdlrt/`` run outputs (overwritten); None writes
         nothing.
@@ -52,6 +55,7 @@ def run_demo(*, epochs=10, tau=0.2, out=None, quiet=False):
             method=method,
             tau=tau,
             rank=32,
+            factorize=factorize,
             epochs=epochs,
             out=None if out is None else os.path.join(out, method),
             overwrite=out is not None,
@@ -101,10 +105,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tuckerflow.demo", description=__doc__)
     parser.add_argument("--epochs", type=int, default=10, help="default: 10")
     parser.add_argument("--tau", type=float, default=0.2, help="default: 0.2")
+    parser.add_argument(
+        "--factorize",
+        default="all-but-last",
+        choices=("all-but-last", "conv", "all"),
+        help="layers TDLRT factorizes; default: all-but-last",
+    )
     parser.add_argument("--out", default=None, help="write run outputs here (overwritten)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    summaries = run_demo(epochs=args.epochs, tau=args.tau, out=args.out, quiet=args.quiet)
+    summaries = run_demo(
+        epochs=args.epochs, tau=args.tau, factorize=args.factorize, out=args.out, quiet=args.quiet
+    )
     print()
     print(format_comparison(summaries))
     return 0

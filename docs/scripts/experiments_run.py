@@ -10,6 +10,14 @@ Writes ``OUT/results.json`` (one record per run), ``OUT/table.md`` and the figur
 ``docs/figures/experiments_accuracy_compression.png`` and ``docs/figures/experiments_spread.png``.
 The held-out split is the same for every run (``split_seed=0``); the seed changes the
 initialization and the batch order only.
+
+Studies (``--study``) run grids with the CLI defaults of ``tuckerflow train`` instead, one JSON
+file per run in ``OUT/runs`` (reused when present), and write ``OUT/STUDY.json`` and
+``OUT/STUDY.md``::
+
+    python docs/scripts/experiments_run.py --study ablation --out runs/study --seeds 3 --epochs 5
+    python docs/scripts/experiments_run.py --study goal1 --out runs/study --seeds 10 --epochs 5
+    python docs/scripts/experiments_run.py --study init --out runs/study --seeds 2 --epochs 5
 """
 
 from __future__ import annotations
@@ -115,6 +123,10 @@ def _slug(label):
     return "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()
 
 
+#: TDLRT options of the published form (the defaults before the collapse protection).
+PUBLISHED = {"update_every": 1, "defer_truncation": False, "truncation_guard": False}
+
+
 def run_seed(
     seed,
     epochs,
@@ -123,6 +135,7 @@ def run_seed(
     baselines=("dense", "direct", "tltorch"),
     factorize="all-but-last",
     reference_tau=REFERENCE_TAU,
+    published=False,
 ):
     """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks).
 
@@ -152,7 +165,10 @@ def run_seed(
         label = f"TDLRT τ={tau}"
         record = done(label)
         if record is None:
-            config = TrainConfig(**common, method="tdlrt", tau=tau, epochs=epochs, seed=seed)
+            options = PUBLISHED if published else {}
+            config = TrainConfig(
+                **common, **options, method="tdlrt", tau=tau, epochs=epochs, seed=seed
+            )
             summary = train(config)
             record = keep(_record(label, "tdlrt", seed, summary, {"tau": tau}))
         records.append(record)
@@ -281,6 +297,277 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False):
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- studies
+#
+# A study is a grid of (data, arm, τ, seed) runs of ``tuckerflow train`` with the CLI
+# defaults (lr 0.05, momentum 0.9, batch 64, rank 32, 5 epochs, all layers but the
+# classifier factorized) unless the arm says otherwise; each run is one JSON file in
+# OUT/runs, so an interrupted study continues and studies sharing OUT share runs.
+
+#: TDLRT option sets compared by the ablation (``None``: the TrainConfig default).
+ARMS = {
+    "dense": {"method": "dense"},
+    "published": {
+        "method": "tdlrt",
+        "update_every": 1,
+        "defer_truncation": False,
+        "truncation_guard": False,
+    },
+    "guard only": {"method": "tdlrt", "update_every": 1, "truncation_guard": True},
+    "auto interval": {
+        "method": "tdlrt",
+        "update_every": "auto",
+        "defer_truncation": False,
+        "truncation_guard": False,
+    },
+    "auto + defer": {
+        "method": "tdlrt",
+        "update_every": "auto",
+        "defer_truncation": True,
+        "truncation_guard": False,
+    },
+    "defaults": {"method": "tdlrt"},  # auto + defer + guard
+    "defaults + freeze": {"method": "tdlrt", "freeze_after": "auto"},
+    "defaults + rate limit": {"method": "tdlrt", "limit_truncation_rate": True},
+}
+
+STUDIES = {
+    "ablation": {
+        "data": ["mnist5k"],
+        "arms": ["published", "guard only", "auto interval", "auto + defer", "defaults"],
+        # ``--arms`` selects a subset; the runs are shared with the other studies
+        "taus": [0.1, 0.2, 0.3],
+    },
+    "goal1": {"data": ["mnist5k", "digits"], "arms": ["defaults"], "taus": [0.1, 0.2, 0.3]},
+    "freeze": {"data": ["mnist5k"], "arms": ["defaults + freeze"], "taus": [0.1, 0.2, 0.3]},
+}
+
+
+def _study_key(data, arm, tau, seed, extra=""):
+    tau_part = "" if arm == "dense" else f"-tau{tau}"
+    return _slug(f"{data}-{arm}{tau_part}{extra}-seed{seed}")
+
+
+def run_study_job(job, folder, epochs):
+    """One run of a study; returns its record (read from ``folder`` when done already)."""
+    from tuckerflow.train import TrainConfig, TrainingDiverged, train
+
+    data, arm, tau, seed, options = job
+    key = _study_key(data, arm, tau, seed, options.get("_tag", ""))
+    path = os.path.join(folder, key + ".json")
+    if os.path.exists(path):
+        with open(path) as handle:
+            return json.load(handle)
+    options = {k: v for k, v in {**ARMS.get(arm, {}), **options}.items() if k != "_tag"}
+    base = {"quiet": True, "device": "cpu", "threads": 1, "epochs": epochs}
+    if tau is not None:
+        options["tau"] = tau
+    config = TrainConfig(**base, data=data, seed=seed, **options)
+    try:
+        summary = train(config)
+    except TrainingDiverged as err:  # a result too: recorded, left out of the means
+        record = {"label": arm, "method": config.method, "seed": seed, "tau": tau}
+        record.update({"data": data, "diverged": str(err), "test_accuracy": None, "ranks": {}})
+        record["tucker_layers"] = []
+        with open(path + ".tmp", "w") as handle:
+            json.dump(record, handle)
+        os.replace(path + ".tmp", path)
+        return record
+    record = _record(arm, config.method, seed, summary, {"tau": tau, "data": data})
+    record["options"] = {k: v for k, v in options.items() if k != "ranks"}
+    record["tdlrt_ranks_from"] = options.get("_from")
+    with open(path + ".tmp", "w") as handle:
+        json.dump(record, handle)
+    os.replace(path + ".tmp", path)
+    return record
+
+
+def study_jobs(study, seeds, *, first_seed=0, arms=None, taus=None, data_sets=None):
+    spec = dict(STUDIES[study])
+    spec.update({k: v for k, v in (("arms", arms), ("taus", taus), ("data", data_sets)) if v})
+    jobs = []
+    for seed in range(first_seed, first_seed + seeds):
+        for data in spec["data"]:
+            jobs.append((data, "dense", None, seed, {}))
+            for tau in spec["taus"]:
+                for arm in spec["arms"]:
+                    jobs.append((data, arm, tau, seed, {}))
+    return jobs
+
+
+def study_table(records, dense_by_seed):
+    """Markdown table per (data, arm, τ): accuracy, gap to dense of the same seed, collapses."""
+    import numpy as np
+
+    groups = {}
+    for r in records:
+        groups.setdefault((r["data"], r["label"], r.get("tau")), []).append(r)
+    lines = [
+        "| data | arm | τ | runs | test accuracy (%) mean ± std | min | worst gap to dense "
+        "(points) | runs > 3 below dense | compression (%) | runs with a layer at output rank 1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def order(key):
+        data, arm, tau = key
+        arms = list(ARMS)
+        return (data, -1 if arm == "dense" else 0, tau or 0, arms.index(arm) if arm in arms else 99)
+
+    for key in sorted(groups, key=order):
+        data, arm, tau = key
+        rows = groups[key]
+        # a diverged run (no accuracy) counts as a run far below dense
+        done = [r for r in rows if r.get("test_accuracy") is not None]
+        acc = 100 * np.array([r["test_accuracy"] for r in done])
+        cr = 100 * np.array([r["compression_rate"] for r in done])
+        gaps = [
+            math.inf
+            if r.get("test_accuracy") is None
+            else 100 * (dense_by_seed[(data, r["seed"])] - r["test_accuracy"])
+            for r in rows
+            if (data, r["seed"]) in dense_by_seed
+        ]
+        worst = f"{max(gaps):.2f}" if gaps and arm != "dense" else "–"
+        # accuracies are multiples of 1/test size: a gap of exactly 3 points is not above 3
+        bad = sum(g > 3 + 1e-9 for g in gaps) if arm != "dense" else "–"
+        # collapse: a Tucker layer left with a single output channel / feature
+        ones = sum(
+            any(v[0] == 1 for k, v in r["ranks"].items() if k in r["tucker_layers"]) for r in rows
+        )
+        lines.append(
+            f"| {data} | {arm} | {'–' if tau is None else tau} | {len(rows)} | "
+            f"{acc.mean():.2f} ± {_std(acc):.2f} | {acc.min():.2f} | {worst} | {bad} | "
+            f"{cr.mean():.1f} | {ones if arm != 'dense' else '–'} |"
+        )
+    return "\n".join(lines)
+
+
+INIT_SCALES = (0.01, 0.1, 1.0, 10.0)
+
+
+def run_init_pair(job, folder, epochs):
+    """Goal 3: TDLRT at one initial core scale, then the same Tucker layers (same seed and
+    scale) trained directly at the ranks that TDLRT run ended with."""
+    data, scale, seed, tau, factorize = job
+    tag = f"-scale{scale}-{factorize}"
+    tdlrt = run_study_job(
+        (
+            data,
+            "TDLRT",
+            tau,
+            seed,
+            {"method": "tdlrt", "init_scale": scale, "factorize": factorize, "_tag": tag},
+        ),
+        folder,
+        epochs,
+    )
+    if tdlrt.get("diverged"):
+        tdlrt.update(init_scale=scale, factorize=factorize)
+        return [tdlrt]
+    ranks = {k: v for k, v in tdlrt["ranks"].items() if k in tdlrt["tucker_layers"]}
+    direct = run_study_job(
+        (
+            data,
+            "direct",
+            tau,
+            seed,
+            {
+                "method": "tucker-fixed",
+                "init_scale": scale,
+                "factorize": factorize,
+                "ranks": ranks,
+                "_tag": tag,
+            },
+        ),
+        folder,
+        epochs,
+    )
+    for record in (tdlrt, direct):
+        record["init_scale"] = scale
+        record["factorize"] = factorize
+    return [tdlrt, direct]
+
+
+def init_table(records):
+    """Goal 3: per method and setting, spread of test accuracy over seeds × scales."""
+    import numpy as np
+
+    lines = [
+        "| setting | method | init scale | runs | test accuracy (%) mean ± std | min – max | "
+        "diverged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["factorize"], r["label"]) for r in records})
+    for factorize, label in keys:
+        rows = [r for r in records if (r["factorize"], r["label"]) == (factorize, label)]
+        for scale in [*INIT_SCALES, "all"]:
+            sel = rows if scale == "all" else [r for r in rows if r["init_scale"] == scale]
+            if not sel:
+                continue
+            failed = sum(r.get("diverged") is not None for r in sel)
+            acc = 100 * np.array([r["test_accuracy"] for r in sel if not r.get("diverged")])
+            if not len(acc):
+                lines.append(f"| {factorize} | {label} | {scale} | {len(sel)} | – | – | {failed} |")
+                continue
+            lines.append(
+                f"| {factorize} | {label} | {scale} | {len(sel)} | {acc.mean():.2f} ± "
+                f"{_std(acc):.2f} | {acc.min():.2f} – {acc.max():.2f} | {failed} |"
+            )
+    return "\n".join(lines)
+
+
+def run_init_study(out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-last",)):
+    folder = os.path.join(out, "runs")
+    os.makedirs(folder, exist_ok=True)
+    jobs = [
+        ("mnist5k", scale, seed, tau, factorize)
+        for seed in range(seeds)
+        for factorize in settings
+        for scale in INIT_SCALES
+    ]
+    tick = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_init_pair, job, folder, epochs) for job in jobs]
+        records = [r for f in futures for r in f.result()]
+    meta = {"study": "init", "seeds": seeds, "epochs": epochs, "tau": tau, "jobs": len(jobs)}
+    meta["wall_s"] = time.perf_counter() - tick
+    text = init_table(records)
+    with open(os.path.join(out, "init.json"), "w") as handle:
+        json.dump({"meta": meta, "runs": records}, handle, indent=1)
+    with open(os.path.join(out, "init.md"), "w") as handle:
+        handle.write(text + "\n")
+    print(text)
+    print(json.dumps(meta))
+    return records
+
+
+def run_study(study, out, seeds, epochs, workers, *, cached_only=False, **selection):
+    folder = os.path.join(out, "runs")
+    os.makedirs(folder, exist_ok=True)
+    jobs = study_jobs(study, seeds, **selection)
+    if cached_only:  # tables from the runs already there
+        jobs = [
+            j for j in jobs if os.path.exists(os.path.join(folder, _study_key(*j[:4]) + ".json"))
+        ]
+    tick = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_study_job, job, folder, epochs) for job in jobs]
+        records = [f.result() for f in futures]
+    wall = time.perf_counter() - tick
+    dense = {(r["data"], r["seed"]): r["test_accuracy"] for r in records if r["label"] == "dense"}
+    text = study_table(records, dense)
+    meta = {"study": study, "seeds": seeds, "epochs": epochs, "wall_s": wall, "jobs": len(jobs)}
+    if cached_only:
+        meta["cached_only"] = True
+    with open(os.path.join(out, f"{study}.json"), "w") as handle:
+        json.dump({"meta": meta, "runs": records}, handle, indent=1)
+    with open(os.path.join(out, f"{study}.md"), "w") as handle:
+        handle.write(text + "\n")
+    print(text)
+    print(json.dumps(meta))
+    return records
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/experiments")
@@ -310,7 +597,44 @@ def main(argv=None):
     parser.add_argument(
         "--figure-prefix", default="experiments", help="figures: PREFIX_accuracy_compression.png …"
     )
+    parser.add_argument(
+        "--study",
+        choices=[*sorted(STUDIES), "init"],
+        help="run a study grid with the CLI defaults instead (see STUDIES)",
+    )
+    parser.add_argument(
+        "--published",
+        action="store_true",
+        help="TDLRT in the published form (update_every=1, no deferral, no guard)",
+    )
+    parser.add_argument("--first-seed", type=int, default=0, help="studies: seeds from here")
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="studies: arms")
+    parser.add_argument("--data", nargs="+", help="studies: data sets")
     args = parser.parse_args(argv)
+    if args.study == "init":
+        run_init_study(
+            args.out,
+            args.seeds,
+            args.epochs,
+            args.workers,
+            tau=args.reference_tau,
+            settings=[args.factorize],
+        )
+        return
+    if args.study:
+        run_study(
+            args.study,
+            args.out,
+            args.seeds,
+            args.epochs,
+            args.workers,
+            first_seed=args.first_seed,
+            arms=args.arms,
+            taus=args.taus if args.taus != list(TAUS) else None,
+            data_sets=args.data,
+            cached_only=args.plot_only,
+        )
+        return
     folder = os.path.join(args.out, "runs")
     os.makedirs(folder, exist_ok=True)
     results = os.path.join(args.out, "results.json")
@@ -327,6 +651,7 @@ def main(argv=None):
                     args.baselines,
                     args.factorize,
                     args.reference_tau,
+                    args.published,
                 )
                 for seed in range(args.seeds)
             ]

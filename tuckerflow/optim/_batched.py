@@ -12,7 +12,9 @@ the same LAPACK/cuSOLVER routines on the same matrices, the same sign convention
 all layers of a step: every factorisation and the prefix sums of the exact-error table are
 computed on the device, then **one** host transfer brings the singular values, norms and
 tables of all layers, and the rank decisions are taken on the host by the same rules
-(:mod:`tuckerflow.ranks`).
+(:mod:`tuckerflow.ranks`). Given the weight before the update of a layer, the same transfer
+carries what TDLRT's truncation guard decides with (:class:`GuardData`), and a truncation
+with a raised rank floor is then taken on the host without another transfer.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..recompression import TruncationInfo, _choose_rank, _make_valid
 from ..tucker import TuckerTensor
 
 __all__ = [
+    "GuardData",
     "batched",
     "flip_signs",
     "gram_left",
@@ -187,6 +190,9 @@ class _Request:
         "work",
         "pairs",
         "slots",
+        "min_rank_arg",
+        "max_rank_arg",
+        "reference",
     )
 
     def __init__(self):
@@ -197,6 +203,7 @@ def _prepare(c_hat, U_hats, rtol, min_rank, max_rank):
     """The host-static part of ``truncate_core`` (bounds and factorisation paths)."""
     q = _Request()
     q.c_hat, q.U_hats, q.rtol = c_hat, list(U_hats), rtol
+    q.min_rank_arg, q.max_rank_arg, q.reference = min_rank, max_rank, None
     d = c_hat.dim()
     cshape = tuple(c_hat.shape)
     q.cshape = cshape
@@ -212,8 +219,11 @@ def _prepare(c_hat, U_hats, rtol, min_rank, max_rank):
     spec.min_rank = lo
     q.spec = spec
     size = math.prod(cshape)
-    gram_ok = bool(q.free) and _gram_is_invisible(
-        rtol**2 / len(q.free), max(cshape[i] for i in q.free)
+    # as truncate_core: the Gram path only under a relative tolerance
+    gram_ok = (
+        rtol is not None
+        and bool(q.free)
+        and _gram_is_invisible(rtol**2 / len(q.free), max(cshape[i] for i in q.free))
     )
     q.policy = ["gram" if gram_ok and cshape[i] ** 2 < size else "qr" for i in range(d)]
     return q
@@ -225,7 +235,7 @@ def box_size(c_hat, U_hats):
     return math.prod(shape[i] for i, u in enumerate(U_hats) if u is not None)
 
 
-def truncate_cores(items, rtol):
+def truncate_cores(items, rtol, references=None):
     """HOSVD truncation of many augmented cores with one host transfer.
 
     Parameters
@@ -233,15 +243,21 @@ def truncate_cores(items, rtol):
     items : list of ``(C_hat, U_hats, min_rank, max_rank)``
         As :func:`tuckerflow.dlra.truncate_core` takes them (torch tensors; every core has
         at least one truncated mode and ``box_size(C_hat, U_hats) ≤ GREEDY_BOX_LIMIT``).
-    rtol : float
-        Relative tolerance ``ϑ = rtol · ‖Ĉ‖_F``.
+    rtol : float or None
+        Relative tolerance ``ϑ = rtol · ‖Ĉ‖_F``; None: no tolerance, the ranks are the caps
+        (as ``truncate_core(…, rtol=None)``).
+    references : list of (tensor or None), optional
+        Per item, the weight ``Y₀`` before the update in the bases ``Û`` (the core's shape):
+        the transfer then also carries what TDLRT's truncation guard reads
+        (:class:`GuardData`).
 
     Returns
     -------
-    list of ``(TuckerTensor, P_list, TruncationInfo)``, as ``truncate_core(…, method="hosvd")``
-    returns them. ``info.error_bound`` is read from the prefix sums instead of a separate sum
-    of the discarded blocks: its absolute error is below ``4 N eps64 ‖Ĉ‖²`` in the square
-    (``N`` entries), the margin the rank decision already allows for.
+    list of ``(TuckerTensor, P_list, TruncationInfo, GuardData | None)``; the first three as
+    ``truncate_core(…, method="hosvd")`` returns them. ``info.error_bound`` is read from the
+    prefix sums instead of a separate sum of the discarded blocks: its absolute error is
+    below ``4 N eps64 ‖Ĉ‖²`` in the square (``N`` entries), the margin the rank decision
+    already allows for.
 
     Raises
     ------
@@ -249,11 +265,26 @@ def truncate_cores(items, rtol):
         A core or factor holds NaN or Inf (nothing of the layers was changed by this call).
     """
     with tl.backend_context("pytorch", local_threadsafe=True):
-        return _truncate_cores(items, rtol)
+        return _truncate_cores(items, rtol, references)
 
 
-def _truncate_cores(items, rtol):
+def _wide(dtype):
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
+def _box_table(e2, free):
+    """``|·|²`` summed over the modes outside ``free``, prefix sums along every mode left."""
+    others = tuple(j for j in range(e2.dim()) if j not in free)
+    block = e2.sum(dim=others) if others else e2
+    for ax in range(block.dim()):
+        block = torch.cumsum(block, dim=ax)
+    return block
+
+
+def _truncate_cores(items, rtol, references=None):
     reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
+    for q, ref in zip(reqs, references or [None] * len(reqs)):
+        q.reference = ref
     parts = []
 
     def slot(t):
@@ -281,29 +312,123 @@ def _truncate_cores(items, rtol):
     for (q, i), (u, s) in zip(owners, results):
         q.pairs[i] = (u, s)
         q.slots[("s", i)] = slot(s)
+    from tensorly.tenalg import multi_mode_dot
+
     for q in reqs:
         # the rotated core in the full singular bases and its |·|² prefix sums over the
         # whole box of the truncated modes (the greedy HOSVD reads any window of it)
-        with tl.backend_context("pytorch", local_threadsafe=True):
-            from tensorly.tenalg import multi_mode_dot
-
-            g = multi_mode_dot(q.work, [q.pairs[i][0].conj().T for i in q.free], modes=list(q.free))
+        g = multi_mode_dot(q.work, [q.pairs[i][0].conj().T for i in q.free], modes=list(q.free))
         e2 = g.abs().to(torch.float64) ** 2
-        total = e2.sum()
-        others = tuple(j for j in range(e2.dim()) if j not in q.free)
-        block = e2.sum(dim=others) if others else e2
-        for ax in range(block.dim()):
-            block = torch.cumsum(block, dim=ax)
+        block = _box_table(e2, q.free)
         q.slots["g"] = g
-        q.slots["total"] = slot(total)
+        q.slots["total"] = slot(e2.sum())
         q.slots["table"] = slot(block)
         q.slots["table_shape"] = tuple(block.shape)
         q.slots["e_numel"] = e2.numel()
+        if q.reference is not None:
+            _guard_slots(q, slot)
     host = to_host(torch.cat(parts)) if parts else np.zeros(0)
     out = []
     for q in reqs:
-        out.append(_finish(q, host))
+        tt, P_list, info = _finish(q, host)
+        out.append((tt, P_list, info, None if q.reference is None else GuardData(q, host, tt)))
     return out
+
+
+def _guard_slots(q, slot):
+    """What the guard reads of ``Y₀`` (float64, in the units of the scaled core ``work``).
+
+    ``‖Y₀‖``, ``‖Ĉ − Y₀‖``; the ``|·|²`` prefix table of ``Y₀ ×_i U_iᴴ`` over the box of the
+    truncated modes (``U_i``: the full left singular bases of ``Mat_i(Ĉ)``), from which
+    ``‖Y₀ − Y₀ ×_i P_iP_iᴴ‖² = ‖Y₀‖² − Σ_box`` for any leading ``P_i = U_i[:, :r_i]``; and per
+    truncated mode the norms² of ``Mat_i(Y₀)`` outside the first ``r`` columns of ``U_i``
+    (suffix sums of the rows of ``U_iᴴ Mat_i(Y₀)``) and outside ``U_i`` altogether.
+    """
+    wide = _wide(q.c_hat.dtype)
+    y = _pow2_scale(q.reference.detach().to(wide), -q.e, _scale_steps(torch.float64))
+    w = q.work.to(wide)
+    q.slots["g_ny0"] = slot(torch.linalg.vector_norm(y))
+    q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(w - y))
+    bases = {i: q.pairs[i][0].to(wide) for i in q.free}
+    from tensorly.tenalg import multi_mode_dot
+
+    z = multi_mode_dot(y, [bases[i].conj().T for i in q.free], modes=list(q.free))
+    e2 = z.abs() ** 2
+    others = tuple(j for j in range(e2.dim()) if j not in q.free)
+    block = e2.sum(dim=others) if others else e2
+    table = block
+    for ax in range(table.dim()):
+        table = torch.cumsum(table, dim=ax)
+    q.slots["g_table"] = slot(table)
+    # with square bases (the usual case: n_i ≤ ∏_{j≠i} n_j) the other modes' rotations keep
+    # norms, so the rows of U_iᴴ Mat_i(Y₀) are the marginals of the table's block and nothing
+    # lies outside U_i; otherwise they are formed per mode
+    square = all(bases[i].shape[0] == bases[i].shape[1] for i in q.free)
+    for k, i in enumerate(q.free):
+        if square:
+            rest = tuple(a for a in range(block.dim()) if a != k)
+            rows = block.sum(dim=rest) if rest else block
+            outside = torch.zeros((), dtype=rows.dtype, device=rows.device)
+        else:
+            unfolded = _unfold(y, i)
+            coefficients = bases[i].conj().T @ unfolded
+            rows = (coefficients.abs() ** 2).sum(dim=1)
+            outside = torch.linalg.vector_norm(unfolded - bases[i] @ coefficients) ** 2
+        suffix = torch.flip(torch.cumsum(torch.flip(rows, [0]), 0), [0])
+        q.slots[("g_suffix", i)] = slot(torch.cat([suffix, torch.zeros_like(suffix[:1])]))
+        q.slots[("g_outside", i)] = slot(outside)
+
+
+def _valid(ranks, modes):
+    """Whether no mode of ``modes`` breaks ``r_i ≤ ∏_{j≠i} r_j`` (``_make_valid`` is a no-op)."""
+    return all(ranks[i] <= math.prod(ranks[:i] + ranks[i + 1 :]) for i in modes)
+
+
+class GuardData:
+    """What TDLRT's truncation guard reads of one layer, from the truncation's transfer.
+
+    All norms are in one unit (that of the scaled core), so the guard's comparisons are
+    those of the unscaled norms. ``discarded`` (``‖Y₀ − Y₀ ×_i P_iP_iᴴ‖`` at the truncation's
+    ``P_i``) and ``remainders`` are None where the kept bases are not leading singular
+    vectors of ``Mat_i(Ĉ)`` (an exact lowering of ranks ``r_i > ∏_{j≠i} r_j`` rotated them);
+    the caller then computes them from the tensors.
+    """
+
+    def __init__(self, q, host, tt):
+        sl = q.slots
+        self._q, self._host = q, host
+        self.free = list(q.free)
+        # back to the caller's units (the core was scaled by 2**-e, exactly)
+        unit = math.ldexp(1.0, int(host[sl["e"]][0])) if float(host[sl["top"]][0]) > 0 else 1.0
+        ny0 = float(host[sl["g_ny0"]][0])
+        self.norm_reference = ny0 * unit
+        self.norm_change = float(host[sl["g_ndiff"]][0]) * unit
+        self.discarded = None
+        if sl["prefix"]:
+            ranks = list(tt.rank)
+            table = host[sl["g_table"]].reshape(sl["table_shape"])
+            kept2 = float(table[tuple(ranks[m] - 1 for m in self.free)])
+            self.discarded = math.sqrt(max(ny0**2 - kept2, 0.0)) * unit
+        # the rank-cap truncation (truncate_core without tolerance, the guard's P_full)
+        cap = _prepare(q.c_hat, q.U_hats, None, q.min_rank_arg, q.max_rank_arg).spec
+        full = list(q.cshape)
+        for i in self.free:
+            k = min(q.cshape[i], math.prod(q.cshape[:i] + q.cshape[i + 1 :]))
+            full[i] = min(max(cap.max_rank[i], cap.min_rank[i]), k)
+        self.remainders = None
+        if _valid(full, self.free):
+            self.remainders = {
+                i: (host[sl[("g_suffix", i)]][: full[i] + 1] + float(host[sl[("g_outside", i)]][0]))
+                * unit**2
+                for i in self.free
+            }
+
+    def retruncate(self, min_rank):
+        """The truncation again with the rank floor ``min_rank`` (no transfer)."""
+        q = self._q
+        q.spec = _prepare(q.c_hat, q.U_hats, q.rtol, min_rank, q.max_rank_arg).spec
+        with tl.backend_context("pytorch", local_threadsafe=True):
+            return _finish(q, self._host)
 
 
 def tl_norm(x):
@@ -330,9 +455,10 @@ def _finish(q, host):
     norm_w = float(host[sl["norm"]][0])
     info = TruncationInfo(order=list(modes))
     info.singular_values, info.tails, info.methods = [None] * d, [0.0] * d, [None] * d
-    theta = spec.rtol * norm_w
-    info.tolerance = theta * unit
-    theta = min(theta, 2.0 * norm_w)
+    theta = None if spec.rtol is None else spec.rtol * norm_w
+    info.tolerance = None if theta is None else theta * unit
+    if theta is not None:
+        theta = min(theta, 2.0 * norm_w)
     used2 = 0.0
     ranks = list(q.cshape)
     for k, i in enumerate(modes):
@@ -344,36 +470,43 @@ def _finish(q, host):
         ranks[i] = r
         used2 += tail2
         info.singular_values[i], info.tails[i], info.methods[i] = s_host, tail2, used
-    floors = list(ranks)
-    for i in modes:
-        floors[i] = select_rank(
-            info.singular_values[i], theta**2, min_rank=spec.min_rank[i], max_rank=spec.max_rank[i]
-        )[0]
-    # the greedy lowering of tuckerflow.recompression._exact_hosvd_ranks on the full table
-    lo = [max(floors[i], 1) for i in range(d)]
-    hi = list(ranks)
     total_h = float(host[sl["total"]][0])
     table = host[sl["table"]].reshape(sl["table_shape"])
-    margin2 = 4.0 * sl["e_numel"] * _EPS64 * total_h
 
     def error2(r):
         return max(total_h - float(table[tuple(r[m] - 1 for m in modes)]), 0.0)
 
-    budget2 = theta**2 - margin2
-    start = tuple(hi)
-    floor = [lo[i] if i in modes else hi[i] for i in range(d)]
-    new = start
-    if error2(start) <= budget2:
-        new = lower_ranks_greedily(start, floor, error2, budget2)
-    err2 = error2(new)
+    new = tuple(ranks)
+    if theta is not None:
+        floors = list(ranks)
+        for i in modes:
+            floors[i] = select_rank(
+                info.singular_values[i],
+                theta**2,
+                min_rank=spec.min_rank[i],
+                max_rank=spec.max_rank[i],
+            )[0]
+        # the greedy lowering of tuckerflow.recompression._exact_hosvd_ranks on the full table
+        lo = [max(floors[i], 1) for i in range(d)]
+        margin2 = 4.0 * sl["e_numel"] * _EPS64 * total_h
+        budget2 = theta**2 - margin2
+        floor = [lo[i] if i in modes else ranks[i] for i in range(d)]
+        if error2(new) <= budget2:
+            new = lower_ranks_greedily(new, floor, error2, budget2)
+        err2 = error2(new)
+    else:
+        err2 = used2  # no tolerance: the tails of the caps, as truncate_core reports them
     P_list = [None] * d
     for i in modes:
         ranks[i] = new[i]
         P_list[i] = q.pairs[i][0][:, : new[i]]
-        s_i = np.asarray(info.singular_values[i])
-        info.tails[i] = float(np.sum(s_i[new[i] :] ** 2))
+        if theta is not None:
+            s_i = np.asarray(info.singular_values[i])
+            info.tails[i] = float(np.sum(s_i[new[i] :] ** 2))
     g = sl["g"]
     core = g[tuple(slice(0, ranks[i]) if i in modes else slice(None) for i in range(d))]
+    # whether the kept bases are leading singular vectors (what GuardData's tables assume)
+    sl["prefix"] = _valid(ranks, modes)
     core, P_list = _make_valid(core, P_list, modes)
     info.error_bound = math.sqrt(err2) * unit
     info.tails = [math.sqrt(t2) * unit for t2 in info.tails]

@@ -28,6 +28,7 @@ import torch
 
 from .._host import to_host
 from ..dlra import truncate_core
+from ..ranks import largest_valid_rank
 from ..recompression import GREEDY_BOX_LIMIT
 from . import _batched
 from .basis import HostBatch, KStepJob, kstep_bases, kstep_finish, kstep_prepare
@@ -173,6 +174,35 @@ def _recording(layers, flag):
             layer.factor_gradients = grads
 
 
+def _momentum_memory(optimizer, cores):
+    """``⌈1/(1 − β)⌉`` for the largest momentum ``β`` of the cores' groups (1 without)."""
+    ids = {id(c) for c in cores}
+    beta = 0.0
+    for group in optimizer.param_groups:
+        if not any(id(p) in ids for p in group["params"]):
+            continue
+        value = group.get("momentum", 0.0)
+        if "betas" in group:
+            value = group["betas"][0]
+        value = float(value or 0.0)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"update_every='auto' needs a momentum in [0, 1) in the base optimizer, got "
+                f"{value!r}; pass update_every as an integer"
+            )
+        beta = max(beta, value)
+    # round first: 1/(1 − 0.9) is 10.000000000000002 in floating point
+    return max(1, math.ceil(round(1.0 / (1.0 - beta), 9)))
+
+
+def _discarded(reference, P_list):
+    """``‖R − R ×_i P_iP_iᴴ‖`` (a device scalar): what projecting onto the kept directions
+    removes from ``R``."""
+    kept = mode_products(reference, [None if p is None else p.conj().T for p in P_list])
+    back = mode_products(kept, list(P_list))
+    return torch.linalg.vector_norm(reference - back)
+
+
 def _has_flat_history(optimizer):
     """Optimizers keeping one flattened history over all parameters (``LBFGS``)."""
     return isinstance(optimizer, torch.optim.LBFGS)
@@ -213,21 +243,38 @@ class TDLRT(torch.optim.Optimizer):
         return without a change. In both cases model and optimizer are left unchanged.
     freeze_ranks : bool
         Start with frozen ranks (fixed-rank BUG steps); see :meth:`freeze_ranks`.
-    update_every : int
+    update_every : int or "auto"
         Amortized variant: basis augmentation and truncation only every ``update_every``-th
         step; in between, the factors stay and only the cores (and the other parameters)
-        take an optimizer step with their exact gradient ``G ×_i U_iᴴ``.
-    truncation : {"hosvd", "st_hosvd"}
-        Truncation of the augmented core (HOSVD is the published rule).
-    kstep : {"weight", "factors"}
-        Source of the K-step. ``"weight"`` (published): from the dense weight gradient ``G``
-        the layers record (in one-pass mode the Galerkin gradient ``G ×_i Û_iᴴ`` is then
-        formed from the same ``G``). ``"factors"``: from the autograd gradients of the
-        factors, ``K_i S_iᴴ = U_i Mat_i(C)Mat_i(C)ᴴ − λ∇_{U_i}L`` (same span when the core
-        unfoldings have full row rank), and the Galerkin gradient from the layer's records;
-        no dense weight gradient is formed, which is cheaper for large convolutions, and
-        two-pass mode then needs no recording at all. Use ``"weight"`` for cores that may be
-        exactly rank-deficient (e.g. zero).
+        take an optimizer step with their exact gradient ``G ×_i U_iᴴ``. ``"auto"`` (the
+        default) takes the memory length of the base optimizer's momentum,
+        ``⌈1/(1 − β)⌉`` for the momentum ``β`` of the cores' parameter groups (``momentum``
+        of SGD/RMSprop, ``betas[0]`` of Adam-like optimizers; 10 for ``β = 0.9``) and 1
+        without momentum; it is resolved once, here (:attr:`update_every` holds the
+        integer). See Notes for why.
+    defer_truncation : bool
+        With ``update_every > 1``: directions that a basis update adds are judged by the
+        tolerance only at the end of the update interval, after the cores have taken
+        ``update_every`` steps in the augmented bases (the rank cap ``max_rank`` applies at
+        once). Without it a new direction is judged after a single step, at a size of one
+        learning-rate step against ``τ‖Ĉ‖``, and ranks can hardly grow. Between the basis
+        update and the end of the interval the layers hold the augmented bases (up to twice
+        the rank); :meth:`apply_pending_truncation` truncates at once (``freeze_ranks`` does
+        so too). No effect with ``update_every=1``.
+    truncation_guard : bool
+        A truncation must keep the weight ``Y₀`` the layer had before the basis update (that
+        opened the interval, with ``defer_truncation``) to relative accuracy ``τ``:
+        ``‖Y₀ − Y₀ ×_i P_iP_iᴴ‖ ≤ τ‖Y₀‖`` for the kept directions ``P_i``, in addition to the
+        published ``‖Ĉ − Y₁‖ ≤ τ‖Ĉ‖``. Where the published ranks violate it, each mode keeps
+        the fewest leading singular vectors of ``Mat_i(Ĉ)`` outside which ``Mat_i(Y₀)`` has
+        norm at most ``τ‖Y₀‖/√m`` (``m`` truncated modes). A step that inflates ``‖Ĉ‖`` then
+        cannot make the truncation take the layer's earlier content (see Notes). False: the
+        published rule alone.
+    limit_truncation_rate : bool
+        With the guard: the kept bases must hold ``Y₀`` to ``min(τ‖Y₀‖, ‖Ĉ − Y₀‖)``, so a
+        truncation never removes more of the earlier weight than the update moved it, and
+        ranks fall at the pace of training instead of by up to a share ``τ`` at every basis
+        update (see Notes). Off by default: it keeps more rank at a given ``τ``.
 
     Raises
     ------
@@ -251,6 +298,34 @@ class TDLRT(torch.optim.Optimizer):
     3. Truncation of ``Ĉ`` by HOSVD with ``ϑ = τ‖Ĉ‖`` within the rank bounds
        (:func:`tuckerflow.dlra.truncate_core`), ``U_i ← Û_i P_i``, state carried by
        ``×_i P_iᴴ``.
+
+    *Why the defaults.* The published form (``update_every=1``, no deferral, no guard,
+    ``ϑ = τ‖Ĉ‖``) collapses layers to rank 1 on small image data with SGD and momentum 0.9 at
+    learning rate 0.05 (see the experiments page). The mechanism: (i) with momentum, a step
+    early in training can be many times larger than the weight it is added to; ``‖Ĉ‖`` is then
+    dominated by that one step, and ``τ‖Ĉ‖`` exceeds the norm of everything the layer held
+    before, which the relative truncation removes in one go, leaving the rank of the step
+    (often (1, 1, 1, 1)); (ii) afterwards a new direction enters the bases with the size of one
+    step, ``λ‖G‖``, far below ``τ‖Ĉ‖``, and is truncated again at once, so the rank cannot
+    grow back. ``update_every="auto"`` lets momentum act over its own memory length between
+    basis updates (momentum of a direction builds up over about ``1/(1 − β)`` steps; judged
+    after one step, it is judged at a tenth of its size for ``β = 0.9``), ``defer_truncation``
+    judges new directions after the interval, and the guard bounds what a truncation may take
+    away from the weight before the update to a share ``τ`` of its norm (``τ²`` of its
+    energy), whatever the update did. It binds after a dominating step and, rarely, at the
+    margin of an ordinary one (a tail just under ``τ‖Ĉ‖`` holding a little more than
+    ``τ‖Y₀‖`` of the earlier weight); :attr:`guarded_truncations` counts the truncations
+    whose ranks it raised.
+    The guard bounds one update, not many: where training moves a weight by less per update
+    than ``τ`` of its norm, the relative rule still removes up to that share at every update
+    (re-applied to an already truncated weight, it finds a new tail below ``ϑ``), and over
+    many updates it can drain a layer to rank 1 without any single step dominating (seen on
+    LeNet5's ``conv2`` at ``τ = 0.3``). ``limit_truncation_rate`` bounds the removal by the
+    update itself, in the spirit of the rank-adaptive integrator's step-size-proportional
+    tolerance [CKL22]_.
+
+    The guard's norms are the Frobenius norms of the cores in the augmented bases (equal to
+    those of the weights, the bases being orthonormal).
 
     A mode whose rank sits at its cap (below the mode size) takes the fixed-rank BUG update
     ``Û_i = orth(K_i)`` instead [CL22]_: augmenting and truncating back to the cap would
@@ -322,9 +397,12 @@ class TDLRT(torch.optim.Optimizer):
         mode="one-pass",
         on_nonfinite="raise",
         freeze_ranks=False,
-        update_every=1,
+        update_every="auto",
         truncation="hosvd",
         kstep="weight",
+        defer_truncation=True,
+        truncation_guard=True,
+        limit_truncation_rate=False,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
@@ -357,8 +435,23 @@ class TDLRT(torch.optim.Optimizer):
         self.kstep = kstep
         if truncation not in ("hosvd", "st_hosvd"):
             raise ValueError(f"truncation={truncation!r} is not one of ('hosvd', 'st_hosvd')")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every={update_every!r} must be an integer >= 1")
+        if not (isinstance(update_every, str) and update_every == "auto") and (
+            isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1
+        ):
+            raise ValueError(f"update_every={update_every!r} must be 'auto' or an integer >= 1")
+        if not isinstance(defer_truncation, bool):
+            raise TypeError(f"defer_truncation={defer_truncation!r} must be True or False")
+        if not isinstance(truncation_guard, bool):
+            raise TypeError(f"truncation_guard={truncation_guard!r} must be True or False")
+        if not isinstance(limit_truncation_rate, bool):
+            raise TypeError(
+                f"limit_truncation_rate={limit_truncation_rate!r} must be True or False"
+            )
+        if limit_truncation_rate and not truncation_guard:
+            raise ValueError("limit_truncation_rate=True needs truncation_guard=True")
+        self.defer_truncation = defer_truncation
+        self.truncation_guard = truncation_guard
+        self.limit_truncation_rate = limit_truncation_rate
         self.model = model
         self.mode = mode
         self.on_nonfinite = on_nonfinite
@@ -419,9 +512,19 @@ class TDLRT(torch.optim.Optimizer):
                     f"the core of Tucker layer {name!r} is not among the optimizer's "
                     "parameters; build the optimizer over model.parameters()"
                 )
+        if update_every == "auto":
+            update_every = _momentum_memory(
+                self.optimizer, [layer.core for layer in self._layers.values()]
+            )
+        self.update_every = update_every
+        #: ``{layer name: core before the basis update}`` of the layers whose truncation
+        #: ``defer_truncation`` holds back to the end of the interval (in the current bases).
+        self._pending = {}
         self._frozen = bool(freeze_ranks)
         self._steps = 0
         self.skipped_steps = 0
+        #: Truncations whose ranks the guard raised (see ``truncation_guard``).
+        self.guarded_truncations = 0
         #: ``{layer name: TruncationInfo}`` of the last truncation.
         self.last_truncation = {}
         #: ``{layer name: EditResolution}`` of the last basis-updating step (what
@@ -493,9 +596,40 @@ class TDLRT(torch.optim.Optimizer):
         return {name: tuple(layer.ranks) for name, layer in self._layers.items()}
 
     def freeze_ranks(self):
-        """From now on take fixed-rank BUG steps (for a final fine-tuning phase)."""
+        """From now on take fixed-rank BUG steps (for a final fine-tuning phase).
+
+        A truncation held back by ``defer_truncation`` is applied first.
+        """
+        self.apply_pending_truncation()
         self._frozen = True
         self._arm_recording()
+
+    def apply_pending_truncation(self):
+        """Truncate now the layers whose truncation ``defer_truncation`` holds back.
+
+        Call it after the last step of a training run that may end inside an update
+        interval (the training job does), so that the model holds the truncated ranks.
+        A no-op when nothing is pending. Returns the names of the layers truncated.
+        """
+        if not self._pending:
+            return []
+        names = sorted(self._pending)
+        references, self._pending = self._pending, {}
+        plans = {}
+        for name in names:
+            layer = self._layers[name]
+            factors = [None] * len(layer.weight_shape)
+            for mode_ in layer.factorized_modes:
+                factors[mode_] = layer.factor(mode_).detach().to(work_dtype(layer.core.dtype))
+            plans[name] = (factors, None, None)
+        with plain_precision():
+            self._truncate(plans, references)
+        return names
+
+    @property
+    def pending_truncation(self):
+        """Names of the layers whose truncation waits for the end of the update interval."""
+        return sorted(self._pending)
 
     @property
     def frozen(self):
@@ -562,6 +696,8 @@ class TDLRT(torch.optim.Optimizer):
             "skipped_steps": self.skipped_steps,
             "frozen": self._frozen,
             "tau": self.tau,
+            "pending": {name: c.clone() for name, c in self._pending.items()},
+            "guarded_truncations": self.guarded_truncations,
         }
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, out)
@@ -609,6 +745,20 @@ class TDLRT(torch.optim.Optimizer):
         self._steps = int(state_dict.get("steps", 0))
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._frozen = bool(state_dict.get("frozen", False))
+        self.guarded_truncations = int(state_dict.get("guarded_truncations", 0))
+        pending = dict(state_dict.get("pending") or {})
+        unknown = sorted(set(pending) - set(self._layers))
+        if unknown:
+            raise ValueError(f"state_dict holds a pending truncation of unknown layers {unknown}")
+        self._pending = {}
+        for name, ref in pending.items():
+            core = self._layers[name].core
+            if tuple(ref.shape) != tuple(core.shape):
+                raise ValueError(
+                    f"pending truncation reference of layer {name!r} has shape "
+                    f"{tuple(ref.shape)}, the stored core {tuple(core.shape)}"
+                )
+            self._pending[name] = ref.to(device=core.device, dtype=work_dtype(core.dtype))
         self._arm_recording()
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
@@ -640,6 +790,7 @@ class TDLRT(torch.optim.Optimizer):
         if kind == "core":
             self._core_step(closure, loss)
             self._steps += 1
+            self._end_of_interval()
             return loss
         with plain_precision():
             galerkin_ok = False
@@ -677,11 +828,18 @@ class TDLRT(torch.optim.Optimizer):
                 if name in galerkin:
                     layer.core.grad = galerkin[name].to(layer.core.dtype).contiguous()
             self._hide_factor_grads()
+        # the weight before the update, for the guard (copied: the core may share storage)
+        references = {n: p[1].detach().clone() for n, p in plans.items()} if kind == "adapt" else {}
         self._base_step(closure, second)
         if kind == "adapt":
             with plain_precision():
-                self._truncate(plans)
+                if self.defer_truncation and self.update_every > 1:
+                    # the cap at once, the tolerance at the end of the interval
+                    self._pending.update(self._truncate(plans, None, references))
+                else:
+                    self._truncate(plans, references)
         self._steps += 1
+        self._end_of_interval()
         return loss
 
     def _core_step(self, closure=None, loss=None):
@@ -708,6 +866,10 @@ class TDLRT(torch.optim.Optimizer):
             for layer in self._layers.values():
                 average_(layer.core.grad)
             self._hide_factor_grads()
+
+    def _end_of_interval(self):
+        if self._pending and self._kind() == "adapt":
+            self.apply_pending_truncation()
 
     def _base_step(self, closure, loss):
         """The base optimizer's step; with a closure, one whose first call returns ``loss``."""
@@ -1138,9 +1300,123 @@ class TDLRT(torch.optim.Optimizer):
                 out[name] = self._average(g)
         return out
 
-    def _truncate(self, plans):
+    def _guard_floor(self, name, c_hat, U_hats, reference, P_list, ranks):
+        """Per-mode rank floor under which the kept bases would lose more than ``τ‖Y₀‖`` of
+        the weight ``Y₀`` before the update (``reference``); None when the published ranks
+        keep it.
+
+        Mode ``i`` keeps the fewest leading left singular vectors of ``Mat_i(Ĉ)`` (at least
+        the published rank) outside which ``Mat_i(Y₀)`` has norm at most ``τ‖Y₀‖/√m`` (``m``
+        truncated modes); since the per-mode projections commute, the kept bases then hold
+        ``Y₀`` to ``‖Y₀ − Y₀ ×_i P_iP_iᴴ‖ ≤ τ‖Y₀‖``. This is the per-layer form (one
+        transfer for the norms, and the rank-cap HOSVD with one more for the tails when the
+        guard acts); the batched truncation reads the same quantities with its own transfer
+        (:class:`~tuckerflow.optim._batched.GuardData`) and takes the same decisions.
+        """
+        norms = torch.stack(
+            [
+                torch.linalg.vector_norm(reference),
+                torch.linalg.vector_norm(c_hat - reference),
+                _discarded(reference, P_list),
+            ]
+        )
+        ny0, ndiff, discarded = (float(v) for v in to_host(norms))
+        free = [i for i, u in enumerate(U_hats) if u is not None]
+
+        return self._guard_rule(
+            ny0,
+            ndiff,
+            lambda: discarded,
+            ranks,
+            free,
+            lambda: self._guard_remainders(name, c_hat, U_hats, reference),
+        )
+
+    def _guard_remainders(self, name, c_hat, U_hats, reference):
+        """``{mode i: [norm² of Mat_i(Y₀) outside the first r directions, r = 0…R_i]}``
+        for the leading left singular vectors of ``Mat_i(Ĉ)`` up to the rank cap ``R_i``
+        (the rank-cap HOSVD, then one transfer)."""
+        free = [i for i, u in enumerate(U_hats) if u is not None]
+        with tl.backend_context("pytorch", local_threadsafe=True):
+            _, P_full, _ = truncate_core(
+                c_hat, U_hats, min_rank=self._lo[name], max_rank=self._hi[name], method="hosvd"
+            )
+        parts = []
+        for i in free:
+            unfolded = torch.movedim(reference, i, 0).reshape(reference.shape[i], -1)
+            coefficients = P_full[i].conj().T @ unfolded
+            outside = torch.linalg.vector_norm(unfolded - P_full[i] @ coefficients) ** 2
+            rows = torch.linalg.vector_norm(coefficients, dim=1) ** 2
+            # tails[r] = norm² of Mat_i(Y₀) outside the first r directions (r ≤ R_i)
+            tails = torch.flip(torch.cumsum(torch.flip(rows, [0]), 0), [0])
+            parts.append(torch.cat([tails, torch.zeros_like(tails[:1])]) + outside)
+        host = to_host(torch.cat(parts).to(torch.float64))
+        out, pos = {}, 0
+        for i, t in zip(free, parts):
+            out[i] = host[pos : pos + t.numel()]
+            pos += t.numel()
+        return out
+
+    def _guard_rule(self, norm_reference, norm_change, discarded, ranks, free, remainders):
+        """The guard's decision from its norms (any one unit): a rank floor or None.
+
+        ``discarded()`` is ``‖Y₀ − Y₀ ×_i P_iP_iᴴ‖`` at the published truncation,
+        ``remainders()[i][r]`` the norm² of ``Mat_i(Y₀)`` outside the first ``r`` leading left
+        singular vectors of ``Mat_i(Ĉ)`` (``r`` up to the rank cap); both are called only
+        when needed.
+        """
+        bound = self.tau * norm_reference
+        if self.limit_truncation_rate:
+            bound = min(bound, norm_change)
+        if discarded() <= bound:
+            return None
+        share = bound / math.sqrt(max(len(free), 1))
+        rest = remainders()
+        floor = list(ranks)
+        for i in free:
+            tails = rest[i]
+            keep = len(tails) - 1
+            for r in range(floor[i], len(tails)):
+                if math.sqrt(float(tails[r])) <= share:
+                    keep = r
+                    break
+            floor[i] = max(floor[i], keep)
+        return list(largest_valid_rank(floor))
+
+    def _batched_guard(self, name, c_hat, U_hats, reference, new, P_list, data):
+        """The guard's decision from the batched truncation's transfer (``data``).
+
+        Where the kept bases are not leading singular vectors (ranks lowered to be valid,
+        rare), the affected norms come from the tensors instead, one transfer each.
+        """
+        if data.discarded is not None:
+            discarded = lambda: data.discarded  # noqa: E731
+        else:
+            discarded = lambda: float(to_host(_discarded(reference, P_list)))  # noqa: E731
+        if data.remainders is not None:
+            remainders = lambda: data.remainders  # noqa: E731
+        else:
+            remainders = lambda: self._guard_remainders(name, c_hat, U_hats, reference)  # noqa: E731
+        return self._guard_rule(
+            data.norm_reference, data.norm_change, discarded, list(new.rank), data.free, remainders
+        )
+
+    def _truncate(self, plans, references, carry=None):
+        """Truncate the layers of ``plans`` (core: the layer's, bases: the plan's ``Û``).
+
+        ``references``: ``{name: core before the update}`` for the guard; None truncates to
+        the rank cap only (no tolerance) and returns ``carry`` (``{name: core}`` in the
+        bases ``Û``) carried to the kept bases.
+
+        Off a process group and with ``truncation="hosvd"``, the layers are truncated
+        together (:func:`~tuckerflow.optim._batched.truncate_cores`): one host transfer
+        carries the singular values and error tables of all layers and what the guard
+        decides with, so a truncation costs one transfer with or without the guard.
+        """
         opt_state = self.optimizer.state
         results = {}
+        rtol = None if references is None else self.tau
+        guarded = rtol is not None and self.truncation_guard
         batched = []
         if self._batched_step() and self.truncation == "hosvd":
             for name, (U_hats, _, _) in plans.items():
@@ -1149,25 +1425,44 @@ class TDLRT(torch.optim.Optimizer):
                 if _batched.box_size(c_hat, U_hats) <= GREEDY_BOX_LIMIT:
                     batched.append((name, c_hat, U_hats))
             items = [(c, u, self._lo[n], self._hi[n]) for n, c, u in batched]
-            for (name, c_hat, U_hats), res in zip(
-                batched, _batched.truncate_cores(items, self.tau) if items else []
-            ):
-                results[name] = (c_hat, U_hats, *res)
+            refs = [references.get(n) if guarded else None for n, _, _ in batched]
+            outs = _batched.truncate_cores(items, rtol, refs) if items else []
+            for (name, c_hat, U_hats), ref, (new, P_list, info, data) in zip(batched, refs, outs):
+                if data is not None:
+                    floor = self._batched_guard(name, c_hat, U_hats, ref, new, P_list, data)
+                    if floor is not None:
+                        self.guarded_truncations += 1
+                        new, P_list, info = data.retruncate(floor)
+                results[name] = (c_hat, U_hats, new, P_list, info)
         for name, (U_hats, _, _) in plans.items():
             if name in results:
                 continue
             layer = self._layers[name]
             work = work_dtype(layer.core.dtype)
             c_hat = layer.core.detach().to(work)
+            reference = None if references is None else references.get(name)
             with tl.backend_context("pytorch", local_threadsafe=True):
                 new, P_list, info = truncate_core(
                     c_hat,
                     U_hats,
-                    rtol=self.tau,
+                    rtol=rtol,
                     min_rank=self._lo[name],
                     max_rank=self._hi[name],
                     method=self.truncation,
                 )
+            if guarded and reference is not None:
+                floor = self._guard_floor(name, c_hat, U_hats, reference, P_list, new.rank)
+                if floor is not None:
+                    self.guarded_truncations += 1
+                    with tl.backend_context("pytorch", local_threadsafe=True):
+                        new, P_list, info = truncate_core(
+                            c_hat,
+                            U_hats,
+                            rtol=rtol,
+                            min_rank=floor,
+                            max_rank=self._hi[name],
+                            method=self.truncation,
+                        )
             results[name] = (c_hat, U_hats, new, P_list, info)
         if process_group() is not None and results:
             names = sorted(results)
@@ -1187,7 +1482,7 @@ class TDLRT(torch.optim.Optimizer):
                             new2, P2, info2 = truncate_core(
                                 c_hat,
                                 U_hats,
-                                rtol=self.tau,
+                                rtol=rtol,
                                 min_rank=want,
                                 max_rank=want,
                                 method=self.truncation,
@@ -1210,3 +1505,11 @@ class TDLRT(torch.optim.Optimizer):
         if results and flat:
             self.optimizer.state.pop(self.optimizer._params[0], None)
             self.optimizer._numel_cache = None
+        carried = {}
+        for name, ref in (carry or {}).items():
+            if name in results:
+                P_list = results[name][3]
+                carried[name] = mode_products(
+                    ref, [None if p is None else p.conj().T for p in P_list]
+                )
+        return carried

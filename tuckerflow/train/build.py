@@ -85,6 +85,11 @@ def tuckerize_layers(
         model, _ = tuckerize(model, filter=shared, rank=config.rank, init="random")
     for name, rank in per_layer.items():
         model, _ = tuckerize(model, filter=[name], rank=tuple(rank), init="random")
+    if config.init_scale != 1.0:
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name in names:
+                modules[name].core.mul_(config.init_scale)
     return model
 
 
@@ -114,6 +119,10 @@ def make_tdlrt(
         min_rank=config.min_rank,
         max_rank=config.max_rank,
         mode=config.tdlrt_mode,
+        update_every=config.update_every,
+        defer_truncation=config.defer_truncation,
+        truncation_guard=config.truncation_guard,
+        limit_truncation_rate=config.limit_truncation_rate,
     )
 
 

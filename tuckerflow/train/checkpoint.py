@@ -22,7 +22,7 @@ import torch
 
 from tuckerflow import __version__
 from tuckerflow.train.atomic import atomic_save
-from tuckerflow.train.config import TrainConfig
+from tuckerflow.train.config import TrainConfig, resolve_freeze_after
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -282,7 +282,12 @@ def check_resume_options(
                 options.append(f"{entry} (the cosine schedule spans all epochs)")
             continue
         if rule == "future":
-            past = [math.inf if v is None else v for v in (before, value)]
+            # freeze_after="auto" stands for the epoch it resolves to under each run's epochs
+            past = [
+                resolve_freeze_after(before, saved.get("epochs", epochs_done)),
+                resolve_freeze_after(value, current["epochs"]),
+            ]
+            past = [math.inf if v is None else v for v in past]
             if min(past[0], epochs_done) == min(past[1], epochs_done):
                 continue
             entry += f" (the checkpoint has completed {epochs_done} epochs)"

@@ -28,6 +28,7 @@ __all__ = [
     "TDLRT_MODES",
     "TrainConfig",
     "cli_fields",
+    "resolve_freeze_after",
 ]
 
 METHODS = ("dense", "tucker-fixed", "tdlrt")
@@ -68,6 +69,46 @@ def _parse_tau(text):
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"tau={value} must lie in the open interval (0, 1)")
     return value
+
+
+def _parse_update_every(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"update_every={text!r} must be 'auto' or an integer of at least 1"
+        )
+    return value
+
+
+def _parse_freeze_after(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"freeze_after={text!r} must be 'auto' or a non-negative number of epochs"
+        )
+    return value
+
+
+def resolve_freeze_after(freeze_after, epochs):
+    """Epochs of rank-adaptive training before the ranks freeze (None: never).
+
+    ``"auto"``: the first ``⌈0.8 · epochs⌉`` epochs adapt, the rest fine-tune at fixed ranks
+    (None for a run of one epoch).
+    """
+    if freeze_after != "auto":
+        return freeze_after
+    adaptive = math.ceil(round(0.8 * epochs, 9))
+    return adaptive if adaptive < epochs else None
 
 
 def _option(group, help, *, resume="fixed", cli=True, **argparse_kwargs):
@@ -111,9 +152,19 @@ class TrainConfig:
         Per-mode rank bounds of TDLRT.
     tdlrt_mode : str
         ``"one-pass"`` or ``"two-pass"`` (see :class:`tuckerflow.optim.TDLRT`).
-    freeze_after : int or None
+    freeze_after : int, "auto" or None
         TDLRT only: freeze the ranks after this many epochs (fixed-rank steps for a final
-        fine-tuning phase); None never freezes.
+        fine-tuning phase); None never freezes; ``"auto"``: after ``⌈0.8 · epochs⌉`` epochs
+        (:func:`resolve_freeze_after`).
+    update_every : int or "auto"
+        TDLRT's basis-update interval (``"auto"``: the memory length ``⌈1/(1 − β)⌉`` of the
+        momentum ``β``, 1 without momentum; see :class:`tuckerflow.optim.TDLRT`).
+    defer_truncation, truncation_guard, limit_truncation_rate : bool
+        TDLRT's deferred truncation of new directions, its truncation guard and the guard's
+        rate limit.
+    init_scale : float
+        Multiplier of the initial Tucker cores (``tdlrt`` and ``tucker-fixed``; 1: PyTorch's
+        default variance of the dense weight).
     factorize : str
         Which layers become Tucker layers: ``"all-but-last"`` (every ``Conv*d``/``Linear``
         except the classifier), ``"all"`` or ``"conv"``.
@@ -214,14 +265,56 @@ class TrainConfig:
             choices=TDLRT_MODES,
         ),
     )
-    freeze_after: int | None = field(
+    freeze_after: int | str | None = field(
         default=None,
         metadata=_option(
             "Tucker layers",
-            "TDLRT: fixed ranks after this many epochs (final fine-tuning phase)",
+            "TDLRT: fixed ranks after this many epochs (final fine-tuning phase); auto: "
+            "after 80 %% of the epochs",
             resume="future",
-            type=int,
+            type=_parse_freeze_after,
             metavar="EPOCHS",
+        ),
+    )
+    update_every: int | str = field(
+        default="auto",
+        metadata=_option(
+            "Tucker layers",
+            "TDLRT: basis update every K-th step; auto: the momentum's memory 1/(1 - momentum)",
+            type=_parse_update_every,
+            metavar="K",
+        ),
+    )
+    defer_truncation: bool = field(
+        default=True,
+        metadata=_option(
+            "Tucker layers",
+            "TDLRT: judge new directions at the end of the update interval",
+            action=argparse.BooleanOptionalAction,
+        ),
+    )
+    truncation_guard: bool = field(
+        default=True,
+        metadata=_option(
+            "Tucker layers",
+            "TDLRT: a truncation keeps the weight before the update to relative accuracy tau",
+            action=argparse.BooleanOptionalAction,
+        ),
+    )
+    limit_truncation_rate: bool = field(
+        default=False,
+        metadata=_option(
+            "Tucker layers",
+            "TDLRT: a truncation removes no more of the weight than the update moved it",
+            action=argparse.BooleanOptionalAction,
+        ),
+    )
+    init_scale: float = field(
+        default=1.0,
+        metadata=_option(
+            "Tucker layers",
+            "multiplier of the initial Tucker cores (1: PyTorch's default variance)",
+            type=float,
         ),
     )
     factorize: str = field(
@@ -335,8 +428,19 @@ class TrainConfig:
             _check_int("max_rank", self.max_rank, None, "an integer")
             if self.max_rank < self.min_rank:
                 raise ValueError(f"max_rank={self.max_rank} is below min_rank={self.min_rank}")
-        if self.freeze_after is not None:
-            _check_int("freeze_after", self.freeze_after, 0, "non-negative")
+        if self.freeze_after is not None and self.freeze_after != "auto":
+            _check_int("freeze_after", self.freeze_after, 0, "non-negative (or 'auto')")
+        if self.update_every != "auto":
+            _check_int("update_every", self.update_every, 1, "'auto' or an integer >= 1")
+        for name in ("defer_truncation", "truncation_guard", "limit_truncation_rate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
+        if self.limit_truncation_rate and not self.truncation_guard:
+            raise ValueError("limit_truncation_rate=True needs truncation_guard=True")
+        if not (
+            _is_real(self.init_scale) and math.isfinite(self.init_scale) and self.init_scale > 0
+        ):
+            raise ValueError(f"init_scale={self.init_scale} must be a positive finite number")
         if self.tdlrt_mode not in TDLRT_MODES:
             raise ValueError(f"tdlrt_mode={self.tdlrt_mode!r} is not 'one-pass' or 'two-pass'")
         if self.factorize not in FACTORIZE:

@@ -40,7 +40,7 @@ from tuckerflow.train.checkpoint import (
     model_fingerprint,
     save_checkpoint,
 )
-from tuckerflow.train.config import TrainConfig
+from tuckerflow.train.config import TrainConfig, resolve_freeze_after
 from tuckerflow.train.data import DataSplits, data_digest, load_dataset, split_dataset
 from tuckerflow.train.dependencies import check_dependencies
 from tuckerflow.train.divergence import TrainingDiverged, checked_step, diverged
@@ -347,7 +347,8 @@ def _autocast(kind, device):
 def _train_epoch(run, epoch):
     """One pass over the training part in the order drawn from the run's batch generator."""
     config, model, optimizer = run.config, run.model, run.optimizer
-    if run.tdlrt is not None and config.freeze_after is not None and epoch > config.freeze_after:
+    freeze_after = resolve_freeze_after(config.freeze_after, config.epochs)
+    if run.tdlrt is not None and freeze_after is not None and epoch > freeze_after:
         run.tdlrt.freeze_ranks()
     model.train()
     tick = time.perf_counter()
@@ -399,6 +400,10 @@ def _train_epoch(run, epoch):
         seen += len(yb)
         if not config.quiet and step % 10 == 0:
             batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    if run.tdlrt is not None:
+        # an epoch may end inside an update interval: the epoch's ranks (history, checkpoint,
+        # evaluation) are those after the truncation that the interval holds back
+        run.tdlrt.apply_pending_truncation()
     run.elapsed += time.perf_counter() - tick
     run.epochs_done = epoch
     entry = _history_entry(run, epoch, loss_sum / seen, correct / seen)
