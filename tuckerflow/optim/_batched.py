@@ -67,14 +67,16 @@ def batched(fn, mats):
 
 
 def flip_signs(u, vh=None):
-    """:func:`tuckerflow.linalg.flip_signs` on a batch ``(…, m, k)`` (same operations)."""
+    """:func:`tuckerflow.linalg.flip_signs` on a batch ``(…, m, k)`` (the same phases).
+
+    The entry of largest modulus of each column is found by ``argmax`` (the first one on
+    ties, as the mask-and-count of :func:`tuckerflow.linalg.flip_signs`): two passes over
+    ``u`` fewer than the backend-neutral version.
+    """
     mag = u.abs()
-    real = mag.dtype
-    top = mag.amax(dim=-2, keepdim=True)
-    hit = (mag == top).to(real)
-    first = hit * (torch.cumsum(hit, dim=-2) == 1).to(real)
-    pick = (u * first.to(u.dtype)).sum(dim=-2)
-    pmag = pick.abs()
+    idx = torch.argmax(mag, dim=-2, keepdim=True)
+    pick = torch.gather(u, -2, idx).squeeze(-2)
+    pmag = torch.gather(mag, -2, idx).squeeze(-2)
     safe = torch.where(pmag == 0, torch.ones_like(pmag), pmag)
     phase = pick / safe.to(pick.dtype)
     phase = torch.where(pmag == 0, torch.ones_like(phase), phase)
@@ -108,15 +110,19 @@ def _gram_stack(a):
     work = a
     if a.dtype in (torch.float32, torch.complex64):
         work = a.to(torch.complex128 if a.is_complex() else torch.float64)
+    real = a.real.dtype if a.is_complex() else a.dtype
+    return _gram_eigh(work, a.dtype, real)
+
+
+def _gram_eigh(work, dtype, real):
+    """``(u, s)`` of the Gram matrices ``work workᴴ`` (``work`` already in >= float64)."""
     g = work @ work.conj().transpose(-2, -1)
     lam, v = torch.linalg.eigh(g)
     lam = torch.flip(lam, dims=(-1,))
     v = torch.flip(v, dims=(-1,))
-    lam = torch.where(lam < 0, torch.zeros_like(lam), lam)
-    s = torch.sqrt(lam)
+    s = torch.sqrt(torch.clamp_min(lam, 0.0))
     u, _ = flip_signs(v)
-    real = a.real.dtype if a.is_complex() else a.dtype
-    return u.to(a.dtype), s.to(real)
+    return u.to(dtype), s.to(real)
 
 
 def gram_left(mats):
@@ -255,17 +261,23 @@ def truncate_cores(items, rtol):
 def _truncate_cores(items, rtol):
     reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
     parts = []
+    end = [0]
 
     def slot(t):
         t = t.reshape(-1).to(torch.float64)
-        start = sum(p.numel() for p in parts)
+        start = end[0]
+        end[0] += t.numel()
         parts.append(t)
-        return slice(start, start + t.numel())
+        return slice(start, end[0])
 
     mats, methods, owners = [], [], []
+    grams = {}
     for q in reqs:
-        top = q.c_hat.abs().amax()
-        umax = torch.stack([q.U_hats[i].abs().amax() for i in q.free]).amax()
+        # max |·| without a temporary (NaN and Inf propagate, as through abs().amax())
+        top = torch.linalg.vector_norm(q.c_hat, ord=math.inf)
+        umax = torch.stack(
+            [torch.linalg.vector_norm(q.U_hats[i], ord=math.inf) for i in q.free]
+        ).amax()
         ok = torch.isfinite(top) & torch.isfinite(umax)
         e = torch.frexp(torch.where(ok, top, torch.zeros_like(top)))[1].to(torch.int64)
         q.e = e
@@ -274,31 +286,49 @@ def _truncate_cores(items, rtol):
         q.work = work
         q.slots = {"top": slot(top), "umax": slot(umax), "e": slot(e), "norm": slot(tl_norm(work))}
         for i in q.free:
+            if q.policy[i] == "gram":
+                key = (q.cshape[i], math.prod(q.cshape) // q.cshape[i], work.dtype, work.device)
+                grams.setdefault(key, []).append((q, i))
+                continue
             mats.append(_unfold(work, i))
             methods.append(q.policy[i])
             owners.append((q, i))
-    results = left_singular(mats, methods)
-    for (q, i), (u, s) in zip(owners, results):
+    for (q, i), (u, s) in zip(owners, left_singular(mats, methods)):
         q.pairs[i] = (u, s)
-        q.slots[("s", i)] = slot(s)
+    for (m, n, dtype, device), members in grams.items():
+        # the Gram path's >= float64 stack, written by one copy per unfolding (the mode
+        # permutation and the conversion together; the same numbers as _gram_stack's)
+        wide = {torch.float32: torch.float64, torch.complex64: torch.complex128}.get(dtype, dtype)
+        stack = torch.empty((len(members), m, n), dtype=wide, device=device)
+        for k, (q, i) in enumerate(members):
+            rest = [q.cshape[j] for j in range(len(q.cshape)) if j != i]
+            stack[k].view(m, *rest).copy_(torch.movedim(q.work, i, 0))
+        real = torch.empty((), dtype=dtype).real.dtype
+        us, ss = _gram_eigh(stack, dtype, real)
+        for k, (q, i) in enumerate(members):
+            q.pairs[i] = (us[k], ss[k])
     for q in reqs:
+        for i in q.free:
+            q.slots[("s", i)] = slot(q.pairs[i][1])
         # the rotated core in the full singular bases and its |·|² prefix sums over the
         # whole box of the truncated modes (the greedy HOSVD reads any window of it)
-        with tl.backend_context("pytorch", local_threadsafe=True):
-            from tensorly.tenalg import multi_mode_dot
-
-            g = multi_mode_dot(q.work, [q.pairs[i][0].conj().T for i in q.free], modes=list(q.free))
-        e2 = g.abs().to(torch.float64) ** 2
-        total = e2.sum()
-        others = tuple(j for j in range(e2.dim()) if j not in q.free)
-        block = e2.sum(dim=others) if others else e2
+        g = q.work
+        for i in q.free:
+            g = torch.movedim(torch.tensordot(q.pairs[i][0].conj().T, g, dims=([1], [i])), 0, i)
+        others = tuple(j for j in range(g.dim()) if j not in q.free)
+        if others:
+            # Σ over the other modes of |g|², accumulated in float64 without a float64 copy
+            block = torch.linalg.vector_norm(g, dim=others, dtype=torch.float64) ** 2
+        else:
+            block = g.abs().to(torch.float64) ** 2
+        total = block.sum()
         for ax in range(block.dim()):
             block = torch.cumsum(block, dim=ax)
         q.slots["g"] = g
         q.slots["total"] = slot(total)
         q.slots["table"] = slot(block)
         q.slots["table_shape"] = tuple(block.shape)
-        q.slots["e_numel"] = e2.numel()
+        q.slots["e_numel"] = g.numel()
     host = to_host(torch.cat(parts)) if parts else np.zeros(0)
     out = []
     for q in reqs:
