@@ -66,17 +66,29 @@ def batched(fn, mats):
     return out
 
 
+def _first_largest(u):
+    """Row index ``(…, 1, k)`` of the first entry of largest modulus in every column of ``u``.
+
+    For real ``u`` from a max and a min reduction (no ``|u|`` temporary): the largest
+    modulus is the maximum or minus the minimum, and on a tie between the two the lower
+    row, the first one, as ``argmax(|u|)`` finds it.
+    """
+    if u.is_complex():
+        return torch.argmax(u.abs(), dim=-2, keepdim=True)
+    hi, ih = torch.max(u, dim=-2, keepdim=True)
+    lo, il = torch.min(u, dim=-2, keepdim=True)
+    return torch.where(hi > -lo, ih, torch.where(-lo > hi, il, torch.minimum(ih, il)))
+
+
 def flip_signs(u, vh=None):
     """:func:`tuckerflow.linalg.flip_signs` on a batch ``(…, m, k)`` (the same phases).
 
-    The entry of largest modulus of each column is found by ``argmax`` (the first one on
-    ties, as the mask-and-count of :func:`tuckerflow.linalg.flip_signs`): two passes over
-    ``u`` fewer than the backend-neutral version.
+    The entry of largest modulus of each column, the first one on ties (as the
+    mask-and-count of :func:`tuckerflow.linalg.flip_signs`), is found by reductions and a
+    gather, without temporaries of the size of ``u``.
     """
-    mag = u.abs()
-    idx = torch.argmax(mag, dim=-2, keepdim=True)
-    pick = torch.gather(u, -2, idx).squeeze(-2)
-    pmag = torch.gather(mag, -2, idx).squeeze(-2)
+    pick = torch.gather(u, -2, _first_largest(u)).squeeze(-2)
+    pmag = pick.abs()
     safe = torch.where(pmag == 0, torch.ones_like(pmag), pmag)
     phase = pick / safe.to(pick.dtype)
     phase = torch.where(pmag == 0, torch.ones_like(phase), phase)
@@ -84,6 +96,14 @@ def flip_signs(u, vh=None):
     if vh is not None:
         vh = vh * phase.unsqueeze(-1)
     return u, vh
+
+
+def _absmax(x):
+    """``max |x|`` as a 0-d tensor (NaN and Inf propagate), without an ``|x|`` temporary."""
+    if x.is_complex():
+        return x.abs().amax()
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(-lo, hi)
 
 
 def _svd_stack(a):
@@ -118,11 +138,15 @@ def _gram_eigh(work, dtype, real):
     """``(u, s)`` of the Gram matrices ``work workᴴ`` (``work`` already in >= float64)."""
     g = work @ work.conj().transpose(-2, -1)
     lam, v = torch.linalg.eigh(g)
-    lam = torch.flip(lam, dims=(-1,))
-    v = torch.flip(v, dims=(-1,))
-    s = torch.sqrt(torch.clamp_min(lam, 0.0))
-    u, _ = flip_signs(v)
-    return u.to(dtype), s.to(real)
+    # the sign convention acts column by column: applied in place before the columns are
+    # put in descending order (one reversal, at the output precision)
+    pick = torch.gather(v, -2, _first_largest(v))
+    pmag = pick.abs()
+    phase = pick / torch.where(pmag == 0, torch.ones_like(pmag), pmag).to(pick.dtype)
+    phase = torch.where(pmag == 0, torch.ones_like(phase), phase)
+    u = torch.flip(v.mul_(phase.conj()).to(dtype), dims=(-1,))
+    s = torch.sqrt(torch.clamp_min(torch.flip(lam, dims=(-1,)), 0.0))
+    return u, s.to(real)
 
 
 def gram_left(mats):
@@ -170,12 +194,12 @@ def _pow2_scale(x, e, step):
     """``x · 2**e`` for a device integer ``e`` in at most two exact steps (as ``scale_pow2``).
 
     ``|e| ≤ 2·step`` always holds here: ``e`` is the exponent of a finite entry of ``x``.
+    ``x`` is scaled in place: callers pass a temporary of their own.
     """
-    one = torch.ones((), dtype=x.dtype, device=x.device)
+    one = torch.ones((), dtype=x.real.dtype if x.is_complex() else x.dtype, device=x.device)
     k1 = torch.clamp(e, -step, step)
     k2 = e - k1
-    x = x * torch.ldexp(one, k1)
-    return x * torch.ldexp(one, k2)
+    return x.mul_(torch.ldexp(one, k1)).mul_(torch.ldexp(one, k2))
 
 
 class _Request:
@@ -273,16 +297,13 @@ def _truncate_cores(items, rtol):
     mats, methods, owners = [], [], []
     grams = {}
     for q in reqs:
-        # max |·| without a temporary (NaN and Inf propagate, as through abs().amax())
-        top = torch.linalg.vector_norm(q.c_hat, ord=math.inf)
-        umax = torch.stack(
-            [torch.linalg.vector_norm(q.U_hats[i], ord=math.inf) for i in q.free]
-        ).amax()
+        top = _absmax(q.c_hat)
+        umax = torch.stack([_absmax(q.U_hats[i]) for i in q.free]).amax()
         ok = torch.isfinite(top) & torch.isfinite(umax)
         e = torch.frexp(torch.where(ok, top, torch.zeros_like(top)))[1].to(torch.int64)
         q.e = e
         step = _scale_steps(q.c_hat.dtype)
-        work = _pow2_scale(torch.where(ok, q.c_hat, torch.zeros_like(q.c_hat)), -e, step)
+        work = _pow2_scale(torch.where(ok, q.c_hat, 0.0), -e, step)
         q.work = work
         q.slots = {"top": slot(top), "umax": slot(umax), "e": slot(e), "norm": slot(tl_norm(work))}
         for i in q.free:
@@ -316,11 +337,10 @@ def _truncate_cores(items, rtol):
         for i in q.free:
             g = torch.movedim(torch.tensordot(q.pairs[i][0].conj().T, g, dims=([1], [i])), 0, i)
         others = tuple(j for j in range(g.dim()) if j not in q.free)
-        if others:
-            # Σ over the other modes of |g|², accumulated in float64 without a float64 copy
-            block = torch.linalg.vector_norm(g, dim=others, dtype=torch.float64) ** 2
-        else:
-            block = g.abs().to(torch.float64) ** 2
+        # Σ over the other modes of |g|², in float64 (one float64 temporary, squared in place)
+        e2 = g.abs() if g.is_complex() else g
+        e2 = e2.to(torch.float64, copy=True).square_()
+        block = e2.sum(dim=others) if others else e2
         total = block.sum()
         for ax in range(block.dim()):
             block = torch.cumsum(block, dim=ax)
