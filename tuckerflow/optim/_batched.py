@@ -391,7 +391,7 @@ def _guard_slots(q, slot):
     (suffix sums of the rows of ``U_iᴴ Mat_i(Y₀)``) and outside ``U_i`` altogether.
     """
     wide = _wide(q.c_hat.dtype)
-    y = _pow2_scale(q.reference.detach().to(wide), -q.e, _scale_steps(torch.float64))
+    y = _pow2_scale(q.reference.detach().to(wide, copy=True), -q.e, _scale_steps(torch.float64))
     w = q.work.to(wide)
     q.slots["g_ny0"] = slot(torch.linalg.vector_norm(y))
     q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(w - y))
