@@ -115,6 +115,21 @@ def dtype64(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small-matrix work is latency-bound: extra intra-op threads only contend with the
+    other test workers. Restored after the module that uses it (``pytestmark``)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is optional
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def eps(dtype) -> float:
     """Machine epsilon of the real part of ``dtype``."""
     name = str(dtype).rsplit(".", 1)[-1]

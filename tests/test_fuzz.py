@@ -92,3 +92,23 @@ def test_command_line_prints_the_figures(argv, capsys):
     assert fuzz.main(argv) == 0
     out = capsys.readouterr().out
     assert "calls: 40" in out and "hangs: 0" in out
+
+
+def test_integrators_and_operators_are_fuzzed_without_exclusions():
+    assert not any(
+        n.startswith(("tuckerflow.integrate.", "tuckerflow.operators.")) for n in fuzz.EXCLUDED
+    )
+    names = {
+        "tuckerflow.integrate.KrylovExponential",
+        "tuckerflow.operators.Banded",
+        "tuckerflow.operators.laplacian",
+        "tuckerflow.operators.second_difference",
+        "tuckerflow.operators.schrodinger",
+        "tuckerflow.integrate.StepInterpolant",
+        "tuckerflow.integrate.TuckerOdeSolution",
+        "tuckerflow.solve_ivp",
+    }
+    targets = [t for t in fuzz.public_callables(torch=False) if t.name in names]
+    assert {t.name for t in targets} == names
+    report = fuzz.fuzz(400, timeout=20.0, targets=targets)
+    assert report.ok, report.summary()

@@ -4,6 +4,9 @@ The reference problem is a dense tensor ODE small enough for ``scipy.integrate.s
 ``Y' = A·Y`` (a Kronecker sum, mode-wise skew plus a damping) ``+ b sin(t) Y⊙Y`` on a
 ``4 × 3 × 3`` tensor. A Tucker state of full multilinear rank spans the whole space, so
 every low-rank method solves the same ODE as SciPy and must agree with it to the tolerances.
+The facts every method satisfies through ``solve_ivp`` (exactness on constant-rank data,
+robustness, order, dtype and device) use the manufactured problems of
+``integrate_problems.py``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import numpy as np
 import pytest
 import scipy.integrate
 import tensorly as tl
+from integrate_problems import RotatingTucker, gauss_quadrature, rel_error
 
 import tuckerflow as tf
-from tuckerflow.integrate import METHODS, KrylovExponential
-from tuckerflow.operators import Banded, KroneckerSum, laplacian
+from tuckerflow.integrate import METHODS, FixedRankBUG, KrylovExponential
+from tuckerflow.operators import Banded, KroneckerSum, laplacian, schrodinger
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SHAPE = (4, 3, 3)
 N = math.prod(SHAPE)
@@ -406,3 +412,152 @@ def test_adaptive_dense_output_and_events_on_every_backend(backend):
     assert abs(half(sol.t[-1], sol.y[-1])) <= 1e-6 * level
     with pytest.raises(ValueError, match=r"events\[0\]\(t, Y\) returned nan"):
         tf.solve_ivp(op, (0.0, 1.0), y0, events=lambda t, Y: math.nan)
+
+
+# ------------------------------------------------------------------------------------------
+# facts of every method: exactness, robustness, order, dtype and device
+
+FIXED = ("psi", "bug")
+
+
+@pytest.mark.parametrize("method", ["psi", "bug", "ra-bug"])
+def test_exact_for_constant_rank_data(backend, dtype64, method):
+    prob = RotatingTucker(backend, (7, 8, 6), (2, 3, 2), dtype64, seed=3)
+    kw = {} if method in FIXED else {"rank_atol": 1e-12}
+    sol = tf.solve_ivp(
+        prob, (0.0, 0.4), prob.A(0.0), method=method, step=0.1, substep=gauss_quadrature, **kw
+    )
+    assert sol.success and sol.status == 0
+    # float64 round-off accumulated over a few steps with condition ~ 1/decay^r
+    assert rel_error(backend, sol.y[-1], prob.dense(0.4)) < 1e-10
+    assert sol.ranks[-1] == (2, 3, 2)
+
+
+@pytest.mark.parametrize("method", ["psi", "bug", "ra-bug"])
+def test_robust_to_small_singular_values(backend, method):
+    """Over-approximated rank: singular values 1e-6 below the data must not blow up."""
+    prob = RotatingTucker(backend, (7, 7, 7), (2, 2, 2), "float64", seed=5, extra=2.0)
+    a0 = prob.A(0.0)
+    noise = tf.random_tucker((7, 7, 7), (2, 2, 2), rng=9, device=backend.device)
+    y0 = tf.add(a0, noise, beta=1e-6, rtol=None)  # rank (4, 4, 4), four σ ~ 1e-6
+    assert y0.rank == (4, 4, 4)
+    kw = {} if method in FIXED else {"rank_atol": 1e-12, "max_rank": 4}
+    ref = prob.dense(0.5)
+    errs = {}
+    for start, name in ((a0, "exact rank"), (y0, "over-approximated")):
+        sol = tf.solve_ivp(prob, (0.0, 0.5), start, method=method, step=0.05, **kw)
+        assert sol.success
+        errs[name] = rel_error(backend, sol.y[-1], ref)
+    # the over-approximated run stays at the level of the exact-rank run (no 1/σ growth):
+    # the difference is bounded by the 1e-6 model error plus the method's own error
+    assert errs["over-approximated"] <= 2 * errs["exact rank"] + 1e-4
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_observed_order(backend, method):
+    """Manufactured problem ``F = Ȧ + 2(Y⊙Y − A⊙A)``, exact solution A(t) of rank 2."""
+    prob = RotatingTucker(backend, (6, 6, 6), (2, 2, 2), "float64", seed=1, extra=2.0)
+    kw = {} if method in FIXED else {"rank_atol": 1e-12, "max_rank": 2}
+    # the parallel BUG's error constant is large at coarse steps (coupling blocks dropped):
+    # it reaches its asymptotic regime only below h ~ 1/32 on this problem
+    end, steps = (
+        (0.25, [1 / 32, 1 / 64, 1 / 128])
+        if method == "parallel-bug"
+        else (
+            0.5,
+            [1 / 8, 1 / 16, 1 / 32],
+        )
+    )
+    errs = []
+    for h in steps:
+        sol = tf.solve_ivp(prob, (0.0, end), prob.A(0.0), method=method, step=h, **kw)
+        assert sol.success
+        errs.append(rel_error(backend, sol.y[-1], prob.dense(end)))
+    order = np.polyfit(np.log(steps), np.log(errs), 1)[0]
+    if METHODS[method].order == 2:
+        assert order >= 1.8, errs
+    else:
+        # first-order methods: the fitted slope over three halvings lies near 1
+        assert 0.8 <= order <= 1.4, errs
+
+
+@pytest.mark.parametrize("low", ["float32", "complex64"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_dtype_and_device_preserved(backend, low, method):
+    dtype = low
+    shape = (5, 4, 3)
+    x = np.linspace(-1, 1, 5)
+    op = 0.1 * laplacian(shape, 0.5)
+    if "complex" in dtype:
+        op = op + schrodinger(shape, 0.5, [x, None, None])
+    y0 = tf.random_tucker(shape, 2, rng=0, dtype=dtype, device=backend.device)
+    sol = tf.solve_ivp(op, (0, 0.2), y0, method=method, step=0.1, substep="exp")
+    assert sol.success
+    for y in sol.y:
+        for a in (y.core, *y.factors):
+            assert str(a.dtype).rsplit(".", 1)[-1] == dtype
+            assert tf._backend.device_of(a) == tf._backend.device_of(y0.core)
+    # the low-precision run follows the float64/complex128 one to its own precision
+    ref = tf.solve_ivp(
+        op,
+        (0, 0.2),
+        tf.random_tucker(
+            shape,
+            2,
+            rng=0,
+            dtype={"float32": "float64", "complex64": "complex128"}[dtype],
+            device=backend.device,
+        ),
+        method=method,
+        step=0.1,
+        substep="exp",
+    )
+    diff = np.linalg.norm(
+        backend.numpy(sol.y[-1].to_tensor()) - backend.numpy(ref.y[-1].to_tensor())
+    )
+    # a few hundred operations with relative error eps32 ~ 1e-7 on a tensor of norm 1, plus,
+    # for the rank-adaptive methods, two truncations at the default sqrt(eps32) ~ 3e-4
+    assert diff <= 1e-3
+
+
+# ------------------------------------------------------------------------------------------
+# result object, output times, callback
+
+
+def test_t_eval_callback_and_counters(backend):
+    op = 0.05 * laplacian((6, 5, 4), 0.25)
+    y0 = tf.random_tucker((6, 5, 4), 2, rng=0, device=backend.device)
+    sol = tf.solve_ivp(op, (0, 0.5), y0, method="ra-bug", step=0.2, t_eval=[0.0, 0.25, 0.5])
+    np.testing.assert_allclose(sol.t, [0.0, 0.25, 0.5])
+    assert len(sol.y) == 3 and sol.status == 0 and sol.success
+    # steps are shortened to land on the output times: 0.2, 0.25, 0.45, 0.5
+    np.testing.assert_allclose(sol.t_steps, [0.0, 0.2, 0.25, 0.45, 0.5])
+    assert len(sol.ranks) == len(sol.t_steps) and sol.nsteps == 4
+    assert sol.nfev == 4 * (3 * 4 + 4)  # RK4: 4 evaluations per substep, 4 substeps per step
+    seen = []
+    sol = tf.solve_ivp(
+        op, (0, 1), y0, method="bug", step=0.1, callback=lambda t, y: seen.append(t) or t >= 0.3
+    )
+    assert sol.status == 1 and sol.success and sol.t[-1] == pytest.approx(0.3)
+    assert seen == pytest.approx([0.1, 0.2, 0.3])
+    assert tf.solve_ivp(op, (0.5, 0.5), y0, method="bug", step=0.1).nsteps == 0
+
+
+def test_method_accepts_a_subclass(backend):
+    class CountingBUG(FixedRankBUG):
+        steps_taken = 0
+
+        def _advance(self, t, y, h):
+            CountingBUG.steps_taken += 1
+            return super()._advance(t, y, h)
+
+    op = 0.05 * laplacian((6, 5, 4), 0.25)
+    y0 = tf.random_tucker((6, 5, 4), 2, rng=0, device=backend.device)
+    sol = tf.solve_ivp(op, (0, 0.3), y0, method=CountingBUG, step=0.1)
+    ref = tf.solve_ivp(op, (0, 0.3), y0, method="bug", step=0.1)
+    assert CountingBUG.steps_taken == 3 and sol.nsteps == 3
+    np.testing.assert_array_equal(
+        backend.numpy(sol.y[-1].to_tensor()), backend.numpy(ref.y[-1].to_tensor())
+    )
+    with pytest.raises(TypeError, match="method must be a name in"):
+        tf.solve_ivp(op, (0, 0.3), y0, method=int, step=0.1)

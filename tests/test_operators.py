@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tensorly as tl
 from conftest import tol
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import seeds, shape_and_rank
 
 import tuckerflow as tf
 from tuckerflow.geometry import contract
@@ -21,6 +22,7 @@ from tuckerflow.operators import (
     schrodinger,
     second_difference,
 )
+from tuckerflow.testing.strategies import seeds, shape_and_rank
 
 
 def _dense_apply(terms, x, t=0.0):
@@ -225,3 +227,80 @@ def test_schrodinger_accepts_a_mode_of_size_one(backend):
     np.testing.assert_allclose(
         backend.numpy(one(0.0, y1).to_tensor()), -1j * backend.numpy(y1.to_tensor()) * 9.0
     )
+
+
+# ------------------------------------------------------------------------------------------
+# argument validation found by the fuzz (tuckerflow.testing.fuzz); a mode of one point
+
+
+def test_banded_validates_size_diagonals_and_periodic():
+    with pytest.raises(TypeError, match="n must be an integer >= 1, got inf"):
+        Banded(math.inf, {0: 1.0})
+    with pytest.raises(ValueError, match="n=0 must be >= 1"):
+        Banded(0, {0: 1.0})
+    with pytest.raises(TypeError, match=r"diagonals must be a dict \{offset: values\}"):
+        Banded(3, [np.ones(3)])
+    with pytest.raises(ValueError, match="offset 3 is outside an 3 x 3 matrix"):
+        Banded(3, {3: 1.0})
+    with pytest.raises(TypeError, match="offset 1.5 must be an integer"):
+        Banded(3, {1.5: 1.0})
+    with pytest.raises(ValueError, match=r"diagonals\[0\] has shape \(2,\); expected"):
+        Banded(3, {0: [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"diagonals\[-1\] has non-finite entries"):
+        Banded(3, {-1: [1.0, math.nan, 0.0]})
+    with pytest.raises(TypeError, match="periodic must be True or False"):
+        Banded(3, {0: 1.0}, periodic=-1)
+    # a 1 x 1 matrix is valid
+    assert np.array_equal(Banded(1, {0: 2.5}).to_dense(), [[2.5]])
+
+
+def test_laplacian_spacing_magnitudes_and_a_mode_of_one_point():
+    for bad in (1e-300, 1e300):
+        with pytest.raises(ValueError, match=r"spacing=.*: the finite-difference weight"):
+            laplacian((4, 4), bad)
+    with pytest.raises(ValueError, match=r"spacing\[1\]=0.0 must be a finite number > 0"):
+        laplacian((4, 4), [0.1, 0.0])
+    with pytest.raises(ValueError, match=r"shape\[0\]=0 must be >= 1"):
+        laplacian((0, 4), 0.1)
+    with pytest.raises(TypeError, match=r"shape\[0\] must be an integer >= 1, got 2.7"):
+        laplacian((2.7, 4), 0.1)
+    # one grid point in mode 0: D = [-2/h²] there (Dirichlet), the usual matrix in mode 1
+    h = 0.25
+    op = laplacian((1, 4), h)
+    Y = tf.random_tucker((1, 4), (1, 1), rng=1)
+    x = Y.to_tensor()
+    expected = second_difference(1, h) @ x + x @ second_difference(4, h).T
+    assert np.allclose(op(0.0, Y).to_tensor(), expected, rtol=1e-13, atol=0)
+    assert np.array_equal(second_difference(1, h), [[-2 / h**2]])
+
+
+def test_second_difference_spacing_magnitudes():
+    for bad in (1e300, 1e-300):
+        with pytest.raises(ValueError, match=r"h=.*: the finite-difference weight 1/h²"):
+            second_difference(4, bad)
+    with pytest.raises(TypeError, match="n must be an integer >= 1"):
+        second_difference(2.0, 0.1)
+    with pytest.raises(TypeError, match="h must be a real number > 0"):
+        second_difference(4, "0.1")
+
+
+def test_schrodinger_spacing_and_a_mode_of_one_point():
+    with pytest.raises(ValueError, match=r"shape\[0\]=0 must be >= 1"):
+        schrodinger((0, 3), 0.1)
+    for bad in (0.0, 1e300):
+        with pytest.raises(ValueError, match="spacing="):
+            schrodinger((3, 3), bad)
+    with pytest.raises(TypeError, match="couplings must be a sequence"):
+        schrodinger((3, 3), 0.1, couplings=np.int64(3))
+    with pytest.raises(ValueError, match=r"couplings\[0\] coefficient λ=nan"):
+        schrodinger((3, 3), 0.1, couplings=[(math.nan, [None, None])])
+    with pytest.raises(ValueError, match=r"potentials\[1\] has non-finite entries"):
+        schrodinger((3, 3), 0.1, [None, [0.0, math.inf, 0.0]])
+    # a mode of one point is valid: H = 1/h² + V there (no neighbours), -i H Y exactly
+    h, v = 0.5, np.array([0.3])
+    op = schrodinger((1, 3), h, [v, None])
+    Y = tf.random_tucker((1, 3), (1, 1), rng=2, dtype="complex128")
+    x = Y.to_tensor()
+    d3 = second_difference(3, h)
+    hx = (1 / h**2 + v[0]) * x - 0.5 * x @ d3.T
+    assert np.allclose(op(0.0, Y).to_tensor(), -1j * hx, rtol=1e-13, atol=0)

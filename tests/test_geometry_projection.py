@@ -1,4 +1,5 @@
-"""Facts of algorithms.md §3 on every backend and dtype, through tuckerflow.testing's suite.
+"""Facts of the tangent-space projection (algorithms.md §3, tuckerflow.geometry.projection)
+on every backend and dtype, through tuckerflow.testing's suite.
 
 Tolerances live in the suite: round-off identities at ``100 · eps(dtype) · max(n_i)`` (every
 quantity is a handful of QR/products of matrices with at most max(n_i) rows, each adding
@@ -70,26 +71,6 @@ def _curved_cases(draw):
 def test_curvature_bound_scales_like_one_over_rho(backend, dtype, sr, seed):
     out = _suite(backend, dtype, sr, seed).check_curvature_scaling()
     assert -1.25 <= out["slope"] <= -0.75
-
-
-@settings(max_examples=5)
-@given(sr=shapes_and_ranks(max_side=5), seed=SEEDS)
-def test_retraction_facts(backend, dtype, sr, seed):
-    suite = _suite(backend, dtype, sr, seed)
-    suite.check_retraction_at_zero()
-    suite.check_retraction_on_manifold()
-
-
-@settings(max_examples=4)
-@given(
-    sr=shapes_and_ranks(max_side=5, proper=True),
-    seed=SEEDS,
-    method=st.sampled_from(tf.geometry.RETRACTION_METHODS),
-)
-def test_retraction_is_second_order(backend, dtype, sr, seed, method):
-    out = _suite(backend, dtype, sr, seed).check_retraction_orders(method)
-    assert 2.3 >= out["defect_slope"] >= 1.75
-    assert out["tangential_slope"] >= 2.6
 
 
 @settings(max_examples=4)
