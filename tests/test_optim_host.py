@@ -16,7 +16,7 @@ from torch import nn
 import tuckerflow.nn as tnn
 from tuckerflow import _host
 from tuckerflow.dlra import truncate_core
-from tuckerflow.linalg import _gram_left, _left_singular, _orth, _svd
+from tuckerflow.linalg import _gram_left, _left_singular, _orth, _svd, flip_signs
 from tuckerflow.optim import TDLRT, _batched
 from tuckerflow.optim.basis import HostBatch, KStepJob, kstep_bases, kstep_finish, kstep_prepare
 from tuckerflow.optim.transport import mode_products
@@ -411,6 +411,92 @@ def test_batched_truncation_equals_truncate_core(dtype):
         assert abs(i1.error_bound**2 - i0.error_bound**2) <= 4 * 1e3 * EPS64 * norm2 + 1e-3 * (
             i0.error_bound**2
         )
+
+
+def _cores(shapes, seed):
+    """TDLRT-like augmented cores in float64: a low-rank block plus a small dense part (the
+    Galerkin step fills the new rows and columns), bases of twice the core's size."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for shape, low, free in shapes:
+        core = torch.randn(*low, generator=g, dtype=torch.float64)
+        for i, (n, r) in enumerate(zip(shape, low)):
+            m = torch.randn(n, r, generator=g, dtype=torch.float64)
+            core = torch.movedim(torch.tensordot(m, core, dims=([1], [i])), 0, i)
+        core = core + 1e-2 * torch.randn(*shape, generator=g, dtype=torch.float64)
+        U = [
+            torch.linalg.qr(torch.randn(2 * n, n, generator=g, dtype=torch.float64))[0]
+            if i in free
+            else None
+            for i, n in enumerate(shape)
+        ]
+        items.append((core, U))
+    return items
+
+
+def _expand(core, P_list):
+    """``core ×_i P_i``: the truncation in the coordinates of the augmented core."""
+    for i, p in enumerate(P_list):
+        if p is not None:
+            core = torch.movedim(torch.tensordot(p, core, dims=([1], [i])), 0, i)
+    return core
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_truncation_in_float32_takes_the_float64_decisions(seed):
+    """From the same augmented cores, float32 chooses the ranks float64 chooses, and in both
+    precisions the truncation error stays within the tolerance ``τ‖Ĉ‖`` and is what
+    ``info.error_bound`` reports. Margin: a few rounding errors of the working precision per
+    inner product of the mode products (length ``n_i``), to the core and back; the bound,
+    read as ``‖G‖² − ‖G[:r]‖²`` from float64 prefix sums, errs by ``4 N eps64 ‖Ĉ‖²`` more in
+    the square (``N`` entries)."""
+    shapes = [
+        ((24, 20, 3, 3), (6, 5, 3, 3), (0, 1)),
+        ((24, 20, 3, 3), (6, 5, 3, 3), (0, 1)),
+        ((30, 12), (4, 4), (0, 1)),
+        ((16, 18, 3, 3), (5, 6, 3, 3), (1,)),
+    ]
+    tau = 0.05
+    ref = _cores(shapes, seed)
+    ranks = {}
+    for dtype in (torch.float64, torch.float32):
+        items = [
+            (c.to(dtype), [None if u is None else u.to(dtype) for u in U], 1, None) for c, U in ref
+        ]
+        got = _batched.truncate_cores(items, tau)
+        ranks[dtype] = [Y.rank for Y, _, _, _ in got]
+        u = torch.finfo(dtype).eps
+        for (c64, _), (Y, P_list, info, _guard) in zip(ref, got):
+            norm = float(torch.linalg.vector_norm(c64))
+            P64 = [None if p is None else p.double() for p in P_list]
+            # Y.core is in the units of Ĉ; P_i = Û_iᴴ (Û_i P_i) are the kept directions
+            err = float(torch.linalg.vector_norm(c64 - _expand(Y.core.double(), P64)))
+            margin = 10 * sum(c64.shape) * u * norm
+            assert err <= tau * norm + margin
+            slack2 = 4 * c64.numel() * EPS64 * norm**2 + 2 * margin * norm
+            assert abs(err**2 - info.error_bound**2) <= slack2
+    assert ranks[torch.float32] == ranks[torch.float64]
+    with tl.backend_context("pytorch"):
+        for (c, U), r in zip(ref, ranks[torch.float64]):
+            assert truncate_core(c, U, rtol=tau, method="hosvd")[0].rank == r
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128])
+def test_batched_signs_break_ties_as_the_per_matrix_rule(dtype):
+    """The first entry of largest modulus decides the sign, also when the maximum and minus
+    the minimum tie, when the maximum repeats, and for a zero column."""
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(3, 7, 5, generator=g, dtype=torch.float64).to(dtype)
+    top = float(u.abs().max()) + 1
+    u[0, 4, 1], u[0, 2, 1] = top, -top  # -min == max: the lower row (2) wins
+    u[1, 1, 3], u[1, 5, 3] = top, -top  # the lower row (1) wins, the maximum
+    u[2, 3, 0] = u[2, 6, 0] = top  # the maximum twice
+    u[1, :, 2] = 0  # no sign to fix
+    got, _ = _batched.flip_signs(u)
+    with tl.backend_context("pytorch"):
+        for k in range(u.shape[0]):
+            want, _ = flip_signs(u[k])
+            assert torch.equal(got[k], want)
 
 
 # ------------------------------------------------------- static phases compile

@@ -32,7 +32,7 @@ from tensorly.tenalg import multi_mode_dot as _tl_multi_mode_dot
 
 from ._backend import check_tensor, conj_t, to_float
 from ._host import to_host
-from .linalg import left_singular
+from .linalg import left_singular, mode_products
 from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
@@ -84,31 +84,6 @@ class Contractible(Protocol):
     shape: tuple
 
     def contract(self, matrices): ...
-
-
-def mode_products(x, matrices):
-    """``x ×_0 M_0 ×_1 M_1 ⋯`` (None leaves a mode alone), one matrix product per mode.
-
-    Each product works on ``x`` in its own memory layout: mode ``j`` of a tensor of shape
-    ``(a, n_j, b)`` (``a``, ``b`` the products of the sizes before and after it) is
-    ``M_j @ x`` batched over ``a`` (a plain product for the first and the last mode), and the
-    result keeps the layout. No transposed copy is ever made, and no later product reads a
-    strided view (which costs several times a contiguous one in BLAS).
-    """
-    shape = list(tl.shape(x))
-    for j, m in enumerate(matrices):
-        if m is None:
-            continue
-        left, n, right = math.prod(shape[:j]), shape[j], math.prod(shape[j + 1 :])
-        if left == 1:
-            x = tl.dot(m, tl.reshape(x, (n, right)))
-        elif right == 1:
-            x = tl.dot(tl.reshape(x, (left, n)), tl.transpose(m))
-        else:
-            x = tl.matmul(m, tl.reshape(x, (left, n, right)))
-        shape[j] = tl.shape(m)[0]
-        x = tl.reshape(x, tuple(shape))
-    return x
 
 
 def unfolded_products(x, matrices, mode):

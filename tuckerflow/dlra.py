@@ -31,7 +31,7 @@ import tensorly as tl
 from tensorly.tenalg import mode_dot
 
 from ._backend import check_finite, check_tensor, conj_t, eps
-from .linalg import GRAM_SAFETY, left_singular, orth, svd
+from .linalg import GRAM_SAFETY, _orth, left_singular, svd
 from .ranks import largest_valid_rank, per_mode, rank_spec
 from .recompression import TruncationInfo, _to_host, recompress
 from .tucker import TuckerTensor
@@ -106,7 +106,13 @@ def core_qr(core: Tensor, mode: int) -> tuple[Tensor, Tensor]:
     if isinstance(mode, bool) or not isinstance(mode, (int, np.integer)) or not 0 <= mode < d:
         raise ValueError(f"mode={mode!r} must be an integer in [0, {d}) for a core with {d} modes")
     check_finite(core, "core")
-    q, r = tl.qr(conj_t(tl.unfold(core, int(mode))))
+    return _core_qr(core, int(mode))
+
+
+def _core_qr(core, mode):
+    """:func:`core_qr` without validation, for callers whose core is known finite (the
+    integrators check every state once per substep)."""
+    q, r = tl.qr(conj_t(tl.unfold(core, mode)))
     return q, _resolved(conj_t(r))
 
 
@@ -215,7 +221,8 @@ def augment_basis(U0: Tensor, K: Tensor, *, rtol: float | None = None) -> Tensor
         new = tl.dot(w, v[:, :m]) / s[None, :m]
     else:
         new = u[:, :m]
-    new = orth(new - tl.dot(U0, tl.dot(u0h, new)))
+    # w passed the finiteness check of its factorisation, so new is finite too
+    new = _orth(new - tl.dot(U0, tl.dot(u0h, new)))
     return tl.concatenate([U0, new], axis=1)
 
 

@@ -9,6 +9,8 @@ callers that have already made it once for a whole tensor.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorly as tl
 
@@ -24,7 +26,7 @@ from ._backend import (
 )
 from .typing import Seed, Tensor
 
-__all__ = ["flip_signs", "left_singular", "orth", "svd", "SVD_METHODS"]
+__all__ = ["flip_signs", "left_singular", "mode_products", "orth", "svd", "SVD_METHODS"]
 
 #: Factorisation paths for the left singular vectors of an unfolding.
 SVD_METHODS = ("auto", "svd", "qr", "gram", "randomized")
@@ -54,6 +56,19 @@ def flip_signs(u: Tensor, vh: Tensor | None = None) -> tuple[Tensor, Tensor | No
     ``u @ diag(s) @ vh`` is unchanged. Ties go to the first row, so the result is
     deterministic. A handful of kernels and no host synchronisation.
     """
+    if not is_complex(u):
+        # the phase of a real column is its sign: the same result in a few kernels
+        # (argmax returns the first maximum on every backend, the tie rule above)
+        if 0 in tuple(tl.shape(u)):
+            return u, vh
+        idx = tl.argmax(tl.abs(u), axis=0)
+        pick = tl.diag(u[idx])  # u[idx[j], j]
+        one = tl.ones(tl.shape(pick), **context(pick))
+        sign = tl.where(pick < 0, -one, one)
+        u = u * sign[None, :]
+        if vh is not None:
+            vh = vh * sign[:, None]
+        return u, vh
     pick = _largest_entries(u)
     mag = tl.abs(pick)
     safe = tl.where(mag == 0, tl.ones(tl.shape(mag), **context(mag)), mag)
@@ -113,6 +128,8 @@ def _gram_left(a):
     lam = tl.where(lam < 0, tl.zeros(tl.shape(lam), **context(lam)), lam)
     s = tl.sqrt(lam)
     u, _ = flip_signs(v)
+    if work is a:  # accumulated in the input's own dtype: nothing to cast back
+        return u, s
     return astype(u, dtype_name(a)), astype(s, real_dtype_name(a))
 
 
@@ -213,3 +230,28 @@ def _left_singular(a, *, method="auto", rank_hint=None, rng=None):
             return _left_singular(a, method="qr")
         return _randomized_left(a, rank_hint, rng=rng)
     raise ValueError(f"method={method!r} is not one of {SVD_METHODS}")
+
+
+def mode_products(x, matrices):
+    """``x ×_0 M_0 ×_1 M_1 ⋯`` (None leaves a mode alone), one matrix product per mode.
+
+    Each product works on ``x`` in its own memory layout: mode ``j`` of a tensor of shape
+    ``(a, n_j, b)`` (``a``, ``b`` the products of the sizes before and after it) is
+    ``M_j @ x`` batched over ``a`` (a plain product for the first and the last mode), and the
+    result keeps the layout. No transposed copy is ever made, and no later product reads a
+    strided view (which costs several times a contiguous one in BLAS).
+    """
+    shape = list(tl.shape(x))
+    for j, m in enumerate(matrices):
+        if m is None:
+            continue
+        left, n, right = math.prod(shape[:j]), shape[j], math.prod(shape[j + 1 :])
+        if left == 1:
+            x = tl.dot(m, tl.reshape(x, (n, right)))
+        elif right == 1:
+            x = tl.dot(tl.reshape(x, (left, n)), tl.transpose(m))
+        else:
+            x = tl.matmul(m, tl.reshape(x, (left, n, right)))
+        shape[j] = tl.shape(m)[0]
+        x = tl.reshape(x, tuple(shape))
+    return x

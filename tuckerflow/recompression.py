@@ -37,9 +37,9 @@ import numpy as np
 import tensorly as tl
 from tensorly.tenalg import mode_dot, multi_mode_dot
 
-from ._backend import astype, check_finite, check_tensor, conj_t, scale_pow2
+from ._backend import astype, check_finite, check_tensor, conj_t, real_dtype_name, scale_pow2
 from ._host import to_host
-from .linalg import GRAM_SAFETY, SVD_METHODS, _left_singular, _svd
+from .linalg import GRAM_SAFETY, SVD_METHODS, _left_singular, _svd, mode_products
 from .ranks import RankSpec, lower_ranks_greedily, select_rank, sequential_budget
 
 __all__ = ["TRUNCATION_METHODS", "TruncationInfo", "recompress"]
@@ -175,9 +175,11 @@ def _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta2):
     while math.prod(hi[i] - lo[i] + 1 for i in modes) > GREEDY_BOX_LIMIT:
         widest = max(modes, key=lambda i: hi[i] - lo[i])
         lo[widest] += (hi[widest] - lo[widest] + 1) // 2
-    g = multi_mode_dot(work, [conj_t(bases[i]) for i in modes], modes=list(modes))
+    g = mode_products(work, [conj_t(b) if i in modes else None for i, b in enumerate(bases)])
     e = tl.abs(g)
-    e = astype(e, "float64") ** 2
+    if real_dtype_name(e) != "float64":
+        e = astype(e, "float64")
+    e = e * e
     table = _host(_error_table(e, modes, lo, hi)).reshape([hi[i] - lo[i] + 1 for i in modes])
     # each entry is a sum of at most N non-negative float64 terms (no cancellation): its
     # relative error is below N · eps64, so the budget is shrunk by that factor

@@ -12,7 +12,7 @@ import tensorly as tl
 
 from .._backend import conj_t
 from ..ambient import contract_unchecked, unfolded_contract
-from ..dlra import augment_basis, augmented_core, core_qr
+from ..dlra import _core_qr, augment_basis, augmented_core
 from ..tucker import TuckerTensor
 from .base import check_finite_step, check_shape
 
@@ -55,7 +55,7 @@ def k_step(rhs, substep, t0, h, core, factors, i, adjoints=None):
     ``adjoints``: the ``U_jᴴ`` when the caller has them (the K-steps of one step share them,
     so that an operator's contractions with them are computed once for all modes).
     """
-    q, s = core_qr(core, i)
+    q, s = _core_qr(core, i)  # the state was checked for finiteness when it was made
     k0 = tl.dot(factors[i], s)
     k_rank = list(tl.shape(core))
     k_rank[i] = tl.shape(q)[1]

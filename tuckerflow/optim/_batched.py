@@ -69,14 +69,28 @@ def batched(fn, mats):
     return out
 
 
+def _first_largest(u):
+    """Row index ``(…, 1, k)`` of the first entry of largest modulus in every column of ``u``.
+
+    For real ``u`` from a max and a min reduction (no ``|u|`` temporary): the largest
+    modulus is the maximum or minus the minimum, and on a tie between the two the lower
+    row, the first one, as ``argmax(|u|)`` finds it.
+    """
+    if u.is_complex():
+        return torch.argmax(u.abs(), dim=-2, keepdim=True)
+    hi, ih = torch.max(u, dim=-2, keepdim=True)
+    lo, il = torch.min(u, dim=-2, keepdim=True)
+    return torch.where(hi > -lo, ih, torch.where(-lo > hi, il, torch.minimum(ih, il)))
+
+
 def flip_signs(u, vh=None):
-    """:func:`tuckerflow.linalg.flip_signs` on a batch ``(…, m, k)`` (same operations)."""
-    mag = u.abs()
-    real = mag.dtype
-    top = mag.amax(dim=-2, keepdim=True)
-    hit = (mag == top).to(real)
-    first = hit * (torch.cumsum(hit, dim=-2) == 1).to(real)
-    pick = (u * first.to(u.dtype)).sum(dim=-2)
+    """:func:`tuckerflow.linalg.flip_signs` on a batch ``(…, m, k)`` (the same phases).
+
+    The entry of largest modulus of each column, the first one on ties (as the
+    mask-and-count of :func:`tuckerflow.linalg.flip_signs`), is found by reductions and a
+    gather, without temporaries of the size of ``u``.
+    """
+    pick = torch.gather(u, -2, _first_largest(u)).squeeze(-2)
     pmag = pick.abs()
     safe = torch.where(pmag == 0, torch.ones_like(pmag), pmag)
     phase = pick / safe.to(pick.dtype)
@@ -85,6 +99,14 @@ def flip_signs(u, vh=None):
     if vh is not None:
         vh = vh * phase.unsqueeze(-1)
     return u, vh
+
+
+def _absmax(x):
+    """``max |x|`` as a 0-d tensor (NaN and Inf propagate), without an ``|x|`` temporary."""
+    if x.is_complex():
+        return x.abs().amax()
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(-lo, hi)
 
 
 def _svd_stack(a):
@@ -111,15 +133,23 @@ def _gram_stack(a):
     work = a
     if a.dtype in (torch.float32, torch.complex64):
         work = a.to(torch.complex128 if a.is_complex() else torch.float64)
+    real = a.real.dtype if a.is_complex() else a.dtype
+    return _gram_eigh(work, a.dtype, real)
+
+
+def _gram_eigh(work, dtype, real):
+    """``(u, s)`` of the Gram matrices ``work workᴴ`` (``work`` already in >= float64)."""
     g = work @ work.conj().transpose(-2, -1)
     lam, v = torch.linalg.eigh(g)
-    lam = torch.flip(lam, dims=(-1,))
-    v = torch.flip(v, dims=(-1,))
-    lam = torch.where(lam < 0, torch.zeros_like(lam), lam)
-    s = torch.sqrt(lam)
-    u, _ = flip_signs(v)
-    real = a.real.dtype if a.is_complex() else a.dtype
-    return u.to(a.dtype), s.to(real)
+    # the sign convention acts column by column: applied in place before the columns are
+    # put in descending order (one reversal, at the output precision)
+    pick = torch.gather(v, -2, _first_largest(v))
+    pmag = pick.abs()
+    phase = pick / torch.where(pmag == 0, torch.ones_like(pmag), pmag).to(pick.dtype)
+    phase = torch.where(pmag == 0, torch.ones_like(phase), phase)
+    u = torch.flip(v.mul_(phase.conj()).to(dtype), dims=(-1,))
+    s = torch.sqrt(torch.clamp_min(torch.flip(lam, dims=(-1,)), 0.0))
+    return u, s.to(real)
 
 
 def gram_left(mats):
@@ -167,12 +197,12 @@ def _pow2_scale(x, e, step):
     """``x · 2**e`` for a device integer ``e`` in at most two exact steps (as ``scale_pow2``).
 
     ``|e| ≤ 2·step`` always holds here: ``e`` is the exponent of a finite entry of ``x``.
+    ``x`` is scaled in place: callers pass a temporary of their own.
     """
-    one = torch.ones((), dtype=x.dtype, device=x.device)
+    one = torch.ones((), dtype=x.real.dtype if x.is_complex() else x.dtype, device=x.device)
     k1 = torch.clamp(e, -step, step)
     k2 = e - k1
-    x = x * torch.ldexp(one, k1)
-    return x * torch.ldexp(one, k2)
+    return x.mul_(torch.ldexp(one, k1)).mul_(torch.ldexp(one, k2))
 
 
 class _Request:
@@ -272,59 +302,75 @@ def _wide(dtype):
     return torch.complex128 if dtype.is_complex else torch.float64
 
 
-def _box_table(e2, free):
-    """``|·|²`` summed over the modes outside ``free``, prefix sums along every mode left."""
-    others = tuple(j for j in range(e2.dim()) if j not in free)
-    block = e2.sum(dim=others) if others else e2
-    for ax in range(block.dim()):
-        block = torch.cumsum(block, dim=ax)
-    return block
-
-
 def _truncate_cores(items, rtol, references=None):
     reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
     for q, ref in zip(reqs, references or [None] * len(reqs)):
         q.reference = ref
     parts = []
+    end = [0]
 
     def slot(t):
         t = t.reshape(-1).to(torch.float64)
-        start = sum(p.numel() for p in parts)
+        start = end[0]
+        end[0] += t.numel()
         parts.append(t)
-        return slice(start, start + t.numel())
+        return slice(start, end[0])
 
     mats, methods, owners = [], [], []
+    grams = {}
     for q in reqs:
-        top = q.c_hat.abs().amax()
-        umax = torch.stack([q.U_hats[i].abs().amax() for i in q.free]).amax()
+        top = _absmax(q.c_hat)
+        umax = torch.stack([_absmax(q.U_hats[i]) for i in q.free]).amax()
         ok = torch.isfinite(top) & torch.isfinite(umax)
         e = torch.frexp(torch.where(ok, top, torch.zeros_like(top)))[1].to(torch.int64)
         q.e = e
         step = _scale_steps(q.c_hat.dtype)
-        work = _pow2_scale(torch.where(ok, q.c_hat, torch.zeros_like(q.c_hat)), -e, step)
+        work = _pow2_scale(torch.where(ok, q.c_hat, 0.0), -e, step)
         q.work = work
         q.slots = {"top": slot(top), "umax": slot(umax), "e": slot(e), "norm": slot(tl_norm(work))}
         for i in q.free:
+            if q.policy[i] == "gram":
+                key = (q.cshape[i], math.prod(q.cshape) // q.cshape[i], work.dtype, work.device)
+                grams.setdefault(key, []).append((q, i))
+                continue
             mats.append(_unfold(work, i))
             methods.append(q.policy[i])
             owners.append((q, i))
-    results = left_singular(mats, methods)
-    for (q, i), (u, s) in zip(owners, results):
+    for (q, i), (u, s) in zip(owners, left_singular(mats, methods)):
         q.pairs[i] = (u, s)
-        q.slots[("s", i)] = slot(s)
-    from tensorly.tenalg import multi_mode_dot
-
+    for (m, n, dtype, device), members in grams.items():
+        # the Gram path's >= float64 stack, written by one copy per unfolding (the mode
+        # permutation and the conversion together; the same numbers as _gram_stack's)
+        wide = {torch.float32: torch.float64, torch.complex64: torch.complex128}.get(dtype, dtype)
+        stack = torch.empty((len(members), m, n), dtype=wide, device=device)
+        for k, (q, i) in enumerate(members):
+            rest = [q.cshape[j] for j in range(len(q.cshape)) if j != i]
+            stack[k].view(m, *rest).copy_(torch.movedim(q.work, i, 0))
+        real = torch.empty((), dtype=dtype).real.dtype
+        us, ss = _gram_eigh(stack, dtype, real)
+        for k, (q, i) in enumerate(members):
+            q.pairs[i] = (us[k], ss[k])
     for q in reqs:
+        for i in q.free:
+            q.slots[("s", i)] = slot(q.pairs[i][1])
         # the rotated core in the full singular bases and its |·|² prefix sums over the
         # whole box of the truncated modes (the greedy HOSVD reads any window of it)
-        g = multi_mode_dot(q.work, [q.pairs[i][0].conj().T for i in q.free], modes=list(q.free))
-        e2 = g.abs().to(torch.float64) ** 2
-        block = _box_table(e2, q.free)
+        g = q.work
+        for i in q.free:
+            g = torch.movedim(torch.tensordot(q.pairs[i][0].conj().T, g, dims=([1], [i])), 0, i)
+        others = tuple(j for j in range(g.dim()) if j not in q.free)
+        # Σ over the other modes of |g|², in float64 (one float64 temporary, squared in place)
+        e2 = g.abs() if g.is_complex() else g
+        e2 = e2.to(torch.float64, copy=True).square_()
+        block = e2.sum(dim=others) if others else e2
+        total = block.sum()
+        for ax in range(block.dim()):
+            block = torch.cumsum(block, dim=ax)
         q.slots["g"] = g
-        q.slots["total"] = slot(e2.sum())
+        q.slots["total"] = slot(total)
         q.slots["table"] = slot(block)
         q.slots["table_shape"] = tuple(block.shape)
-        q.slots["e_numel"] = e2.numel()
+        q.slots["e_numel"] = g.numel()
         if q.reference is not None:
             _guard_slots(q, slot)
     host = to_host(torch.cat(parts)) if parts else np.zeros(0)
@@ -345,7 +391,7 @@ def _guard_slots(q, slot):
     (suffix sums of the rows of ``U_iᴴ Mat_i(Y₀)``) and outside ``U_i`` altogether.
     """
     wide = _wide(q.c_hat.dtype)
-    y = _pow2_scale(q.reference.detach().to(wide), -q.e, _scale_steps(torch.float64))
+    y = _pow2_scale(q.reference.detach().to(wide, copy=True), -q.e, _scale_steps(torch.float64))
     w = q.work.to(wide)
     q.slots["g_ny0"] = slot(torch.linalg.vector_norm(y))
     q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(w - y))
