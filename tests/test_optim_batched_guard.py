@@ -14,7 +14,15 @@ import pytest
 import tensorly as tl
 import torch
 from test_optim_helpers import WeightTucker, tucker_tensor
-from test_optim_host import EPS32, EPS64, _weights, batches, chain, run_steps
+from test_optim_host import (
+    EPS32,
+    EPS64,
+    _weights,
+    batches,
+    chain,
+    host_reads_outside_the_helper,
+    run_steps,
+)
 
 from tuckerflow import _host
 from tuckerflow.dlra import truncate_core
@@ -214,3 +222,24 @@ def test_the_fallback_takes_the_per_layer_decisions_and_counts_its_transfers():
     # the fallback's transfers are counted: the rank-cap HOSVD (3) and the tails (1)
     assert out[False][0][2] == 2 + 4
     assert [s[2] for s in out[False][1:]] == [2, 2]
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("options", [{}, {"update_every": 2}, {"max_rank": (16, 3, 3)}])
+def test_every_read_of_a_guarded_step_goes_through_the_helper(reference, options):
+    """The guard's reads are counted on both paths (no ``float(t)`` or ``.tolist()`` beside
+    the helper), also where it acts and where the batched path falls back to the tensors."""
+    layer = WeightTucker((16, 6, 6), (8, 2, 2), seed=1)
+    target = tucker_tensor((16, 6, 6), (6, 3, 3), seed=4)
+    target = 20.0 * target / target.norm()
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    options = {"update_every": 1, **options}
+    tdlrt = TDLRT(layer, opt, tau=0.3, **options)
+    tdlrt._reference_path = reference
+    for _ in range(3):
+        opt.zero_grad()
+        (0.5 * ((layer() - target) ** 2).sum()).backward()
+        with host_reads_outside_the_helper() as seen:
+            tdlrt.step()
+        assert seen == []
+    assert tdlrt.guarded_truncations >= 1

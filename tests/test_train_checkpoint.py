@@ -232,7 +232,7 @@ def test_epochs_may_grow_but_not_shrink_below_the_completed_or_stretch_a_cosine_
 def test_freeze_after_may_change_only_for_epochs_not_yet_run(tmp_path):
     options = {**TINY, "method": "tdlrt", "rank": 8, "tau": 0.3, "test_fraction": 0.75}
     out = tmp_path / "run"
-    train(TrainConfig(**options, epochs=2, out=str(out)))
+    train(TrainConfig(**options, epochs=2, freeze_after=None, out=str(out)))
     with pytest.raises(ValueError, match=r"freeze_after: checkpoint None vs this run 1 \(the "):
         train(TrainConfig(**options, epochs=3, freeze_after=1, out=str(out), resume=True))
     summary = train(TrainConfig(**options, epochs=3, freeze_after=2, out=str(out), resume=True))

@@ -46,7 +46,7 @@ def test_the_flags_reach_the_config():
         True,
         True,
     )
-    assert defaults.init_scale == 1.0 and defaults.freeze_after is None
+    assert defaults.init_scale == 1.0 and defaults.freeze_after == "auto"
 
 
 @pytest.mark.parametrize(

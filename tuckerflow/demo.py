@@ -2,7 +2,7 @@
 
 ``python -m tuckerflow.demo`` (or ``make demo``) trains both networks on the same held-out split
 with the same optimizer (10 epochs each) and prints accuracy, compression and time side by side.
-It takes about 30 s of wall time on a two-core machine; ``--epochs`` trades time for accuracy.
+It takes about 40 s of CPU time in one thread; ``--epochs`` trades time for accuracy.
 """
 
 from __future__ import annotations

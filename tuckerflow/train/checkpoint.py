@@ -287,9 +287,12 @@ def check_resume_options(
                 resolve_freeze_after(before, saved.get("epochs", epochs_done)),
                 resolve_freeze_after(value, current["epochs"]),
             ]
+            resolved = past
             past = [math.inf if v is None else v for v in past]
             if min(past[0], epochs_done) == min(past[1], epochs_done):
                 continue
+            if "auto" in (before, value):
+                entry += f" (ranks frozen after {resolved[0]} vs {resolved[1]} epochs)"
             entry += f" (the checkpoint has completed {epochs_done} epochs)"
         if name in ("model", "method", "factorize"):
             identity.append(entry)

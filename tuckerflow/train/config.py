@@ -154,8 +154,9 @@ class TrainConfig:
         ``"one-pass"`` or ``"two-pass"`` (see :class:`tuckerflow.optim.TDLRT`).
     freeze_after : int, "auto" or None
         TDLRT only: freeze the ranks after this many epochs (fixed-rank steps for a final
-        fine-tuning phase); None never freezes; ``"auto"``: after ``⌈0.8 · epochs⌉`` epochs
-        (:func:`resolve_freeze_after`).
+        fine-tuning phase); None never freezes; ``"auto"`` (default): after
+        ``⌈0.8 · epochs⌉`` epochs (:func:`resolve_freeze_after`; runs of one or two epochs
+        never freeze).
     update_every : int or "auto"
         TDLRT's basis-update interval (``"auto"``: the memory length ``⌈1/(1 − β)⌉`` of the
         momentum ``β``, 1 without momentum; see :class:`tuckerflow.optim.TDLRT`).
@@ -266,7 +267,7 @@ class TrainConfig:
         ),
     )
     freeze_after: int | str | None = field(
-        default=None,
+        default="auto",
         metadata=_option(
             "Tucker layers",
             "TDLRT: fixed ranks after this many epochs (final fine-tuning phase); auto: "
