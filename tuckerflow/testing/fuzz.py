@@ -399,7 +399,12 @@ class _Pools:
             return self.ranks
         if name in ("in_features", "out_features", "in_channels", "out_channels", "kernel_size"):
             return self.sizes if self.torch else self.ints
-        if name in ("mode", "n", "r", "krylov_dim", "update_every", "sweeps"):
+        if name in ("n", "sweeps"):
+            # random_orthonormal(10**9, 1) (8 GB and a QR) and random_tucker(sweeps=10**9) are
+            # valid requests that take minutes, not bad input; a timed-out call's thread keeps
+            # running, so such draws would pile up memory
+            return self.sizes
+        if name in ("mode", "r", "krylov_dim", "update_every"):
             return self.ints
         if name in ("method", "truncation", "kstep", "boundary", "substep", "init", "scope"):
             return self.strings
