@@ -12,12 +12,12 @@ import torch
 from conftest import eps
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import shape_and_rank
 
 from tuckerflow.dlra import truncate_core
 from tuckerflow.optim import kstep_bases
 from tuckerflow.optim.basis import partial_contraction
 from tuckerflow.optim.transport import mode_products
+from tuckerflow.testing.strategies import shape_and_rank
 
 EPS64 = eps("float64")
 

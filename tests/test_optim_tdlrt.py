@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import shape_and_rank
 from test_optim_helpers import WeightTucker, tucker_tensor
 from torch import nn
 
 import tuckerflow.nn as tnn
 from tuckerflow import validate_rank
 from tuckerflow.optim import TDLRT, NonFiniteGradientError, StateDictEntryError, resize_like
+from tuckerflow.testing.strategies import shape_and_rank
 
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.2),
