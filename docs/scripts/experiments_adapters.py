@@ -467,7 +467,7 @@ def plot(rows, name, path, before=()):
                     fontsize=7,
                     color=color,
                 )
-    for method, color in (("tdlrt", "tab:red"), ("tdlrt8", "tab:purple")):
+    for method, color, r0 in (("tdlrt", "tab:red", 1), ("tdlrt8", "tab:purple", 8)):
         pts = sorted((r for r in before if r["method"] == method), key=lambda r: r["trainable"])
         if pts:  # the same configurations run before the deferred-truncation defaults
             ax.plot(
@@ -477,7 +477,7 @@ def plot(rows, name, path, before=()):
                 marker="x",
                 linestyle=":",
                 alpha=0.5,
-                label="  the same, before the deferred-truncation defaults",
+                label=f"TDLRT from rank {r0}, before the deferred-truncation defaults",
             )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters after fine-tuning (head included)")
