@@ -422,7 +422,7 @@ def table(rows):
     return "\n".join(lines)
 
 
-def plot(rows, name, path):
+def plot(rows, name, path, before=()):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,6 +467,18 @@ def plot(rows, name, path):
                     fontsize=7,
                     color=color,
                 )
+    for method, color, r0 in (("tdlrt", "tab:red", 1), ("tdlrt8", "tab:purple", 8)):
+        pts = sorted((r for r in before if r["method"] == method), key=lambda r: r["trainable"])
+        if pts:  # the same configurations run before the deferred-truncation defaults
+            ax.plot(
+                [r["trainable"] for r in pts],
+                [r["test"] for r in pts],
+                color=color,
+                marker="x",
+                linestyle=":",
+                alpha=0.5,
+                label=f"TDLRT from rank {r0}, before the deferred-truncation defaults",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters after fine-tuning (head included)")
     ax.set_ylabel("test accuracy on digits 5–9 (%)")
@@ -575,7 +587,9 @@ def main(argv=None):
     with open(os.path.join(args.out, "table.md"), "w") as handle:
         handle.write(text + "\n\n" + json.dumps(g, indent=1) + "\n")
     os.makedirs(FIGURES, exist_ok=True)
-    plot(rows, args.model, os.path.join(FIGURES, f"experiments_adapters_{args.model}.png"))
+    old = payload.get("before_deferred_truncation", [])
+    before = summary(old, chosen(old, selection)) if old else []
+    plot(rows, args.model, os.path.join(FIGURES, f"experiments_adapters_{args.model}.png"), before)
     print(text)
     print(json.dumps(g, indent=1))
     return 0
