@@ -1045,8 +1045,10 @@ class TDLRT(torch.optim.Optimizer):
         r, n, hi = tuple(layer.ranks), tuple(layer.weight_shape), self._hi[name]
         return tuple(i for i in layer.factorized_modes if r[i] >= hi[i] and hi[i] < n[i])
 
-    def _k_steps(self, kind, weight_grads):
-        plans = {}
+    def _k_step_inputs(self, kind, weight_grads, average):
+        """``(name, args, kwargs)`` of :func:`kstep_bases` / :class:`KStepJob` for every layer
+        with a K-step this step, in the working precision; ``average``: the factor gradients
+        of ``kstep="factors"`` are averaged over the processes here."""
         groups = self._groups_by_param()
         for name, layer in self._layers.items():
             work = work_dtype(layer.core.dtype)
@@ -1057,21 +1059,21 @@ class TDLRT(torch.optim.Optimizer):
                     continue
                 factor_grads = [None] * len(layer.weight_shape)
                 for mode_, g in zip(layer.factorized_modes, grads):
-                    factor_grads[mode_] = self._average(g.detach().to(work).clone())
+                    g = g.detach().to(work).clone()
+                    factor_grads[mode_] = self._average(g) if average else g
             elif G is None:
                 continue
-            core = layer.core.detach().to(work)
             factors = [None] * len(layer.weight_shape)
             for mode_ in layer.factorized_modes:
                 factors[mode_] = layer.factor(mode_).detach().to(work)
-            U_hats, c_hat, M_hats = kstep_bases(
-                core,
-                factors,
-                G,
-                self._lr(layer.core, groups),
-                fixed_modes=self._fixed_modes(name, layer, kind),
-                factor_grads=factor_grads,
-            )
+            args = (layer.core.detach().to(work), factors, G, self._lr(layer.core, groups))
+            kwargs = {"fixed_modes": self._fixed_modes(name, layer, kind)}
+            yield name, args, {**kwargs, "factor_grads": factor_grads}
+
+    def _k_steps(self, kind, weight_grads):
+        plans = {}
+        for name, args, kwargs in self._k_step_inputs(kind, weight_grads, average=True):
+            U_hats, c_hat, M_hats = kstep_bases(*args, **kwargs)
             plans[name] = (U_hats, c_hat, M_hats)
         return plans
 
@@ -1084,32 +1086,10 @@ class TDLRT(torch.optim.Optimizer):
         return not self._reference_path and process_group() is None
 
     def _k_step_jobs(self, kind, weight_grads):
-        groups = self._groups_by_param()
-        jobs = {}
-        for name, layer in self._layers.items():
-            work = work_dtype(layer.core.dtype)
-            G, factor_grads = weight_grads.get(name), None
-            if self.kstep == "factors":
-                grads = [p.grad for p in layer.factors]
-                if layer.core.grad is None or any(g is None for g in grads):
-                    continue
-                factor_grads = [None] * len(layer.weight_shape)
-                for mode_, g in zip(layer.factorized_modes, grads):
-                    factor_grads[mode_] = g.detach().to(work).clone()
-            elif G is None:
-                continue
-            factors = [None] * len(layer.weight_shape)
-            for mode_ in layer.factorized_modes:
-                factors[mode_] = layer.factor(mode_).detach().to(work)
-            jobs[name] = KStepJob(
-                layer.core.detach().to(work),
-                factors,
-                G,
-                self._lr(layer.core, groups),
-                fixed_modes=self._fixed_modes(name, layer, kind),
-                factor_grads=factor_grads,
-            )
-        return jobs
+        return {
+            name: KStepJob(*args, **kwargs)
+            for name, args, kwargs in self._k_step_inputs(kind, weight_grads, average=False)
+        }
 
     def _batched_k_steps(self, kind):
         """Finite checks, edit resolution and K-steps of all layers with one host transfer.
