@@ -89,7 +89,7 @@ def test_a_killed_cosine_run_resumes_bit_identical(tmp_path):
         proc.wait()
         proc.stderr.close()
     cut = torch.load(saved, weights_only=True)["epoch"]
-    assert 1 <= cut < 3
+    assert cut in (1, 2)
     assert main([*ARGS, "--out", str(killed), "--resume", str(saved)]) == 0
     a = json.loads((straight / "summary.json").read_text())
     b = json.loads((killed / "summary.json").read_text())
