@@ -140,3 +140,18 @@ def eps(dtype) -> float:
 def tol(dtype, factor: float = 100.0) -> float:
     """``factor * eps(dtype)``: the tolerance a round-off-exact identity is tested at."""
     return factor * eps(dtype)
+
+
+def manifold_suite(backend, dtype, sr, seed, ambient="dense"):
+    """:class:`tuckerflow.testing.ManifoldSuite` of ``FixedRankTucker(*sr)`` on ``backend``."""
+    import tuckerflow as tf
+    from tuckerflow.testing import ManifoldSuite
+
+    shape, rank = sr
+    return ManifoldSuite(
+        tf.FixedRankTucker(shape, rank),
+        dtype=dtype,
+        device=backend.device,
+        rng=seed,
+        ambient=ambient,
+    )

@@ -8,31 +8,18 @@ O(eps · n) relative error); rates are fitted slopes with fixed margins (see Man
 
 from __future__ import annotations
 
+from conftest import manifold_suite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tuckerflow as tf
-from tuckerflow.testing import ManifoldSuite
-from tuckerflow.testing.strategies import shapes_and_ranks
-
-SEEDS = st.integers(0, 2**31 - 1)
-
-
-def _suite(backend, dtype, sr, seed, ambient="dense"):
-    shape, rank = sr
-    return ManifoldSuite(
-        tf.FixedRankTucker(shape, rank),
-        dtype=dtype,
-        device=backend.device,
-        rng=seed,
-        ambient=ambient,
-    )
+from tuckerflow.testing.strategies import seeds, shapes_and_ranks
 
 
 @settings(max_examples=6)
-@given(sr=shapes_and_ranks(max_side=5), seed=SEEDS, ambient=st.sampled_from(["dense", "tucker"]))
+@given(sr=shapes_and_ranks(max_side=5), seed=seeds, ambient=st.sampled_from(["dense", "tucker"]))
 def test_projection_identities(backend, dtype, sr, seed, ambient):
-    suite = _suite(backend, dtype, sr, seed, ambient)
+    suite = manifold_suite(backend, dtype, sr, seed, ambient)
     suite.check_projection_idempotent()
     suite.check_projection_self_adjoint()
     suite.check_projection_fixes_point()
@@ -42,16 +29,16 @@ def test_projection_identities(backend, dtype, sr, seed, ambient):
 
 
 @settings(max_examples=3)
-@given(sr=shapes_and_ranks(min_dims=2, max_dims=3, max_side=3), seed=SEEDS)
+@given(sr=shapes_and_ranks(min_dims=2, max_dims=3, max_side=3), seed=seeds)
 def test_projection_rank_is_manifold_dimension(backend, dtype, sr, seed):
-    out = _suite(backend, dtype, sr, seed).check_projection_rank()
+    out = manifold_suite(backend, dtype, sr, seed).check_projection_rank()
     assert out["rank"] == tf.FixedRankTucker(*sr).dim
 
 
 @settings(max_examples=5)
-@given(sr=shapes_and_ranks(max_side=5), seed=SEEDS)
+@given(sr=shapes_and_ranks(max_side=5), seed=seeds)
 def test_gauge_invariance(backend, dtype, sr, seed):
-    _suite(backend, dtype, sr, seed, "tucker").check_gauge_invariance()
+    manifold_suite(backend, dtype, sr, seed, "tucker").check_gauge_invariance()
 
 
 @st.composite
@@ -67,14 +54,14 @@ def _curved_cases(draw):
 
 
 @settings(max_examples=4)
-@given(sr=_curved_cases(), seed=SEEDS)
+@given(sr=_curved_cases(), seed=seeds)
 def test_curvature_bound_scales_like_one_over_rho(backend, dtype, sr, seed):
-    out = _suite(backend, dtype, sr, seed).check_curvature_scaling()
+    out = manifold_suite(backend, dtype, sr, seed).check_curvature_scaling()
     assert -1.25 <= out["slope"] <= -0.75
 
 
 @settings(max_examples=4)
-@given(sr=shapes_and_ranks(max_side=5), seed=SEEDS)
+@given(sr=shapes_and_ranks(max_side=5), seed=seeds)
 def test_riemannian_gradient_taylor(backend, dtype, sr, seed):
-    out = _suite(backend, dtype, sr, seed).check_gradient_taylor()
+    out = manifold_suite(backend, dtype, sr, seed).check_gradient_taylor()
     assert 2.4 >= out["slope"] >= 1.7
