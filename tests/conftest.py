@@ -7,6 +7,7 @@ backend is activated with ``tl.backend_context`` for the duration of the test on
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -155,3 +156,47 @@ def manifold_suite(backend, dtype, sr, seed, ambient="dense"):
         rng=seed,
         ambient=ambient,
     )
+
+
+#: The ``torch.Tensor`` methods that read values to the host (``__array__``: what NumPy
+#: functions call on a foreign array; the rest: explicit reads and implicit conversions).
+HOST_READS = (
+    "__array__",
+    "item",
+    "tolist",
+    "numpy",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+)
+
+
+@contextlib.contextmanager
+def host_reads_outside_the_helper():
+    """Record ``(method, caller frame)`` for every read of tensor values (meta tensors aside)
+    that does not go through ``tuckerflow._host``."""
+    import traceback
+
+    import torch
+
+    from tuckerflow import _host
+
+    seen = []
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def watch(name, fn):
+        def wrapper(self, *args, **kwargs):
+            if not _host.inside() and self.device.type != "meta":
+                seen.append((name, traceback.extract_stack(limit=4)[0]))
+            return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    try:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, watch(name, fn))
+        yield seen
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)

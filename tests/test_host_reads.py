@@ -9,45 +9,17 @@ implicit host conversion shows up as a read outside the helper.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
+from conftest import host_reads_outside_the_helper
 
 torch = pytest.importorskip("torch")
 
 import tensorly as tl  # noqa: E402
 
 import tuckerflow as tf  # noqa: E402
-from tuckerflow import _host  # noqa: E402
 from tuckerflow.dlra import augment_basis, augmented_core, core_qr, truncate_core  # noqa: E402
 from tuckerflow.linalg import flip_signs, left_singular, orth, svd  # noqa: E402
-
-_WATCHED = ("__array__", "item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
-
-
-@contextlib.contextmanager
-def watched():
-    seen = []
-    saved = {name: getattr(torch.Tensor, name) for name in _WATCHED}
-
-    def watch(name, fn):
-        def wrapper(self, *args, **kwargs):
-            if not _host.inside():
-                import traceback
-
-                seen.append((name, traceback.extract_stack(limit=4)[0]))
-            return fn(self, *args, **kwargs)
-
-        return wrapper
-
-    try:
-        for name, fn in saved.items():
-            setattr(torch.Tensor, name, watch(name, fn))
-        yield seen
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.Tensor, name, fn)
 
 
 @pytest.fixture
@@ -62,7 +34,7 @@ def _tensor(shape, seed=0):
 
 
 def _reads(fn):
-    with watched() as seen:
+    with host_reads_outside_the_helper() as seen:
         fn()
     return [
         f"{name} at {frame.filename.split('tuckerflow/')[-1]}:{frame.lineno}"

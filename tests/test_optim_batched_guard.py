@@ -13,6 +13,7 @@ import math
 import pytest
 import tensorly as tl
 import torch
+from conftest import host_reads_outside_the_helper
 from test_optim_helpers import WeightTucker, tucker_tensor
 from test_optim_host import (
     EPS32,
@@ -20,7 +21,6 @@ from test_optim_host import (
     _weights,
     batches,
     chain,
-    host_reads_outside_the_helper,
     run_steps,
 )
 

@@ -3,7 +3,6 @@ the per-layer path; the batched small factorisations against the per-matrix ones
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 
@@ -11,6 +10,7 @@ import pytest
 import tensorly as tl
 import torch
 import torch.nn.functional as F
+from conftest import host_reads_outside_the_helper
 from torch import nn
 
 import tuckerflow.nn as tnn
@@ -128,32 +128,6 @@ def test_frozen_ranks_take_one_transfer():
     assert counts == [("bug", 1)] * 3
 
 
-_WATCHED = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
-
-
-@contextlib.contextmanager
-def host_reads_outside_the_helper():
-    """Record every read of tensor values that does not go through ``tuckerflow._host``."""
-    seen = []
-    saved = {name: getattr(torch.Tensor, name) for name in _WATCHED}
-
-    def watch(name, fn):
-        def wrapper(self, *args, **kwargs):
-            if not _host.inside() and self.device.type != "meta":
-                seen.append(name)
-            return fn(self, *args, **kwargs)
-
-        return wrapper
-
-    try:
-        for name, fn in saved.items():
-            setattr(torch.Tensor, name, watch(name, fn))
-        yield seen
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.Tensor, name, fn)
-
-
 @pytest.mark.parametrize("options", [{}, {"kstep": "factors"}, {"update_every": 2}])
 def test_every_read_of_a_step_goes_through_the_helper(options):
     model, tdlrt = make(3, **options)
@@ -173,7 +147,7 @@ def test_the_watch_sees_a_read():
     with host_reads_outside_the_helper() as seen:
         float(t.sum())
         bool(t.any())
-    assert seen == ["__float__", "__bool__"]
+    assert [name for name, _ in seen] == ["__float__", "__bool__"]
 
 
 # ------------------------------------------------------- same trajectory as per layer
