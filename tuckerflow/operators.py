@@ -275,6 +275,103 @@ class KroneckerSum:
         del cache[_IMAGE_CACHE_SIZE:]
         return images
 
+    # -- reduced operators (the integrators' fast path) -------------------------------------
+    def _reduced_modes(self, factors, skip=None):
+        """Per mode ``j`` (``skip`` left out): ``[U_jᴴ B_{j,b} U_j for each distinct b]``.
+
+        The identity block is None when ``U_jᴴ U_j`` is the identity to round-off (the
+        factors of an integrator's state are orthonormal), as :meth:`AppliedKroneckerSum.
+        contract` marks it; the test costs one host transfer for all modes.
+        """
+        ref = next(u for j, u in enumerate(factors) if j != skip)
+        mats = self._matrices(ref)
+        out, grams = [], []
+        for j, u in enumerate(factors):
+            if j == skip:
+                out.append(None)
+                continue
+            uh = _adjoint(u)
+            row = []
+            for m in mats[j]:
+                if m is None:
+                    g = tl.dot(uh, u)
+                    grams.append((j, len(row), g))
+                    row.append(g)
+                else:
+                    row.append(tl.dot(uh, _apply(m, u)))
+            out.append(row)
+        if grams:
+            devs = [tl.reshape(_identity_deviation(g), (1,)) for _, _, g in grams]
+            host = to_host(tl.concatenate(devs), dtype=None)
+            for (j, b, g), dev in zip(grams, host):
+                k = tl.shape(g)[0]
+                if float(dev) <= _IDENTITY_ROUNDOFF * eps(g) * k:
+                    out[j][b] = None
+        return out
+
+    def reduced_galerkin(self, factors):
+        """The Galerkin right-hand side in the fixed orthonormal bases ``factors``.
+
+        Returns a callable ``g(t, C) = L(t, C ×_j U_j) ×_j U_jᴴ``: equal, to round-off, to
+        ``contract(L(t, TuckerTensor(C, factors)), [U_jᴴ …])``, for every core ``C`` of
+        shape ``(r_j)``. The reduced matrices ``U_jᴴ B_{j,b} U_j`` are formed once; an
+        evaluation costs the mode products of the terms on the core only (terms acting on
+        one mode are merged into one matrix per mode). This is the optional fast path that
+        :func:`tuckerflow.integrate.steps.galerkin_step` takes for operators that provide it.
+        """
+        red = self._reduced_modes(list(factors))
+        ref = next(u for u in factors)
+        terms = [[red[j][b] for j, b in enumerate(blocks)] for _, blocks in self._terms]
+        plan = _GalerkinPlan(terms)
+        if self._constant:
+            fixed = plan.combine(self._coefficients(0.0, ref))
+            return lambda t, c: plan.apply(fixed, c)
+        return lambda t, c: plan.apply(plan.combine(self._coefficients(t, ref)), c)
+
+    def reduced_k_step(self, core, factors, mode, right):
+        """The K-step right-hand side of ``mode`` with the other modes and the core fixed.
+
+        Returns a callable ``g(t, K) = Mat_mode(L(t, Y_K) ×_{j≠mode} U_jᴴ) @ right`` with
+        ``Y_K = core ×_mode K ×_{j≠mode} U_j`` (``factors[mode]`` is not used): equal, to
+        round-off, to :func:`tuckerflow.ambient.unfolded_contract` of
+        ``L(t, TuckerTensor(core, factors with K in mode))``. Everything but ``K`` is
+        contracted once, into one small matrix per distinct matrix of ``mode``; an evaluation
+        costs ``Σ_b (B_{mode,b} K) G_b``. The optional fast path of
+        :func:`tuckerflow.integrate.steps.k_step`.
+        """
+        red = self._reduced_modes(list(factors), skip=mode)
+        mats = self._matrices(core)
+        smalls = []  # per term: Mat_mode(core ×_{j≠mode} R_{k,j}) @ right (shared when equal)
+        seen = {}
+        for _, blocks in self._terms:
+            key = tuple(None if j == mode else b for j, b in enumerate(blocks))
+            if key not in seen:
+                ms = [None if j == mode else red[j][b] for j, b in enumerate(blocks)]
+                seen[key] = tl.dot(unfolded_products(core, ms, mode), right)
+            smalls.append(seen[key])
+        groups = sorted({blocks[mode] for _, blocks in self._terms})
+        bmats = [mats[mode][b] for b in groups]
+
+        def combine(coefs):
+            out = {}
+            for c, (_, blocks), small in zip(coefs, self._terms, smalls):
+                b = blocks[mode]
+                term = small * c
+                out[b] = term if b not in out else out[b] + term
+            return [out[b] for b in groups]
+
+        def apply(gs, k):
+            out = None
+            for m, g in zip(bmats, gs):
+                term = tl.dot(k if m is None else _apply(m, k), g)
+                out = term if out is None else out + term
+            return out
+
+        if self._constant:
+            fixed = combine(self._coefficients(0.0, core))
+            return lambda t, k: apply(fixed, k)
+        return lambda t, k: apply(combine(self._coefficients(t, core)), k)
+
     def apply_dense(self, X, t=0.0):
         """``L(t, X)`` for a dense tensor ``X`` (for tests and small reference solutions)."""
         mats = self._matrices(X)
@@ -456,6 +553,69 @@ class AppliedKroneckerSum:
 
     def __repr__(self):
         return f"AppliedKroneckerSum(shape={self.shape}, terms={len(self.blocks)})"
+
+
+class _GalerkinPlan:
+    """The terms of a Galerkin operator ``C ↦ Σ_k c_k C ×_j R_{k,j}`` grouped for evaluation.
+
+    Terms with no matrix scale ``C``; terms with one matrix (in mode ``j``) are merged into
+    one matrix per mode; the others are applied as they are (coefficient on their first
+    matrix).
+    """
+
+    def __init__(self, terms):
+        self.kinds = []
+        for mats in terms:
+            used = [j for j, m in enumerate(mats) if m is not None]
+            if not used:
+                self.kinds.append(("scale", None))
+            elif len(used) == 1:
+                self.kinds.append(("mode", used[0]))
+            else:
+                self.kinds.append(("general", None))
+        self.terms = terms
+
+    def combine(self, coefs):
+        scale, per_mode, general = None, {}, []
+        for c, (kind, j), mats in zip(coefs, self.kinds, self.terms):
+            if kind == "scale":
+                scale = c if scale is None else scale + c
+            elif kind == "mode":
+                m = mats[j] * c
+                per_mode[j] = m if j not in per_mode else per_mode[j] + m
+            else:
+                general.append(_scaled_first(mats, c))
+        return scale, sorted(per_mode.items()), general
+
+    @staticmethod
+    def apply(combined, core):
+        scale, per_mode, general = combined
+        d = tl.ndim(core)
+        out = None if scale is None else core * scale
+        for j, m in per_mode:
+            mats = [None] * d
+            mats[j] = m
+            term = mode_products(core, mats)
+            out = term if out is None else out + term
+        for mats in general:
+            term = mode_products(core, mats)
+            out = term if out is None else out + term
+        return out
+
+
+def _adjoint(u):
+    """Conjugate transpose, materialised (a lazily conjugated PyTorch view is resolved)."""
+    ut = tl.transpose(u)
+    if not is_complex(u):
+        return ut
+    ut = tl.conj(ut)
+    resolve = getattr(ut, "resolve_conj", None)
+    return resolve() if resolve is not None else ut
+
+
+def _identity_deviation(r):
+    """``max |r − I|`` of a square matrix as a 0-d backend array (no host transfer)."""
+    return tl.max(tl.abs(r - tl.eye(tl.shape(r)[0], **tl.context(r))))
 
 
 def _scaled_first(mats, c):

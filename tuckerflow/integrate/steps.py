@@ -4,6 +4,23 @@ Each substep is a small ODE solved by the substep solver. The value of every eva
 ``fun`` is checked for shape in O(1); the result of each substep is checked for finiteness
 once (one reduction and one host transfer per substep, not per evaluation), before any
 factorisation sees it.
+
+Fast path (optional). The right-hand side of a substep changes only in the small unknown
+(``K`` of a K-step, the core of the Galerkin step); an operator ``fun`` that is linear in
+the state may hand the integrators that small operator once per substep instead of being
+evaluated on a Tucker tensor every time. It does so by providing the methods
+
+``fun.reduced_k_step(core, factors, mode, right)``
+    returning ``g(t, K) = Mat_mode(fun(t, Y_K) ×_{j≠mode} U_jᴴ) @ right`` with
+    ``Y_K = core ×_mode K ×_{j≠mode} U_j`` (``factors[mode]`` unused);
+``fun.reduced_galerkin(factors)``
+    returning ``g(t, C) = fun(t, C ×_j U_j) ×_j U_jᴴ``.
+
+Both must equal, to round-off, what the general path computes from ``fun(t, Y)``; the
+factors passed are orthonormal. :class:`tuckerflow.operators.KroneckerSum` provides them.
+Every call of ``g`` counts as one evaluation of ``fun`` (``nfev``) and its value is checked
+for shape like an evaluation's. Operators without these methods (and any right-hand side
+not wrapped by the solver) take the general path.
 """
 
 from __future__ import annotations
@@ -14,7 +31,7 @@ from .._backend import conj_t
 from ..ambient import contract_unchecked, unfolded_contract
 from ..dlra import _core_qr, augment_basis, augmented_core
 from ..tucker import TuckerTensor
-from .base import check_finite_step, check_shape
+from .base import CheckedRightHandSide, check_finite_step, check_shape
 
 __all__ = [
     "augmented_bug_step",
@@ -40,6 +57,25 @@ def trusted_tucker(core, factors):
     return y
 
 
+def _reduced(rhs, name):
+    """``rhs.fun.<name>`` when ``rhs`` is a solver's checked right-hand side whose function
+    provides the fast path ``name`` (see the module notes), else None."""
+    if type(rhs) is not CheckedRightHandSide:
+        return None
+    method = getattr(rhs.fun, name, None)
+    return method if callable(method) else None
+
+
+def _counted(rhs, g, expected, what):
+    """``g`` as a substep right-hand side: counted in ``rhs.nfev`` and checked for shape."""
+
+    def f(t, x):
+        rhs.nfev += 1
+        return check_shape(g(t, x), expected, t, what)
+
+    return f
+
+
 def ct(x):
     """Conjugate transpose, materialised (PyTorch's lazy conjugate views are resolved)."""
     y = conj_t(x)
@@ -60,9 +96,13 @@ def k_step(rhs, substep, t0, h, core, factors, i, adjoints=None):
     k_rank = list(tl.shape(core))
     k_rank[i] = tl.shape(q)[1]
     k_core = tl.fold(ct(q), i, k_rank)  # Mat_i(k_core) = Qᴴ, so Mat_i(Y) = K V_iᴴ
+    expected = tuple(tl.shape(k0))
+    fast = _reduced(rhs, "reduced_k_step")
+    if fast is not None:
+        g = fast(k_core, list(factors), i, q)
+        return substep(_counted(rhs, g, expected, "a K-step contraction"), t0, k0, h), q
     mats = [ct(u) for u in factors] if adjoints is None else list(adjoints)
     mats[i] = None
-    expected = tuple(tl.shape(k0))
 
     def f(t, k):
         fac = list(factors)
@@ -76,7 +116,7 @@ def k_step(rhs, substep, t0, h, core, factors, i, adjoints=None):
 def k_steps(rhs, substep, t0, h, core, factors):
     """The K-steps of all modes from the same state; one finiteness check for all."""
     ks, qs = [], []
-    adjoints = [ct(u) for u in factors]
+    adjoints = None if _reduced(rhs, "reduced_k_step") else [ct(u) for u in factors]
     for i in range(len(factors)):
         k1, q = k_step(rhs, substep, t0, h, core, factors, i, adjoints)
         ks.append(k1)
@@ -87,8 +127,14 @@ def k_steps(rhs, substep, t0, h, core, factors):
 
 def galerkin_step(rhs, substep, t0, h, core0, factors):
     """Galerkin core step ``C' = F(t, C ×_j U_j) ×_j U_jᴴ`` in fixed bases from ``core0``."""
-    mats = [ct(u) for u in factors]
     expected = tuple(tl.shape(core0))
+    fast = _reduced(rhs, "reduced_galerkin")
+    if fast is not None:
+        g = fast(list(factors))
+        c1 = substep(_counted(rhs, g, expected, "the Galerkin contraction"), t0, core0, h)
+        check_finite_step([c1], t0, t0 + h)
+        return c1
+    mats = [ct(u) for u in factors]
 
     def f(t, c):
         F = rhs(t, trusted_tucker(c, factors))
