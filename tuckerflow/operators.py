@@ -172,6 +172,7 @@ class KroneckerSum:
         self._block_cache = []  # entries (key objects, coefficients, blocks)
         self._constant = not any(callable(c) for c, _ in self._terms)
         self._constant_cache = {}
+        self._k_step_cache = None  # (factors, reduced matrices of every mode)
 
     def _index(self, j, a):
         for b, m in enumerate(self._distinct[j]):
@@ -339,7 +340,18 @@ class KroneckerSum:
         costs ``Σ_b (B_{mode,b} K) G_b``. The optional fast path of
         :func:`tuckerflow.integrate.steps.k_step`.
         """
-        red = self._reduced_modes(list(factors), skip=mode)
+        # the K-steps of one step share the factors: their reduced matrices are formed once
+        factors = list(factors)
+        cached = self._k_step_cache
+        if cached is not None and len(cached[0]) == len(factors):
+            same = all(a is b for j, (a, b) in enumerate(zip(cached[0], factors)) if j != mode)
+        else:
+            same = False
+        if same:
+            red = cached[1]
+        else:
+            red = self._reduced_modes(factors)
+            self._k_step_cache = (factors, red)
         mats = self._matrices(core)
         smalls = []  # per term: Mat_mode(core ×_{j≠mode} R_{k,j}) @ right (shared when equal)
         seen = {}
@@ -595,12 +607,19 @@ class _GalerkinPlan:
         for j, m in per_mode:
             mats = [None] * d
             mats[j] = m
-            term = mode_products(core, mats)
-            out = term if out is None else out + term
+            out = _accumulate(out, mode_products(core, mats))
         for mats in general:
-            term = mode_products(core, mats)
-            out = term if out is None else out + term
+            out = _accumulate(out, mode_products(core, mats))
         return out
+
+
+def _accumulate(out, term):
+    """``out + term``, added in place when ``out`` is an array this module just created (a
+    fresh product or sum, owned by nobody else): one large temporary less per term."""
+    if out is None:
+        return term
+    out += term
+    return out
 
 
 def _adjoint(u):
