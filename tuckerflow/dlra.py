@@ -28,10 +28,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorly as tl
-from tensorly.tenalg import mode_dot
 
 from ._backend import check_finite, check_tensor, conj_t, eps
-from .linalg import GRAM_SAFETY, _orth, left_singular, svd
+from .linalg import GRAM_SAFETY, _orth, left_singular, mode_products, svd
 from .ranks import largest_valid_rank, per_mode, rank_spec
 from .recompression import TruncationInfo, _to_host, recompress
 from .tucker import TuckerTensor
@@ -270,7 +269,7 @@ def augmented_core(
         raise ValueError(
             f"C0 has {d} modes but {len(U0s)} old and {len(U_hats)} new factors were given"
         )
-    out = C0
+    mats: list = [None] * d
     for j, (u0, uh) in enumerate(zip(U0s, U_hats)):
         if (u0 is None) != (uh is None):
             raise ValueError(
@@ -284,8 +283,10 @@ def augmented_core(
                 f"{tuple(tl.shape(uh))} and C0.shape[{j}]={tl.shape(C0)[j]} do not fit "
                 "(need U0s[j].shape[1] == C0.shape[j] and equal row counts)"
             )
-        out = mode_dot(out, tl.dot(conj_t(uh), u0), j)
-    return out
+        mats[j] = tl.dot(conj_t(uh), u0)
+    # one product per mode in the core's own layout: the result is contiguous, as the
+    # many products the integrators' Galerkin step then applies to it want
+    return mode_products(C0, mats)
 
 
 def _clamped(value, cshape, default, name):

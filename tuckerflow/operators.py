@@ -603,13 +603,16 @@ class _GalerkinPlan:
     def apply(combined, core):
         scale, per_mode, general = combined
         d = tl.ndim(core)
-        out = None if scale is None else core * scale
+        # the chains of several products first: fewer core-sized arrays alive at once
+        out = None
+        for mats in general:
+            out = _accumulate(out, mode_products(core, mats))
         for j, m in per_mode:
             mats = [None] * d
             mats[j] = m
             out = _accumulate(out, mode_products(core, mats))
-        for mats in general:
-            out = _accumulate(out, mode_products(core, mats))
+        if scale is not None:
+            out = _accumulate(out, core * scale)
         return out
 
 

@@ -45,17 +45,24 @@ def _fresh_sum(fresh, other):
 def rk4(f, t0, y0, h):
     """One step of the classical fourth-order Runge–Kutta method (four evaluations).
 
-    ``y0 + h/6 · (k1 + 2 k2 + 2 k3 + k4)``, evaluated in that order; the sums accumulate in
-    arrays created here (in place: the values are those of the plain expression, with fewer
-    large temporaries, whose allocation dominates at small sizes).
+    ``y0 + h/6 · (k1 + 2 k2 + 2 k3 + k4)`` with the sum taken in that order, accumulated as
+    the stages come in arrays created here (in place where the dtypes agree: the values of
+    the plain expression, with fewer large arrays alive at once; at the sizes of a
+    low-rank core their allocation, not the arithmetic, is what costs).
     """
     k1 = f(t0, y0)
     k2 = f(t0 + h / 2, _fresh_sum((h / 2) * k1, y0))
-    k3 = f(t0 + h / 2, _fresh_sum((h / 2) * k2, y0))
-    k4 = f(t0 + h, _fresh_sum(h * k3, y0))
+    stage = _fresh_sum((h / 2) * k2, y0)
     acc = _fresh_sum(2 * k2, k1)
+    del k1, k2
+    k3 = f(t0 + h / 2, stage)
+    stage = _fresh_sum(h * k3, y0)
     acc = _fresh_sum(acc, 2 * k3)
+    del k3
+    k4 = f(t0 + h, stage)
+    del stage
     acc = _fresh_sum(acc, k4)
+    del k4
     acc *= h / 6
     return _fresh_sum(acc, y0)
 
