@@ -38,9 +38,23 @@ __all__ = [
 FLOAT_DTYPES = ("float32", "float64", "complex64", "complex128")
 
 
+#: dtype object -> name, filled on first use (``str`` of a NumPy dtype costs microseconds,
+#: and the integrators ask for it dozens of times per step).
+_DTYPE_NAMES: dict = {}
+#: dtype object -> machine epsilon of its real part.
+_EPS: dict = {}
+
+
 def dtype_name(x) -> str:
     """Name of the dtype of ``x`` (``'float32'``, ``'complex128'`` …) on any backend."""
-    return str(x.dtype).rsplit(".", 1)[-1]
+    dt = x.dtype
+    try:
+        return _DTYPE_NAMES[dt]
+    except KeyError:
+        name = _DTYPE_NAMES[dt] = str(dt).rsplit(".", 1)[-1]
+        return name
+    except TypeError:  # an unhashable dtype object
+        return str(dt).rsplit(".", 1)[-1]
 
 
 def is_complex(x) -> bool:
@@ -54,10 +68,18 @@ def real_dtype_name(x) -> str:
 
 def eps(x) -> float:
     """Machine epsilon of the (real part of the) dtype of the array ``x``."""
+    dt = x.dtype
+    try:
+        return _EPS[dt]
+    except (KeyError, TypeError):
+        pass
     name = real_dtype_name(x)
-    if name in ("bfloat16",):
-        return 2.0**-7
-    return float(np.finfo(name).eps)
+    value = 2.0**-7 if name in ("bfloat16",) else float(np.finfo(name).eps)
+    try:
+        _EPS[dt] = value
+    except TypeError:  # an unhashable dtype object
+        pass
+    return value
 
 
 def device_of(x) -> str:
