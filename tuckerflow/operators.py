@@ -743,22 +743,35 @@ class Banded:
 
 
 class _BoundBanded:
-    """A :class:`Banded` matrix with diagonals converted to backend columns."""
+    """A :class:`Banded` matrix with diagonals converted to backend columns (a constant
+    diagonal to a number of the target dtype, applied as a scalar: the same products)."""
 
     def __init__(self, banded, kw):
         self.periodic = banded.periodic
         self.n = banded.n
-        self.diagonals = [(off, tl.tensor(v[:, None], **kw)) for off, v in banded.diagonals.items()]
+        self.diagonals = []
+        for off, v in banded.diagonals.items():
+            col = tl.tensor(v[:, None], **kw)
+            if v.size and np.all(v == v[0]):
+                value = to_host(col[:1, 0], dtype=None)[0]
+                col = complex(value) if np.iscomplexobj(value) else float(value)
+            self.diagonals.append((off, col))
+        self.width = max(abs(off) for off, _ in self.diagonals)
+        self._pads = {}  # columns -> zero block of `width` rows (never written)
+        self._kw = kw
 
     def apply(self, u):
         # one padded copy of u (zeros, or the wrapped rows) serves every diagonal: row i of
         # the result is Σ_off v_off[i] u[i + off] = Σ_off v_off[i] padded[m + i + off]
-        m = max(abs(off) for off, _ in self.diagonals)
+        m = self.width
         if m:
             if self.periodic:
                 padded = tl.concatenate([u[self.n - m :], u, u[:m]], axis=0)
             else:
-                pad = tl.zeros((m, tl.shape(u)[1]), **tl.context(u))
+                cols = tl.shape(u)[1]
+                pad = self._pads.get(cols)
+                if pad is None:
+                    pad = self._pads[cols] = tl.zeros((m, cols), **tl.context(u))
                 padded = tl.concatenate([pad, u, pad], axis=0)
         out = None
         for off, v in self.diagonals:
