@@ -370,14 +370,14 @@ class KroneckerSum:
                 b = blocks[mode]
                 term = small * c
                 out[b] = term if b not in out else out[b] + term
-            return [out[b] for b in groups]
+            if len(groups) == 1:
+                return out[groups[0]]
+            # Σ_b (B_b K) G_b as one product [B_1 K, B_2 K, …] [G_1; G_2; …]
+            return tl.concatenate([out[b] for b in groups], axis=0)
 
-        def apply(gs, k):
-            out = None
-            for m, g in zip(bmats, gs):
-                term = tl.dot(k if m is None else _apply(m, k), g)
-                out = term if out is None else out + term
-            return out
+        def apply(g, k):
+            imgs = [k if m is None else _apply(m, k) for m in bmats]
+            return tl.dot(imgs[0] if len(imgs) == 1 else tl.concatenate(imgs, axis=1), g)
 
         if self._constant:
             fixed = combine(self._coefficients(0.0, core))
