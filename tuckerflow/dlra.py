@@ -30,7 +30,7 @@ import numpy as np
 import tensorly as tl
 
 from ._backend import check_finite, check_tensor, conj_t, eps
-from .linalg import GRAM_SAFETY, _orth, left_singular, mode_products, svd
+from .linalg import GRAM_SAFETY, _left_singular, _orth, _svd, left_singular, mode_products, svd
 from .ranks import largest_valid_rank, per_mode, rank_spec
 from .recompression import TruncationInfo, _to_host, recompress
 from .tucker import TuckerTensor
@@ -191,6 +191,19 @@ def augment_basis(U0: Tensor, K: Tensor, *, rtol: float | None = None) -> Tensor
         rtol = AUGMENT_RTOL_FACTOR * eps(U0)
     elif not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol >= 0):
         raise ValueError(f"rtol must be a finite number >= 0, got {rtol!r}")
+    return _augment_basis(U0, K, rtol)
+
+
+def _augment_basis(U0, K, rtol=None, *, finite=False):
+    """:func:`augment_basis` without validating its arguments (matrices of matching rows).
+
+    ``finite=True``: ``K`` (and ``U0``) are known to be finite, e.g. the K-step results of
+    the integrators, which are checked once per substep; the factorisation then skips its
+    own finiteness check (one reduction and one host transfer).
+    """
+    n, r = tl.shape(U0)
+    if rtol is None:
+        rtol = AUGMENT_RTOL_FACTOR * eps(U0)
     room = n - r
     if room == 0 or tl.shape(K)[1] == 0:
         return U0
@@ -204,9 +217,10 @@ def augment_basis(U0: Tensor, K: Tensor, *, rtol: float | None = None) -> Tensor
     k = tl.shape(w)[1]
     gram = k < n and rtol**2 > AUGMENT_GRAM_SAFETY * (math.sqrt(n) + k) * _EPS64
     if gram:
-        v, s = left_singular(conj_t(w), method="gram")
+        wh = conj_t(w)
+        v, s = _left_singular(wh, method="gram") if finite else left_singular(wh, method="gram")
     else:
-        u, s, _ = svd(w)
+        u, s, _ = _svd(w) if finite else svd(w)
     # ‖K‖ and the singular values reach the host together: one device synchronisation
     host = _to_host(tl.concatenate([tl.reshape(tl.norm(K), (1,)), s]))
     norm_k, s_host = float(host[0]), host[1:]
@@ -220,7 +234,7 @@ def augment_basis(U0: Tensor, K: Tensor, *, rtol: float | None = None) -> Tensor
         new = tl.dot(w, v[:, :m]) / s[None, :m]
     else:
         new = u[:, :m]
-    # w passed the finiteness check of its factorisation, so new is finite too
+    # w is finite (checked by its factorisation, or known to be), so new is finite too
     new = _orth(new - tl.dot(U0, tl.dot(u0h, new)))
     return tl.concatenate([U0, new], axis=1)
 
@@ -362,6 +376,25 @@ def truncate_core(
     >>> new.rank, [p.shape for p in P]
     ((2, 2, 2), [(4, 2), (4, 2), (4, 2)])
     """
+    return _truncate_core(
+        C_hat, U_hats, rtol=rtol, atol=atol, min_rank=min_rank, max_rank=max_rank, method=method
+    )
+
+
+def _truncate_core(
+    C_hat,
+    U_hats,
+    *,
+    rtol=None,
+    atol=None,
+    min_rank=None,
+    max_rank=None,
+    method="hosvd",
+    factors_finite=False,
+):
+    """:func:`truncate_core`; ``factors_finite=True`` skips the finiteness check of the
+    factors (one reduction per factor and a host transfer) for callers that built them
+    from checked arrays (the integrators' augmented bases)."""
     check_tensor(C_hat, "C_hat")
     d = tl.ndim(C_hat)
     if isinstance(U_hats, (str, bytes)) or not hasattr(U_hats, "__len__"):
@@ -391,7 +424,7 @@ def truncate_core(
     lo = list(largest_valid_rank(lo))
     spec = rank_spec(cshape, None, rtol, atol, hi, None)
     spec.min_rank = lo
-    if free:
+    if free and not factors_finite:
         # the factors only multiply the result, but a NaN there would be silent: one check
         # (one host sync) for all of them
         maxes = _to_host(tl.stack([tl.max(tl.abs(U_hats[i])) for i in free]))

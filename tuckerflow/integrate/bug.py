@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorly as tl
 
-from ..dlra import augment_basis, augmented_core
+from ..dlra import _augment_basis, augmented_core
 from ..linalg import mode_products, orth
 from ..tucker import TuckerTensor
 from .base import TuckerOdeSolver
@@ -84,7 +84,8 @@ class RankAdaptiveBUG(RankAdaptiveSolver):
     def _advance(self, t, y, h):
         core, factors = y.core, list(y.factors)
         ks, _ = k_steps(self.fun, self.substep, t, h, core, factors)
-        u_hats = [augment_basis(u, k) for u, k in zip(factors, ks)]
+        # the K-step results were checked for finiteness by k_steps
+        u_hats = [_augment_basis(u, k, finite=True) for u, k in zip(factors, ks)]
         if self.augment_normal:
             u_hats = self._with_normal_directions(self._current_f(), y, u_hats, h)
         core_hat = augmented_core(core, factors, u_hats)

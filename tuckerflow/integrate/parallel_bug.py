@@ -17,7 +17,7 @@ import tensorly as tl
 
 from .._backend import to_float
 from ..ambient import contract_unchecked
-from ..dlra import augment_basis, augmented_core
+from ..dlra import _augment_basis, augmented_core
 from .rank_adaptive import RankAdaptiveSolver
 from .steps import ct, galerkin_step, k_steps
 
@@ -131,7 +131,7 @@ class ParallelBUG(RankAdaptiveSolver):
         core_bar = galerkin_step(self.fun, self.substep, t, h, core, factors)
         u_hats, blocks = [], []
         for i in range(d):
-            u_hat = augment_basis(factors[i], ks[i])
+            u_hat = _augment_basis(factors[i], ks[i], finite=True)  # ks: checked by k_steps
             u_hats.append(u_hat)
             if tl.shape(u_hat)[1] == rank_old[i]:
                 blocks.append(None)

@@ -14,7 +14,7 @@ import tensorly as tl
 
 from .._backend import to_float
 from ..ambient import complement_directions
-from ..dlra import truncate_core
+from ..dlra import _truncate_core
 from .base import TRUNCATION_FRACTION, TuckerOdeSolver
 
 __all__ = ["RankAdaptiveSolver", "TRUNCATIONS"]
@@ -192,7 +192,8 @@ class RankAdaptiveSolver(TuckerOdeSolver):
                 rtol, atol = self._theta / self.augmented_norm, None
         else:
             rtol, atol = self.rank_rtol, self.rank_atol
-        y, p_list, info = truncate_core(
+        # the augmented bases come from checked K-steps (and checked values of F)
+        y, p_list, info = _truncate_core(
             core_hat,
             u_hats,
             rtol=rtol,
@@ -200,6 +201,7 @@ class RankAdaptiveSolver(TuckerOdeSolver):
             min_rank=self.min_rank,
             max_rank=self.max_rank,
             method=self.truncation,
+            factors_finite=True,
         )
         self.truncation_info = info
         if info.tolerance is not None:

@@ -29,7 +29,7 @@ import tensorly as tl
 
 from .._backend import conj_t
 from ..ambient import contract_unchecked, unfolded_contract
-from ..dlra import _core_qr, augment_basis, augmented_core
+from ..dlra import _augment_basis, _core_qr, augmented_core
 from ..tucker import TuckerTensor
 from .base import CheckedRightHandSide, check_finite_step, check_shape
 
@@ -154,6 +154,6 @@ def augmented_bug_step(fun, substep, t, h, core, factors):
     step (Ceruti, Kusch & Lubich, BIT 2022).
     """
     ks, _ = k_steps(fun, substep, t, h, core, factors)
-    u_hats = [augment_basis(u, k) for u, k in zip(factors, ks)]
+    u_hats = [_augment_basis(u, k, finite=True) for u, k in zip(factors, ks)]  # ks: checked
     core_hat = augmented_core(core, factors, u_hats)
     return galerkin_step(fun, substep, t, h, core_hat, u_hats), u_hats
