@@ -106,7 +106,7 @@ def test_reduced_galerkin_keeps_a_factor_that_is_not_orthonormal(backend):
     np.testing.assert_allclose(backend.numpy(got), backend.numpy(ref), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["bug", "ra-bug", "parallel-bug", "midpoint-bug"])
+@pytest.mark.parametrize("method", ["psi", "bug", "ra-bug", "parallel-bug", "midpoint-bug"])
 def test_fast_and_general_paths_take_the_same_step(backend, dtype, method):
     shape = (12, 10, 8)
     gen = np.random.default_rng(5)
