@@ -329,6 +329,11 @@ ARMS = {
     "defaults": {"method": "tdlrt"},  # auto + defer + guard
     "defaults + freeze": {"method": "tdlrt", "freeze_after": "auto"},
     "defaults + rate limit": {"method": "tdlrt", "limit_truncation_rate": True},
+    "defaults + freeze + budget": {
+        "method": "tdlrt",
+        "freeze_after": "auto",
+        "truncation_budget": True,
+    },
 }
 
 STUDIES = {

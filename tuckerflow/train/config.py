@@ -160,9 +160,9 @@ class TrainConfig:
     update_every : int or "auto"
         TDLRT's basis-update interval (``"auto"``: the memory length ``⌈1/(1 − β)⌉`` of the
         momentum ``β``, 1 without momentum; see :class:`tuckerflow.optim.TDLRT`).
-    defer_truncation, truncation_guard, limit_truncation_rate : bool
-        TDLRT's deferred truncation of new directions, its truncation guard and the guard's
-        rate limit.
+    defer_truncation, truncation_guard, limit_truncation_rate, truncation_budget : bool
+        TDLRT's deferred truncation of new directions, its truncation guard, the guard's
+        rate limit and its removal budget.
     init_scale : float
         Multiplier of the initial Tucker cores (``tdlrt`` and ``tucker-fixed``; 1: PyTorch's
         default variance of the dense weight).
@@ -310,6 +310,15 @@ class TrainConfig:
             action=argparse.BooleanOptionalAction,
         ),
     )
+    truncation_budget: bool = field(
+        default=False,
+        metadata=_option(
+            "Tucker layers",
+            "TDLRT: the truncations of a run remove no more than tau of a layer's first "
+            "weight plus the distance training moved it",
+            action=argparse.BooleanOptionalAction,
+        ),
+    )
     init_scale: float = field(
         default=1.0,
         metadata=_option(
@@ -433,11 +442,22 @@ class TrainConfig:
             _check_int("freeze_after", self.freeze_after, 0, "non-negative (or 'auto')")
         if self.update_every != "auto":
             _check_int("update_every", self.update_every, 1, "'auto' or an integer >= 1")
-        for name in ("defer_truncation", "truncation_guard", "limit_truncation_rate"):
+        for name in (
+            "defer_truncation",
+            "truncation_guard",
+            "limit_truncation_rate",
+            "truncation_budget",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.limit_truncation_rate and not self.truncation_guard:
             raise ValueError("limit_truncation_rate=True needs truncation_guard=True")
+        if self.truncation_budget and not self.truncation_guard:
+            raise ValueError("truncation_budget=True needs truncation_guard=True")
+        if self.truncation_budget and self.limit_truncation_rate:
+            raise ValueError(
+                "truncation_budget=True and limit_truncation_rate=True exclude each other"
+            )
         if not (
             _is_real(self.init_scale) and math.isfinite(self.init_scale) and self.init_scale > 0
         ):
