@@ -521,11 +521,14 @@ def init_table(records):
     return "\n".join(lines)
 
 
-def run_init_study(out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-last",)):
+def run_init_study(
+    out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-last",), data_sets=("mnist5k",)
+):
     folder = os.path.join(out, "runs")
     os.makedirs(folder, exist_ok=True)
     jobs = [
-        ("mnist5k", scale, seed, tau, factorize)
+        (data, scale, seed, tau, factorize)
+        for data in data_sets
         for seed in range(seeds)
         for factorize in settings
         for scale in INIT_SCALES
@@ -535,6 +538,7 @@ def run_init_study(out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-l
         futures = [pool.submit(run_init_pair, job, folder, epochs) for job in jobs]
         records = [r for f in futures for r in f.result()]
     meta = {"study": "init", "seeds": seeds, "epochs": epochs, "tau": tau, "jobs": len(jobs)}
+    meta["data"] = list(data_sets)
     meta["wall_s"] = time.perf_counter() - tick
     text = init_table(records)
     with open(os.path.join(out, "init.json"), "w") as handle:
@@ -624,6 +628,7 @@ def main(argv=None):
             args.workers,
             tau=args.reference_tau,
             settings=[args.factorize],
+            data_sets=args.data or ["mnist5k"],
         )
         return
     if args.study:
