@@ -276,15 +276,15 @@ class TDLRT(torch.optim.Optimizer):
         ranks fall at the pace of training instead of by up to a share ``τ`` at every basis
         update (see Notes). Off by default: it keeps more rank at a given ``τ``.
     truncation_budget : bool
-        With the guard: each layer holds a removal budget, ``τ‖Y₀‖`` at its first truncation
-        plus, at every truncation, the distance ``‖Ĉ − Y₀‖`` the update moved it; a truncation
-        may remove at most ``min(τ‖Y₀‖, budget)`` of the earlier weight, and what it removed
-        is taken from the budget. Over a run the truncations then remove at most ``τ`` of the
-        weight they were first given plus the path training travelled, so repeated updates
-        cannot drain a layer that training does not move, while the first truncations follow
-        ``τ`` and unused budget of updates that moved much is kept for later ones (see Notes).
-        Off by default; not together with ``limit_truncation_rate`` (which allows only the
-        movement of the same update).
+        With the guard: each layer holds a removal budget (a token bucket), full (``τ‖Y₀‖``)
+        at its first truncation; every truncation adds the distance ``‖Ĉ − Y₀‖`` the update
+        moved the layer, up to the capacity ``τ‖Y₀‖``, may remove at most the budget of the
+        earlier weight, and takes what it removed from it. Over a run the truncations then
+        remove at most ``τ`` of the weight they were first given plus the path training
+        travelled, so repeated updates cannot drain a layer that training does not move,
+        while the first truncation follows ``τ`` and budget left by one update serves the
+        next ones (see Notes). Off by default; not together with ``limit_truncation_rate``
+        (which allows only the movement of the same update).
 
     Raises
     ------
@@ -333,11 +333,13 @@ class TDLRT(torch.optim.Optimizer):
     LeNet5's ``conv2`` at ``τ = 0.3``). ``limit_truncation_rate`` bounds the removal by the
     update itself, in the spirit of the rank-adaptive integrator's step-size-proportional
     tolerance [CKL22]_.
-    ``truncation_budget`` bounds the removal of the whole run instead: the truncations together
-    remove at most ``τ`` of a layer's first weight plus the sum of the update movements
-    ``‖Ĉ − Y₀‖``, so the relative rule acts in full where training moves much (early) and at
-    the pace of training where it moves little (the drain); the per-update bound
-    ``τ‖Y₀‖`` of the guard still holds. The budget is part of :meth:`state_dict`.
+    ``truncation_budget`` rate-limits with bursts instead: the truncations together remove at
+    most ``τ`` of a layer's first weight plus the sum of the update movements ``‖Ĉ − Y₀‖``,
+    and the budget saved never exceeds one tolerance ``τ‖Y₀‖`` (an unbounded saving lets the
+    large early movements of training pay for a drain later, seen on LeNet5). The relative
+    rule acts in full at the first truncation and where training moves a layer by more than
+    it would remove, and at the pace of training where it moves little (the drain). The
+    budget is part of :meth:`state_dict`.
 
     The guard's norms are the Frobenius norms of the cores in the augmented bases (equal to
     those of the weights, the bases being orthonormal).
@@ -1389,8 +1391,9 @@ class TDLRT(torch.optim.Optimizer):
             bound = min(bound, norm_change)
         budget = None
         if self.truncation_budget and name is not None:
-            budget = self.removal_budget.get(name, bound) + norm_change
-            bound = min(bound, budget)
+            # a bucket filled by the movement and holding at most one tolerance τ‖Y₀‖
+            budget = min(self.removal_budget.get(name, bound) + norm_change, bound)
+            bound = budget
         removed = discarded()
         if removed <= bound:
             if budget is not None:
