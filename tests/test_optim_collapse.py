@@ -106,11 +106,11 @@ def test_the_guard_takes_the_same_decisions_in_float32_and_float64():
     assert ranks[torch.float32] == ranks[torch.float64]
 
 
-def _quadratic_run(guard, steps=40):
+def _quadratic_run(guard, steps=40, **options):
     target = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
     layer = WeightTucker((8, 6, 5), (3, 3, 3), seed=3, scale=2.0)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-    tdlrt = TDLRT(layer, opt, tau=0.05, update_every=1, truncation_guard=guard)
+    tdlrt = TDLRT(layer, opt, tau=0.05, update_every=1, truncation_guard=guard, **options)
     for _ in range(steps):
         opt.zero_grad()
         (0.5 * ((layer() - target) ** 2).sum()).backward()
@@ -123,7 +123,7 @@ def test_the_guard_changes_little_in_ordinary_training():
     # (a tail just under τ‖Ĉ‖ that holds a little more than τ‖Y₀‖ of the earlier weight)
     # and the runs end at the same ranks and nearly the same distance to the target
     target = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
-    guarded, tdlrt = _quadratic_run(True)
+    guarded, tdlrt = _quadratic_run(True, truncation_budget=False)
     plain, tdlrt_plain = _quadratic_run(False)
     assert tdlrt.ranks() == tdlrt_plain.ranks()
     error = float((guarded().detach() - target).norm())
@@ -295,7 +295,9 @@ def _unchanged_weight_run(rate, steps=8):
     with torch.no_grad():
         layer.core.copy_(core / core.norm())
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-    tdlrt = TDLRT(layer, opt, tau=0.3, update_every=1, limit_truncation_rate=rate)
+    tdlrt = TDLRT(
+        layer, opt, tau=0.3, update_every=1, limit_truncation_rate=rate, truncation_budget=False
+    )
     seen = []
     for _ in range(steps):
         opt.zero_grad()
@@ -307,8 +309,8 @@ def _unchanged_weight_run(rate, steps=8):
 
 def test_the_relative_rule_drains_a_weight_that_does_not_move():
     # re-applied to an already truncated weight, ϑ = τ‖Ĉ‖ finds a new tail below it: the
-    # rank falls twice although nothing changed (the guard allows it: each update removes
-    # less than τ of the weight before it)
+    # rank falls twice although nothing changed (the guard without the removal budget allows
+    # it: each update removes less than τ of the weight before it)
     seen = _unchanged_weight_run(False)
     assert seen[0] < 8 and seen[-1] < seen[0]
 
@@ -352,7 +354,8 @@ def test_the_budget_truncates_a_weight_that_does_not_move_once():
     # the first truncation may take τ of the weight it is given (as the guard alone); after
     # it the budget holds only what the steps moved the layer, here nothing: the rank stays,
     # where the relative rule alone goes on falling (test above)
-    layer, tdlrt = _still_weight_tdlrt(truncation_budget=True)
+    layer, tdlrt = _still_weight_tdlrt()  # the budget is on by default
+    assert tdlrt.truncation_budget is True
     before = layer().detach().clone()
     seen = _still_steps(layer, tdlrt, 8)
     drained = _unchanged_weight_run(False)
@@ -392,7 +395,7 @@ def test_the_budget_grows_with_the_movement_and_survives_a_checkpoint():
     assert tdlrt2.removal_budget == tdlrt.removal_budget
     torch.testing.assert_close(layer2().detach(), layer().detach(), rtol=0, atol=0)
     # where training moves the layer, the ranks are those of the guard alone
-    plain, tdlrt_plain = _quadratic_run(True, steps=15)
+    plain, tdlrt_plain = _quadratic_run(True, steps=15, truncation_budget=False)
     assert tdlrt.ranks() == tdlrt_plain.ranks()
     state["removal_budget"] = {"nope": 1.0}
     with pytest.raises(ValueError, match="removal budget of unknown layers"):
@@ -406,5 +409,9 @@ def test_bad_budget_options_are_refused():
         TDLRT(layer, opt, truncation_guard=False, truncation_budget=True)
     with pytest.raises(ValueError, match="exclude each other"):
         TDLRT(layer, opt, truncation_budget=True, limit_truncation_rate=True)
-    with pytest.raises(TypeError, match="truncation_budget=1 must be True or False"):
+    with pytest.raises(TypeError, match="truncation_budget=1 must be True, False or None"):
         TDLRT(layer, opt, truncation_budget=1)
+    # the default follows the guard and the rate limit
+    assert TDLRT(layer, opt).truncation_budget is True
+    assert TDLRT(layer, opt, truncation_guard=False).truncation_budget is False
+    assert TDLRT(layer, opt, limit_truncation_rate=True).truncation_budget is False

@@ -48,7 +48,8 @@ def test_the_flags_reach_the_config():
     )
     assert defaults.init_scale == 1.0 and defaults.freeze_after == "auto"
     assert _parse("--truncation-budget").truncation_budget is True
-    assert defaults.truncation_budget is False and defaults.limit_truncation_rate is False
+    assert defaults.truncation_budget is None and defaults.limit_truncation_rate is False
+    assert _parse("--no-truncation-budget").truncation_budget is False
 
 
 @pytest.mark.parametrize(

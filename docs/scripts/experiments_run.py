@@ -313,7 +313,13 @@ ARMS = {
         "defer_truncation": False,
         "truncation_guard": False,
     },
-    "guard only": {"method": "tdlrt", "update_every": 1, "truncation_guard": True},
+    # the arms measured before the removal budget became a default keep it off
+    "guard only": {
+        "method": "tdlrt",
+        "update_every": 1,
+        "truncation_guard": True,
+        "truncation_budget": False,
+    },
     "auto interval": {
         "method": "tdlrt",
         "update_every": "auto",
@@ -326,9 +332,11 @@ ARMS = {
         "defer_truncation": True,
         "truncation_guard": False,
     },
-    "defaults": {"method": "tdlrt"},  # auto + defer + guard
-    "defaults + freeze": {"method": "tdlrt", "freeze_after": "auto"},
+    # auto + defer + guard
+    "defaults": {"method": "tdlrt", "truncation_budget": False},
+    "defaults + freeze": {"method": "tdlrt", "freeze_after": "auto", "truncation_budget": False},
     "defaults + rate limit": {"method": "tdlrt", "limit_truncation_rate": True},
+    # the CLI defaults since the removal budget became a default
     "defaults + freeze + budget": {
         "method": "tdlrt",
         "freeze_after": "auto",

@@ -275,7 +275,7 @@ class TDLRT(torch.optim.Optimizer):
         truncation never removes more of the earlier weight than the update moved it, and
         ranks fall at the pace of training instead of by up to a share ``τ`` at every basis
         update (see Notes). Off by default: it keeps more rank at a given ``τ``.
-    truncation_budget : bool
+    truncation_budget : bool or None
         With the guard: each layer holds a removal budget (a token bucket), full (``τ‖Y₀‖``)
         at its first truncation; every truncation adds the distance ``‖Ĉ − Y₀‖`` the update
         moved the layer, up to the capacity ``τ‖Y₀‖``, may remove at most the budget of the
@@ -283,8 +283,9 @@ class TDLRT(torch.optim.Optimizer):
         remove at most ``τ`` of the weight they were first given plus the path training
         travelled, so repeated updates cannot drain a layer that training does not move,
         while the first truncation follows ``τ`` and budget left by one update serves the
-        next ones (see Notes). Off by default; not together with ``limit_truncation_rate``
-        (which allows only the movement of the same update).
+        next ones (see Notes). None (the default): on where the guard is on and
+        ``limit_truncation_rate`` off (which allows only the movement of the same update and
+        excludes it), off otherwise; True with either of them is refused.
 
     Raises
     ------
@@ -420,7 +421,7 @@ class TDLRT(torch.optim.Optimizer):
         defer_truncation=True,
         truncation_guard=True,
         limit_truncation_rate=False,
-        truncation_budget=False,
+        truncation_budget=None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
@@ -467,8 +468,10 @@ class TDLRT(torch.optim.Optimizer):
             )
         if limit_truncation_rate and not truncation_guard:
             raise ValueError("limit_truncation_rate=True needs truncation_guard=True")
-        if not isinstance(truncation_budget, bool):
-            raise TypeError(f"truncation_budget={truncation_budget!r} must be True or False")
+        if truncation_budget is not None and not isinstance(truncation_budget, bool):
+            raise TypeError(f"truncation_budget={truncation_budget!r} must be True, False or None")
+        if truncation_budget is None:
+            truncation_budget = truncation_guard and not limit_truncation_rate
         if truncation_budget and not truncation_guard:
             raise ValueError("truncation_budget=True needs truncation_guard=True")
         if truncation_budget and limit_truncation_rate:

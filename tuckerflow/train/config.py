@@ -160,9 +160,11 @@ class TrainConfig:
     update_every : int or "auto"
         TDLRT's basis-update interval (``"auto"``: the memory length ``⌈1/(1 − β)⌉`` of the
         momentum ``β``, 1 without momentum; see :class:`tuckerflow.optim.TDLRT`).
-    defer_truncation, truncation_guard, limit_truncation_rate, truncation_budget : bool
-        TDLRT's deferred truncation of new directions, its truncation guard, the guard's
-        rate limit and its removal budget.
+    defer_truncation, truncation_guard, limit_truncation_rate : bool
+        TDLRT's deferred truncation of new directions, its truncation guard and the guard's
+        rate limit.
+    truncation_budget : bool or None
+        TDLRT's removal budget; None (default): on with the guard unless the rate limit is.
     init_scale : float
         Multiplier of the initial Tucker cores (``tdlrt`` and ``tucker-fixed``; 1: PyTorch's
         default variance of the dense weight).
@@ -310,12 +312,13 @@ class TrainConfig:
             action=argparse.BooleanOptionalAction,
         ),
     )
-    truncation_budget: bool = field(
-        default=False,
+    truncation_budget: bool | None = field(
+        default=None,
         metadata=_option(
             "Tucker layers",
             "TDLRT: the truncations of a run remove no more than tau of a layer's first "
-            "weight plus the distance training moved it",
+            "weight plus the distance training moved it (default: on with the truncation "
+            "guard unless the rate limit is)",
             action=argparse.BooleanOptionalAction,
         ),
     )
@@ -446,12 +449,15 @@ class TrainConfig:
             "defer_truncation",
             "truncation_guard",
             "limit_truncation_rate",
-            "truncation_budget",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.limit_truncation_rate and not self.truncation_guard:
             raise ValueError("limit_truncation_rate=True needs truncation_guard=True")
+        if self.truncation_budget is not None and not isinstance(self.truncation_budget, bool):
+            raise ValueError(
+                f"truncation_budget={self.truncation_budget!r} must be True, False or None"
+            )
         if self.truncation_budget and not self.truncation_guard:
             raise ValueError("truncation_budget=True needs truncation_guard=True")
         if self.truncation_budget and self.limit_truncation_rate:
