@@ -50,6 +50,7 @@ def _run(reference, *, steps=5, lr=3.0, dtype=torch.float64, **options):
     [
         {},
         {"limit_truncation_rate": True},
+        {"truncation_budget": True},
         {"update_every": 2},  # deferred: the guard acts at the end of the interval
         {"max_rank": 3},
     ],

@@ -106,11 +106,11 @@ def test_the_guard_takes_the_same_decisions_in_float32_and_float64():
     assert ranks[torch.float32] == ranks[torch.float64]
 
 
-def _quadratic_run(guard, steps=40):
+def _quadratic_run(guard, steps=40, **options):
     target = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
     layer = WeightTucker((8, 6, 5), (3, 3, 3), seed=3, scale=2.0)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-    tdlrt = TDLRT(layer, opt, tau=0.05, update_every=1, truncation_guard=guard)
+    tdlrt = TDLRT(layer, opt, tau=0.05, update_every=1, truncation_guard=guard, **options)
     for _ in range(steps):
         opt.zero_grad()
         (0.5 * ((layer() - target) ** 2).sum()).backward()
@@ -123,7 +123,7 @@ def test_the_guard_changes_little_in_ordinary_training():
     # (a tail just under τ‖Ĉ‖ that holds a little more than τ‖Y₀‖ of the earlier weight)
     # and the runs end at the same ranks and nearly the same distance to the target
     target = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
-    guarded, tdlrt = _quadratic_run(True)
+    guarded, tdlrt = _quadratic_run(True, truncation_budget=False)
     plain, tdlrt_plain = _quadratic_run(False)
     assert tdlrt.ranks() == tdlrt_plain.ranks()
     error = float((guarded().detach() - target).norm())
@@ -295,7 +295,9 @@ def _unchanged_weight_run(rate, steps=8):
     with torch.no_grad():
         layer.core.copy_(core / core.norm())
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-    tdlrt = TDLRT(layer, opt, tau=0.3, update_every=1, limit_truncation_rate=rate)
+    tdlrt = TDLRT(
+        layer, opt, tau=0.3, update_every=1, limit_truncation_rate=rate, truncation_budget=False
+    )
     seen = []
     for _ in range(steps):
         opt.zero_grad()
@@ -307,8 +309,8 @@ def _unchanged_weight_run(rate, steps=8):
 
 def test_the_relative_rule_drains_a_weight_that_does_not_move():
     # re-applied to an already truncated weight, ϑ = τ‖Ĉ‖ finds a new tail below it: the
-    # rank falls twice although nothing changed (the guard allows it: each update removes
-    # less than τ of the weight before it)
+    # rank falls twice although nothing changed (the guard without the removal budget allows
+    # it: each update removes less than τ of the weight before it)
     seen = _unchanged_weight_run(False)
     assert seen[0] < 8 and seen[-1] < seen[0]
 
@@ -324,3 +326,92 @@ def test_the_rate_limit_needs_the_guard():
         TDLRT(layer, opt, truncation_guard=False, limit_truncation_rate=True)
     with pytest.raises(TypeError, match="limit_truncation_rate=1 must be True or False"):
         TDLRT(layer, opt, limit_truncation_rate=1)
+
+
+def _still_weight_tdlrt(**options):
+    """A weight of spectrum 0.8^k (rank 8) that the steps do not move (zero gradient)."""
+    layer = WeightTucker((10, 10, 10), (8, 8, 8), seed=1)
+    core = torch.zeros(8, 8, 8, dtype=torch.float64)
+    for k in range(8):
+        core[k, k, k] = 0.8**k
+    with torch.no_grad():
+        layer.core.copy_(core / core.norm())
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    return layer, TDLRT(layer, opt, tau=0.3, update_every=1, **options)
+
+
+def _still_steps(layer, tdlrt, steps):
+    seen = []
+    for _ in range(steps):
+        tdlrt.zero_grad()
+        (0.0 * layer().sum()).backward()
+        tdlrt.step()
+        seen.append(tdlrt.ranks()[""][0])
+    return seen
+
+
+def test_the_budget_truncates_a_weight_that_does_not_move_once():
+    # the first truncation may take τ of the weight it is given (as the guard alone); after
+    # it the budget holds only what the steps moved the layer, here nothing: the rank stays,
+    # where the relative rule alone goes on falling (test above)
+    layer, tdlrt = _still_weight_tdlrt()  # the budget is on by default
+    assert tdlrt.truncation_budget is True
+    before = layer().detach().clone()
+    seen = _still_steps(layer, tdlrt, 8)
+    drained = _unchanged_weight_run(False)
+    assert seen[0] == drained[0] < 8
+    assert seen == [seen[0]] * 8 and drained[-1] < seen[-1]
+    # all truncations together removed at most τ of the first weight (float64 round-off)
+    lost = float((before - layer().detach()).norm())
+    assert lost <= 0.3 * float(before.norm()) * (1 + 1e-12)
+    assert 0.0 <= tdlrt.removal_budget[""] <= 0.3 * float(before.norm())
+
+
+def test_the_budget_grows_with_the_movement_and_survives_a_checkpoint():
+    target = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
+
+    def run(tdlrt, layer, steps):
+        for _ in range(steps):
+            tdlrt.zero_grad()
+            (0.5 * ((layer() - target) ** 2).sum()).backward()
+            tdlrt.step()
+
+    def make():
+        layer = WeightTucker((8, 6, 5), (3, 3, 3), seed=3, scale=2.0)
+        opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        return layer, TDLRT(layer, opt, tau=0.05, update_every=1, truncation_budget=True)
+
+    layer, tdlrt = make()
+    run(tdlrt, layer, 5)
+    assert tdlrt.removal_budget[""] > 0.0
+    state = copy.deepcopy(tdlrt.state_dict())
+    assert state["removal_budget"] == tdlrt.removal_budget
+    layer2, tdlrt2 = make()
+    tdlrt2.load_state_dict(state)
+    layer2.load_state_dict(layer.state_dict())
+    assert tdlrt2.removal_budget == tdlrt.removal_budget
+    run(tdlrt, layer, 10)
+    run(tdlrt2, layer2, 10)
+    assert tdlrt2.removal_budget == tdlrt.removal_budget
+    torch.testing.assert_close(layer2().detach(), layer().detach(), rtol=0, atol=0)
+    # where training moves the layer, the ranks are those of the guard alone
+    plain, tdlrt_plain = _quadratic_run(True, steps=15, truncation_budget=False)
+    assert tdlrt.ranks() == tdlrt_plain.ranks()
+    state["removal_budget"] = {"nope": 1.0}
+    with pytest.raises(ValueError, match="removal budget of unknown layers"):
+        tdlrt2.load_state_dict(state)
+
+
+def test_bad_budget_options_are_refused():
+    layer = WeightTucker((8, 6, 5), (2, 2, 2), seed=1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="truncation_budget=True needs truncation_guard"):
+        TDLRT(layer, opt, truncation_guard=False, truncation_budget=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        TDLRT(layer, opt, truncation_budget=True, limit_truncation_rate=True)
+    with pytest.raises(TypeError, match="truncation_budget=1 must be True, False or None"):
+        TDLRT(layer, opt, truncation_budget=1)
+    # the default follows the guard and the rate limit
+    assert TDLRT(layer, opt).truncation_budget is True
+    assert TDLRT(layer, opt, truncation_guard=False).truncation_budget is False
+    assert TDLRT(layer, opt, limit_truncation_rate=True).truncation_budget is False

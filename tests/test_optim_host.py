@@ -193,6 +193,7 @@ def _trajectory(reference, dtype, **options):
         {"max_rank": 4},
         {"truncation_guard": False},
         {"limit_truncation_rate": True},
+        {"truncation_budget": True},
     ],
 )
 def test_batched_step_follows_the_per_layer_trajectory(options):

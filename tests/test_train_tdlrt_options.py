@@ -47,6 +47,9 @@ def test_the_flags_reach_the_config():
         True,
     )
     assert defaults.init_scale == 1.0 and defaults.freeze_after == "auto"
+    assert _parse("--truncation-budget").truncation_budget is True
+    assert defaults.truncation_budget is None and defaults.limit_truncation_rate is False
+    assert _parse("--no-truncation-budget").truncation_budget is False
 
 
 @pytest.mark.parametrize(
@@ -76,6 +79,14 @@ def test_bad_flags_are_usage_errors(flags, name, capsys):
         (
             {"truncation_guard": False, "limit_truncation_rate": True},
             "limit_truncation_rate=True needs truncation_guard=True",
+        ),
+        (
+            {"truncation_guard": False, "truncation_budget": True},
+            "truncation_budget=True needs truncation_guard=True",
+        ),
+        (
+            {"limit_truncation_rate": True, "truncation_budget": True},
+            "truncation_budget=True and limit_truncation_rate=True exclude each other",
         ),
         ({"freeze_after": "later"}, "freeze_after='later' must be non-negative"),
     ],

@@ -313,7 +313,13 @@ ARMS = {
         "defer_truncation": False,
         "truncation_guard": False,
     },
-    "guard only": {"method": "tdlrt", "update_every": 1, "truncation_guard": True},
+    # the arms measured before the removal budget became a default keep it off
+    "guard only": {
+        "method": "tdlrt",
+        "update_every": 1,
+        "truncation_guard": True,
+        "truncation_budget": False,
+    },
     "auto interval": {
         "method": "tdlrt",
         "update_every": "auto",
@@ -326,9 +332,16 @@ ARMS = {
         "defer_truncation": True,
         "truncation_guard": False,
     },
-    "defaults": {"method": "tdlrt"},  # auto + defer + guard
-    "defaults + freeze": {"method": "tdlrt", "freeze_after": "auto"},
+    # auto + defer + guard
+    "defaults": {"method": "tdlrt", "truncation_budget": False},
+    "defaults + freeze": {"method": "tdlrt", "freeze_after": "auto", "truncation_budget": False},
     "defaults + rate limit": {"method": "tdlrt", "limit_truncation_rate": True},
+    # the CLI defaults since the removal budget became a default
+    "defaults + freeze + budget": {
+        "method": "tdlrt",
+        "freeze_after": "auto",
+        "truncation_budget": True,
+    },
 }
 
 STUDIES = {
@@ -516,11 +529,14 @@ def init_table(records):
     return "\n".join(lines)
 
 
-def run_init_study(out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-last",)):
+def run_init_study(
+    out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-last",), data_sets=("mnist5k",)
+):
     folder = os.path.join(out, "runs")
     os.makedirs(folder, exist_ok=True)
     jobs = [
-        ("mnist5k", scale, seed, tau, factorize)
+        (data, scale, seed, tau, factorize)
+        for data in data_sets
         for seed in range(seeds)
         for factorize in settings
         for scale in INIT_SCALES
@@ -530,6 +546,7 @@ def run_init_study(out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-l
         futures = [pool.submit(run_init_pair, job, folder, epochs) for job in jobs]
         records = [r for f in futures for r in f.result()]
     meta = {"study": "init", "seeds": seeds, "epochs": epochs, "tau": tau, "jobs": len(jobs)}
+    meta["data"] = list(data_sets)
     meta["wall_s"] = time.perf_counter() - tick
     text = init_table(records)
     with open(os.path.join(out, "init.json"), "w") as handle:
@@ -619,6 +636,7 @@ def main(argv=None):
             args.workers,
             tau=args.reference_tau,
             settings=[args.factorize],
+            data_sets=args.data or ["mnist5k"],
         )
         return
     if args.study:

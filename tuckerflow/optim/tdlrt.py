@@ -275,6 +275,17 @@ class TDLRT(torch.optim.Optimizer):
         truncation never removes more of the earlier weight than the update moved it, and
         ranks fall at the pace of training instead of by up to a share ``τ`` at every basis
         update (see Notes). Off by default: it keeps more rank at a given ``τ``.
+    truncation_budget : bool or None
+        With the guard: each layer holds a removal budget (a token bucket), full (``τ‖Y₀‖``)
+        at its first truncation; every truncation adds the distance ``‖Ĉ − Y₀‖`` the update
+        moved the layer, up to the capacity ``τ‖Y₀‖``, may remove at most the budget of the
+        earlier weight, and takes what it removed from it. Over a run the truncations then
+        remove at most ``τ`` of the weight they were first given plus the path training
+        travelled, so repeated updates cannot drain a layer that training does not move,
+        while the first truncation follows ``τ`` and budget left by one update serves the
+        next ones (see Notes). None (the default): on where the guard is on and
+        ``limit_truncation_rate`` off (which allows only the movement of the same update and
+        excludes it), off otherwise; True with either of them is refused.
 
     Raises
     ------
@@ -323,6 +334,13 @@ class TDLRT(torch.optim.Optimizer):
     LeNet5's ``conv2`` at ``τ = 0.3``). ``limit_truncation_rate`` bounds the removal by the
     update itself, in the spirit of the rank-adaptive integrator's step-size-proportional
     tolerance [CKL22]_.
+    ``truncation_budget`` rate-limits with bursts instead: the truncations together remove at
+    most ``τ`` of a layer's first weight plus the sum of the update movements ``‖Ĉ − Y₀‖``,
+    and the budget saved never exceeds one tolerance ``τ‖Y₀‖`` (an unbounded saving lets the
+    large early movements of training pay for a drain later, seen on LeNet5). The relative
+    rule acts in full at the first truncation and where training moves a layer by more than
+    it would remove, and at the pace of training where it moves little (the drain). The
+    budget is part of :meth:`state_dict`.
 
     The guard's norms are the Frobenius norms of the cores in the augmented bases (equal to
     those of the weights, the bases being orthonormal).
@@ -403,6 +421,7 @@ class TDLRT(torch.optim.Optimizer):
         defer_truncation=True,
         truncation_guard=True,
         limit_truncation_rate=False,
+        truncation_budget=None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
@@ -449,9 +468,24 @@ class TDLRT(torch.optim.Optimizer):
             )
         if limit_truncation_rate and not truncation_guard:
             raise ValueError("limit_truncation_rate=True needs truncation_guard=True")
+        if truncation_budget is not None and not isinstance(truncation_budget, bool):
+            raise TypeError(f"truncation_budget={truncation_budget!r} must be True, False or None")
+        if truncation_budget is None:
+            truncation_budget = truncation_guard and not limit_truncation_rate
+        if truncation_budget and not truncation_guard:
+            raise ValueError("truncation_budget=True needs truncation_guard=True")
+        if truncation_budget and limit_truncation_rate:
+            raise ValueError(
+                "truncation_budget=True and limit_truncation_rate=True exclude each other; "
+                "choose one bound on what a truncation removes"
+            )
         self.defer_truncation = defer_truncation
         self.truncation_guard = truncation_guard
         self.limit_truncation_rate = limit_truncation_rate
+        self.truncation_budget = truncation_budget
+        #: ``{layer name: removal budget}`` of ``truncation_budget`` (the unit of the
+        #: weights' Frobenius norm); a layer enters at its first truncation.
+        self.removal_budget = {}
         self.model = model
         self.mode = mode
         self.on_nonfinite = on_nonfinite
@@ -698,6 +732,7 @@ class TDLRT(torch.optim.Optimizer):
             "tau": self.tau,
             "pending": {name: c.clone() for name, c in self._pending.items()},
             "guarded_truncations": self.guarded_truncations,
+            "removal_budget": dict(self.removal_budget),
         }
         for hook in self._optimizer_state_dict_post_hooks.values():
             result = hook(self, out)
@@ -746,6 +781,11 @@ class TDLRT(torch.optim.Optimizer):
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._frozen = bool(state_dict.get("frozen", False))
         self.guarded_truncations = int(state_dict.get("guarded_truncations", 0))
+        budget = dict(state_dict.get("removal_budget") or {})
+        unknown = sorted(set(budget) - set(self._layers))
+        if unknown:
+            raise ValueError(f"state_dict holds a removal budget of unknown layers {unknown}")
+        self.removal_budget = {name: float(v) for name, v in budget.items()}
         pending = dict(state_dict.get("pending") or {})
         unknown = sorted(set(pending) - set(self._layers))
         if unknown:
@@ -1310,6 +1350,7 @@ class TDLRT(torch.optim.Optimizer):
             ranks,
             free,
             lambda: self._guard_remainders(name, c_hat, U_hats, reference),
+            name=name,
         )
 
     def _guard_remainders(self, name, c_hat, U_hats, reference):
@@ -1337,18 +1378,29 @@ class TDLRT(torch.optim.Optimizer):
             pos += t.numel()
         return out
 
-    def _guard_rule(self, norm_reference, norm_change, discarded, ranks, free, remainders):
+    def _guard_rule(
+        self, norm_reference, norm_change, discarded, ranks, free, remainders, name=None
+    ):
         """The guard's decision from its norms (any one unit): a rank floor or None.
 
         ``discarded()`` is ``‖Y₀ − Y₀ ×_i P_iP_iᴴ‖`` at the published truncation,
         ``remainders()[i][r]`` the norm² of ``Mat_i(Y₀)`` outside the first ``r`` leading left
         singular vectors of ``Mat_i(Ĉ)`` (``r`` up to the rank cap); both are called only
-        when needed.
+        when needed. ``name``: the layer whose removal budget ``truncation_budget`` reads
+        and charges.
         """
         bound = self.tau * norm_reference
         if self.limit_truncation_rate:
             bound = min(bound, norm_change)
-        if discarded() <= bound:
+        budget = None
+        if self.truncation_budget and name is not None:
+            # a bucket filled by the movement and holding at most one tolerance τ‖Y₀‖
+            budget = min(self.removal_budget.get(name, bound) + norm_change, bound)
+            bound = budget
+        removed = discarded()
+        if removed <= bound:
+            if budget is not None:
+                self.removal_budget[name] = max(budget - removed, 0.0)
             return None
         share = bound / math.sqrt(max(len(free), 1))
         rest = remainders()
@@ -1361,6 +1413,11 @@ class TDLRT(torch.optim.Optimizer):
                     keep = r
                     break
             floor[i] = max(floor[i], keep)
+        if budget is not None:
+            # the kept bases hold at least the floor's leading directions, whose per-mode
+            # remainders bound what the truncation removes (the projections commute)
+            removed = math.sqrt(sum(float(rest[i][floor[i]]) for i in free))
+            self.removal_budget[name] = max(budget - removed, 0.0)
         return list(largest_valid_rank(floor))
 
     def _batched_guard(self, name, c_hat, U_hats, reference, new, P_list, data):
@@ -1378,7 +1435,13 @@ class TDLRT(torch.optim.Optimizer):
         else:
             remainders = lambda: self._guard_remainders(name, c_hat, U_hats, reference)  # noqa: E731
         return self._guard_rule(
-            data.norm_reference, data.norm_change, discarded, list(new.rank), data.free, remainders
+            data.norm_reference,
+            data.norm_change,
+            discarded,
+            list(new.rank),
+            data.free,
+            remainders,
+            name=name,
         )
 
     def _truncate(self, plans, references, carry=None):

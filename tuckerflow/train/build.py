@@ -123,6 +123,7 @@ def make_tdlrt(
         defer_truncation=config.defer_truncation,
         truncation_guard=config.truncation_guard,
         limit_truncation_rate=config.limit_truncation_rate,
+        truncation_budget=config.truncation_budget,
     )
 
 

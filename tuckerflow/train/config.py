@@ -163,6 +163,8 @@ class TrainConfig:
     defer_truncation, truncation_guard, limit_truncation_rate : bool
         TDLRT's deferred truncation of new directions, its truncation guard and the guard's
         rate limit.
+    truncation_budget : bool or None
+        TDLRT's removal budget; None (default): on with the guard unless the rate limit is.
     init_scale : float
         Multiplier of the initial Tucker cores (``tdlrt`` and ``tucker-fixed``; 1: PyTorch's
         default variance of the dense weight).
@@ -310,6 +312,16 @@ class TrainConfig:
             action=argparse.BooleanOptionalAction,
         ),
     )
+    truncation_budget: bool | None = field(
+        default=None,
+        metadata=_option(
+            "Tucker layers",
+            "TDLRT: the truncations of a run remove no more than tau of a layer's first "
+            "weight plus the distance training moved it (default: on with the truncation "
+            "guard unless the rate limit is)",
+            action=argparse.BooleanOptionalAction,
+        ),
+    )
     init_scale: float = field(
         default=1.0,
         metadata=_option(
@@ -433,11 +445,25 @@ class TrainConfig:
             _check_int("freeze_after", self.freeze_after, 0, "non-negative (or 'auto')")
         if self.update_every != "auto":
             _check_int("update_every", self.update_every, 1, "'auto' or an integer >= 1")
-        for name in ("defer_truncation", "truncation_guard", "limit_truncation_rate"):
+        for name in (
+            "defer_truncation",
+            "truncation_guard",
+            "limit_truncation_rate",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.limit_truncation_rate and not self.truncation_guard:
             raise ValueError("limit_truncation_rate=True needs truncation_guard=True")
+        if self.truncation_budget is not None and not isinstance(self.truncation_budget, bool):
+            raise ValueError(
+                f"truncation_budget={self.truncation_budget!r} must be True, False or None"
+            )
+        if self.truncation_budget and not self.truncation_guard:
+            raise ValueError("truncation_budget=True needs truncation_guard=True")
+        if self.truncation_budget and self.limit_truncation_rate:
+            raise ValueError(
+                "truncation_budget=True and limit_truncation_rate=True exclude each other"
+            )
         if not (
             _is_real(self.init_scale) and math.isfinite(self.init_scale) and self.init_scale > 0
         ):
