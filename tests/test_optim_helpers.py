@@ -94,7 +94,9 @@ class WeightTucker(nn.Module):
         for p, new in zip([self.core, *self.factors], news):
             if p.grad is not None and p.grad.shape != new.shape:
                 p.grad = None
-            p.data = new.detach()
+            # stored contiguously, as TuckerLayer.set_tucker_ does: a permuted view would give
+            # a resumed run another memory layout, hence other round-off, than the original
+            p.data = new.detach().contiguous()
 
     def forward(self, x=None):
         w = self.reconstruct()
