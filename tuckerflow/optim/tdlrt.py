@@ -767,6 +767,7 @@ class TDLRT(torch.optim.Optimizer):
 
     def _step(self, closure):
         kind = self._kind()
+        self._embedded = {}  # set by this step's batched K-step, read by its augmentation
         if closure is None and self.mode == "two-pass" and kind != "core":
             raise ValueError(
                 "mode='two-pass' needs step(closure): the closure re-evaluates the loss at "
@@ -805,6 +806,7 @@ class TDLRT(torch.optim.Optimizer):
                 if not self._all_finite(list(weight_grads.values())):
                     return self._reject("the recorded weight gradient")
                 plans = self._k_steps(kind, weight_grads)
+            embedded = dict(getattr(self, "_embedded", {}))
             saved = self._apply_augmentation(plans)
         second = loss
         try:
@@ -837,7 +839,15 @@ class TDLRT(torch.optim.Optimizer):
                     # the cap at once, the tolerance at the end of the interval
                     self._pending.update(self._truncate(plans, None, references))
                 else:
-                    self._truncate(plans, references)
+                    # where every factorized mode kept its old basis, the weight before the
+                    # update is the old core zero-padded: the guard rotates the old core
+                    blocks = {
+                        n: saved[n][0]
+                        for n in plans
+                        if n in saved
+                        and set(self._layers[n].factorized_modes) <= set(embedded.get(n, ()))
+                    }
+                    self._truncate(plans, references, blocks=blocks)
         self._steps += 1
         self._end_of_interval()
         return loss
@@ -1162,6 +1172,7 @@ class TDLRT(torch.optim.Optimizer):
             if not np.isfinite(host[at["G"]]).all():
                 return self._reject("the recorded weight gradient")
         plans = dict(zip(jobs, kstep_finish(list(jobs.values()), host)))
+        self._embedded = {name: tuple(job.embedded) for name, job in jobs.items()}
         g_host = host[at["G"]] if names else ()
         return resolutions, weight_grads, plans, self._galerkin_bounded(weight_grads, g_host, plans)
 
@@ -1182,6 +1193,7 @@ class TDLRT(torch.optim.Optimizer):
         if not np.isfinite(g_host).all():
             return self._reject("the recorded weight gradient")
         plans = dict(zip(jobs, kstep_finish(list(jobs.values()), host)))
+        self._embedded = {name: tuple(job.embedded) for name, job in jobs.items()}
         return resolutions, weight_grads, plans, self._galerkin_bounded(weight_grads, g_host, plans)
 
     def _galerkin_bounded(self, weight_grads, g_host, plans):
@@ -1216,6 +1228,9 @@ class TDLRT(torch.optim.Optimizer):
     def _apply_augmentation(self, plans):
         """Write ``(Ĉ, Û)`` into the layers and carry the core's state; return an undo record."""
         opt_state = self.optimizer.state
+        # modes whose basis change is the embedding [I; 0] (the batched K-step's): the state
+        # is zero-padded there
+        embedded, self._embedded = getattr(self, "_embedded", {}), {}
         saved = {}
         for name, (U_hats, c_hat, M_hats) in plans.items():
             layer = self._layers[name]
@@ -1229,7 +1244,9 @@ class TDLRT(torch.optim.Optimizer):
             old_shape = tuple(ref.shape)
             set_tucker(layer, c_hat.to(ref.dtype), new_factors)
             if ref in entries:
-                opt_state[ref] = transport_state(entries[ref], old_shape, M_hats)
+                opt_state[ref] = transport_state(
+                    entries[ref], old_shape, M_hats, embedded=embedded.get(name, ())
+                )
             for p in layer.factors:
                 opt_state.pop(p, None)
         if plans and _has_flat_history(self.optimizer):
@@ -1381,12 +1398,13 @@ class TDLRT(torch.optim.Optimizer):
             data.norm_reference, data.norm_change, discarded, list(new.rank), data.free, remainders
         )
 
-    def _truncate(self, plans, references, carry=None):
+    def _truncate(self, plans, references, carry=None, blocks=None):
         """Truncate the layers of ``plans`` (core: the layer's, bases: the plan's ``Û``).
 
         ``references``: ``{name: core before the update}`` for the guard; None truncates to
         the rank cap only (no tolerance) and returns ``carry`` (``{name: core}`` in the
-        bases ``Û``) carried to the kept bases.
+        bases ``Û``) carried to the kept bases. ``blocks``: ``{name: leading block}`` of the
+        references that are zero outside it (see :func:`~tuckerflow.optim._batched.truncate_cores`).
 
         Off a process group and with ``truncation="hosvd"``, the layers are truncated
         together (:func:`~tuckerflow.optim._batched.truncate_cores`): one host transfer
@@ -1406,7 +1424,8 @@ class TDLRT(torch.optim.Optimizer):
                     batched.append((name, c_hat, U_hats))
             items = [(c, u, self._lo[n], self._hi[n]) for n, c, u in batched]
             refs = [references.get(n) if guarded else None for n, _, _ in batched]
-            outs = _batched.truncate_cores(items, rtol, refs) if items else []
+            blks = [(blocks or {}).get(n) for n, _, _ in batched]
+            outs = _batched.truncate_cores(items, rtol, refs, blks) if items else []
             for (name, c_hat, U_hats), ref, (new, P_list, info, data) in zip(batched, refs, outs):
                 if data is not None:
                     floor = self._batched_guard(name, c_hat, U_hats, ref, new, P_list, data)
