@@ -815,7 +815,7 @@ class TDLRT(torch.optim.Optimizer):
                 with torch.enable_grad(), _recording(self._layers.values(), False):
                     second = closure()
             with plain_precision():
-                galerkin = self._galerkin_gradients(plans, weight_grads, resolutions)
+                galerkin = self._galerkin_gradients(plans, weight_grads, resolutions, embedded)
                 finite = galerkin_ok or self._all_finite(list(galerkin.values()))
         except BaseException:
             # e.g. the closure failed at the augmented bases: leave the model as it was
@@ -1275,7 +1275,7 @@ class TDLRT(torch.optim.Optimizer):
             for p, value in entries.items():
                 opt_state[p] = value
 
-    def _galerkin_gradients(self, plans, weight_grads, resolutions):
+    def _galerkin_gradients(self, plans, weight_grads, resolutions, embedded=None):
         out = {}
         for name, (U_hats, _, _) in plans.items():
             layer = self._layers[name]
@@ -1291,7 +1291,8 @@ class TDLRT(torch.optim.Optimizer):
                 res = resolutions[name]
                 ref = layer.core
                 Uh = [None if u is None else u.to(ref.dtype) for u in U_hats]
-                g = layer.gradient_record.weight_gradient(Uh, res.groups)
+                leading = (embedded or {}).get(name, ())
+                g = layer.gradient_record.weight_gradient(Uh, res.groups, leading=leading)
                 g = g.detach().to(work)
                 g = g * res.scale if res.scale != 1.0 else g.clone()
                 out[name] = self._average(g)
