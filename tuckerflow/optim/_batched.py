@@ -396,20 +396,38 @@ def _guard_slots(q, slot):
     (suffix sums of the rows of ``U_iᴴ Mat_i(Y₀)``) and outside ``U_i`` altogether.
     """
     wide = _wide(q.c_hat.dtype)
-    y = _pow2_scale(q.reference.detach().to(wide, copy=True), -q.e, _scale_steps(torch.float64))
-    w = q.work.to(wide)
-    q.slots["g_ny0"] = slot(torch.linalg.vector_norm(y))
-    q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(w - y))
+    step = _scale_steps(torch.float64)
     bases = {i: q.pairs[i][0].to(wide) for i in q.free}
     from tensorly.tenalg import multi_mode_dot
 
     if q.block is not None:
-        # Y₀ is zero outside its leading block: Y₀ ×_i U_iᴴ = block ×_i U_i[:b_i]ᴴ
-        b = _pow2_scale(q.block.detach().to(wide, copy=True), -q.e, _scale_steps(torch.float64))
+        # Y₀ is zero outside its leading block: Y₀ ×_i U_iᴴ = block ×_i U_i[:b_i]ᴴ, and
+        # Ĉ − Y₀ is Ĉ less the block there (no Y₀-sized temporaries)
+        b = _pow2_scale(q.block.detach().to(wide, copy=True), -q.e, step)
+        lead = tuple(slice(0, n) for n in b.shape)
+        diff = q.work.to(wide, copy=True)
+        diff[lead] -= b
+        q.slots["g_ny0"] = slot(torch.linalg.vector_norm(b))
+        q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(diff))
+        del diff
         mats = [bases[i][: b.shape[i]].conj().T for i in q.free]
         z = multi_mode_dot(b, mats, modes=list(q.free))
+
+        def reference():
+            y = b.new_zeros(q.cshape)
+            y[lead] = b
+            return y
+
     else:
+        y = _pow2_scale(q.reference.detach().to(wide, copy=True), -q.e, step)
+        w = q.work.to(wide)
+        q.slots["g_ny0"] = slot(torch.linalg.vector_norm(y))
+        q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(w - y))
         z = multi_mode_dot(y, [bases[i].conj().T for i in q.free], modes=list(q.free))
+
+        def reference():
+            return y
+
     e2 = z.abs().square_() if z.is_complex() else z.square()
     others = tuple(j for j in range(e2.dim()) if j not in q.free)
     block = e2.sum(dim=others) if others else e2
@@ -427,7 +445,7 @@ def _guard_slots(q, slot):
             rows = block.sum(dim=rest) if rest else block
             outside = torch.zeros((), dtype=rows.dtype, device=rows.device)
         else:
-            unfolded = _unfold(y, i)
+            unfolded = _unfold(reference(), i)
             coefficients = bases[i].conj().T @ unfolded
             rows = (coefficients.abs() ** 2).sum(dim=1)
             outside = torch.linalg.vector_norm(unfolded - bases[i] @ coefficients) ** 2
