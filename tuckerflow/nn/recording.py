@@ -128,6 +128,10 @@ class GradientRecord:
     Parameter was replaced (``copy.deepcopy`` of a layer makes a new one).
     """
 
+    #: :meth:`weight_gradient` takes ``leading`` and returns a new tensor (what
+    #: :class:`tuckerflow.optim.TDLRT` relies on; the layer protocol asks for less)
+    takes_leading = True
+
     def __init__(self, layer):
         self._layer = weakref.ref(layer)
         self.enabled = False
@@ -238,7 +242,8 @@ class GradientRecord:
 
         ``U_hats`` has one entry per mode, an ``n_i × p_i`` matrix or None (mode not
         projected). The result is in the core's dtype, without autograd history, even inside
-        an autocast region. Returns None when the groups hold no contribution.
+        an autocast region, and a new tensor (never one of the recorded ones). Returns None
+        when the groups hold no contribution.
 
         ``leading``: modes whose ``U_hats[i]`` starts with the factor the recorded forward
         passes used (an augmented basis). Where the layer recorded the intermediates of its
@@ -270,7 +275,7 @@ class GradientRecord:
         with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
             dense = [c.weight_grad for c in contributions if c.weight_grad is not None]
             if dense:
-                summed = dense[0].to(ref.dtype)
+                summed = dense[0].to(ref.dtype, copy=True)
                 for w in dense[1:]:
                     summed = summed + w.to(ref.dtype)
                 for i, u in enumerate(cast):

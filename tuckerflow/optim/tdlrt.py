@@ -1291,10 +1291,15 @@ class TDLRT(torch.optim.Optimizer):
                 res = resolutions[name]
                 ref = layer.core
                 Uh = [None if u is None else u.to(ref.dtype) for u in U_hats]
-                leading = (embedded or {}).get(name, ())
-                g = layer.gradient_record.weight_gradient(Uh, res.groups, leading=leading)
-                g = g.detach().to(work)
-                g = g * res.scale if res.scale != 1.0 else g.clone()
+                record = layer.gradient_record
+                if getattr(record, "takes_leading", False):
+                    # the library's record: a new tensor, never a recorded one
+                    leading = (embedded or {}).get(name, ())
+                    g = record.weight_gradient(Uh, res.groups, leading=leading).detach().to(work)
+                    g = g * res.scale if res.scale != 1.0 else g
+                else:  # a record of the protocol's two-argument form
+                    g = record.weight_gradient(Uh, res.groups).detach().to(work)
+                    g = g * res.scale if res.scale != 1.0 else g.clone()
                 out[name] = self._average(g)
         return out
 
