@@ -326,6 +326,88 @@ def test_linear_galerkin_gradient_is_core_gradient_in_augmented_bases(seed, lead
     assert torch.allclose(got, c_hat.grad, atol=1e3 * EPS64 * (1 + c_hat.grad.abs().max().item()))
 
 
+def _augmented(u, extra, gen):
+    """``[U, V]``: ``U`` exactly, then ``extra`` orthonormal columns orthogonal to it."""
+    v = torch.randn(u.shape[0], extra, generator=gen, dtype=u.dtype)
+    v = v - u @ (u.T @ v)
+    v = v - u @ (u.T @ v)
+    return torch.cat([u, torch.linalg.qr(v)[0]], dim=1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"padding": 1},
+        {"padding": 1, "stride": 2},
+        {"padding": "same", "dilation": 2},
+        {"padding": 1, "padding_mode": "reflect"},
+        {"padding": 0, "stride": (2, 1)},
+    ],
+)
+@pytest.mark.parametrize(("new_out", "new_in"), [(3, 2), (0, 2), (3, 0), (0, 0)])
+def test_galerkin_gradient_in_augmented_bases_from_the_recorded_intermediates(
+    options, new_out, new_in
+):
+    """Bases that start with the factors: the old block is the raw core gradient and only
+    the new directions are formed, with the same result as projecting the recorded batch."""
+    torch.manual_seed(3)
+    layer = TuckerConv2d(8, 10, 3, rank=(3, 4, 3, 3), dtype=torch.float64, **options)
+    layer.forward_mode = "factorized"
+    layer.record_for_galerkin = True
+    for _ in range(2):  # two backward passes into the same record
+        y = layer(torch.randn(2, 8, 9, 9, dtype=torch.float64))
+        (y * torch.randn_like(y)).sum().backward()
+    record = layer.gradient_record
+    gen = torch.Generator().manual_seed(4)
+    u_hats = [
+        _augmented(layer.factor(0).detach(), new_out, gen),
+        _augmented(layer.factor(1).detach(), new_in, gen),
+        None,
+        None,
+    ]
+    for group in record.groups:
+        parts = layer._projected_weight_grad_parts(
+            group.contributions, group.core_grad, u_hats, {0, 1}
+        )
+        assert parts is not None  # the intermediates were recorded
+    got = record.weight_gradient(u_hats, leading=(0, 1))
+    want = record.weight_gradient(u_hats)
+    scale = want.abs().max().item()
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e2 * EPS64 * scale
+
+
+def test_the_galerkin_gradient_from_intermediates_falls_back_where_they_are_missing():
+    torch.manual_seed(5)
+    gen = torch.Generator().manual_seed(6)
+    cases = [
+        (TuckerConv2d(8, 10, 3, padding=1, rank=(3, 4, 3, 3), groups=2, dtype=torch.float64), None),
+        (TuckerConv2d(8, 10, 3, padding=1, rank=(3, 4, 3, 3), dtype=torch.float64), "dense"),
+        (TuckerConv2d(8, 10, 5, padding=2, rank=(3, 4, 3, 3), dtype=torch.float64), None),
+    ]
+    for layer, forward_mode in cases:
+        if forward_mode is not None:
+            layer.forward_mode = forward_mode
+        layer.record_for_galerkin = True
+        y = layer(torch.randn(2, 8, 9, 9, dtype=torch.float64))
+        (y * torch.randn_like(y)).sum().backward()
+        u_hats = [
+            None if layer.factor(i) is None else _augmented(layer.factor(i).detach(), 1, gen)
+            for i in range(4)
+        ]
+        group = layer.gradient_record.groups[0]
+        leading = set(layer.factorized_modes)
+        assert (
+            layer._projected_weight_grad_parts(
+                group.contributions, group.core_grad, u_hats, leading
+            )
+            is None
+        )
+        got = layer.gradient_record.weight_gradient(u_hats, leading=tuple(leading))
+        want = layer.gradient_record.weight_gradient(u_hats)
+        assert torch.equal(got, want)
+
+
 def test_galerkin_record_lifecycle():
     torch.manual_seed(0)
     layer = TuckerConv2d(3, 4, 3, rank=2, dtype=torch.float64)

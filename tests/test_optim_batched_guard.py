@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import tensorly as tl
 import torch
@@ -169,6 +170,34 @@ def test_guard_data_equal_the_norms_from_the_tensors(shape, rank, scale, fixed):
             p = P_full[i][:, :r]
             want = float((unfolded - p @ (p.T @ unfolded)).norm()) ** 2
             assert abs(rest[r] - want) <= 1e2 * y0.numel() * EPS64 * norm**2
+
+
+@pytest.mark.parametrize(("shape", "rank", "scale", "fixed"), CASES)
+def test_a_reference_given_by_its_leading_block_gives_the_same_guard_data(
+    shape, rank, scale, fixed
+):
+    """The weight before an augmentation is the old core zero-padded: the guard's tables from
+    that block equal those from the padded tensor."""
+    c_hat, U, _ = _case(shape, rank, scale, seed=sum(shape) + 1, fixed=fixed)
+    g = torch.Generator().manual_seed(7)
+    lead = tuple(n if u is None else max(1, n // 2) for n, u in zip(shape, U))
+    block = torch.randn(*lead, generator=g, dtype=torch.float64)
+    y0 = torch.zeros(shape, dtype=torch.float64)
+    y0[tuple(slice(0, n) for n in lead)] = block
+    with _host.counting() as n:
+        ((new_a, _, _, a),) = _batched.truncate_cores([(c_hat, U, 1, None)], 0.3, [y0])
+        ((new_b, _, _, b),) = _batched.truncate_cores([(c_hat, U, 1, None)], 0.3, [y0], [block])
+    assert n() == 2
+    assert new_a.rank == new_b.rank
+    norm2 = float(y0.norm()) ** 2
+    tol = 1e2 * y0.numel() * EPS64 * norm2
+    assert math.isclose(a.norm_reference, b.norm_reference, rel_tol=1e2 * EPS64)
+    assert math.isclose(a.norm_change, b.norm_change, rel_tol=1e2 * EPS64)
+    assert (a.discarded is None) == (b.discarded is None)
+    if a.discarded is not None:
+        assert abs(a.discarded**2 - b.discarded**2) <= tol
+    for i in a.free:
+        assert np.allclose(a.remainders[i], b.remainders[i], rtol=0, atol=tol)
 
 
 def test_the_guard_acts_in_these_cases_and_the_retruncation_needs_no_transfer():

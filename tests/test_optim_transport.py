@@ -135,3 +135,38 @@ def test_factored_second_moments_follow_the_core_shape():
     new = out["row_var"] @ out["col_var"] / out["row_var"].mean(dim=-2, keepdim=True)
     lo, hi = float(old.min()), float(old.max())
     assert lo**2 / hi <= float(new.min()) and float(new.max()) <= hi**2 / lo
+
+
+@pytest.mark.parametrize("embedded", [(0,), (1,), (0, 1), (0, 2)])
+def test_an_embedded_mode_pads_as_the_product_with_the_identity_block(embedded):
+    from tuckerflow.optim.transport import basis_change, embedding
+
+    g = torch.Generator().manual_seed(len(embedded))
+    m = torch.randn(3, 4, 2, generator=g, dtype=torch.float64)
+    mats = []
+    for i, n in enumerate(m.shape):
+        if i in embedded:
+            mats.append(embedding(n + i % 2 + 1, n, m))  # [I; 0] with one or two new rows
+        else:
+            mats.append(torch.linalg.qr(torch.randn(n, n, generator=g, dtype=m.dtype))[0])
+    out = basis_change(m, mats, embedded)
+    # the padding is the product with [I; 0] exactly; the other modes' products see the
+    # same numbers up to the order of the sums (a few eps of the entries)
+    want = transport_linear(m, mats)
+    tol = 16 * torch.finfo(m.dtype).eps * float(m.abs().max())
+    assert out.shape == want.shape and torch.allclose(out, want, rtol=0, atol=tol)
+    pads = transport_linear(m, [b if i in embedded else None for i, b in enumerate(mats)])
+    only = [b if i in embedded else None for i, b in enumerate(mats)]
+    assert torch.equal(basis_change(m, only, embedded), pads)
+    state = {"momentum_buffer": m, "step": 3}
+    moved = transport_state(state, tuple(m.shape), mats, embedded=embedded)
+    assert torch.allclose(moved["momentum_buffer"], want, rtol=0, atol=tol)
+    assert moved["step"] == 3
+
+
+def test_an_unchanged_embedding_still_gives_a_new_tensor():
+    from tuckerflow.optim.transport import basis_change, embedding
+
+    m = torch.ones(2, 3)
+    out = basis_change(m, [embedding(2, 2, m), None], (0,))
+    assert torch.equal(out, m) and out.data_ptr() != m.data_ptr()

@@ -474,7 +474,7 @@ def _recorded_bytes(step):
         for m in step.model.modules()
         if isinstance(m, TuckerLayer)
         for r in m.gradient_record.contributions()
-        for t in (r.grad, r.weight_grad)
+        for t in (r.grad, r.weight_grad, getattr(r, "grad_mid", None))
         if t is not None
     )
     step.tdlrt.step()

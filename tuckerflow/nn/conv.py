@@ -13,6 +13,7 @@ from torch.nn import grad as nn_grad
 
 from .decompose import tucker_from_weight
 from .layer import TuckerLayer, check_size, mode_dot, resolve_full_modes
+from .recording import MidGradHook
 
 __all__ = ["TuckerConv1d", "TuckerConv2d", "TuckerConv3d", "PADDING_MODES"]
 
@@ -278,16 +279,85 @@ class _TuckerConvNd(TuckerLayer):
             if g > 1:
                 w1 = w1.repeat(g, *(1,) * (self._ndim + 1))
             h = self._conv(h, w1, None, 1, 0, 1, g)
+        x_mid = h
         h, pad = self._pad(h)
         if u0 is None:
             return self._conv(h, kernel, self.bias, self.stride, pad, self.dilation, g)
         if g > 1:
             kernel = kernel.repeat(g, *(1,) * (self._ndim + 1))
         h = self._conv(h, kernel, None, self.stride, pad, self.dilation, g)
+        if (
+            self.__dict__.get("_capture_mid")
+            and g == 1
+            and u1 is not None
+            and h.requires_grad
+            and all(factors[i] is None for i in range(2, 2 + self._ndim))
+        ):
+            # U_1ᵀx and, in backward, U_0ᵀ(∂L/∂y): the Galerkin gradient in bases that start
+            # with U_0, U_1 then needs the new directions only (_projected_weight_grad_parts)
+            mid = MidGradHook(x_mid.detach())
+            h.register_hook(mid)
+            self.__dict__["_mid_hook"] = mid
         return self._conv(h, u0.reshape(self.out_channels, r0, *ones), self.bias, 1, 0, 1, g)
 
     # ------------------------------------------------------------------------------------
     # one-pass Galerkin gradient
+
+    def _projected_weight_grad_parts(self, contributions, core_grad, U_hats, leading):
+        """``Σ G ×_i Û_iᴴ`` of one backward pass from the recorded intermediates, or None.
+
+        For bases ``Û_0 = [U_0, V_0]``, ``Û_1 = [U_1, V_1]`` that start with the factors of
+        the recorded forward (``leading``; spatial modes kept full, no groups) the block
+        ``(U_0, U_1)`` is the pass's raw core gradient ``∂L/∂C``; the blocks ``(V_0, Û_1)``
+        and ``(U_0, V_1)`` are the weight gradients of two small convolutions over the
+        recorded ``U_1ᵀx`` and ``U_0ᵀ(∂L/∂y)`` and the projections by the new directions
+        only. None where a contribution lacks them (dense or checkpointed forward, autocast).
+        """
+        u_out, u_in = U_hats[0], U_hats[1]
+        if (
+            self.groups != 1
+            or u_out is None
+            or u_in is None
+            or not {0, 1} <= leading
+            or any(U_hats[i] is not None for i in range(2, 2 + self._ndim))
+            or core_grad is None
+            or not contributions
+        ):
+            return None
+        ref = self.core
+        r0, r1 = core_grad.shape[0], core_grad.shape[1]
+        p0, p1 = u_out.shape[1], u_in.shape[1]
+        if p0 < r0 or p1 < r1 or tuple(core_grad.shape[2:]) != tuple(self.kernel_size):
+            return None
+        for c in contributions:
+            if c.x is None or c.x_mid is None or c.grad_mid is None:
+                return None
+            if c.x_mid.dtype != ref.dtype or c.grad_mid.dtype != ref.dtype:
+                return None
+            if c.x_mid.shape[1] != r1 or c.grad_mid.shape[1] != r0:
+                return None
+        ones = (1,) * self._ndim
+        new_out, new_in = u_out[:, r0:], u_in[:, r1:]
+        out = torch.zeros((p0, p1, *self.kernel_size), dtype=ref.dtype, device=ref.device)
+        out[:r0, :r1] = core_grad.to(ref.dtype)
+        for c in contributions:
+            x, grad_out = c.x.to(ref.dtype), c.grad.to(ref.dtype)
+            x_new = None
+            if p1 > r1:
+                x_new = self._conv(x, new_in.t().reshape(p1 - r1, -1, *ones))
+            if p0 > r0:
+                g_new = self._conv(grad_out, new_out.t().reshape(p0 - r0, -1, *ones))
+                xp = c.x_mid if x_new is None else torch.cat([c.x_mid, x_new], dim=1)
+                xp, pad = self._pad(xp)
+                size = (p0 - r0, p1, *self.kernel_size)
+                out[r0:] += self._conv_weight(xp, size, g_new, self.stride, pad, self.dilation)
+            if x_new is not None:
+                xq, pad = self._pad(x_new)
+                size = (r0, p1 - r1, *self.kernel_size)
+                out[:r0, r1:] += self._conv_weight(
+                    xq, size, c.grad_mid, self.stride, pad, self.dilation
+                )
+        return out
 
     def _projected_weight_grad(self, x, grad_out, U_hats):
         g = self.groups

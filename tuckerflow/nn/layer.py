@@ -553,6 +553,17 @@ class TuckerLayer(nn.Module):
                 use_reentrant=False,
                 preserve_rng_state=False,
             )
+        elif self._record and torch.is_grad_enabled() and not _is_compiling():
+            # a recorded eager forward may keep its intermediates for the Galerkin gradient
+            # (a MidGradHook, see tuckerflow.nn.recording)
+            self.__dict__["_capture_mid"] = True
+            try:
+                y = self._forward_factorized(x, core, factors)
+            finally:
+                self.__dict__["_capture_mid"] = False
+                mid = self.__dict__.pop("_mid_hook", None)
+            _watch_output(self, y, x, mid)
+            return y
         else:
             y = self._forward_factorized(x, core, factors)
         if self._record and torch.is_grad_enabled():
@@ -768,14 +779,14 @@ def _traced_tensors(layer):
     return core, factors
 
 
-def _watch_output(layer, y, x):
+def _watch_output(layer, y, x, mid=None):
     """Register the output-gradient record of one forward pass.
 
     Kept out of ``torch.compile`` graphs: the hook appends to Python state when backward
     arrives, which a traced graph cannot do; dynamo calls this in eager mode between the
     layer's compiled forward and what follows.
     """
-    layer.gradient_record.watch_output(y, x)
+    layer.gradient_record.watch_output(y, x, mid)
 
 
 # run outside dynamo's graphs; ``torch._disable_dynamo`` imports dynamo only when called,

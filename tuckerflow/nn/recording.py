@@ -33,7 +33,7 @@ import weakref
 
 import torch
 
-__all__ = ["BackwardGroup", "Contribution", "GradientRecord"]
+__all__ = ["BackwardGroup", "Contribution", "GradientRecord", "MidGradHook"]
 
 
 def _graph_task():
@@ -47,12 +47,34 @@ def _no_record():
 
 
 class Contribution:
-    """One use of the layer in one backward pass: input and output gradient, or ``G``."""
+    """One use of the layer in one backward pass: input and output gradient, or ``G``.
 
-    __slots__ = ("x", "grad", "weight_grad", "task")
+    ``x_mid`` and ``grad_mid``, where the layer's factorized forward provides them, are the
+    input projected by the factor of the input mode and the gradient projected by the factor
+    of the output mode (the intermediates of that forward and its backward), from which the
+    Galerkin gradient in bases that start with those factors needs only the new directions.
+    """
+
+    __slots__ = ("x", "grad", "weight_grad", "task", "x_mid", "grad_mid")
 
     def __init__(self, task, *, x=None, grad=None, weight_grad=None):
         self.task, self.x, self.grad, self.weight_grad = task, x, grad, weight_grad
+        self.x_mid = self.grad_mid = None
+
+
+class MidGradHook:
+    """Tensor hook on an intermediate of a factorized forward: records its gradient on the
+    contribution that the output hook of the same use and backward pass made."""
+
+    __slots__ = ("x_mid", "pending")
+
+    def __init__(self, x_mid):
+        self.x_mid, self.pending = x_mid, None
+
+    def __call__(self, grad):
+        c, self.pending = self.pending, None
+        if c is not None:
+            c.grad_mid = grad.detach()
 
 
 class BackwardGroup:
@@ -80,13 +102,13 @@ class _OutputGradHook:
     passes through unchanged.
     """
 
-    __slots__ = ("record", "x", "is_weight")
+    __slots__ = ("record", "x", "is_weight", "mid")
 
-    def __init__(self, record, x, is_weight):
-        self.record, self.x, self.is_weight = record, x, is_weight
+    def __init__(self, record, x, is_weight, mid=None):
+        self.record, self.x, self.is_weight, self.mid = record, x, is_weight, mid
 
     def __call__(self, grad):
-        self.record._on_output_grad(self.x, grad.detach(), self.is_weight)
+        self.record._on_output_grad(self.x, grad.detach(), self.is_weight, self.mid)
 
 
 class GradientRecord:
@@ -105,6 +127,10 @@ class GradientRecord:
     before any hook of the user, so that they see the raw gradient) and again when the core
     Parameter was replaced (``copy.deepcopy`` of a layer makes a new one).
     """
+
+    #: :meth:`weight_gradient` takes ``leading`` and returns a new tensor (what
+    #: :class:`tuckerflow.optim.TDLRT` relies on; the layer protocol asks for less)
+    takes_leading = True
 
     def __init__(self, layer):
         self._layer = weakref.ref(layer)
@@ -146,17 +172,20 @@ class GradientRecord:
         core.register_post_accumulate_grad_hook(post)
         self._hooked = weakref.ref(core)
 
-    def watch_output(self, y, x):
-        """Record the output gradient of ``y = layer(x)`` when backward reaches it."""
+    def watch_output(self, y, x, mid=None):
+        """Record the output gradient of ``y = layer(x)`` when backward reaches it.
+
+        ``mid``: a :class:`MidGradHook` the forward registered on its intermediate (its
+        gradient arrives after the output's in the same backward pass)."""
         if y.requires_grad:
-            y.register_hook(_OutputGradHook(self, x.detach(), False))
+            y.register_hook(_OutputGradHook(self, x.detach(), False, mid))
 
     def watch_weight(self, w):
         """Record the gradient of a dense weight ``w`` (a differentiable reconstruction)."""
         if w.requires_grad:
             w.register_hook(_OutputGradHook(self, None, True))
 
-    def _on_output_grad(self, x, grad, is_weight):
+    def _on_output_grad(self, x, grad, is_weight, mid=None):
         if not self.enabled:
             return
         task = _graph_task()
@@ -166,7 +195,10 @@ class GradientRecord:
         elif layer.galerkin_record == "weight_grad":
             self._pending.append(Contribution(task, weight_grad=layer._weight_grad_of(x, grad)))
         else:
-            self._pending.append(Contribution(task, x=x, grad=grad))
+            c = Contribution(task, x=x, grad=grad)
+            if mid is not None:
+                c.x_mid, mid.pending = mid.x_mid, c
+            self._pending.append(c)
 
     def _on_core_grad(self, grad):
         if not self.enabled:
@@ -205,12 +237,19 @@ class GradientRecord:
         groups = self.groups if groups is None else groups
         return [c for g in groups for c in g.contributions]
 
-    def weight_gradient(self, U_hats, groups=None):
+    def weight_gradient(self, U_hats, groups=None, leading=()):
         """``G ×_i U_hats[i]ᴴ`` summed over the contributions of ``groups`` (default: all).
 
         ``U_hats`` has one entry per mode, an ``n_i × p_i`` matrix or None (mode not
         projected). The result is in the core's dtype, without autograd history, even inside
-        an autocast region. Returns None when the groups hold no contribution.
+        an autocast region, and a new tensor (never one of the recorded ones). Returns None
+        when the groups hold no contribution.
+
+        ``leading``: modes whose ``U_hats[i]`` starts with the factor the recorded forward
+        passes used (an augmented basis). Where the layer recorded the intermediates of its
+        factorized forward, the block of the old directions is then the pass's raw core
+        gradient and only the new directions are formed
+        (``layer._projected_weight_grad_parts``); the same quantity, without its largest block.
         """
         layer = self._layer()
         ref = layer.core
@@ -218,18 +257,33 @@ class GradientRecord:
             None if u is None else u.detach().to(dtype=ref.dtype, device=ref.device) for u in U_hats
         ]
         out = None
+        groups = self.groups if groups is None else groups
+        parts = getattr(layer, "_projected_weight_grad_parts", None)
+        if leading and parts is not None:
+            rest = []
+            with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
+                for g in groups:
+                    part = parts(g.contributions, g.core_grad, cast, set(leading))
+                    if part is None:
+                        rest.append(g)
+                    else:
+                        out = part if out is None else out + part
+            if not rest:
+                return out
+            groups = rest
         contributions = self.contributions(groups)
         with torch.no_grad(), torch.autocast(ref.device.type, enabled=False):
             dense = [c.weight_grad for c in contributions if c.weight_grad is not None]
             if dense:
-                out = dense[0].to(ref.dtype)
+                summed = dense[0].to(ref.dtype, copy=True)
                 for w in dense[1:]:
-                    out = out + w.to(ref.dtype)
+                    summed = summed + w.to(ref.dtype)
                 for i, u in enumerate(cast):
                     if u is not None:
-                        out = torch.movedim(
-                            torch.tensordot(u.conj().t(), out, dims=([1], [i])), 0, i
+                        summed = torch.movedim(
+                            torch.tensordot(u.conj().t(), summed, dims=([1], [i])), 0, i
                         )
+                out = summed if out is None else out + summed
             for c in contributions:
                 if c.grad is not None:
                     part = layer._projected_weight_grad(

@@ -223,6 +223,7 @@ class _Request:
         "min_rank_arg",
         "max_rank_arg",
         "reference",
+        "block",
     )
 
     def __init__(self):
@@ -233,7 +234,7 @@ def _prepare(c_hat, U_hats, rtol, min_rank, max_rank):
     """The host-static part of ``truncate_core`` (bounds and factorisation paths)."""
     q = _Request()
     q.c_hat, q.U_hats, q.rtol = c_hat, list(U_hats), rtol
-    q.min_rank_arg, q.max_rank_arg, q.reference = min_rank, max_rank, None
+    q.min_rank_arg, q.max_rank_arg, q.reference, q.block = min_rank, max_rank, None, None
     d = c_hat.dim()
     cshape = tuple(c_hat.shape)
     q.cshape = cshape
@@ -265,7 +266,7 @@ def box_size(c_hat, U_hats):
     return math.prod(shape[i] for i, u in enumerate(U_hats) if u is not None)
 
 
-def truncate_cores(items, rtol, references=None):
+def truncate_cores(items, rtol, references=None, blocks=None):
     """HOSVD truncation of many augmented cores with one host transfer.
 
     Parameters
@@ -280,6 +281,10 @@ def truncate_cores(items, rtol, references=None):
         Per item, the weight ``Y₀`` before the update in the bases ``Û`` (the core's shape):
         the transfer then also carries what TDLRT's truncation guard reads
         (:class:`GuardData`).
+    blocks : list of (tensor or None), optional
+        Per item, a leading block of the reference outside which it is zero (the core
+        before an augmentation that kept the old bases, of which the reference is the
+        zero-padding): the guard's rotation of the reference is then formed from the block.
 
     Returns
     -------
@@ -295,17 +300,17 @@ def truncate_cores(items, rtol, references=None):
         A core or factor holds NaN or Inf (nothing of the layers was changed by this call).
     """
     with tl.backend_context("pytorch", local_threadsafe=True):
-        return _truncate_cores(items, rtol, references)
+        return _truncate_cores(items, rtol, references, blocks)
 
 
 def _wide(dtype):
     return torch.complex128 if dtype.is_complex else torch.float64
 
 
-def _truncate_cores(items, rtol, references=None):
+def _truncate_cores(items, rtol, references=None, blocks=None):
     reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
-    for q, ref in zip(reqs, references or [None] * len(reqs)):
-        q.reference = ref
+    for q, ref, block in zip(reqs, references or [None] * len(reqs), blocks or [None] * len(reqs)):
+        q.reference, q.block = ref, (None if ref is None else block)
     parts = []
     end = [0]
 
@@ -391,15 +396,39 @@ def _guard_slots(q, slot):
     (suffix sums of the rows of ``U_iᴴ Mat_i(Y₀)``) and outside ``U_i`` altogether.
     """
     wide = _wide(q.c_hat.dtype)
-    y = _pow2_scale(q.reference.detach().to(wide, copy=True), -q.e, _scale_steps(torch.float64))
-    w = q.work.to(wide)
-    q.slots["g_ny0"] = slot(torch.linalg.vector_norm(y))
-    q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(w - y))
+    step = _scale_steps(torch.float64)
     bases = {i: q.pairs[i][0].to(wide) for i in q.free}
     from tensorly.tenalg import multi_mode_dot
 
-    z = multi_mode_dot(y, [bases[i].conj().T for i in q.free], modes=list(q.free))
-    e2 = z.abs() ** 2
+    if q.block is not None:
+        # Y₀ is zero outside its leading block: Y₀ ×_i U_iᴴ = block ×_i U_i[:b_i]ᴴ, and
+        # Ĉ − Y₀ is Ĉ less the block there (no Y₀-sized temporaries)
+        b = _pow2_scale(q.block.detach().to(wide, copy=True), -q.e, step)
+        lead = tuple(slice(0, n) for n in b.shape)
+        diff = q.work.to(wide, copy=True)
+        diff[lead] -= b
+        q.slots["g_ny0"] = slot(torch.linalg.vector_norm(b))
+        q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(diff))
+        del diff
+        mats = [bases[i][: b.shape[i]].conj().T for i in q.free]
+        z = multi_mode_dot(b, mats, modes=list(q.free))
+
+        def reference():
+            y = b.new_zeros(q.cshape)
+            y[lead] = b
+            return y
+
+    else:
+        y = _pow2_scale(q.reference.detach().to(wide, copy=True), -q.e, step)
+        w = q.work.to(wide)
+        q.slots["g_ny0"] = slot(torch.linalg.vector_norm(y))
+        q.slots["g_ndiff"] = slot(torch.linalg.vector_norm(w - y))
+        z = multi_mode_dot(y, [bases[i].conj().T for i in q.free], modes=list(q.free))
+
+        def reference():
+            return y
+
+    e2 = z.abs().square_() if z.is_complex() else z.square()
     others = tuple(j for j in range(e2.dim()) if j not in q.free)
     block = e2.sum(dim=others) if others else e2
     table = block
@@ -416,7 +445,7 @@ def _guard_slots(q, slot):
             rows = block.sum(dim=rest) if rest else block
             outside = torch.zeros((), dtype=rows.dtype, device=rows.device)
         else:
-            unfolded = _unfold(y, i)
+            unfolded = _unfold(reference(), i)
             coefficients = bases[i].conj().T @ unfolded
             rows = (coefficients.abs() ** 2).sum(dim=1)
             outside = torch.linalg.vector_norm(unfolded - bases[i] @ coefficients) ** 2

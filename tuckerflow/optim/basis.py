@@ -14,7 +14,7 @@ import tensorly as tl
 
 from ..dlra import augment_basis, core_qr
 from ..linalg import orth
-from .transport import mode_products
+from .transport import basis_change, embedding, mode_products
 
 __all__ = ["kstep_bases", "partial_contraction"]
 
@@ -197,12 +197,15 @@ class HostBatch:
 class KStepJob:
     """Inputs of :func:`kstep_bases` for one layer (see there)."""
 
-    __slots__ = ("core", "factors", "G", "lr", "fixed", "factor_grads", "modes")
+    __slots__ = ("core", "factors", "G", "lr", "fixed", "factor_grads", "modes", "embedded")
 
     def __init__(self, core, factors, G, lr, *, fixed_modes=(), factor_grads=None):
         self.core, self.factors, self.G, self.lr = core, list(factors), G, lr
         self.fixed, self.factor_grads = set(fixed_modes), factor_grads
         self.modes = {}
+        #: modes whose basis change ``Û_iᴴ U_i`` is the embedding ``[I; 0]`` (after
+        #: :func:`kstep_finish`)
+        self.embedded = []
 
 
 def kstep_prepare(jobs, batch, ok=None):
@@ -242,16 +245,20 @@ def kstep_prepare(jobs, batch, ok=None):
             if u is None:
                 continue
             if job.factor_grads is not None:
-                unf = unfold(job.core, i)
-                start, g = u @ (unf @ unf.conj().T), job.factor_grads[i]
+                g = job.factor_grads[i]
             else:
                 q, r = qr_of[(j, i)]
-                s = r.conj().T.resolve_conj()
-                start = u @ s
                 g = unfold(partial_contraction(job.G, job.factors, i), i) @ q
             entry = {"u": u}
             job.modes[i] = entry
             if i in job.fixed:
+                # K_i = U_i S_i − λ g_i (U_i Mat_i(C) Mat_i(C)ᴴ − λ ∇_{U_i}L from the factor
+                # gradients): formed for the fixed modes only, the augmentation needs g_i alone
+                if job.factor_grads is not None:
+                    unf = unfold(job.core, i)
+                    start = u @ (unf @ unf.conj().T)
+                else:
+                    start = u @ r.conj().T.resolve_conj()
                 entry["kind"] = "fixed"
                 fixed_in.append(start - job.lr * g)
                 fixed_at.append(entry)
@@ -327,8 +334,23 @@ def kstep_finish(jobs, host):
                 continue
             entry = job.modes[i]
             U_hats.append(entry["u"] if entry["kind"] == "keep" else entry["U"])
-        M_hats = [None if u is None else uh.conj().T @ u for u, uh in zip(job.factors, U_hats)]
-        out.append((U_hats, mode_products(job.core, M_hats), M_hats))
+        # an augmented (or kept) mode starts with U_i exactly and adds directions orthogonal
+        # to it: Û_iᴴ U_i is the embedding [I; 0] (to round-off), taken exactly, so that the
+        # core and the optimizer state are zero-padded instead of multiplied by it
+        job.embedded = [
+            i
+            for i, u in enumerate(job.factors)
+            if u is not None and job.modes[i]["kind"] != "fixed"
+        ]
+        M_hats = []
+        for i, (u, uh) in enumerate(zip(job.factors, U_hats)):
+            if u is None:
+                M_hats.append(None)
+            elif i in job.embedded:
+                M_hats.append(embedding(uh.shape[1], u.shape[1], u))
+            else:
+                M_hats.append(uh.conj().T @ u)
+        out.append((U_hats, basis_change(job.core, M_hats, job.embedded), M_hats))
     return out
 
 

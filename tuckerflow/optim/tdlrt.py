@@ -807,6 +807,7 @@ class TDLRT(torch.optim.Optimizer):
 
     def _step(self, closure):
         kind = self._kind()
+        self._embedded = {}  # set by this step's batched K-step, read by its augmentation
         if closure is None and self.mode == "two-pass" and kind != "core":
             raise ValueError(
                 "mode='two-pass' needs step(closure): the closure re-evaluates the loss at "
@@ -845,6 +846,7 @@ class TDLRT(torch.optim.Optimizer):
                 if not self._all_finite(list(weight_grads.values())):
                     return self._reject("the recorded weight gradient")
                 plans = self._k_steps(kind, weight_grads)
+            embedded = dict(getattr(self, "_embedded", {}))
             saved = self._apply_augmentation(plans)
         second = loss
         try:
@@ -853,7 +855,7 @@ class TDLRT(torch.optim.Optimizer):
                 with torch.enable_grad(), _recording(self._layers.values(), False):
                     second = closure()
             with plain_precision():
-                galerkin = self._galerkin_gradients(plans, weight_grads, resolutions)
+                galerkin = self._galerkin_gradients(plans, weight_grads, resolutions, embedded)
                 finite = galerkin_ok or self._all_finite(list(galerkin.values()))
         except BaseException:
             # e.g. the closure failed at the augmented bases: leave the model as it was
@@ -877,7 +879,15 @@ class TDLRT(torch.optim.Optimizer):
                     # the cap at once, the tolerance at the end of the interval
                     self._pending.update(self._truncate(plans, None, references))
                 else:
-                    self._truncate(plans, references)
+                    # where every factorized mode kept its old basis, the weight before the
+                    # update is the old core zero-padded: the guard rotates the old core
+                    blocks = {
+                        n: saved[n][0]
+                        for n in plans
+                        if n in saved
+                        and set(self._layers[n].factorized_modes) <= set(embedded.get(n, ()))
+                    }
+                    self._truncate(plans, references, blocks=blocks)
         self._steps += 1
         self._end_of_interval()
         return loss
@@ -1202,6 +1212,7 @@ class TDLRT(torch.optim.Optimizer):
             if not np.isfinite(host[at["G"]]).all():
                 return self._reject("the recorded weight gradient")
         plans = dict(zip(jobs, kstep_finish(list(jobs.values()), host)))
+        self._embedded = {name: tuple(job.embedded) for name, job in jobs.items()}
         g_host = host[at["G"]] if names else ()
         return resolutions, weight_grads, plans, self._galerkin_bounded(weight_grads, g_host, plans)
 
@@ -1222,6 +1233,7 @@ class TDLRT(torch.optim.Optimizer):
         if not np.isfinite(g_host).all():
             return self._reject("the recorded weight gradient")
         plans = dict(zip(jobs, kstep_finish(list(jobs.values()), host)))
+        self._embedded = {name: tuple(job.embedded) for name, job in jobs.items()}
         return resolutions, weight_grads, plans, self._galerkin_bounded(weight_grads, g_host, plans)
 
     def _galerkin_bounded(self, weight_grads, g_host, plans):
@@ -1256,6 +1268,9 @@ class TDLRT(torch.optim.Optimizer):
     def _apply_augmentation(self, plans):
         """Write ``(Ĉ, Û)`` into the layers and carry the core's state; return an undo record."""
         opt_state = self.optimizer.state
+        # modes whose basis change is the embedding [I; 0] (the batched K-step's): the state
+        # is zero-padded there
+        embedded, self._embedded = getattr(self, "_embedded", {}), {}
         saved = {}
         for name, (U_hats, c_hat, M_hats) in plans.items():
             layer = self._layers[name]
@@ -1269,7 +1284,9 @@ class TDLRT(torch.optim.Optimizer):
             old_shape = tuple(ref.shape)
             set_tucker(layer, c_hat.to(ref.dtype), new_factors)
             if ref in entries:
-                opt_state[ref] = transport_state(entries[ref], old_shape, M_hats)
+                opt_state[ref] = transport_state(
+                    entries[ref], old_shape, M_hats, embedded=embedded.get(name, ())
+                )
             for p in layer.factors:
                 opt_state.pop(p, None)
         if plans and _has_flat_history(self.optimizer):
@@ -1298,7 +1315,7 @@ class TDLRT(torch.optim.Optimizer):
             for p, value in entries.items():
                 opt_state[p] = value
 
-    def _galerkin_gradients(self, plans, weight_grads, resolutions):
+    def _galerkin_gradients(self, plans, weight_grads, resolutions, embedded=None):
         out = {}
         for name, (U_hats, _, _) in plans.items():
             layer = self._layers[name]
@@ -1314,9 +1331,15 @@ class TDLRT(torch.optim.Optimizer):
                 res = resolutions[name]
                 ref = layer.core
                 Uh = [None if u is None else u.to(ref.dtype) for u in U_hats]
-                g = layer.gradient_record.weight_gradient(Uh, res.groups)
-                g = g.detach().to(work)
-                g = g * res.scale if res.scale != 1.0 else g.clone()
+                record = layer.gradient_record
+                if getattr(record, "takes_leading", False):
+                    # the library's record: a new tensor, never a recorded one
+                    leading = (embedded or {}).get(name, ())
+                    g = record.weight_gradient(Uh, res.groups, leading=leading).detach().to(work)
+                    g = g * res.scale if res.scale != 1.0 else g
+                else:  # a record of the protocol's two-argument form
+                    g = record.weight_gradient(Uh, res.groups).detach().to(work)
+                    g = g * res.scale if res.scale != 1.0 else g.clone()
                 out[name] = self._average(g)
         return out
 
@@ -1444,12 +1467,13 @@ class TDLRT(torch.optim.Optimizer):
             name=name,
         )
 
-    def _truncate(self, plans, references, carry=None):
+    def _truncate(self, plans, references, carry=None, blocks=None):
         """Truncate the layers of ``plans`` (core: the layer's, bases: the plan's ``Û``).
 
         ``references``: ``{name: core before the update}`` for the guard; None truncates to
         the rank cap only (no tolerance) and returns ``carry`` (``{name: core}`` in the
-        bases ``Û``) carried to the kept bases.
+        bases ``Û``) carried to the kept bases. ``blocks``: ``{name: leading block}`` of the
+        references that are zero outside it (see :func:`~tuckerflow.optim._batched.truncate_cores`).
 
         Off a process group and with ``truncation="hosvd"``, the layers are truncated
         together (:func:`~tuckerflow.optim._batched.truncate_cores`): one host transfer
@@ -1469,7 +1493,8 @@ class TDLRT(torch.optim.Optimizer):
                     batched.append((name, c_hat, U_hats))
             items = [(c, u, self._lo[n], self._hi[n]) for n, c, u in batched]
             refs = [references.get(n) if guarded else None for n, _, _ in batched]
-            outs = _batched.truncate_cores(items, rtol, refs) if items else []
+            blks = [(blocks or {}).get(n) for n, _, _ in batched]
+            outs = _batched.truncate_cores(items, rtol, refs, blks) if items else []
             for (name, c_hat, U_hats), ref, (new, P_list, info, data) in zip(batched, refs, outs):
                 if data is not None:
                     floor = self._batched_guard(name, c_hat, U_hats, ref, new, P_list, data)

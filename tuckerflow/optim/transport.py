@@ -88,6 +88,30 @@ def mode_products(x, matrices):
     return x
 
 
+def embedding(rows, cols, like):
+    """The ``rows × cols`` matrix ``[I; 0]`` in the dtype and on the device of ``like``."""
+    import torch
+
+    return torch.eye(rows, cols, dtype=like.dtype, device=like.device)
+
+
+def basis_change(x, matrices, embedded=()):
+    """``x ×_i matrices[i]``, where the modes ``embedded`` hold ``[I; 0]``: those are
+    zero-padded (the same numbers as the products, without their cost). Always a new
+    tensor."""
+    sizes = list(x.shape)
+    for i in embedded:
+        sizes[i] = matrices[i].shape[0]
+    rest = [None if i in embedded else m for i, m in enumerate(matrices)]
+    if list(x.shape) != sizes:
+        out = x.new_zeros(sizes)
+        out[tuple(slice(0, n) for n in x.shape)] = x
+        x = out
+    elif all(m is None for m in rest):
+        return x.clone()
+    return mode_products(x, rest)
+
+
 def transport_linear(m, matrices):
     """Exact transport of a quantity living in core coordinates: ``m ×_i B_i``.
 
@@ -138,7 +162,7 @@ def transport_nonnegative(v, matrices):
     return (moved + fill).clamp_min(0.0)
 
 
-def transport_state(state, old_shape, matrices):
+def transport_state(state, old_shape, matrices, embedded=()):
     """A new state dict with every tensor of shape ``old_shape`` carried by ``B_i``.
 
     Parameters
@@ -149,6 +173,9 @@ def transport_state(state, old_shape, matrices):
         Shape of the core the state belongs to.
     matrices : list of tensors or None
         ``B_i`` (``r_i' × r_i``) per mode; None leaves a mode alone.
+    embedded : iterable of int, optional
+        Modes whose ``B_i`` is the embedding ``[I; 0]`` (an augmentation that keeps the old
+        basis): linear state is zero-padded there, the same numbers as the product.
 
     Returns
     -------
@@ -179,6 +206,10 @@ def transport_state(state, old_shape, matrices):
         if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) == old_shape:
             if key in NONNEGATIVE_STATE_KEYS:
                 out[key] = transport_nonnegative(value, matrices)
+            elif embedded:
+                _check_tensor(value, matrices, "m")
+                cast = [None if b is None else b.to(value.dtype) for b in matrices]
+                out[key] = basis_change(value, cast, tuple(embedded))
             else:
                 out[key] = transport_linear(value, matrices)
         else:
