@@ -172,7 +172,7 @@ class KroneckerSum:
         self._block_cache = []  # entries (key objects, coefficients, blocks)
         self._constant = not any(callable(c) for c, _ in self._terms)
         self._constant_cache = {}
-        self._k_step_cache = None  # (factors, reduced matrices of every mode)
+        self._k_step_cache = None  # (factors, their reduced matrices or None per mode)
 
     def _index(self, j, a):
         for b, m in enumerate(self._distinct[j]):
@@ -284,11 +284,11 @@ class KroneckerSum:
         factors of an integrator's state are orthonormal), as :meth:`AppliedKroneckerSum.
         contract` marks it; the test costs one host transfer for all modes.
         """
-        ref = next(u for j, u in enumerate(factors) if j != skip)
+        ref = next(u for j, u in enumerate(factors) if j != skip and u is not None)
         mats = self._matrices(ref)
         out, grams = [], []
         for j, u in enumerate(factors):
-            if j == skip:
+            if j == skip or u is None:
                 out.append(None)
                 continue
             uh = _adjoint(u)
@@ -340,18 +340,20 @@ class KroneckerSum:
         costs ``Σ_b (B_{mode,b} K) G_b``. The optional fast path of
         :func:`tuckerflow.integrate.steps.k_step`.
         """
-        # the K-steps of one step share the factors: their reduced matrices are formed once
+        # the K-steps of one step share the factors: the reduced matrices of a factor are
+        # formed once (those of factors[mode] are not needed here)
         factors = list(factors)
-        cached = self._k_step_cache
-        if cached is not None and len(cached[0]) == len(factors):
-            same = all(a is b for j, (a, b) in enumerate(zip(cached[0], factors)) if j != mode)
-        else:
-            same = False
-        if same:
-            red = cached[1]
-        else:
-            red = self._reduced_modes(factors)
-            self._k_step_cache = (factors, red)
+        d = len(factors)
+        known, red = self._k_step_cache or ([None] * d, [None] * d)
+        if len(known) != d:
+            known, red = [None] * d, [None] * d
+        red = [r if known[j] is factors[j] else None for j, r in enumerate(red)]
+        need = [j for j in range(d) if j != mode and red[j] is None]
+        if need:
+            new = self._reduced_modes([factors[j] if j in need else None for j in range(d)])
+            for j in need:
+                red[j] = new[j]
+        self._k_step_cache = (factors, red)
         mats = self._matrices(core)
         smalls = []  # per term: Mat_mode(core ×_{j≠mode} R_{k,j}) @ right (shared when equal)
         seen = {}
