@@ -306,36 +306,47 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False):
 
 #: TDLRT option sets compared by the ablation (``None``: the TrainConfig default).
 ARMS = {
+    # the arms measured before ``--freeze-after auto`` and the removal budget became defaults
+    # keep them off, so that they mean what they meant when they were measured
     "dense": {"method": "dense"},
     "published": {
         "method": "tdlrt",
         "update_every": 1,
         "defer_truncation": False,
         "truncation_guard": False,
+        "freeze_after": None,
     },
-    # the arms measured before the removal budget became a default keep it off
     "guard only": {
         "method": "tdlrt",
         "update_every": 1,
         "truncation_guard": True,
         "truncation_budget": False,
+        "freeze_after": None,
     },
     "auto interval": {
         "method": "tdlrt",
         "update_every": "auto",
         "defer_truncation": False,
         "truncation_guard": False,
+        "freeze_after": None,
     },
     "auto + defer": {
         "method": "tdlrt",
         "update_every": "auto",
         "defer_truncation": True,
         "truncation_guard": False,
+        "freeze_after": None,
     },
     # auto + defer + guard
-    "defaults": {"method": "tdlrt", "truncation_budget": False},
+    "defaults": {"method": "tdlrt", "truncation_budget": False, "freeze_after": None},
     "defaults + freeze": {"method": "tdlrt", "freeze_after": "auto", "truncation_budget": False},
-    "defaults + rate limit": {"method": "tdlrt", "limit_truncation_rate": True},
+    "defaults + rate limit": {
+        "method": "tdlrt",
+        "limit_truncation_rate": True,
+        "freeze_after": None,
+    },
+    # TDLRT's constructor defaults since the removal budget became one (no freeze)
+    "defaults + budget": {"method": "tdlrt", "truncation_budget": True, "freeze_after": None},
     # the CLI defaults since the removal budget became a default
     "defaults + freeze + budget": {
         "method": "tdlrt",
