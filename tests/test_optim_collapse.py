@@ -288,23 +288,8 @@ def test_bad_collapse_options_are_refused():
 
 def _unchanged_weight_run(rate, steps=8):
     """Basis updates of a weight that does not move (zero gradient), spectrum 0.8^k."""
-    layer = WeightTucker((10, 10, 10), (8, 8, 8), seed=1)
-    core = torch.zeros(8, 8, 8, dtype=torch.float64)
-    for k in range(8):
-        core[k, k, k] = 0.8**k
-    with torch.no_grad():
-        layer.core.copy_(core / core.norm())
-    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-    tdlrt = TDLRT(
-        layer, opt, tau=0.3, update_every=1, limit_truncation_rate=rate, truncation_budget=False
-    )
-    seen = []
-    for _ in range(steps):
-        opt.zero_grad()
-        (0.0 * layer().sum()).backward()
-        tdlrt.step()
-        seen.append(tdlrt.ranks()[""][0])
-    return seen
+    layer, tdlrt = _still_weight_tdlrt(limit_truncation_rate=rate, truncation_budget=False)
+    return _still_steps(layer, tdlrt, steps)
 
 
 def test_the_relative_rule_drains_a_weight_that_does_not_move():
@@ -328,14 +313,16 @@ def test_the_rate_limit_needs_the_guard():
         TDLRT(layer, opt, limit_truncation_rate=1)
 
 
-def _still_weight_tdlrt(**options):
-    """A weight of spectrum 0.8^k (rank 8) that the steps do not move (zero gradient)."""
+def _still_weight_tdlrt(dtype=torch.float64, **options):
+    """A weight of spectrum 0.8^k (rank 8) that the steps do not move (zero gradient);
+    built in float64, then cast (the same starting point in every precision)."""
     layer = WeightTucker((10, 10, 10), (8, 8, 8), seed=1)
     core = torch.zeros(8, 8, 8, dtype=torch.float64)
     for k in range(8):
         core[k, k, k] = 0.8**k
     with torch.no_grad():
         layer.core.copy_(core / core.norm())
+    layer.to(dtype)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     return layer, TDLRT(layer, opt, tau=0.3, update_every=1, **options)
 
@@ -365,6 +352,21 @@ def test_the_budget_truncates_a_weight_that_does_not_move_once():
     lost = float((before - layer().detach()).norm())
     assert lost <= 0.3 * float(before.norm()) * (1 + 1e-12)
     assert 0.0 <= tdlrt.removal_budget[""] <= 0.3 * float(before.norm())
+
+
+def test_the_budget_decides_in_float32_as_in_float64():
+    # the budget's bookkeeping reads norms of the quantities computed; from the same start the
+    # float32 run keeps the same ranks at every update and charges the same budget up to
+    # float32 round-off of those norms
+    runs = {}
+    for dtype in (torch.float64, torch.float32):
+        layer, tdlrt = _still_weight_tdlrt(dtype)
+        runs[dtype] = (_still_steps(layer, tdlrt, 8), tdlrt.removal_budget[""], layer)
+    assert runs[torch.float32][0] == runs[torch.float64][0]
+    assert runs[torch.float64][0][0] < 8  # the first update did truncate
+    norm = float(runs[torch.float64][2]().detach().norm())
+    tol = 100 * torch.finfo(torch.float32).eps * norm
+    assert abs(runs[torch.float32][1] - runs[torch.float64][1]) <= tol
 
 
 def test_the_budget_grows_with_the_movement_and_survives_a_checkpoint():
