@@ -40,16 +40,21 @@ def _state(backend, dtype, shape, rank, seed):
     return tf.random_tucker(shape, rank, rng=seed, dtype=dtype, device=backend.device)
 
 
+def _case(backend, dtype, sr, seed, time_dependent):
+    """Shape, generator, operator and Tucker state of one drawn example."""
+    shape, rank = sr
+    gen = np.random.default_rng(seed % 1000)
+    op = _operator(shape, gen, time_dependent, "complex" in dtype)
+    return shape, gen, op, _state(backend, dtype, shape, rank, seed % 1000)
+
+
 @given(
     sr=shape_and_rank(min_dims=2, max_dims=4, max_side=6),
     seed=seeds,
     time_dependent=st.booleans(),
 )
 def test_reduced_galerkin_equals_the_contraction(backend, dtype, sr, seed, time_dependent):
-    shape, rank = sr
-    gen = np.random.default_rng(seed % 1000)
-    op = _operator(shape, gen, time_dependent, "complex" in dtype)
-    y = _state(backend, dtype, shape, rank, seed % 1000)
+    shape, gen, op, y = _case(backend, dtype, sr, seed, time_dependent)
     mats = [ct(u) for u in y.factors]
     g = op.reduced_galerkin(y.factors)
     for t in (0.0, 0.4):
@@ -69,10 +74,7 @@ def test_reduced_galerkin_equals_the_contraction(backend, dtype, sr, seed, time_
     time_dependent=st.booleans(),
 )
 def test_reduced_k_step_equals_the_unfolded_contraction(backend, dtype, sr, seed, time_dependent):
-    shape, rank = sr
-    gen = np.random.default_rng(seed % 1000)
-    op = _operator(shape, gen, time_dependent, "complex" in dtype)
-    y = _state(backend, dtype, shape, rank, seed % 1000)
+    shape, gen, op, y = _case(backend, dtype, sr, seed, time_dependent)
     mode = int(gen.integers(len(shape)))
     right = backend.tensor(
         gen.standard_normal((math.prod(r for j, r in enumerate(y.rank) if j != mode), 2)),

@@ -106,15 +106,27 @@ def test_the_guard_takes_the_same_decisions_in_float32_and_float64():
     assert ranks[torch.float32] == ranks[torch.float64]
 
 
-def _quadratic_run(guard, steps=40, **options):
-    target = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
+_QUADRATIC_TARGET = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
+
+
+def _quadratic_tdlrt(guard=True, **options):
+    """A rank-(3, 3, 3) weight pulled towards a rank-(3, 2, 2) target by SGD."""
     layer = WeightTucker((8, 6, 5), (3, 3, 3), seed=3, scale=2.0)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     tdlrt = TDLRT(layer, opt, tau=0.05, update_every=1, truncation_guard=guard, **options)
+    return layer, tdlrt
+
+
+def _quadratic_steps(layer, tdlrt, steps):
     for _ in range(steps):
-        opt.zero_grad()
-        (0.5 * ((layer() - target) ** 2).sum()).backward()
+        tdlrt.zero_grad()
+        (0.5 * ((layer() - _QUADRATIC_TARGET) ** 2).sum()).backward()
         tdlrt.step()
+
+
+def _quadratic_run(guard, steps=40, **options):
+    layer, tdlrt = _quadratic_tdlrt(guard, **options)
+    _quadratic_steps(layer, tdlrt, steps)
     return layer, tdlrt
 
 
@@ -122,7 +134,7 @@ def test_the_guard_changes_little_in_ordinary_training():
     # steps of a tenth of the distance to the target: the guard binds only at the margin
     # (a tail just under τ‖Ĉ‖ that holds a little more than τ‖Y₀‖ of the earlier weight)
     # and the runs end at the same ranks and nearly the same distance to the target
-    target = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
+    target = _QUADRATIC_TARGET
     guarded, tdlrt = _quadratic_run(True, truncation_budget=False)
     plain, tdlrt_plain = _quadratic_run(False)
     assert tdlrt.ranks() == tdlrt_plain.ranks()
@@ -370,30 +382,17 @@ def test_the_budget_decides_in_float32_as_in_float64():
 
 
 def test_the_budget_grows_with_the_movement_and_survives_a_checkpoint():
-    target = tucker_tensor((8, 6, 5), (3, 2, 2), seed=1)
-
-    def run(tdlrt, layer, steps):
-        for _ in range(steps):
-            tdlrt.zero_grad()
-            (0.5 * ((layer() - target) ** 2).sum()).backward()
-            tdlrt.step()
-
-    def make():
-        layer = WeightTucker((8, 6, 5), (3, 3, 3), seed=3, scale=2.0)
-        opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-        return layer, TDLRT(layer, opt, tau=0.05, update_every=1, truncation_budget=True)
-
-    layer, tdlrt = make()
-    run(tdlrt, layer, 5)
+    layer, tdlrt = _quadratic_tdlrt(truncation_budget=True)
+    _quadratic_steps(layer, tdlrt, 5)
     assert tdlrt.removal_budget[""] > 0.0
     state = copy.deepcopy(tdlrt.state_dict())
     assert state["removal_budget"] == tdlrt.removal_budget
-    layer2, tdlrt2 = make()
+    layer2, tdlrt2 = _quadratic_tdlrt(truncation_budget=True)
     tdlrt2.load_state_dict(state)
     layer2.load_state_dict(layer.state_dict())
     assert tdlrt2.removal_budget == tdlrt.removal_budget
-    run(tdlrt, layer, 10)
-    run(tdlrt2, layer2, 10)
+    _quadratic_steps(layer, tdlrt, 10)
+    _quadratic_steps(layer2, tdlrt2, 10)
     assert tdlrt2.removal_budget == tdlrt.removal_budget
     torch.testing.assert_close(layer2().detach(), layer().detach(), rtol=0, atol=0)
     # where training moves the layer, the ranks are those of the guard alone
