@@ -104,3 +104,67 @@ def test_rk4_equals_the_plain_formula_bit_for_bit_and_leaves_its_inputs(backend,
     for out, value in kept:
         np.testing.assert_array_equal(backend.numpy(out), value)
     np.testing.assert_array_equal(got, backend.numpy(plain(f, 0.3, Y0, 0.1)))
+
+
+def _exactly_exponentiable(k, scale, complex_, gen):
+    """``(a, exp(a))`` with ``exp(a)`` known in closed form: ``a = Q (D + s N) Qᴴ`` for a
+    unitary ``Q``, a diagonal (complex) or 2×2-rotation-block (real) ``D`` and the nilpotent
+    shift ``N`` (a non-normal Jordan-type part, whose series ends after ``k`` terms)."""
+    q, _ = np.linalg.qr(
+        gen.standard_normal((k, k)) + (1j * gen.standard_normal((k, k)) if complex_ else 0)
+    )
+    if complex_:
+        lam = scale * (gen.standard_normal(k) + 1j * gen.standard_normal(k))
+        core, exp_core = np.diag(lam), np.diag(np.exp(lam))
+    else:
+        core, exp_core = np.zeros((k, k)), np.zeros((k, k))
+        for b in range(0, k, 2):
+            alpha = scale * gen.standard_normal()
+            if b + 1 < k:
+                beta = scale * gen.standard_normal()
+                core[b : b + 2, b : b + 2] = [[alpha, beta], [-beta, alpha]]
+                c, s = np.cos(beta), np.sin(beta)
+                exp_core[b : b + 2, b : b + 2] = np.exp(alpha) * np.array([[c, s], [-s, c]])
+            else:
+                core[b, b], exp_core[b, b] = alpha, np.exp(alpha)
+    if not complex_:
+        return q @ core @ q.T, q @ exp_core @ q.T
+    # the Jordan-type part for the complex case: a = Q (λ I + N) Qᴴ, exp = e^λ Σ N^j / j!
+    lam = complex(scale * gen.standard_normal(), scale * gen.standard_normal())
+    shift = np.diag(np.full(k - 1, min(scale, 1.0) + 0j), 1)
+    series = sum(np.linalg.matrix_power(shift, j) / math.factorial(j) for j in range(k))
+    a = q @ (lam * np.eye(k) + shift) @ q.conj().T
+    return a, np.exp(lam) * (q @ series @ q.conj().T)
+
+
+@pytest.mark.parametrize("k", [1, 3, 12, 30])
+@pytest.mark.parametrize("scale", [0.0, 1e-3, 0.4, 3.0, 40.0])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_expm_small_matches_a_closed_form(k, scale, complex_):
+    from tuckerflow.integrate.substep import expm_small
+
+    a, exact = _exactly_exponentiable(k, scale, complex_, np.random.default_rng(k))
+    # scaling and squaring: the relative round-off grows with ‖a‖₁ (each of the ~log2 ‖a‖₁
+    # squarings doubles the error of the previous one); the reference is exact to a few eps
+    eps64 = np.finfo(np.float64).eps
+    tol = 50 * eps64 * max(1.0, float(np.abs(a).sum(axis=0).max()))
+    err = np.linalg.norm(expm_small(a) - exact) / np.linalg.norm(exact)
+    assert err <= tol
+
+
+def test_krylov_reads_two_values_per_basis_vector(backend):
+    from tuckerflow._host import counting
+
+    gen = np.random.default_rng(1)
+    m = backend.tensor(gen.standard_normal((20, 20)) / 8, "float64")
+    y0 = backend.tensor(gen.standard_normal((20, 3)), "float64")
+    calls = []
+
+    def f(t, y):
+        calls.append(t)
+        return tl.dot(m, y)
+
+    with counting() as n:
+        KrylovExponential()(f, 0.0, y0, 0.5)
+    # one norm of the start vector, then the Hessenberg column and h_{j+1,j} per vector
+    assert 2 <= len(calls) < 30 and n() == 1 + 2 * len(calls)
