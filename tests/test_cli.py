@@ -426,3 +426,25 @@ def test_an_interrupted_tdlrt_run_with_a_schedule_resumes_bit_for_bit(
     for key in b["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
     assert a["tdlrt"]["steps"] == b["tdlrt"]["steps"] == 15
+
+
+def test_demo_runs_the_cli_defaults(monkeypatch):
+    import dataclasses
+
+    import tuckerflow.demo as demo
+    from tuckerflow.train import TrainConfig
+
+    seen = []
+    monkeypatch.setattr(demo, "train", lambda config: seen.append(config) or {})
+    demo.run_demo(quiet=True)
+    assert [c.method for c in seen] == ["dense", "tdlrt"]
+    defaults = TrainConfig(method="tdlrt")
+    fixed = {*demo.DEMO_SETTINGS, "method", "tau", "factorize", "epochs", "out", "overwrite"}
+    fixed |= {"quiet"}
+    for config in seen:
+        for f in dataclasses.fields(TrainConfig):
+            if f.name not in fixed:
+                assert getattr(config, f.name) == getattr(defaults, f.name), f.name
+        assert config.epochs == defaults.epochs and config.tau == 0.2
+    # the settings it does fix leave the optimization alone
+    assert set(demo.DEMO_SETTINGS) == {"data", "model", "seed", "threads", "device"}
