@@ -546,3 +546,82 @@ def test_tdlrt_adds_no_graph_break_to_a_torch_optim_step():
         base = torch._dynamo.explain(plain.optimizer.step)()
     assert ours.graph_break_count == base.graph_break_count
     _compile_or_skip(tdlrt._core_prologue, fullgraph=True)
+
+
+def _fused(n_layers, on_nonfinite, dtype=torch.float64, defer=False):
+    model = chain(n_layers, dtype=dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, fused=True)
+    return model, TDLRT(
+        model, opt, tau=0.05, update_every=3, on_nonfinite=on_nonfinite, defer_truncation=defer
+    )
+
+
+def _snapshot(model, tdlrt):
+    params = [p.detach().clone() for p in model.parameters()]
+    state = [
+        {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+        for s in tdlrt.optimizer.state.values()
+    ]
+    return params, state
+
+
+def _same(a, b):
+    (pa, sa), (pb, sb) = a, b
+    return (
+        len(pa) == len(pb)
+        and all(torch.equal(x, y) for x, y in zip(pa, pb))
+        and len(sa) == len(sb)
+        and all(
+            x.keys() == y.keys()
+            and all(torch.equal(x[k], y[k]) if torch.is_tensor(x[k]) else x[k] == y[k] for k in x)
+            for x, y in zip(sa, sb)
+        )
+    )
+
+
+@pytest.mark.parametrize("defer", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_core_steps_of_a_fused_optimizer_read_nothing_and_skip_on_the_device(dtype, defer):
+    data = batches(dtype)
+    for n_layers in (2, 8):
+        model, tdlrt = _fused(n_layers, "skip", dtype, defer)
+        ref_model, ref = _fused(n_layers, "raise", dtype, defer)
+        ref_model.load_state_dict(model.state_dict())
+        counts, ref_counts = [], []
+        run_steps(model, tdlrt, data, 6, counts=counts)
+        run_steps(ref_model, ref, data, 6, counts=ref_counts)
+        assert [k for k, _ in counts] == ["adapt", "core", "core"] * 2
+        # no read between basis updates (a deferred truncation, the basis update's own
+        # work, reads once at the end of the interval); the basis updates read as before
+        assert [n for k, n in counts if k == "core"] == [0, int(defer)] * 2
+        assert [n for k, n in counts if k == "adapt"] == [n for k, n in ref_counts if k == "adapt"]
+        # the same steps as the host-checked path, bit for bit
+        assert _same(_snapshot(model, tdlrt), _snapshot(ref_model, ref))
+        assert tdlrt.skipped_steps == 0
+        # a NaN gradient at a core step: nothing changes, nothing is read, the skip is counted
+        run_steps(model, tdlrt, data, 1)  # the basis update that opens the next interval
+        assert tdlrt.next_step == "core"
+        x, y = data[0]
+        tdlrt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        next(iter(model.parameters())).grad.view(-1)[0] = float("nan")
+        before = _snapshot(model, tdlrt)
+        with _host.counting() as n:
+            tdlrt.step()
+        assert n() == 0 and _same(_snapshot(model, tdlrt), before)
+        with _host.counting() as n:
+            assert tdlrt.skipped_steps == 1
+        assert n() == 1
+        assert tdlrt.state_dict()["skipped_steps"] == 1
+
+
+def test_device_side_skipping_needs_a_fused_optimizer_and_skip_mode():
+    # plain SGD: host check
+    model, tdlrt = make(2, update_every=3, on_nonfinite="skip", defer_truncation=False)
+    counts = []
+    run_steps(model, tdlrt, batches(), 3, counts=counts)
+    assert [n for k, n in counts if k == "core"] == [1, 1]
+    model, tdlrt = _fused(2, "raise")  # raise must read the flag to raise at this step
+    counts = []
+    run_steps(model, tdlrt, batches(), 3, counts=counts)
+    assert [n for k, n in counts if k == "core"] == [1, 1]

@@ -241,6 +241,13 @@ class TDLRT(torch.optim.Optimizer):
     on_nonfinite : {"raise", "skip"}
         What a step does with a NaN/Inf gradient: raise :class:`NonFiniteGradientError` or
         return without a change. In both cases model and optimizer are left unchanged.
+        With ``"skip"`` and a base optimizer that skips on the device (those with
+        ``_step_supports_amp_scaling``, i.e. ``fused=True`` SGD, Adam, AdamW: they take the
+        ``found_inf`` flag ``torch.amp.GradScaler`` hands them), a step between basis
+        updates reads nothing from the device: the flag goes to the optimizer's fused
+        kernel, which leaves parameters and state as they were, and such a step still
+        counts towards ``update_every`` (the schedule cannot depend on a value the host
+        does not read); :attr:`skipped_steps` is then read from the device when asked for.
     freeze_ranks : bool
         Start with frozen ranks (fixed-rank BUG steps); see :meth:`freeze_ranks`.
     update_every : int or "auto"
@@ -557,6 +564,7 @@ class TDLRT(torch.optim.Optimizer):
         self._frozen = bool(freeze_ranks)
         self._steps = 0
         self.skipped_steps = 0
+        self._skipped_on_device = None  # flags of device-side skips not read yet
         #: Truncations whose ranks the guard raised (see ``truncation_guard``).
         self.guarded_truncations = 0
         #: ``{layer name: TruncationInfo}`` of the last truncation.
@@ -678,8 +686,23 @@ class TDLRT(torch.optim.Optimizer):
 
     @property
     def steps(self):
-        """Number of steps taken (skipped ones excluded)."""
+        """Number of steps taken (skipped ones excluded, except device-side skips between
+        basis updates: see ``on_nonfinite``)."""
         return self._steps
+
+    @property
+    def skipped_steps(self):
+        """Number of steps skipped for a NaN/Inf gradient (``on_nonfinite="skip"``)."""
+        if self._skipped_on_device is not None:
+            # the device-side skips since the last read, in one transfer
+            self._skipped += int(to_host(self._skipped_on_device))
+            self._skipped_on_device = None
+        return self._skipped
+
+    @skipped_steps.setter
+    def skipped_steps(self, value):
+        self._skipped_on_device = None
+        self._skipped = int(value)
 
     def zero_grad(self, set_to_none=True):
         """Zero the base optimizer's gradients and drop what the layers recorded.
@@ -823,6 +846,11 @@ class TDLRT(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if kind == "core" and closure is None and self._skips_on_device():
+            self._core_step_skipping_on_device()
+            self._steps += 1
+            self._end_of_interval()
+            return loss
         batched = kind != "core" and self._batched_step()
         with plain_precision():
             # a batched basis update reads this flag with its one transfer
@@ -910,6 +938,35 @@ class TDLRT(torch.optim.Optimizer):
             self._core_prologue()
         self._base_step(closure, loss)
 
+    def _skips_on_device(self):
+        """Whether a step between basis updates can skip a NaN/Inf gradient on the device."""
+        opt = self.optimizer
+        return (
+            self.on_nonfinite == "skip"
+            and bool(getattr(opt, "_step_supports_amp_scaling", False))
+            and getattr(opt, "found_inf", None) is None
+            and getattr(opt, "grad_scale", None) is None
+            and not torch.compiler.is_compiling()
+            # one flag for one device (GradScaler keeps one per device)
+            and len({p.device for g in opt.param_groups for p in g["params"]}) == 1
+        )
+
+    def _core_step_skipping_on_device(self):
+        """A step between basis updates without a host read: the NaN/Inf flag of the
+        gradients is handed to the base optimizer's fused kernel as ``found_inf`` (the
+        protocol of ``torch.amp.GradScaler``), which then changes nothing."""
+        with plain_precision():
+            flag = 1.0 - self._finite_flag(self._visible_grads())  # 1: skip
+            self._core_prologue()
+            opt = self.optimizer
+            opt.found_inf, opt.grad_scale = flag, None
+            try:
+                opt.step()
+            finally:
+                del opt.found_inf, opt.grad_scale
+        pending = self._skipped_on_device
+        self._skipped_on_device = flag if pending is None else pending + flag
+
     def _core_prologue(self):
         """What a step between basis updates adds to the base optimizer's step."""
         with torch.no_grad():
@@ -992,6 +1049,11 @@ class TDLRT(torch.optim.Optimizer):
         return [p.grad for g in self.optimizer.param_groups for p in g["params"]]
 
     def _all_finite(self, tensors):
+        return bool(to_host(self._finite_flag(tensors)) > 0)
+
+    def _finite_flag(self, tensors):
+        """1.0 (float32, on the device) if every entry of ``tensors`` on every process is
+        finite, else 0.0; nothing is read."""
         tensors = [t for t in tensors if t is not None]
         if tensors:
             # max |entry| over all tensors (grouped multi-tensor kernels where available):
@@ -1005,7 +1067,7 @@ class TDLRT(torch.optim.Optimizer):
             flag = flag.to(torch.float32)
         else:
             flag = torch.ones((), device=self._device())
-        return bool(to_host(agree_flags(flag, "min")) > 0)
+        return agree_flags(flag, "min")
 
     def _resolve_edits(self):
         """What ``core.grad`` of each layer holds; raises before any change if one-pass
