@@ -607,8 +607,17 @@ def test_float32_gram_path_falls_back_at_a_near_tie(monkeypatch, dtype):
         (near.to(dtype), [None if u is None else u.to(dtype) for u in U_near], 1, None),
         (far.to(dtype), [None if u is None else u.to(dtype) for u in U_far], 1, None),
     ]
+    redone = []
+    again = _batched._wide_again
+
+    def record(q):
+        redone.append(q.c_hat)
+        return again(q)
+
+    monkeypatch.setattr(_batched, "_wide_again", record)
     (fast, n_fast), (wide, n_wide) = _run_both_paths(monkeypatch, items, tau)
     assert n_wide == 1 and n_fast == 2
+    assert len(redone) == 1 and redone[0] is items[0][0]
     for (Y1, _, i1, _), (Y0, _, _, _) in zip(fast, wide):
         assert Y1.rank == Y0.rank
         assert i1.methods[:2] == ["gram", "gram"]

@@ -560,7 +560,7 @@ def _unfold(x, mode):
 
 #: Factor of the error estimate ``√n · eps32 · ‖Ĉ‖²`` of a Gram matrix of an unfolding
 #: with rows of length ``n``, formed and decomposed in float32 (see :class:`_Certificate`).
-FAST_GRAM_MARGIN = 4.0
+FAST_GRAM_MARGIN = 2.0
 
 _EPS32 = float(np.finfo(np.float32).eps)
 
