@@ -594,8 +594,8 @@ class _Certificate:
     (``u = eps32/2``); the float32 ``eigh`` adds about ``√m_i · u · ‖Ĉ‖²``, within it as
     ``m_i < n_i`` on this path. It is an estimate, not a worst-case bound (that would be
     ``n_i · u · ‖Ĉ‖²``, far above the gaps the rules resolve); the measured errors on TDLRT
-    cores are below a sixth of it. The float64 path's errors are ``eps64/eps32`` times
-    smaller. Hence:
+    cores are at most 0.12 of it (tails: 0.06 of theirs). The float64 path's errors are
+    ``eps64/eps32`` times smaller. Hence:
 
     - every eigenvalue moves by at most ``δ_i`` (Weyl), every tail ``Σ_{j≥ρ} σ_j²`` by
       about ``Σ_{j≥ρ} v_jᴴ E_i v_j`` (first order: ``m_i − ρ`` terms of varying signs),
