@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import tensorly as tl
 import torch
@@ -615,7 +616,8 @@ def test_float32_gram_path_falls_back_at_a_near_tie(monkeypatch, dtype):
         return again(q)
 
     monkeypatch.setattr(_batched, "_wide_again", record)
-    (fast, n_fast), (wide, n_wide) = _run_both_paths(monkeypatch, items, tau)
+    refs = [0.9 * c for c, _, _, _ in items]
+    (fast, n_fast), (wide, n_wide) = _run_both_paths(monkeypatch, items, tau, refs)
     assert n_wide == 1 and n_fast == 2
     assert len(redone) == 1 and redone[0] is items[0][0]
     for (Y1, _, i1, _), (Y0, _, _, _) in zip(fast, wide):
@@ -627,6 +629,34 @@ def test_float32_gram_path_falls_back_at_a_near_tie(monkeypatch, dtype):
     scale = float(torch.linalg.vector_norm(Y0.core))
     assert float(torch.linalg.vector_norm(Y1.core - Y0.core)) <= 50 * EPS64 * scale
     assert i1.error_bound == pytest.approx(i0.error_bound, rel=1e-12)
+    # and what the guard reads, from the second transfer
+    g1, g0 = fast[0][3], wide[0][3]
+    assert g1.norm_reference == pytest.approx(g0.norm_reference, rel=1e-12)
+    assert g1.norm_change == pytest.approx(g0.norm_change, rel=1e-12)
+    assert g1.discarded == pytest.approx(g0.discarded, rel=1e-9)
+    for i in g0.remainders:
+        assert np.allclose(g1.remainders[i], g0.remainders[i], rtol=1e-9, atol=0)
+
+
+def test_float32_gram_retruncation_falls_back_when_not_certain(monkeypatch):
+    """The guard's truncation with a raised floor is certified like the first one; when it
+    is not certain, the core is factored again in float64 (one transfer) and the result is
+    the float64 path's truncation with that floor."""
+    ref = _cores([((24, 20, 3, 3), (6, 5, 3, 3), (0, 1))], 0)
+    items = [(c.float(), [None if u is None else u.float() for u in U], 1, None) for c, U in ref]
+    refs = [c for c, _, _, _ in items]
+    (fast, _), (wide, _) = _run_both_paths(monkeypatch, items, 0.1, refs)
+    floor = [r + 2 if i < 2 else r for i, r in enumerate(fast[0][0].rank)]
+    want = wide[0][3].retruncate(floor)
+    monkeypatch.setattr(_batched, "_FLOAT32_GRAM", True)
+    monkeypatch.setattr(_batched._Certificate, "per_mode", lambda self, ranks, floors: False)
+    with _host.counting() as n:
+        got = fast[0][3].retruncate(floor)
+    assert n() == 1
+    assert got[0].rank == want[0].rank == tuple(floor)
+    scale = float(torch.linalg.vector_norm(want[0].core))
+    assert float(torch.linalg.vector_norm(got[0].core - want[0].core)) <= 50 * EPS64 * scale
+    assert got[2].error_bound == pytest.approx(want[2].error_bound, rel=1e-12)
 
 
 def test_certain_greedy_lowering_is_the_greedy_lowering():
