@@ -142,7 +142,11 @@ def _gram_stack(a):
 
 def _gram_eigh(work, dtype, real):
     """``(u, s)`` of the Gram matrices ``work workᴴ`` (``work`` already in >= float64)."""
-    g = work @ work.conj().transpose(-2, -1)
+    return _eigh_of_gram(work @ work.conj().transpose(-2, -1), dtype, real)
+
+
+def _eigh_of_gram(g, dtype, real):
+    """``(u, s)`` from a stack of Gram matrices ``g``: descending, signs as ``flip_signs``."""
     lam, v = torch.linalg.eigh(g)
     # the sign convention acts column by column: applied in place before the columns are
     # put in descending order (one reversal, at the output precision)
@@ -400,14 +404,21 @@ def _device_pass(reqs):
     for (q, i), (u, s) in zip(owners, left_singular(mats, methods)):
         q.pairs[i] = (u, s)
     for ((m, n, dtype, wide), device), members in grams.items():
-        # the Gram path's stack (float64, or the core's float32 where certified), written
-        # by one copy per unfolding (the mode permutation and the conversion together)
-        stack = torch.empty((len(members), m, n), dtype=wide, device=device)
+        # one Gram product per unfolding, in float64 (or the core's float32 where
+        # certified), each unfolding written by at most one copy (the mode permutation and
+        # the conversion together; none for a leading mode in the core's dtype), then one
+        # batched eigh
+        stack = torch.empty((len(members), m, m), dtype=wide, device=device)
         for k, (q, i) in enumerate(members):
-            rest = [q.cshape[j] for j in range(len(q.cshape)) if j != i]
-            stack[k].view(m, *rest).copy_(torch.movedim(q.work, i, 0))
+            if i == 0 and wide == dtype:
+                a = q.work.reshape(m, n)
+            else:
+                rest = [q.cshape[j] for j in range(len(q.cshape)) if j != i]
+                a = torch.empty((m, n), dtype=wide, device=device)
+                a.view(m, *rest).copy_(torch.movedim(q.work, i, 0))
+            torch.matmul(a, a.conj().T, out=stack[k])
         real = torch.empty((), dtype=dtype).real.dtype
-        us, ss = _gram_eigh(stack, dtype, real)
+        us, ss = _eigh_of_gram(stack, dtype, real)
         for k, (q, i) in enumerate(members):
             q.pairs[i] = (us[k], ss[k])
     for q in reqs:
@@ -480,7 +491,7 @@ def _guard_slots(q, slot):
         def reference():
             return y
 
-    e2 = z.abs().square_() if z.is_complex() else z.square()
+    e2 = z.abs().square_() if z.is_complex() else z.square_()
     others = tuple(j for j in range(e2.dim()) if j not in q.free)
     block = e2.sum(dim=others) if others else e2
     table = block
