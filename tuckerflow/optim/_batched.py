@@ -726,7 +726,7 @@ def _finish(q, host, certify=False):
 
     ``certify``: the Gram matrices were formed and decomposed in float32; returns None
     when a rank decision lies within that path's round-off of flipping (see
-    :func:`_certain`), else the result as the float64 path decides it.
+    :class:`_Certificate`), else the result as the float64 path decides it.
     """
     sl = q.slots
     top, umax = float(host[sl["top"]][0]), float(host[sl["umax"]][0])
