@@ -659,6 +659,40 @@ def test_float32_gram_retruncation_falls_back_when_not_certain(monkeypatch):
     assert got[2].error_bound == pytest.approx(want[2].error_bound, rel=1e-12)
 
 
+def test_float32_gram_path_keeps_the_tdlrt_trajectory(monkeypatch):
+    """A float32 TDLRT run whose convolution (augmented to 6 × 3 × 3 × 3, truncated to
+    rank 3 in its first mode) and last layer truncate through the float32 Gram path takes
+    the ranks and guard decisions of the same run through the float64 path, step by step,
+    with the same transfers per step."""
+    runs, certified = {}, []
+    lower = _batched._lower_ranks_certainly
+
+    def counted(*args):
+        out = lower(*args)
+        certified.append(out[1])
+        return out
+
+    monkeypatch.setattr(_batched, "_lower_ranks_certainly", counted)
+    for flag in (True, False):
+        monkeypatch.setattr(_batched, "_FLOAT32_GRAM", flag)
+        model, tdlrt = make(3, dtype=torch.float32)
+        ranks, counts, losses = [], [], []
+        data = batches(torch.float32)
+        for k in range(6):
+            run_steps(model, tdlrt, data[k % len(data) :] + data[: k % len(data)], 1, counts=counts)
+            ranks.append(tdlrt.ranks())
+            x, y = data[0]
+            losses.append(float(F.cross_entropy(model(x), y).detach()))
+        runs[flag] = (ranks, counts, tdlrt.guarded_truncations, losses)
+    (r1, c1, g1, l1), (r0, c0, g0, l0) = runs[True], runs[False]
+    assert r1 == r0 and c1 == c0 and g1 == g0
+    # two layers per step (the convolution and the last linear layer) took the float32
+    # Gram path, certain every time, and their truncations lowered ranks
+    assert len(certified) == 12 and all(certified)
+    assert r0[-1]["0"] == (3, 3, 3, 3) and r0[-1]["5"] == (3, 3)
+    assert l1 == pytest.approx(l0, rel=1e-3)
+
+
 def test_certain_greedy_lowering_is_the_greedy_lowering():
     """The certificate's copy of the greedy lowering takes the same ranks as
     :func:`tuckerflow.ranks.lower_ranks_greedily` on random monotone error tables; it is
