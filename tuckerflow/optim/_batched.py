@@ -620,8 +620,9 @@ class _Certificate:
       (``t_j``: the tails, widened by their bound; the first-order change in the subspace of
       mode ``i`` pairs the discarded parts of mode ``i`` and of the other modes, as that
       subspace is invariant under ``Mat_i(Ĉ)Mat_i(Ĉ)ᴴ``; the second-order term is the
-      leading one of the perturbation series; ``Σ_i δ_i`` covers the float32 rotation,
-      whose error is of order ``√m_i · eps32 · ‖Ĉ‖²``).
+      leading one of the perturbation series; ``Σ_i δ_i`` covers the rounding of the
+      float32 rotation, which moves an entry ``‖g_box‖²`` by about ``2⟨g_box, Δg_box⟩``,
+      ``Δg`` of relative size ``√m_i · u`` with varying signs, as in the float64 path).
 
     A decision is certain when every comparison of the rules is decided with room for
     these bounds; then the float64 path takes the same one.
