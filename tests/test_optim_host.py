@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import tensorly as tl
 import torch
@@ -339,6 +340,9 @@ def test_batched_k_steps_equal_kstep_bases(dtype):
         assert _close(C1, C0, dtype, float(torch.linalg.vector_norm(C0)))
 
 
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+
+
 def _vector_condition(s, r):
     """``σ_1 / min gap`` of the leading ``r + 1`` singular values: how far round-off of the
     matrix moves the kept singular vectors, relative to ``eps``."""
@@ -373,19 +377,35 @@ def test_batched_truncation_equals_truncate_core(dtype):
     with _host.counting() as n:
         got = _batched.truncate_cores(items, 0.05)
     assert n() == 1
-    for (Y1, _, i1, guard), (Y0, _, i0) in zip(got, expected):
+    for (core, _, _, _), (Y1, _, i1, guard), (Y0, _, i0) in zip(items, got, expected):
         assert guard is None  # no weight before the update given: nothing for the guard
         assert Y1.rank == Y0.rank
         assert _close(Y1.core, Y0.core, dtype, float(torch.linalg.vector_norm(Y0.core)))
         for i, (a, b) in enumerate(zip(Y1.factors, Y0.factors)):
             assert _close(a, b, dtype, cond=_vector_condition(i0.singular_values[i], Y0.rank[i]))
-        for a, b in zip(i1.tails, i0.tails):
-            assert math.isclose(a, b, rel_tol=1e-4 if dtype == torch.float32 else 1e-10)
+        for i, (a, b) in enumerate(zip(i1.tails, i0.tails)):
+            if dtype == torch.float32 and i1.methods[i] == "gram":
+                # the Gram matrix formed and decomposed in float32: the certificate's bound
+                assert abs(a**2 - b**2) <= _gram_tail_bound(core, i)
+            else:
+                assert math.isclose(a, b, rel_tol=1e-4 if dtype == torch.float32 else 1e-10)
         # the error bound from the prefix sums: within its round-off, 4 N eps64 ‖Ĉ‖²
         norm2 = float(torch.linalg.vector_norm(items[0][0].double())) ** 2
         assert abs(i1.error_bound**2 - i0.error_bound**2) <= 4 * 1e3 * EPS64 * norm2 + 1e-3 * (
             i0.error_bound**2
         )
+
+
+def _gram_delta(core, mode):
+    """The certificate's estimate ``δ_i`` of the float32 Gram error of ``Mat_i(core)``."""
+    m, size = core.shape[mode], core.numel()
+    norm2 = float(torch.linalg.vector_norm(core.double())) ** 2
+    return _batched.FAST_GRAM_MARGIN * math.sqrt(size / m**2) * FLOAT32_EPS * norm2
+
+
+def _gram_tail_bound(core, mode):
+    """``√m_i · δ_i``: how far a tail² of the float32 Gram path may be from float64's."""
+    return math.sqrt(core.shape[mode]) * _gram_delta(core, mode)
 
 
 def _cores(shapes, seed):
@@ -454,6 +474,254 @@ def test_batched_truncation_in_float32_takes_the_float64_decisions(seed):
     with tl.backend_context("pytorch"):
         for (c, U), r in zip(ref, ranks[torch.float64]):
             assert truncate_core(c, U, rtol=tau, method="hosvd")[0].rank == r
+
+
+def _projector_gap(a, b):
+    """``‖aaᴴ − bbᴴ‖₂`` of two orthonormal bases: the sine of their largest angle."""
+    a, b = a.double(), b.double()
+    return float(torch.linalg.matrix_norm(a @ a.conj().T - b @ b.conj().T, ord=2))
+
+
+def _angle_bound(core, s, mode, r):
+    """The certificate's angle bound ``δ_i / (σ_{r−1}² − σ_r² − 2δ_i)`` (0 for a full mode)."""
+    lam = [float(v) ** 2 for v in s]
+    if r >= len(lam):
+        return 0.0
+    delta = _gram_delta(core, mode)
+    return delta / (lam[r - 1] - lam[r] - 2 * delta)
+
+
+def _run_both_paths(monkeypatch, items, tau, references=None, blocks=None):
+    """``truncate_cores`` by the float32 Gram path and by the float64 one, with the number
+    of transfers of each: ``(fast, n_fast), (wide, n_wide)``."""
+    out = []
+    for flag in (True, False):
+        monkeypatch.setattr(_batched, "_FLOAT32_GRAM", flag)
+        with _host.counting() as n:
+            got = _batched.truncate_cores(items, tau, references, blocks)
+        out.append((got, n()))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float32_gram_path_takes_the_float64_path_decisions(monkeypatch, dtype, seed):
+    """TDLRT-like augmented cores (a low-rank block and a small dense part) whose Gram
+    matrices are formed in the core's dtype where certified: the same ranks as the float64
+    path, in one transfer; bases within the certificate's angle bound, cores and the
+    reported error within the table bound, tails within theirs, and the guard's norms as
+    the float64 path's. float64 cores take the float64 path (the same results)."""
+    shapes = [
+        ((24, 20, 3, 3), (6, 5, 3, 3), (0, 1)),
+        ((32, 32, 3, 3), (8, 8, 3, 3), (0, 1)),
+        ((16, 18, 3, 3), (5, 6, 3, 3), (1,)),
+        ((40, 30), (6, 5), (0, 1)),  # the QR path (m² ≥ size): unchanged
+    ]
+    tau = 0.1
+    ref = _cores(shapes, seed)
+    items = [
+        (c.to(dtype), [None if u is None else u.to(dtype) for u in U], 1, None) for c, U in ref
+    ]
+    g = torch.Generator().manual_seed(seed + 10)
+    refs = [
+        c.to(dtype) + 1e-3 * torch.randn(c.shape, generator=g, dtype=torch.float64).to(dtype)
+        for c, _ in ref
+    ]
+    (fast, n_fast), (wide, n_wide) = _run_both_paths(monkeypatch, items, tau, refs)
+    assert n_fast == 1 and n_wide == 1
+    for (core, _, _, _), (Y1, P1, i1, g1), (Y0, P0, i0, g0) in zip(items, fast, wide):
+        assert Y1.rank == Y0.rank
+        free = [i for i, p in enumerate(P0) if p is not None]
+        if dtype == torch.float64:
+            assert torch.equal(Y1.core, Y0.core)
+            assert all(torch.equal(a, b) for a, b in zip(Y1.factors, Y0.factors))
+            continue
+        norm = float(torch.linalg.vector_norm(core.double()))
+        angles = {}
+        for i in free:
+            if i1.methods[i] != "gram":
+                assert _close(
+                    P1[i], P0[i], dtype, cond=_vector_condition(i0.singular_values[i], Y0.rank[i])
+                )
+                angles[i] = 0.0
+                continue
+            angles[i] = _angle_bound(core, i0.singular_values[i], i, Y0.rank[i])
+            assert 0.0 <= angles[i] < 1.0
+            # the kept subspaces, and the factors' (Û_i orthonormal)
+            margin = 50 * FLOAT32_EPS
+            assert _projector_gap(P1[i], P0[i]) <= angles[i] + margin
+            assert _projector_gap(Y1.factors[i], Y0.factors[i]) <= angles[i] + margin
+            assert abs(i1.tails[i] ** 2 - i0.tails[i] ** 2) <= _gram_tail_bound(core, i)
+        # the truncated tensors in the augmented coordinates, and the reported error
+        x1 = _expand(Y1.core.double(), [None if p is None else p.double() for p in P1])
+        x0 = _expand(Y0.core.double(), [None if p is None else p.double() for p in P0])
+        assert (
+            torch.linalg.vector_norm(x1 - x0)
+            <= (2 * sum(angles.values()) + 100 * FLOAT32_EPS) * norm
+        )
+        delta_t = sum(_gram_delta(core, i) for i in free if i1.methods[i] == "gram")
+        delta_t += sum(2 * a * norm**2 + a * a * norm**2 for a in angles.values())
+        assert abs(i1.error_bound**2 - i0.error_bound**2) <= delta_t + 1e3 * FLOAT32_EPS * norm**2
+        assert i1.error_bound <= i1.tolerance * (1 + 1e-6)
+        # the guard's norms: those of Y₀ exactly as float64's, the discarded part within the
+        # subspace angles
+        assert g1.norm_reference == g0.norm_reference and g1.norm_change == g0.norm_change
+        if g0.discarded is not None:
+            d2 = abs(g1.discarded**2 - g0.discarded**2)
+            assert d2 <= (2 * sum(angles.values()) + 100 * FLOAT32_EPS) * g0.norm_reference**2
+
+
+def _core_with_spectrum(sigma, rotations_seed, dtype):
+    """A ``(m, m, 3, 3)`` core whose mode-0 and mode-1 unfoldings have the singular values
+    ``sigma`` (``C[a, b] = δ_ab σ_a W_a``, ``W_a`` of unit norm, rotated in both modes)."""
+    g = torch.Generator().manual_seed(rotations_seed)
+    m = len(sigma)
+    core = torch.zeros(m, m, 3, 3, dtype=torch.float64)
+    for a, s in enumerate(sigma):
+        w = torch.randn(3, 3, generator=g, dtype=torch.float64)
+        core[a, a] = s * w / torch.linalg.vector_norm(w)
+    for i in (0, 1):
+        q = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))[0]
+        core = torch.movedim(torch.tensordot(q, core, dims=([1], [i])), 0, i)
+    U = [
+        torch.linalg.qr(torch.randn(2 * m, m, generator=g, dtype=torch.float64))[0]
+        for _ in range(2)
+    ]
+    return core.to(dtype), [u.to(dtype) for u in U] + [None, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_float32_gram_path_falls_back_at_a_near_tie(monkeypatch, dtype):
+    """A mode-0 tail equal to its budget ``ϑ²/2`` up to ``1e-9 ‖Ĉ‖²``, far inside the
+    float32 Gram error: the certificate refuses that core, which is factored again in
+    float64 (a second transfer); the result is the float64 path's. The other core, with
+    well separated values, keeps the float32 path (the same ranks as float64)."""
+    tau, m, k = 0.1, 16, 6
+    # k values of 1, then m − k equal small values whose tail² is exactly (τ‖Ĉ‖)²/2 when
+    # ‖Ĉ‖² = k + tail² (the per-mode budget of the first mode)
+    tail2 = tau**2 * k / 2 / (1 - tau**2 / 2)
+    small = math.sqrt(tail2 * (1 + 1e-9) / (m - k))
+    near, U_near = _core_with_spectrum([1.0] * k + [small] * (m - k), 0, torch.float64)
+    apart = [2.0**-j for j in range(m)]
+    far, U_far = _core_with_spectrum(apart, 1, torch.float64)
+    items = [
+        (near.to(dtype), [None if u is None else u.to(dtype) for u in U_near], 1, None),
+        (far.to(dtype), [None if u is None else u.to(dtype) for u in U_far], 1, None),
+    ]
+    redone = []
+    again = _batched._wide_again
+
+    def record(q):
+        redone.append(q.c_hat)
+        return again(q)
+
+    monkeypatch.setattr(_batched, "_wide_again", record)
+    refs = [0.9 * c for c, _, _, _ in items]
+    (fast, n_fast), (wide, n_wide) = _run_both_paths(monkeypatch, items, tau, refs)
+    assert n_wide == 1 and n_fast == 2
+    assert len(redone) == 1 and redone[0] is items[0][0]
+    for (Y1, _, i1, _), (Y0, _, _, _) in zip(fast, wide):
+        assert Y1.rank == Y0.rank
+        assert i1.methods[:2] == ["gram", "gram"]
+    # the refused core: the float64 path's numbers (up to the batch composition)
+    Y1, _, i1, _ = fast[0]
+    Y0, _, i0, _ = wide[0]
+    scale = float(torch.linalg.vector_norm(Y0.core))
+    assert float(torch.linalg.vector_norm(Y1.core - Y0.core)) <= 50 * EPS64 * scale
+    assert i1.error_bound == pytest.approx(i0.error_bound, rel=1e-12)
+    # and what the guard reads, from the second transfer
+    g1, g0 = fast[0][3], wide[0][3]
+    assert g1.norm_reference == pytest.approx(g0.norm_reference, rel=1e-12)
+    assert g1.norm_change == pytest.approx(g0.norm_change, rel=1e-12)
+    assert g1.discarded == pytest.approx(g0.discarded, rel=1e-9)
+    for i in g0.remainders:
+        assert np.allclose(g1.remainders[i], g0.remainders[i], rtol=1e-9, atol=0)
+
+
+def test_float32_gram_retruncation_falls_back_when_not_certain(monkeypatch):
+    """The guard's truncation with a raised floor is certified like the first one; when it
+    is not certain, the core is factored again in float64 (one transfer) and the result is
+    the float64 path's truncation with that floor."""
+    ref = _cores([((24, 20, 3, 3), (6, 5, 3, 3), (0, 1))], 0)
+    items = [(c.float(), [None if u is None else u.float() for u in U], 1, None) for c, U in ref]
+    refs = [c for c, _, _, _ in items]
+    (fast, _), (wide, _) = _run_both_paths(monkeypatch, items, 0.1, refs)
+    floor = [r + 2 if i < 2 else r for i, r in enumerate(fast[0][0].rank)]
+    want = wide[0][3].retruncate(floor)
+    monkeypatch.setattr(_batched, "_FLOAT32_GRAM", True)
+    monkeypatch.setattr(_batched._Certificate, "per_mode", lambda self, ranks, floors: False)
+    with _host.counting() as n:
+        got = fast[0][3].retruncate(floor)
+    assert n() == 1
+    assert got[0].rank == want[0].rank == tuple(floor)
+    scale = float(torch.linalg.vector_norm(want[0].core))
+    assert float(torch.linalg.vector_norm(got[0].core - want[0].core)) <= 50 * EPS64 * scale
+    assert got[2].error_bound == pytest.approx(want[2].error_bound, rel=1e-12)
+
+
+def test_float32_gram_path_keeps_the_tdlrt_trajectory(monkeypatch):
+    """A float32 TDLRT run whose convolution (augmented to 6 × 3 × 3 × 3, truncated to
+    rank 3 in its first mode) and last layer truncate through the float32 Gram path takes
+    the ranks and guard decisions of the same run through the float64 path, step by step,
+    with the same transfers per step."""
+    runs, certified = {}, []
+    lower = _batched._lower_ranks_certainly
+
+    def counted(*args):
+        out = lower(*args)
+        certified.append(out[1])
+        return out
+
+    monkeypatch.setattr(_batched, "_lower_ranks_certainly", counted)
+    for flag in (True, False):
+        monkeypatch.setattr(_batched, "_FLOAT32_GRAM", flag)
+        model, tdlrt = make(3, dtype=torch.float32)
+        ranks, counts, losses = [], [], []
+        data = batches(torch.float32)
+        for k in range(6):
+            run_steps(model, tdlrt, data[k % len(data) :] + data[: k % len(data)], 1, counts=counts)
+            ranks.append(tdlrt.ranks())
+            x, y = data[0]
+            losses.append(float(F.cross_entropy(model(x), y).detach()))
+        runs[flag] = (ranks, counts, tdlrt.guarded_truncations, losses)
+    (r1, c1, g1, l1), (r0, c0, g0, l0) = runs[True], runs[False]
+    assert r1 == r0 and c1 == c0 and g1 == g0
+    # two layers per step (the convolution and the last linear layer) took the float32
+    # Gram path, certain every time, and their truncations lowered ranks
+    assert len(certified) == 12 and all(certified)
+    assert r0[-1]["0"] == (3, 3, 3, 3) and r0[-1]["5"] == (3, 3)
+    assert l1 == pytest.approx(l0, rel=1e-3)
+
+
+def test_certain_greedy_lowering_is_the_greedy_lowering():
+    """The certificate's copy of the greedy lowering takes the same ranks as
+    :func:`tuckerflow.ranks.lower_ranks_greedily` on random monotone error tables; it is
+    certain with no error allowed (no ties), and not certain once the allowed error
+    exceeds the smallest gap of its comparisons."""
+    from tuckerflow.ranks import lower_ranks_greedily
+
+    rng = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        shape = (7, 6, 5)[: 2 + trial % 2]
+        w = torch.rand(*shape, generator=rng, dtype=torch.float64) ** 3
+        table = w
+        for ax in range(w.dim()):
+            table = torch.cumsum(table, dim=ax)
+        total = float(w.sum())
+
+        def error2(r, table=table, total=total):
+            return max(total - float(table[tuple(v - 1 for v in r)]), 0.0)
+
+        start = tuple(shape)
+        floor = tuple(1 + trial % 2 for _ in shape)
+        budget2 = float(torch.rand((), generator=rng)) * 0.5 * total
+        want = lower_ranks_greedily(start, floor, error2, budget2)
+        got, certain = _batched._lower_ranks_certainly(start, floor, error2, budget2, lambda r: 0.0)
+        assert got == want and certain
+        got, certain = _batched._lower_ranks_certainly(
+            start, floor, error2, budget2, lambda r, total=total: total
+        )
+        assert got == want and not certain
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128])

@@ -12,9 +12,12 @@ the same LAPACK/cuSOLVER routines on the same matrices, the same sign convention
 all layers of a step: every factorisation and the prefix sums of the exact-error table are
 computed on the device, then **one** host transfer brings the singular values, norms and
 tables of all layers, and the rank decisions are taken on the host by the same rules
-(:mod:`tuckerflow.ranks`). Given the weight before the update of a layer, the same transfer
-carries what TDLRT's truncation guard decides with (:class:`GuardData`), and a truncation
-with a raised rank floor is then taken on the host without another transfer.
+(:mod:`tuckerflow.ranks`). Single-precision cores form their Gram matrices in single
+precision where a certificate shows the decisions are the float64 path's; the others are
+factored again in float64 (a second transfer, only then). Given the weight before the
+update of a layer, the same transfer carries what TDLRT's truncation guard decides with
+(:class:`GuardData`), and a truncation with a raised rank floor is then taken on the host
+without another transfer.
 """
 
 from __future__ import annotations
@@ -139,7 +142,11 @@ def _gram_stack(a):
 
 def _gram_eigh(work, dtype, real):
     """``(u, s)`` of the Gram matrices ``work workᴴ`` (``work`` already in >= float64)."""
-    g = work @ work.conj().transpose(-2, -1)
+    return _eigh_of_gram(work @ work.conj().transpose(-2, -1), dtype, real)
+
+
+def _eigh_of_gram(g, dtype, real):
+    """``(u, s)`` from a stack of Gram matrices ``g``: descending, signs as ``flip_signs``."""
     lam, v = torch.linalg.eigh(g)
     # the sign convention acts column by column: applied in place before the columns are
     # put in descending order (one reversal, at the output precision)
@@ -224,10 +231,14 @@ class _Request:
         "max_rank_arg",
         "reference",
         "block",
+        "fast",
+        "host",
     )
 
     def __init__(self):
         self.pairs = {}
+        self.fast = False
+        self.host = None
 
 
 def _prepare(c_hat, U_hats, rtol, min_rank, max_rank):
@@ -294,6 +305,18 @@ def truncate_cores(items, rtol, references=None, blocks=None):
     below ``4 N eps64 ‖Ĉ‖²`` in the square (``N`` entries), the margin the rank decision
     already allows for.
 
+    Notes
+    -----
+    float32 and complex64 cores form and decompose their Gram matrices in their own dtype
+    (float64 otherwise, as ``truncate_core``), and each such core's rank decisions are
+    certified on the host to be those of the float64 path (:class:`_Certificate`: every
+    comparison of the rules decided with room for the float32 path's error estimates). A
+    core that is not certain is factored again in float64, in a second transfer shared by
+    all such cores; its result is then the float64 path's. Certified results agree with the
+    float64 path's to the certificate's bounds: kept subspaces within the angle
+    ``δ_i / (σ_{r−1}² − σ_r² − 2δ_i)``, tails² within ``√m_i δ_i``, ``error_bound²`` within
+    the table bound (docs: the precision guide).
+
     Raises
     ------
     ValueError
@@ -301,6 +324,9 @@ def truncate_cores(items, rtol, references=None, blocks=None):
     """
     with tl.backend_context("pytorch", local_threadsafe=True):
         return _truncate_cores(items, rtol, references, blocks)
+
+
+_WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
 
 
 def _wide(dtype):
@@ -311,6 +337,39 @@ def _truncate_cores(items, rtol, references=None, blocks=None):
     reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
     for q, ref, block in zip(reqs, references or [None] * len(reqs), blocks or [None] * len(reqs)):
         q.reference, q.block = ref, (None if ref is None else block)
+        q.fast = _fast_gram(q)
+    _device_pass(reqs)
+    results = [_finish(q, q.host, certify=q.fast) for q in reqs]
+    redo = [k for k, r in enumerate(results) if r is None]
+    if redo:
+        # the float32 decision was not certified: these cores again in float64 (a second
+        # transfer, only for near-ties of a rank decision)
+        _device_pass([_wide_again(reqs[k]) for k in redo])
+        for k in redo:
+            results[k] = _finish(reqs[k], reqs[k].host)
+    out = []
+    for q, (tt, P_list, info) in zip(reqs, results):
+        out.append((tt, P_list, info, None if q.reference is None else GuardData(q, q.host, tt)))
+    return out
+
+
+def _fast_gram(q):
+    """Whether the Gram matrices of ``q`` are formed and decomposed in float32 (complex64)."""
+    return (
+        _FLOAT32_GRAM
+        and q.c_hat.dtype in (torch.float32, torch.complex64)
+        and any(q.policy[i] == "gram" for i in q.free)
+    )
+
+
+def _wide_again(q):
+    q.fast = False
+    q.pairs = {}
+    return q
+
+
+def _device_pass(reqs):
+    """The device half of the truncations of ``reqs``, then one transfer (``q.host``)."""
     parts = []
     end = [0]
 
@@ -335,24 +394,31 @@ def _truncate_cores(items, rtol, references=None, blocks=None):
         q.slots = {"top": slot(top), "umax": slot(umax), "e": slot(e), "norm": slot(tl_norm(work))}
         for i in q.free:
             if q.policy[i] == "gram":
-                key = (q.cshape[i], math.prod(q.cshape) // q.cshape[i], work.dtype, work.device)
-                grams.setdefault(key, []).append((q, i))
+                wide = work.dtype if q.fast else _WIDE.get(work.dtype, work.dtype)
+                key = (q.cshape[i], math.prod(q.cshape) // q.cshape[i], work.dtype, wide)
+                grams.setdefault((key, work.device), []).append((q, i))
                 continue
             mats.append(_unfold(work, i))
             methods.append(q.policy[i])
             owners.append((q, i))
     for (q, i), (u, s) in zip(owners, left_singular(mats, methods)):
         q.pairs[i] = (u, s)
-    for (m, n, dtype, device), members in grams.items():
-        # the Gram path's >= float64 stack, written by one copy per unfolding (the mode
-        # permutation and the conversion together; the same numbers as _gram_stack's)
-        wide = {torch.float32: torch.float64, torch.complex64: torch.complex128}.get(dtype, dtype)
-        stack = torch.empty((len(members), m, n), dtype=wide, device=device)
+    for ((m, n, dtype, wide), device), members in grams.items():
+        # one Gram product per unfolding, in float64 (or the core's float32 where
+        # certified), each unfolding written by at most one copy (the mode permutation and
+        # the conversion together; none for a leading mode in the core's dtype), then one
+        # batched eigh
+        stack = torch.empty((len(members), m, m), dtype=wide, device=device)
         for k, (q, i) in enumerate(members):
-            rest = [q.cshape[j] for j in range(len(q.cshape)) if j != i]
-            stack[k].view(m, *rest).copy_(torch.movedim(q.work, i, 0))
+            if i == 0 and wide == dtype:
+                a = q.work.reshape(m, n)
+            else:
+                rest = [q.cshape[j] for j in range(len(q.cshape)) if j != i]
+                a = torch.empty((m, n), dtype=wide, device=device)
+                a.view(m, *rest).copy_(torch.movedim(q.work, i, 0))
+            torch.matmul(a, a.conj().T, out=stack[k])
         real = torch.empty((), dtype=dtype).real.dtype
-        us, ss = _gram_eigh(stack, dtype, real)
+        us, ss = _eigh_of_gram(stack, dtype, real)
         for k, (q, i) in enumerate(members):
             q.pairs[i] = (us[k], ss[k])
     for q in reqs:
@@ -379,11 +445,8 @@ def _truncate_cores(items, rtol, references=None, blocks=None):
         if q.reference is not None:
             _guard_slots(q, slot)
     host = to_host(torch.cat(parts)) if parts else np.zeros(0)
-    out = []
     for q in reqs:
-        tt, P_list, info = _finish(q, host)
-        out.append((tt, P_list, info, None if q.reference is None else GuardData(q, host, tt)))
-    return out
+        q.host = host
 
 
 def _guard_slots(q, slot):
@@ -428,7 +491,7 @@ def _guard_slots(q, slot):
         def reference():
             return y
 
-    e2 = z.abs().square_() if z.is_complex() else z.square()
+    e2 = z.abs().square_() if z.is_complex() else z.square_()
     others = tuple(j for j in range(e2.dim()) if j not in q.free)
     block = e2.sum(dim=others) if others else e2
     table = block
@@ -499,11 +562,18 @@ class GuardData:
             }
 
     def retruncate(self, min_rank):
-        """The truncation again with the rank floor ``min_rank`` (no transfer)."""
+        """The truncation again with the rank floor ``min_rank`` (no transfer, unless the
+        float32 Gram path cannot certify the new decision: then the core is factored again
+        in float64, one transfer)."""
         q = self._q
         q.spec = _prepare(q.c_hat, q.U_hats, q.rtol, min_rank, q.max_rank_arg).spec
         with tl.backend_context("pytorch", local_threadsafe=True):
-            return _finish(q, self._host)
+            out = _finish(q, self._host, certify=q.fast)
+            if out is None:
+                _device_pass([_wide_again(q)])
+                self._host = q.host
+                out = _finish(q, q.host)
+            return out
 
 
 def tl_norm(x):
@@ -514,8 +584,151 @@ def _unfold(x, mode):
     return torch.movedim(x, mode, 0).reshape(x.shape[mode], -1)
 
 
-def _finish(q, host):
-    """The host half of one truncation: the rules of ``recompress(method="hosvd")``."""
+#: Factor of the error estimate ``√(n/m) · eps32 · ‖Ĉ‖²`` of the Gram matrix of an
+#: ``m × n`` unfolding formed and decomposed in float32 (see :class:`_Certificate`).
+FAST_GRAM_MARGIN = 2.0
+
+_EPS32 = float(np.finfo(np.float32).eps)
+
+# the float32 Gram path with its certificate (False: always the float64 path, for tests)
+_FLOAT32_GRAM = True
+
+
+class _Certificate:
+    """Whether the float32 Gram path's rank decisions are those of the float64 path.
+
+    Per Gram mode ``i`` (``m_i`` rows of length ``n_i``), the Gram matrix formed in float32
+    differs from the exact one by ``E_i``, estimated as ``‖E_i‖₂ ≤ δ_i = FAST_GRAM_MARGIN ·
+    √(n_i/m_i) · eps32 · ‖Ĉ‖²``: each entry is an inner product of length ``n_i`` with an
+    error of about ``√n_i · u`` of ``‖a_k‖‖a_l‖`` (Higham & Mary 2019), and an ``m × m``
+    matrix of such errors of varying signs has a spectral norm of about ``2√(n/m) u ‖Ĉ‖²``
+    (``u = eps32/2``); the float32 ``eigh`` adds about ``√m_i · u · ‖Ĉ‖²``, within it as
+    ``m_i < n_i`` on this path. It is an estimate, not a worst-case bound (that would be
+    ``n_i · u · ‖Ĉ‖²``, far above the gaps the rules resolve); the measured errors on TDLRT
+    cores are at most 0.12 of it (tails: 0.06 of theirs). The float64 path's errors are
+    ``eps64/eps32`` times smaller. Hence:
+
+    - every eigenvalue moves by at most ``δ_i`` (Weyl), every tail ``Σ_{j≥ρ} σ_j²`` by
+      about ``Σ_{j≥ρ} v_jᴴ E_i v_j`` (first order: ``m_i − ρ`` terms of varying signs),
+      taken as at most ``√m_i · δ_i``;
+    - the leading ``r_i``-dimensional subspaces of the two paths are at an angle of at
+      most ``a_i = δ_i / (σ_{r_i−1}² − σ_{r_i}² − 2δ_i)`` (Davis–Kahan);
+    - the table of kept squared norms at ranks ``r`` moves by at most
+
+        ``δ_T(r) = Σ_i δ_i + Σ_i (2 a_i Σ_{j≠i} t_j(r_j) + a_i² σ_{i,r_i−1}²)``
+
+      (``t_j``: the tails, widened by their bound; the first-order change in the subspace of
+      mode ``i`` pairs the discarded parts of mode ``i`` and of the other modes, as that
+      subspace is invariant under ``Mat_i(Ĉ)Mat_i(Ĉ)ᴴ``; the second-order term is the
+      leading one of the perturbation series; ``Σ_i δ_i`` covers the rounding of the
+      float32 rotation, which moves an entry ``‖g_box‖²`` by about ``2⟨g_box, Δg_box⟩``,
+      ``Δg`` of relative size ``√m_i · u`` with varying signs, as in the float64 path).
+
+    A decision is certain when every comparison of the rules is decided with room for
+    these bounds; then the float64 path takes the same one.
+    """
+
+    def __init__(self, q, singular_values, norm_w, theta, margins):
+        self.q, self.theta, self.margins = q, theta, margins
+        self.norm2 = norm_w**2
+        size = math.prod(q.cshape)
+        self.delta, self.tail_delta = {}, {}
+        self.s, self.lam, self.tails = {}, {}, {}
+        for i in q.free:
+            self.s[i] = np.asarray(singular_values[i], dtype=np.float64)
+            lam = self.s[i] ** 2
+            self.lam[i] = lam
+            self.tails[i] = np.concatenate([np.cumsum(lam[::-1])[::-1], [0.0]])
+            m = q.cshape[i]
+            delta = 0.0
+            if q.policy[i] == "gram":
+                delta = FAST_GRAM_MARGIN * math.sqrt(size / m**2) * _EPS32 * self.norm2
+            self.delta[i] = delta
+            self.tail_delta[i] = math.sqrt(m) * delta
+        self.delta_sum = sum(self.delta.values())
+
+    def per_mode(self, ranks, floors):
+        """The sequential per-mode ranks and the floors are the same for all tails moved
+        by up to their bound (the rules are monotone in the tails: the two extremes
+        bracket every other case)."""
+        q, spec, theta = self.q, self.q.spec, self.theta
+        for sign in (1.0, -1.0):
+            used2 = 0.0
+            for k, i in enumerate(q.free):
+                budget2 = sequential_budget(theta, used2, len(q.free) - k)
+                delta = sign * self.tail_delta[i]
+                r, tail2 = select_rank(
+                    self.s[i],
+                    max(budget2 - delta, 0.0),
+                    min_rank=spec.min_rank[i],
+                    max_rank=spec.max_rank[i],
+                    margin2=self.margins[i],
+                )
+                if r != ranks[i]:
+                    return False
+                used2 += tail2 + delta
+                f = select_rank(
+                    self.s[i],
+                    max(theta**2 - delta, 0.0),
+                    min_rank=spec.min_rank[i],
+                    max_rank=spec.max_rank[i],
+                )[0]
+                if f != floors[i]:
+                    return False
+        return True
+
+    def table_error(self, ranks):
+        """``δ_T(ranks)``: how far the two paths' error tables may differ at ``ranks``."""
+        out = self.delta_sum
+        for i in self.q.free:
+            if self.delta[i] == 0.0 or ranks[i] >= len(self.lam[i]):
+                continue
+            r = ranks[i]
+            gap = self.lam[i][r - 1] - self.lam[i][r] - 2.0 * self.delta[i]
+            if gap <= 0.0:
+                return math.inf
+            a = self.delta[i] / gap
+            rest = sum(self.tails[j][ranks[j]] + self.tail_delta[j] for j in self.q.free if j != i)
+            out += 2.0 * a * rest + a * a * self.lam[i][r - 1]
+        return out
+
+
+def _lower_ranks_certainly(start, floor, error2, budget2, error_bound):
+    """:func:`tuckerflow.ranks.lower_ranks_greedily`, and whether every comparison it makes
+    is decided with room for an error ``error_bound(ranks)`` of each ``error2(ranks)``:
+    ``(ranks, certain)``. The same rounds in the same order (a test compares the two)."""
+    r = [int(v) for v in start]
+    e0 = error2(tuple(r))
+    certain = abs(e0 - budget2) > error_bound(tuple(r))
+    if e0 > budget2:
+        return tuple(r), certain
+    while True:
+        best = None
+        for i in range(len(r)):
+            if r[i] <= floor[i]:
+                continue
+            cand = list(r)
+            cand[i] -= 1
+            e = error2(tuple(cand))
+            slack = error_bound(tuple(cand))
+            certain = certain and abs(e - budget2) > slack
+            if e <= budget2:
+                if best is not None:
+                    certain = certain and abs(e - best[0]) > slack + best[2]
+                if best is None or e < best[0]:
+                    best = (e, i, slack)
+        if best is None:
+            return tuple(r), certain
+        r[best[1]] -= 1
+
+
+def _finish(q, host, certify=False):
+    """The host half of one truncation: the rules of ``recompress(method="hosvd")``.
+
+    ``certify``: the Gram matrices were formed and decomposed in float32; returns None
+    when a rank decision lies within that path's round-off of flipping (see
+    :class:`_Certificate`), else the result as the float64 path decides it.
+    """
     sl = q.slots
     top, umax = float(host[sl["top"]][0]), float(host[sl["umax"]][0])
     if not math.isfinite(umax):
@@ -536,12 +749,13 @@ def _finish(q, host):
         theta = min(theta, 2.0 * norm_w)
     used2 = 0.0
     ranks = list(q.cshape)
+    margins = {}
     for k, i in enumerate(modes):
         budget2 = sequential_budget(theta, used2, len(modes) - k)
         s_host = host[sl[("s", i)]]
         used = q.policy[i]
-        margin2 = 10.0 * ranks[i] * _EPS64 * norm_w**2 if used == "gram" else 0.0
-        r, tail2 = _choose_rank(s_host, spec, i, budget2, margin2)
+        margins[i] = 10.0 * ranks[i] * _EPS64 * norm_w**2 if used == "gram" else 0.0
+        r, tail2 = _choose_rank(s_host, spec, i, budget2, margins[i])
         ranks[i] = r
         used2 += tail2
         info.singular_values[i], info.tails[i], info.methods[i] = s_host, tail2, used
@@ -566,7 +780,14 @@ def _finish(q, host):
         margin2 = 4.0 * sl["e_numel"] * _EPS64 * total_h
         budget2 = theta**2 - margin2
         floor = [lo[i] if i in modes else ranks[i] for i in range(d)]
-        if error2(new) <= budget2:
+        if certify:
+            cert = _Certificate(q, info.singular_values, norm_w, theta, margins)
+            if not cert.per_mode(ranks, floors):
+                return None
+            new, certain = _lower_ranks_certainly(new, floor, error2, budget2, cert.table_error)
+            if not certain:
+                return None
+        elif error2(new) <= budget2:
             new = lower_ranks_greedily(new, floor, error2, budget2)
         err2 = error2(new)
     else:
