@@ -478,6 +478,37 @@ def table(records):
     return "\n".join(lines)
 
 
+def versus(records, reference_tau):
+    """Markdown table: TDLRT at ``reference_tau`` minus each baseline, per seed (points; the
+    baselines run at that TDLRT run's ranks, so the pairs share seed and compression)."""
+    import numpy as np
+
+    tdlrt = {
+        r["seed"]: r["test_accuracy"]
+        for r in records
+        if r["label"] == f"TDLRT τ={reference_tau}" and r.get("test_accuracy") is not None
+    }
+    lines = [
+        f"| baseline | pairs | TDLRT τ={reference_tau} minus baseline (points) mean ± std | "
+        "min – max | seeds TDLRT ahead |",
+        "|---|---|---|---|---|",
+    ]
+    for label in ["dense", *BASELINE_LABELS]:
+        pairs = [
+            100 * (tdlrt[r["seed"]] - r["test_accuracy"])
+            for r in records
+            if r["label"] == label and r["seed"] in tdlrt and r.get("test_accuracy") is not None
+        ]
+        if not pairs:
+            continue
+        d = np.array(pairs)
+        lines.append(
+            f"| {label} | {len(d)} | {d.mean():+.2f} ± {_std(d):.2f} | {d.min():+.2f} – "
+            f"{d.max():+.2f} | {int((d > 0).sum())} of {len(d)} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(records, folder, prefix="experiments", epochs=None, conv_only=False, title=None):
     """Accuracy against compression (mean ± std per method, each run a dot) and the spread
     of each method over seeds; ``title`` names the model and data (default LeNet5 on mnist5k)."""
@@ -514,6 +545,17 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False, ti
             color=colors[label],
             label=label,
         )
+    # the TDLRT frontier: the means of its τ values, joined in order of compression
+    means = sorted(
+        (
+            float(np.mean([100 * r[key] for r in records if r["label"] == label])),
+            float(np.mean([100 * r["test_accuracy"] for r in records if r["label"] == label])),
+        )
+        for label in order
+        if label.startswith("TDLRT")
+    )
+    if len(means) > 1:
+        ax.plot(*zip(*means), color="0.5", lw=0.8, zorder=0)
     ax.set_xlabel(
         "compression rate, convolutions only (%)"
         if conv_only
@@ -527,7 +569,7 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False, ti
         fontsize=9,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(os.path.join(folder, f"{prefix}_accuracy_compression.png"))
     plt.close(fig)
@@ -985,7 +1027,7 @@ def main(argv=None):
     with open(results, "w") as handle:
         json.dump(payload, handle, indent=1)
     records = payload["runs"]
-    text = table(records)
+    text = table(records) + "\n\n" + versus(records, args.reference_tau)
     with open(os.path.join(args.out, "table.md"), "w") as handle:
         handle.write(text + "\n")
     print(text)
