@@ -518,13 +518,32 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False, ti
     import matplotlib.pyplot as plt
     import numpy as np
 
+    every = records
     records = [r for r in records if r.get("test_accuracy") is not None]
+    # colours fixed by the labels of all runs, diverged ones included
+    colors = dict(zip(_order(every), plt.get_cmap("tab10").colors))
     order = _order(records)
-    colors = dict(zip(order, plt.get_cmap("tab10").colors))
     key = "compression_rate_conv" if conv_only else "compression_rate"
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for label in order:
+    # the axis shows TDLRT and dense; runs further down are drawn as ▼ on the lower edge
+    band = [
+        (a.mean() - _std(a), a.mean() + _std(a))
+        for a in (
+            100 * np.array([r["test_accuracy"] for r in records if r["label"] == label])
+            for label in order
+            if label == "dense" or label.startswith("TDLRT")
+        )
+    ]
+    lo = min(b[0] for b in band) - 3.0 if band else 0.0
+    hi = max(b[1] for b in band) + 1.0 if band else 100.0
+    edge = lo + 0.02 * (hi - lo)
+    fig, ax = plt.subplots(figsize=(9.0, 4.0), dpi=100)
+    for label in _order(every):
+        failed = sum(r["label"] == label and r.get("test_accuracy") is None for r in every)
         rows = [r for r in records if r["label"] == label]
+        notes = [f"{failed} diverged"] if failed else []
+        if not rows:
+            ax.plot([], [], "x", color=colors[label], label=f"{label} ({', '.join(notes)})")
+            continue
         cr = 100 * np.array([r[key] for r in rows])
         acc = 100 * np.array([r["test_accuracy"] for r in rows])
         if label == "dense":
@@ -534,7 +553,15 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False, ti
                 acc.mean() - _std(acc), acc.mean() + _std(acc), color=colors[label], alpha=0.15
             )
             continue
-        ax.scatter(cr, acc, s=12, alpha=0.35, color=colors[label])
+        low = acc < lo
+        if low.any():
+            notes.append(f"{int(low.sum())} below the axis")
+            ax.scatter(cr[low], np.full(int(low.sum()), edge), marker="v", color=colors[label])
+        ax.scatter(cr[~low], acc[~low], s=12, alpha=0.35, color=colors[label])
+        legend = f"{label} ({', '.join(notes)})" if notes else label
+        if acc.mean() < lo:  # the mean itself is off the axis: its marker on the edge
+            ax.scatter([cr.mean()], [edge], marker="v", s=60, color=colors[label], label=legend)
+            continue
         ax.errorbar(
             cr.mean(),
             acc.mean(),
@@ -543,8 +570,9 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False, ti
             fmt="o",
             capsize=3,
             color=colors[label],
-            label=label,
+            label=legend,
         )
+    ax.set_ylim(lo, hi)
     # the TDLRT frontier: the means of its τ values, joined in order of compression
     means = sorted(
         (
@@ -565,11 +593,11 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False, ti
     seeds = len({r["seed"] for r in records})
     ax.set_title(
         f"{title or 'LeNet5 on mnist5k'}, {epochs} epochs: test accuracy, "
-        f"mean ± std over {seeds} seeds",
+        f"mean ± std over {seeds} seeds (▼: below the axis)",
         fontsize=9,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(os.path.join(folder, f"{prefix}_accuracy_compression.png"))
     plt.close(fig)
