@@ -1,15 +1,25 @@
-"""LeNet5 on mnist5k: dense, TDLRT at three tolerances, directly trained Tucker factors and
-tensorly-torch ``FactorizedConv`` at the ranks TDLRT found; several initializations each.
+"""The accuracy–compression frontier: dense, TDLRT at several tolerances, and at the ranks one
+TDLRT run found (``--reference-tau``) directly trained Tucker factors, tensorly-torch's
+``FactorizedConv`` and a matrix low-rank baseline on the reshaped kernels; several
+initializations each, for ``--model lenet5`` (default) or ``vgg_small``.
 
 Usage (from the repository root)::
 
     python docs/scripts/experiments_run.py --out runs/experiments            # run + figures
     python docs/scripts/experiments_run.py --out runs/experiments --plot-only
+    python docs/scripts/experiments_run.py --check        # the baseline transforms, asserted
 
 Writes ``OUT/results.json`` (one record per run), ``OUT/table.md`` and the figures
-``docs/figures/experiments_accuracy_compression.png`` and ``docs/figures/experiments_spread.png``.
-The held-out split is the same for every run (``split_seed=0``); the seed changes the
-initialization and the batch order only.
+``docs/figures/PREFIX_accuracy_compression.png`` and ``docs/figures/PREFIX_spread.png``.
+With ``--settings common`` (default: the settings of the earlier tables, :data:`COMMON`) the
+held-out split is the same for every run (``split_seed=0``) and the seed changes the
+initialization and the batch order only; ``--settings cli`` runs the defaults of
+``tuckerflow train`` (lr 0.05, batch 64; the split drawn from the seed, so the table's gap to
+dense is taken against the dense run of the same seed)::
+
+    python docs/scripts/experiments_run.py --settings cli --epochs 5 --seeds 5 --workers 1 \
+        --taus 0.05 0.1 0.2 0.3 0.4 --baselines dense direct tltorch matrix \
+        --out docs/results/frontier/lenet5_mnist5k_all-but-last --figure-prefix frontier_lenet5
 
 Studies (``--study``) run grids with the CLI defaults of ``tuckerflow train`` instead, one JSON
 file per run in ``OUT/runs`` (reused when present), and write ``OUT/STUDY.json`` and
@@ -26,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -55,46 +66,154 @@ def _std_like_pytorch(fan_in):
     return 1.0 / math.sqrt(3.0 * fan_in)
 
 
+def _set_module(model, name, module):
+    """Install ``module`` at the dotted path ``name`` of ``model`` (``features.3``, ``fc1``)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _product_factor_std(fan_in, r):
+    """Entry std of each factor of a rank-``r`` product ``B A`` whose entries have the
+    variance of PyTorch's default init of the dense layer: ``Var (B A)_ij = r s⁴``."""
+    return math.sqrt(_std_like_pytorch(fan_in) / math.sqrt(r))
+
+
+def _low_rank_linear(fc, r):
+    """``fc`` (out × in) as ``B A``: ``Linear(in, r, bias=False)`` then ``Linear(r, out)``."""
+    import torch
+    from torch import nn
+
+    low_rank = nn.Sequential(
+        nn.Linear(fc.in_features, r, bias=False),
+        nn.Linear(r, fc.out_features, bias=fc.bias is not None),
+    )
+    with torch.no_grad():
+        scale = _product_factor_std(fc.in_features, r)
+        low_rank[0].weight.normal_(0.0, scale)
+        low_rank[1].weight.normal_(0.0, scale)
+        if fc.bias is not None:
+            low_rank[1].bias.copy_(fc.bias)
+    return low_rank
+
+
+def _low_rank_conv(conv, r):
+    """``conv`` with its kernel reshaped to out × (in·kh·kw) as ``B A``: a kh×kw convolution
+    in → r (the stride, padding and dilation of ``conv``, no bias) then a 1×1 convolution
+    r → out carrying the bias."""
+    import torch
+    from torch import nn
+
+    if conv.groups != 1:
+        raise ValueError(f"groups={conv.groups}: the matrix baseline needs groups=1")
+    first = nn.Conv2d(
+        conv.in_channels,
+        r,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=False,
+        padding_mode=conv.padding_mode,
+    )
+    second = nn.Conv2d(r, conv.out_channels, 1, bias=conv.bias is not None)
+    with torch.no_grad():
+        scale = _product_factor_std(conv.in_channels * math.prod(conv.kernel_size), r)
+        first.weight.normal_(0.0, scale)
+        second.weight.normal_(0.0, scale)
+        if conv.bias is not None:
+            second.bias.copy_(conv.bias)
+    return nn.Sequential(first, second)
+
+
 def tltorch_transform(ranks):
-    """Replace conv1/conv2 by tensorly-torch Tucker ``FactorizedConv`` and fc1 by ``B A``."""
+    """Replace each Tucker layer of ``ranks`` (``{name: TDLRT's ranks}``, any model): a
+    ``Conv2d`` by tensorly-torch's Tucker ``FactorizedConv`` at those ranks, a ``Linear`` by
+    ``B A`` at rank ``ranks[name][0]``."""
 
     def tensorly_torch_factorized(model):
         import tltorch
         import torch
         from torch import nn
 
-        for name in ("conv1", "conv2"):
-            conv = getattr(model, name)
-            layer = tltorch.FactorizedConv.from_conv(
-                conv,
-                rank=tuple(ranks[name]),
-                factorization="tucker",
-                implementation="factorized",
-                decompose_weights=False,
-            )
-            fan_in = conv.in_channels * math.prod(conv.kernel_size)
-            layer.weight.normal_(0.0, _std_like_pytorch(fan_in))
-            with torch.no_grad():
-                layer.bias.copy_(conv.bias)
-            setattr(model, name, layer)
-        if "fc1" not in ranks:  # convolutions only
-            return model
-        fc = model.fc1
-        r = int(ranks["fc1"][0])
-        low_rank = nn.Sequential(
-            nn.Linear(fc.in_features, r, bias=False), nn.Linear(r, fc.out_features)
-        )
-        with torch.no_grad():
-            # product B A with the entry variance of PyTorch's default init of fc
-            target = _std_like_pytorch(fc.in_features)
-            scale = math.sqrt(target / math.sqrt(r))
-            low_rank[0].weight.normal_(0.0, scale)
-            low_rank[1].weight.normal_(0.0, scale)
-            low_rank[1].bias.copy_(fc.bias)
-        model.fc1 = low_rank
+        for name, rank in ranks.items():
+            module = model.get_submodule(name)
+            if isinstance(module, nn.Conv2d):
+                layer = tltorch.FactorizedConv.from_conv(
+                    module,
+                    rank=tuple(rank),
+                    factorization="tucker",
+                    implementation="factorized",
+                    decompose_weights=False,
+                )
+                fan_in = module.in_channels * math.prod(module.kernel_size)
+                layer.weight.normal_(0.0, _std_like_pytorch(fan_in))
+                if module.bias is not None:
+                    with torch.no_grad():
+                        layer.bias.copy_(module.bias)
+            elif isinstance(module, nn.Linear):
+                layer = _low_rank_linear(module, int(rank[0]))
+            else:
+                raise TypeError(f"{name}: {type(module).__name__} is neither Conv2d nor Linear")
+            _set_module(model, name, layer)
         return model
 
     return tensorly_torch_factorized
+
+
+def tucker_parameter_counts(model, ranks):
+    """``{name: parameters}`` of the Tucker layers (core, factors, bias) that ``model``'s
+    layers ``ranks`` become at those ranks, the way TDLRT stores them (full modes kept full).
+
+    Built on a copy with the global RNG restored after, so a transform calling this draws
+    the same initialization as one that does not.
+    """
+    import copy
+
+    import torch
+
+    from tuckerflow.nn import tuckerize
+
+    with torch.random.fork_rng(devices=[]):
+        _, report = tuckerize(
+            copy.deepcopy(model), rank={k: tuple(v) for k, v in ranks.items()}, init="random"
+        )
+    return {layer.path: layer.params_after for layer in report.layers}
+
+
+def matrix_rank(module, budget):
+    """Rank ``r`` of the two-factor form of ``module`` whose parameter count
+    ``r · (out + fan_in) + bias`` is nearest to ``budget`` (ties: the smaller rank), within
+    ``[1, min(out, fan_in)]``; ``fan_in = in · kh · kw`` for a convolution."""
+    out = module.weight.shape[0]
+    fan_in = math.prod(module.weight.shape[1:])
+    bias = out if module.bias is not None else 0
+    r = math.ceil((budget - bias) / (out + fan_in) - 0.5)
+    return max(1, min(min(out, fan_in), r))
+
+
+def matrix_transform(ranks):
+    """Matrix low-rank baseline: each layer of ``ranks`` (``{name: TDLRT's Tucker ranks}``)
+    becomes a product of two directly trained factors of its matricized weight (out × in·kh·kw;
+    see :func:`_low_rank_conv`, :func:`_low_rank_linear`) with the parameter count of the
+    Tucker layer at those ranks (:func:`matrix_rank`): equal compression per layer."""
+
+    def matrix_low_rank(model):
+        from torch import nn
+
+        budgets = tucker_parameter_counts(model, ranks)
+        for name in ranks:
+            module = model.get_submodule(name)
+            r = matrix_rank(module, budgets[name])
+            if isinstance(module, nn.Conv2d):
+                layer = _low_rank_conv(module, r)
+            elif isinstance(module, nn.Linear):
+                layer = _low_rank_linear(module, r)
+            else:
+                raise TypeError(f"{name}: {type(module).__name__} is neither Conv2d nor Linear")
+            _set_module(model, name, layer)
+        return model
+
+    return matrix_low_rank
 
 
 def _std(values):
@@ -127,6 +246,36 @@ def _slug(label):
 PUBLISHED = {"update_every": 1, "defer_truncation": False, "truncation_guard": False}
 
 
+def base_settings(settings="common", *, model="lenet5", data="mnist5k", factorize="all-but-last"):
+    """Options shared by every run of an experiment.
+
+    ``"common"``: :data:`COMMON` (the settings of the earlier tables: lr 0.02, batch 128, the
+    split fixed by ``split_seed=0``); ``"cli"``: the defaults of ``tuckerflow train`` (lr 0.05,
+    momentum 0.9, batch 64, rank ≤ 32, the split drawn from the seed), one CPU thread.
+    """
+    if settings == "common":
+        return {**COMMON, "model": model, "data": data, "factorize": factorize}
+    if settings == "cli":
+        return {
+            "model": model,
+            "data": data,
+            "factorize": factorize,
+            "quiet": True,
+            "device": "cpu",
+            "threads": 1,
+        }
+    raise ValueError(f"settings={settings!r} must be 'common' or 'cli'")
+
+
+#: Baselines of :func:`run_seed`: name -> (label, recorded method, TrainConfig method).
+BASELINES = {
+    "dense": ("dense", "dense", "dense"),
+    "direct": ("Tucker factors (direct)", "tucker-fixed", "tucker-fixed"),
+    "tltorch": ("tensorly-torch FactorizedConv", "tltorch", "dense"),
+    "matrix": ("matrix low-rank (reshaped kernels)", "matrix", "dense"),
+}
+
+
 def run_seed(
     seed,
     epochs,
@@ -136,13 +285,18 @@ def run_seed(
     factorize="all-but-last",
     reference_tau=REFERENCE_TAU,
     published=False,
+    settings="common",
+    model="lenet5",
+    data="mnist5k",
 ):
     """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks).
 
     Each finished run is written to ``folder/seed{seed}-{label}.json`` at once; runs found
     there already are not repeated, so an interrupted experiment continues where it stopped.
+    A run that diverges is recorded as such (``test_accuracy`` None); when the reference
+    TDLRT run diverges, the fixed-rank baselines of that seed are not run (no ranks to reuse).
     """
-    from tuckerflow.train import TrainConfig, train
+    from tuckerflow.train import TrainConfig, TrainingDiverged, train
 
     def done(label):
         path = os.path.join(folder, f"seed{seed}-{_slug(label)}.json")
@@ -158,9 +312,18 @@ def run_seed(
         os.replace(path + ".tmp", path)
         return record
 
+    def attempt(label, kind, config, transform=None, extra=None):
+        try:
+            summary = train(config, transform=transform)
+        except TrainingDiverged as err:
+            record = {"label": label, "method": kind, "seed": seed, "diverged": str(err)}
+            record.update({"test_accuracy": None, "ranks": {}, "tucker_layers": []})
+            return keep({**record, **(extra or {})})
+        return keep(_record(label, kind, seed, summary, extra))
+
     records = []
     reference = None
-    common = {**COMMON, "factorize": factorize}
+    common = base_settings(settings, model=model, data=data, factorize=factorize)
     for tau in sorted(set(taus) | {reference_tau}):
         label = f"TDLRT τ={tau}"
         record = done(label)
@@ -169,33 +332,100 @@ def run_seed(
             config = TrainConfig(
                 **common, **options, method="tdlrt", tau=tau, epochs=epochs, seed=seed
             )
-            summary = train(config)
-            record = keep(_record(label, "tdlrt", seed, summary, {"tau": tau}))
+            record = attempt(label, "tdlrt", config, extra={"tau": tau})
         records.append(record)
-        if tau == reference_tau:
+        if tau == reference_tau and not record.get("diverged"):
             reference = {k: v for k, v in record["ranks"].items() if k in record["tucker_layers"]}
-    runs = {
-        "dense": ("dense", "dense", {}, None),
-        "direct": ("Tucker factors (direct)", "tucker-fixed", {"ranks": reference}, None),
-        "tltorch": (
-            "tensorly-torch FactorizedConv",
-            "dense",
-            {},
-            tltorch_transform(reference),
-        ),
-    }
-    for label, method, options, transform in (runs[name] for name in baselines):
+    transforms = {"tltorch": tltorch_transform, "matrix": matrix_transform}
+    for name in baselines:
+        label, kind, method = BASELINES[name]
+        if name != "dense" and reference is None:
+            continue  # the reference TDLRT run diverged: no ranks for the fixed-rank baselines
         record = done(label)
         if record is None:
+            options = {"ranks": reference} if name == "direct" else {}
+            transform = transforms[name](reference) if name in transforms else None
             config = TrainConfig(**common, method=method, epochs=epochs, seed=seed, **options)
-            summary = train(config, transform=transform)
-            kind = "tltorch" if transform is not None else method
-            record = keep(_record(label, kind, seed, summary))
+            record = attempt(label, kind, config, transform)
         records.append(record)
     return records
 
 
-BASELINE_LABELS = ["Tucker factors (direct)", "tensorly-torch FactorizedConv"]
+def check_transforms(shapes=((1, 28, 28), (1, 8, 8))):
+    """Assert-based check of the baseline transforms (``--check``; no training).
+
+    For lenet5 and vgg_small, both factorization policies and each input shape: every
+    transformed network maps a batch to ``(batch, classes)``; the matrix baseline's layers
+    hold ``r (out + fan_in) + bias`` parameters, within half a rank step of the Tucker layer
+    they stand for (unless the rank is clamped to [1, min(out, fan_in)]); its two-factor
+    convolution computes the convolution with the product kernel ``B A`` (float64, to
+    round-off); its product entries have the variance of PyTorch's default init; counting
+    the Tucker parameters leaves the global RNG as it was. Prints the per-layer ranks.
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from tuckerflow.nn import tuckerize
+    from tuckerflow.train.build import factorizable_names
+    from tuckerflow.train.models import build_model, layer_parameter_counts
+
+    torch.manual_seed(0)
+    for model_name in ("lenet5", "vgg_small"):
+        for shape in shapes:
+            for policy in ("all-but-last", "conv"):
+                model = build_model(model_name, shape, 10)
+                names = factorizable_names(model, policy)
+                # Tucker ranks as TDLRT would report them: about half of each mode
+                _, report = tuckerize(copy.deepcopy(model), filter=names, rank=0.5, init="random")
+                ranks = {layer.path: list(layer.ranks) for layer in report.layers}
+                tucker = {layer.path: layer.params_after for layer in report.layers}
+                state = torch.get_rng_state()
+                assert tucker_parameter_counts(model, ranks) == tucker
+                assert torch.equal(state, torch.get_rng_state()), "RNG state changed"
+                x = torch.randn(3, *shape)
+                for transform in (matrix_transform, tltorch_transform):
+                    out = transform(ranks)(copy.deepcopy(model))
+                    assert out(x).shape == (3, 10), (model_name, transform.__name__)
+                out = matrix_transform(ranks)(copy.deepcopy(model))
+                dense_counts = layer_parameter_counts(model)
+                for name, rank in ranks.items():
+                    dense = model.get_submodule(name)
+                    pair = out.get_submodule(name)
+                    first, second = pair[0], pair[1]
+                    r = first.weight.shape[0]
+                    o, fan_in = dense.weight.shape[0], math.prod(dense.weight.shape[1:])
+                    bias = o if dense.bias is not None else 0
+                    count = sum(p.numel() for p in pair.parameters())
+                    assert count == r * (o + fan_in) + bias, name
+                    if 1 < r < min(o, fan_in):
+                        assert abs(count - tucker[name]) <= (o + fan_in) / 2, name
+                    b = second.weight.reshape(o, r).double()
+                    a = first.weight.reshape(r, fan_in).double()
+                    product = b @ a
+                    if product.numel() >= 10_000:  # the init variance, to sampling error
+                        ratio = product.pow(2).mean().item() * 3 * fan_in
+                        assert abs(ratio - 1) < 0.2, (name, ratio)
+                    if isinstance(dense, nn.Conv2d):
+                        kernel = product.reshape(dense.weight.shape)
+                        h = torch.randn(2, dense.in_channels, *shape[1:], dtype=torch.float64)
+                        b_ = None if second.bias is None else second.bias.double()
+                        want = F.conv2d(h, kernel, b_, dense.stride, dense.padding, dense.dilation)
+                        got = pair.double()(h)
+                        scale = want.abs().max().item() * fan_in
+                        tol = 8 * torch.finfo(torch.float64).eps * scale
+                        assert (got - want).abs().max().item() <= tol, name
+                    print(
+                        f"{model_name} {shape} {policy}: {name} dense "
+                        f"{dense_counts[name][1]}, Tucker {tuple(rank)} {tucker[name]}, "
+                        f"matrix rank {r} {count}"
+                    )
+    print("check_transforms: all assertions hold")
+
+
+BASELINE_LABELS = [BASELINES[name][0] for name in ("direct", "tltorch", "matrix")]
 
 
 def _order(records):
@@ -206,42 +436,114 @@ def _order(records):
     return [label for label in labels if label in present]
 
 
+def _gaps(rows, records):
+    """Points below the dense run of the same seed, for each finished run of ``rows``."""
+    dense = {r["seed"]: r["test_accuracy"] for r in records if r["label"] == "dense"}
+    return [
+        100 * (dense[r["seed"]] - r["test_accuracy"])
+        for r in rows
+        if r["seed"] in dense and r.get("test_accuracy") is not None
+    ]
+
+
 def table(records):
-    """Markdown table: mean, std, min and max of test accuracy, compression, time."""
+    """Markdown table: mean, std, min and max of test accuracy, the gap to the dense run of
+    the same seed, compression, time; diverged runs counted, left out of the means."""
     import numpy as np
 
     lines = [
-        "| method | runs | test accuracy (%) mean ± std | min – max | compression (%) | "
-        "conv-only c.r. (%) | time per run (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | runs | test accuracy (%) mean ± std | min – max | below dense, same seed "
+        "(points) mean ± std | compression (%) | conv-only c.r. (%) | time per run (s) | "
+        "diverged |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label in _order(records):
-        rows = [r for r in records if r["label"] == label]
+        every = [r for r in records if r["label"] == label]
+        rows = [r for r in every if r.get("test_accuracy") is not None]
+        failed = len(every) - len(rows)
+        if not rows:
+            lines.append(f"| {label} | {len(every)} | – | – | – | – | – | – | {failed} |")
+            continue
         acc = 100 * np.array([r["test_accuracy"] for r in rows])
         cr = 100 * np.array([r["compression_rate"] for r in rows])
         crc = 100 * np.array([r["compression_rate_conv"] for r in rows])
         t = np.array([r["time_s"] for r in rows])
+        gaps = np.array(_gaps(rows, records))
+        gap = "–" if label == "dense" or not len(gaps) else f"{gaps.mean():.2f} ± {_std(gaps):.2f}"
         lines.append(
-            f"| {label} | {len(rows)} | {acc.mean():.2f} ± {_std(acc):.2f} | "
-            f"{acc.min():.2f} – {acc.max():.2f} | {cr.mean():.1f} ± {_std(cr):.1f} | "
-            f"{crc.mean():.1f} | {t.mean():.0f} |"
+            f"| {label} | {len(every)} | {acc.mean():.2f} ± {_std(acc):.2f} | "
+            f"{acc.min():.2f} – {acc.max():.2f} | {gap} | {cr.mean():.1f} ± {_std(cr):.1f} | "
+            f"{crc.mean():.1f} ± {_std(crc):.1f} | {t.mean():.0f} | {failed} |"
         )
     return "\n".join(lines)
 
 
-def plot(records, folder, prefix="experiments", epochs=None, conv_only=False):
+def versus(records, reference_tau):
+    """Markdown table: TDLRT at ``reference_tau`` minus each baseline, per seed (points; the
+    baselines run at that TDLRT run's ranks, so the pairs share seed and compression)."""
+    import numpy as np
+
+    tdlrt = {
+        r["seed"]: r["test_accuracy"]
+        for r in records
+        if r["label"] == f"TDLRT τ={reference_tau}" and r.get("test_accuracy") is not None
+    }
+    lines = [
+        f"| baseline | pairs | TDLRT τ={reference_tau} minus baseline (points) mean ± std | "
+        "min – max | seeds TDLRT ahead |",
+        "|---|---|---|---|---|",
+    ]
+    for label in ["dense", *BASELINE_LABELS]:
+        pairs = [
+            100 * (tdlrt[r["seed"]] - r["test_accuracy"])
+            for r in records
+            if r["label"] == label and r["seed"] in tdlrt and r.get("test_accuracy") is not None
+        ]
+        if not pairs:
+            continue
+        d = np.array(pairs)
+        lines.append(
+            f"| {label} | {len(d)} | {d.mean():+.2f} ± {_std(d):.2f} | {d.min():+.2f} – "
+            f"{d.max():+.2f} | {int((d > 0).sum())} of {len(d)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(records, folder, prefix="experiments", epochs=None, conv_only=False, title=None):
+    """Accuracy against compression (mean ± std per method, each run a dot) and the spread
+    of each method over seeds; ``title`` names the model and data (default LeNet5 on mnist5k)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    every = records
+    records = [r for r in records if r.get("test_accuracy") is not None]
+    # colours fixed by the labels of all runs, diverged ones included
+    colors = dict(zip(_order(every), plt.get_cmap("tab10").colors))
     order = _order(records)
-    colors = dict(zip(order, plt.get_cmap("tab10").colors))
     key = "compression_rate_conv" if conv_only else "compression_rate"
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for label in order:
+    # the axis shows TDLRT and dense; runs further down are drawn as ▼ on the lower edge
+    band = [
+        (a.mean() - _std(a), a.mean() + _std(a))
+        for a in (
+            100 * np.array([r["test_accuracy"] for r in records if r["label"] == label])
+            for label in order
+            if label == "dense" or label.startswith("TDLRT")
+        )
+    ]
+    lo = min(b[0] for b in band) - 3.0 if band else 0.0
+    hi = max(b[1] for b in band) + 1.0 if band else 100.0
+    edge = lo + 0.02 * (hi - lo)
+    fig, ax = plt.subplots(figsize=(9.0, 4.0), dpi=100)
+    for label in _order(every):
+        failed = sum(r["label"] == label and r.get("test_accuracy") is None for r in every)
         rows = [r for r in records if r["label"] == label]
+        notes = [f"{failed} diverged"] if failed else []
+        if not rows:
+            ax.plot([], [], "x", color=colors[label], label=f"{label} ({', '.join(notes)})")
+            continue
         cr = 100 * np.array([r[key] for r in rows])
         acc = 100 * np.array([r["test_accuracy"] for r in rows])
         if label == "dense":
@@ -251,7 +553,15 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False):
                 acc.mean() - _std(acc), acc.mean() + _std(acc), color=colors[label], alpha=0.15
             )
             continue
-        ax.scatter(cr, acc, s=12, alpha=0.35, color=colors[label])
+        low = acc < lo
+        if low.any():
+            notes.append(f"{int(low.sum())} below the axis")
+            ax.scatter(cr[low], np.full(int(low.sum()), edge), marker="v", color=colors[label])
+        ax.scatter(cr[~low], acc[~low], s=12, alpha=0.35, color=colors[label])
+        legend = f"{label} ({', '.join(notes)})" if notes else label
+        if acc.mean() < lo:  # the mean itself is off the axis: its marker on the edge
+            ax.scatter([cr.mean()], [edge], marker="v", s=60, color=colors[label], label=legend)
+            continue
         ax.errorbar(
             cr.mean(),
             acc.mean(),
@@ -260,8 +570,20 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False):
             fmt="o",
             capsize=3,
             color=colors[label],
-            label=label,
+            label=legend,
         )
+    ax.set_ylim(lo, hi)
+    # the TDLRT frontier: the means of its τ values, joined in order of compression
+    means = sorted(
+        (
+            float(np.mean([100 * r[key] for r in records if r["label"] == label])),
+            float(np.mean([100 * r["test_accuracy"] for r in records if r["label"] == label])),
+        )
+        for label in order
+        if label.startswith("TDLRT")
+    )
+    if len(means) > 1:
+        ax.plot(*zip(*means), color="0.5", lw=0.8, zorder=0)
     ax.set_xlabel(
         "compression rate, convolutions only (%)"
         if conv_only
@@ -270,21 +592,22 @@ def plot(records, folder, prefix="experiments", epochs=None, conv_only=False):
     ax.set_ylabel("test accuracy (%)")
     seeds = len({r["seed"] for r in records})
     ax.set_title(
-        f"LeNet5 on mnist5k, {epochs} epochs: test accuracy, mean ± std over {seeds} seeds",
+        f"{title or 'LeNet5 on mnist5k'}, {epochs} epochs: test accuracy, "
+        f"mean ± std over {seeds} seeds (▼: below the axis)",
         fontsize=9,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(os.path.join(folder, f"{prefix}_accuracy_compression.png"))
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=100)
     present = order
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.9 * len(present)), 3.6), dpi=100)
     data = [[100 * r["test_accuracy"] for r in records if r["label"] == lb] for lb in present]
     ax.boxplot(data, whis=(0, 100))
     ax.set_xticks(range(1, len(present) + 1))
-    ax.set_xticklabels([lb.replace(" ", "\n", 1) for lb in present], fontsize=7)
+    ax.set_xticklabels([textwrap.fill(lb, 14) for lb in present], fontsize=7)
     for k, values in enumerate(data, start=1):
         ax.scatter([k] * len(values), values, s=10, color="k", alpha=0.5, zorder=3)
     ax.set_ylabel("test accuracy (%)")
@@ -608,7 +931,21 @@ def main(argv=None):
         "--baselines",
         nargs="*",
         default=["dense", "direct", "tltorch"],
-        help="dense direct tltorch",
+        choices=sorted(BASELINES),
+        help="dense direct tltorch matrix",
+    )
+    parser.add_argument(
+        "--settings",
+        default="common",
+        choices=("common", "cli"),
+        help="common: the settings of the earlier tables (COMMON); cli: tuckerflow train's "
+        "defaults",
+    )
+    parser.add_argument("--model", default="lenet5", help="lenet5 or vgg_small")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the baseline transforms on lenet5 and vgg_small (no training) and exit",
     )
     parser.add_argument(
         "--factorize",
@@ -635,10 +972,17 @@ def main(argv=None):
         action="store_true",
         help="TDLRT in the published form (update_every=1, no deferral, no guard)",
     )
-    parser.add_argument("--first-seed", type=int, default=0, help="studies: seeds from here")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="first seed (studies and the frontier)"
+    )
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="studies: arms")
-    parser.add_argument("--data", nargs="+", help="studies: data sets")
+    parser.add_argument(
+        "--data", nargs="+", help="studies: data sets; otherwise one data set (mnist5k)"
+    )
     args = parser.parse_args(argv)
+    if args.check:
+        check_transforms()
+        return
     if args.study == "init":
         run_init_study(
             args.out,
@@ -664,6 +1008,9 @@ def main(argv=None):
             cached_only=args.plot_only,
         )
         return
+    if args.data and len(args.data) != 1:
+        parser.error("--data: give one data set (several are for --study)")
+    data = args.data[0] if args.data else "mnist5k"
     folder = os.path.join(args.out, "runs")
     os.makedirs(folder, exist_ok=True)
     results = os.path.join(args.out, "results.json")
@@ -681,13 +1028,17 @@ def main(argv=None):
                     args.factorize,
                     args.reference_tau,
                     args.published,
+                    args.settings,
+                    args.model,
+                    data,
                 )
-                for seed in range(args.seeds)
+                for seed in range(args.first_seed, args.first_seed + args.seeds)
             ]
             for job in jobs:
                 job.result()
                 print(f"seed done, {time.perf_counter() - tick:.0f} s", flush=True)
         meta = {"epochs": args.epochs, "seeds": args.seeds, "wall_s": time.perf_counter() - tick}
+        meta["workers"] = args.workers
     else:
         meta = {"epochs": args.epochs, "seeds": args.seeds, "plot_only": True}
         if os.path.exists(results):
@@ -698,16 +1049,27 @@ def main(argv=None):
         if name.endswith(".json"):
             with open(os.path.join(folder, name)) as handle:
                 records.append(json.load(handle))
-    payload = {"meta": meta, "common": {**COMMON, "factorize": args.factorize}, "runs": records}
+    common = base_settings(args.settings, model=args.model, data=data, factorize=args.factorize)
+    common["settings"] = args.settings
+    payload = {"meta": meta, "common": common, "runs": records}
     with open(results, "w") as handle:
         json.dump(payload, handle, indent=1)
     records = payload["runs"]
-    text = table(records)
+    text = table(records) + "\n\n" + versus(records, args.reference_tau)
     with open(os.path.join(args.out, "table.md"), "w") as handle:
         handle.write(text + "\n")
     print(text)
     print(json.dumps(payload.get("meta", {})))
-    plot(records, FIGURES, args.figure_prefix, args.epochs, conv_only=args.factorize == "conv")
+    names = {"lenet5": "LeNet5", "vgg_small": "vgg_small"}
+    title = f"{names.get(args.model, args.model)} on {data}"
+    plot(
+        records,
+        FIGURES,
+        args.figure_prefix,
+        args.epochs,
+        conv_only=args.factorize == "conv",
+        title=title,
+    )
 
 
 if __name__ == "__main__":
