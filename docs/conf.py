@@ -39,7 +39,7 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 myst_enable_extensions = ["dollarmath"]
 
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "api/*", "benchmarks/*", "scripts/*"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "api/*", "benchmarks/*", "scripts/*", "results/*"]
 nitpicky = False
 
 autosummary_generate = True
