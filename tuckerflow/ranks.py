@@ -35,6 +35,7 @@ __all__ = [
     "check_tolerance",
     "default_order",
     "largest_valid_rank",
+    "lower_ranks_certainly",
     "lower_ranks_greedily",
     "per_mode",
     "rank_spec",
@@ -354,9 +355,27 @@ def lower_ranks_greedily(
     >>> lower_ranks_greedily((3, 3), (1, 1), lambda r: tails[min(r)], 1.5)
     (2, 2)
     """
+    return lower_ranks_certainly(start, floor, error2, budget2, lambda ranks: 0.0)[0]
+
+
+def lower_ranks_certainly(
+    start: Sequence[int],
+    floor: Sequence[int],
+    error2: Callable[[tuple[int, ...]], float],
+    budget2: float,
+    error_bound: Callable[[tuple[int, ...]], float],
+) -> tuple[tuple[int, ...], bool]:
+    """:func:`lower_ranks_greedily`, and whether every comparison it makes is decided with
+    room for an error ``error_bound(ranks)`` of each ``error2(ranks)``: ``(ranks, certain)``.
+
+    Used where ``error2`` is computed in a lower precision: a ``certain`` result is the
+    one the exact errors give.
+    """
     r = [int(v) for v in start]
-    if error2(tuple(r)) > budget2:
-        return tuple(r)
+    e0 = error2(tuple(r))
+    certain = abs(e0 - budget2) > error_bound(tuple(r))
+    if e0 > budget2:
+        return tuple(r), certain
     while True:
         best = None
         for i in range(len(r)):
@@ -365,8 +384,13 @@ def lower_ranks_greedily(
             cand = list(r)
             cand[i] -= 1
             e = error2(tuple(cand))
-            if e <= budget2 and (best is None or e < best[0]):
-                best = (e, i)
+            slack = error_bound(tuple(cand))
+            certain = certain and abs(e - budget2) > slack
+            if e <= budget2:
+                if best is not None:
+                    certain = certain and abs(e - best[0]) > slack + best[2]
+                if best is None or e < best[0]:
+                    best = (e, i, slack)
         if best is None:
-            return tuple(r)
+            return tuple(r), certain
         r[best[1]] -= 1
