@@ -241,17 +241,20 @@ def mode_products(x, matrices):
     result keeps the layout. No transposed copy is ever made, and no later product reads a
     strided view (which costs several times a contiguous one in BLAS).
     """
-    shape = list(tl.shape(x))
+    # the array protocol common to the supported backends (``.shape``, ``.reshape``, ``.T``
+    # and ``@`` on NumPy, CuPy and PyTorch arrays): the products of the integrators' small
+    # cores are short, and TensorLy's dispatch would cost about as much as the arithmetic
+    shape = list(x.shape)
     for j, m in enumerate(matrices):
         if m is None:
             continue
         left, n, right = math.prod(shape[:j]), shape[j], math.prod(shape[j + 1 :])
         if left == 1:
-            x = tl.dot(m, tl.reshape(x, (n, right)))
+            x = m @ x.reshape(n, right)
         elif right == 1:
-            x = tl.dot(tl.reshape(x, (left, n)), tl.transpose(m))
+            x = x.reshape(left, n) @ m.T
         else:
-            x = tl.matmul(m, tl.reshape(x, (left, n, right)))
-        shape[j] = tl.shape(m)[0]
-        x = tl.reshape(x, tuple(shape))
+            x = m @ x.reshape(left, n, right)
+        shape[j] = m.shape[0]
+        x = x.reshape(tuple(shape))
     return x
