@@ -288,8 +288,13 @@ def run_seed(
     settings="common",
     model="lenet5",
     data="mnist5k",
+    baseline_lr=None,
 ):
     """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks).
+
+    ``baseline_lr``: the learning rate of the fixed-rank baselines (direct factors,
+    ``FactorizedConv``, matrix low-rank) when it is not the settings' one (each method at a
+    learning rate it tolerates; dense and TDLRT keep the settings').
 
     Each finished run is written to ``folder/seed{seed}-{label}.json`` at once; runs found
     there already are not repeated, so an interrupted experiment continues where it stopped.
@@ -344,9 +349,13 @@ def run_seed(
         record = done(label)
         if record is None:
             options = {"ranks": reference} if name == "direct" else {}
+            extra = None
+            if baseline_lr is not None and name != "dense":
+                options["lr"] = baseline_lr
+                extra = {"lr": baseline_lr}
             transform = transforms[name](reference) if name in transforms else None
-            config = TrainConfig(**common, method=method, epochs=epochs, seed=seed, **options)
-            record = attempt(label, kind, config, transform)
+            config = TrainConfig(**{**common, **options}, method=method, epochs=epochs, seed=seed)
+            record = attempt(label, kind, config, transform, extra)
         records.append(record)
     return records
 
@@ -975,6 +984,11 @@ def main(argv=None):
     parser.add_argument(
         "--first-seed", type=int, default=0, help="first seed (studies and the frontier)"
     )
+    parser.add_argument(
+        "--baseline-lr",
+        type=float,
+        help="learning rate of the fixed-rank baselines (default: the settings' own)",
+    )
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="studies: arms")
     parser.add_argument(
         "--data", nargs="+", help="studies: data sets; otherwise one data set (mnist5k)"
@@ -1031,6 +1045,7 @@ def main(argv=None):
                     args.settings,
                     args.model,
                     data,
+                    args.baseline_lr,
                 )
                 for seed in range(args.first_seed, args.first_seed + args.seeds)
             ]
@@ -1039,6 +1054,7 @@ def main(argv=None):
                 print(f"seed done, {time.perf_counter() - tick:.0f} s", flush=True)
         meta = {"epochs": args.epochs, "seeds": args.seeds, "wall_s": time.perf_counter() - tick}
         meta["workers"] = args.workers
+        meta["baseline_lr"] = args.baseline_lr
     else:
         meta = {"epochs": args.epochs, "seeds": args.seeds, "plot_only": True}
         if os.path.exists(results):
