@@ -638,9 +638,14 @@ _FLOAT32_AUGMENT = True
 
 
 def augment_is_certain(row, n, k, threshold):
-    """Whether the augmentation of ``kstep_prepare`` keeps all ``k`` directions of an
-    ``n × k`` matrix ``w`` (``k ≤ n − r``, the room) on the float64 path, from the float32
-    row ``(λ_min, ‖w‖_F², info)`` of :func:`augment_gram`; ``threshold = rtol · ‖g‖``.
+    """How the augmentation of ``kstep_prepare`` may add the ``k`` new directions of an
+    ``n × k`` matrix ``w`` (``k ≤ n − r``, the room), from the float32 row
+    ``(λ_min, ‖w‖_F², info)`` of :func:`augment_gram`; ``threshold = rtol · ‖g‖``.
+
+    Returns None when the float64 path's decision is not certain; otherwise it keeps all
+    ``k`` directions (``m = k``, their span is ``span(w)``), and the result says whether
+    ``w R⁻¹`` (``R`` the float32 Cholesky factor of ``wᴴw``) is well conditioned (True) or
+    ``w`` is to be orthonormalised by a QR first (False).
 
     The float32 Gram matrix ``wᴴw`` differs from the exact one by ``E``, estimated as in
     :class:`_Certificate` (``k`` rows of length ``n``, the float32 ``eigvalsh`` within it as
@@ -650,21 +655,22 @@ def augment_is_certain(row, n, k, threshold):
     :data:`tuckerflow.dlra.AUGMENT_GRAM_SAFETY`), and it compares them rounded to float32
     (relative ``eps32/2``). Certain when
 
-        ``λ_min − 2δ > (1 + 4 eps32) · threshold² + FAST_GRAM_MARGIN · δ₆₄``
+        ``λ_min − δ > (1 + 4 eps32) · threshold² + FAST_GRAM_MARGIN · δ₆₄``:
 
-    and the Cholesky factor exists: then every float64 singular value exceeds the threshold
-    and the float64 path keeps ``m = k`` directions, spanning ``span(w)``. The second ``δ``
-    makes ``w R⁻¹`` (``R`` the float32 Cholesky factor) well conditioned:
-    ``‖R⁻ᴴ E R⁻¹‖₂ ≤ δ / λ_min ≤ 1/2``. A drop of some directions, a choice among them
+    then every float64 singular value exceeds the threshold. With ``λ_min > 2δ`` and the
+    Cholesky factor, ``‖R⁻ᴴ E R⁻¹‖₂ ≤ δ / λ_min ≤ 1/2``: the columns of ``w R⁻¹`` are
+    orthonormal to within a factor ``√3``. A drop of some directions, a choice among them
     (``k`` above the room) or a rank-deficient ``w`` are never certain here (the float32
     Gram error ``δ`` lies far above the squared threshold ``(16 eps32 ‖g‖)²``).
     """
     lam_min, norm2, info = (float(x) for x in row)
-    if info != 0.0 or not (math.isfinite(lam_min) and math.isfinite(norm2)) or norm2 <= 0.0:
-        return False
+    if not (math.isfinite(lam_min) and math.isfinite(norm2)) or norm2 <= 0.0:
+        return None
     delta = FAST_GRAM_MARGIN * math.sqrt(n / k) * _EPS32 * norm2
     delta64 = (math.sqrt(n) + k) * _EPS64 * norm2
-    return lam_min - 2.0 * delta > (1.0 + 4.0 * _EPS32) * threshold**2 + FAST_GRAM_MARGIN * delta64
+    if not lam_min - delta > (1.0 + 4.0 * _EPS32) * threshold**2 + FAST_GRAM_MARGIN * delta64:
+        return None
+    return info == 0.0 and lam_min > 2.0 * delta
 
 
 class _Certificate:

@@ -230,7 +230,8 @@ def kstep_prepare(jobs, batch, ok=None):
     instead of its spectrum (:func:`tuckerflow.optim._batched.augment_gram`): where
     :func:`~tuckerflow.optim._batched.augment_is_certain` shows that the float64 path keeps
     all ``k`` directions, :func:`kstep_finish` adds ``orth((I − UUᴴ) w R⁻¹)`` (``R`` the
-    Cholesky factor), no eigenvectors; the others are decided by the float64 path.
+    Cholesky factor; ``orth((I − UUᴴ) orth(w))`` where ``w R⁻¹`` is not known to be well
+    conditioned), no eigenvectors; the others are decided by the float64 path.
     """
     import math
 
@@ -330,7 +331,7 @@ def kstep_finish(jobs, host):
     from . import _batched
 
     orth_in, orth_at = [], []
-    solve_in, solve_at, again = [], [], []
+    solve_at, qr_at, again = [], [], []
 
     def augment(entry, s_host):
         u = entry["u"]
@@ -354,14 +355,18 @@ def kstep_finish(jobs, host):
                 entry["U"] = entry["u"]
             elif "chol" not in entry:
                 augment(entry, host[entry["s_at"]])
-            elif _batched.augment_is_certain(
-                host[entry["row_at"]], *entry["w"].shape, entry["rtol"] * norm_k
-            ):
-                # all k directions kept: span(w) = span(w R⁻¹), with w R⁻¹ well conditioned
-                solve_in.append(entry["w"])
-                solve_at.append(entry)
             else:
-                again.append(entry)
+                how = entry["certain"] = _batched.augment_is_certain(
+                    host[entry["row_at"]], *entry["w"].shape, entry["rtol"] * norm_k
+                )
+                # all k directions kept, span(w) = span(w R⁻¹) = span(orth(w)): from w R⁻¹
+                # where that is well conditioned, else by a QR of w; None: not certain
+                if how is None:
+                    again.append(entry)
+                elif how:
+                    solve_at.append(entry)
+                else:
+                    qr_at.append(entry)
     if again:
         # not certain (near the threshold, or rank-deficient): the float64 path, one more
         # transfer for all such modes
@@ -374,7 +379,12 @@ def kstep_finish(jobs, host):
         for entry, s in zip(again, parts):
             augment(entry, s_all[start : start + s.numel()])
             start += s.numel()
-    for entry, new in zip(solve_at, _batched.right_solve(solve_in, [e["chol"] for e in solve_at])):
+    # the certain modes: a basis of span(w) with columns orthonormal up to a factor √3 (or
+    # exactly), projected once more; its QR then puts the new directions orthogonal to U to
+    # round-off, as for w V S⁻¹ above
+    solved = _batched.right_solve([e["w"] for e in solve_at], [e["chol"] for e in solve_at])
+    first = _batched.orth([e["w"] for e in qr_at])
+    for entry, new in zip(solve_at + qr_at, solved + first):
         u = entry["u"]
         orth_in.append(new - u @ (u.conj().T @ new))
         orth_at.append(entry)
