@@ -456,6 +456,34 @@ def test_float32_augmentation_takes_the_float64_path_decisions(monkeypatch, name
         assert torch.equal(fast, wide)
 
 
+@pytest.mark.parametrize(("sigma", "certain"), [([1.0, 0.5, 0.2, 0.1], True), ([1.0, 0.0], False)])
+def test_complex64_augmentation_takes_the_float64_path_decisions(monkeypatch, sigma, certain):
+    """complex64 modes take the same path as float32 ones (Hermitian Gram matrices)."""
+    g = torch.Generator().manual_seed(7)
+    re = _augmentation_case(30, 4, sigma, 1.0, 0, torch.float64)
+    im = torch.randn(30, len(sigma), generator=g, dtype=torch.float64)
+    u = re[1][0]
+    # a complex w: the real one plus i·(I − UUᴴ)·(a rank-1 part of the same span)
+    w_re = re[2][0] - u @ (u.T @ re[2][0])
+    w_im = w_re @ (im[: len(sigma)] / 10)
+    grad = (re[2][0] + 1j * w_im).to(torch.complex64)
+    case = (re[0].to(torch.complex64), [u.to(torch.complex64), None], [grad, None])
+    (fast, n_fast, entry), (wide, n_wide, _) = _augment_both_paths(monkeypatch, case)
+    assert "chol" in entry and n_wide == 1 and n_fast == (1 if certain else 2)
+    assert fast.shape == wide.shape
+    eye = torch.eye(fast.shape[1], dtype=torch.complex128)
+    f = fast.to(torch.complex128)
+    defect = torch.linalg.vector_norm(f.conj().T @ f - eye)
+    assert defect <= 50 * FLOAT32_EPS
+    s = torch.linalg.svdvals(entry["w"].to(torch.complex128))
+    kept = fast.shape[1] - 4
+    gap = float(s[kept - 1]) - (float(s[kept]) if kept < len(s) else 0.0)
+    norm_w = float(torch.linalg.vector_norm(entry["w"].to(torch.complex128)))
+    a, b = f, wide.to(torch.complex128)
+    angle = float(torch.linalg.matrix_norm(a @ a.conj().T - b @ b.conj().T, ord=2))
+    assert angle <= 2 * math.sqrt(30) * FLOAT32_EPS * norm_w / gap
+
+
 def test_float32_augmentation_near_the_threshold_falls_back(monkeypatch):
     """A singular value of w within a part in 1e3 of the threshold: never certain in float32
     (the Gram error is far above the squared threshold); the float64 path decides."""
