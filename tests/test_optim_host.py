@@ -312,8 +312,13 @@ def test_one_batched_call_per_shape(monkeypatch):
     assert sorted(calls) == sorted([(3, 7, 3), (2, 5, 9), (1, 4, 4), (1, 12, 2)])
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batched_k_steps_equal_kstep_bases(dtype):
+@pytest.mark.parametrize(
+    ("dtype", "fast"), [(torch.float64, True), (torch.float32, False), (torch.float32, True)]
+)
+def test_batched_k_steps_equal_kstep_bases(monkeypatch, dtype, fast):
+    """The batched K-steps are the per-layer ones; the float32 Gram path of the augmentation
+    (``fast``) spans the same augmented spaces, in another basis of the new directions."""
+    monkeypatch.setattr(_batched, "_FLOAT32_AUGMENT", fast)
     g = torch.Generator().manual_seed(3)
 
     def orthonormal(n, r):
@@ -334,13 +339,215 @@ def test_batched_k_steps_equal_kstep_bases(dtype):
     batch = HostBatch()
     kstep_prepare(jobs, batch)
     got = kstep_finish(jobs, batch.fetch())
-    for (U1, C1, _), (U0, C0, _) in zip(got, expected):
-        for a, b in zip(U1, U0):
-            assert a.shape == b.shape and _close(a, b, dtype)
+    rotated = fast and dtype == torch.float32
+    for job, (U1, C1, _), (U0, C0, _) in zip(jobs, got, expected):
+        for i, (a, b) in enumerate(zip(U1, U0)):
+            assert a.shape == b.shape
+            if rotated and job.modes[i]["kind"] == "augment":
+                # the old basis exactly, then the new directions: an orthonormal basis of the
+                # same span (random data: well conditioned, so round-off moves it by a few eps)
+                r = job.factors[i].shape[1]
+                assert torch.equal(a[:, :r], b[:, :r])
+                assert _projector_gap(a, b) <= 50 * FLOAT32_EPS
+                assert _close(a.T @ a, torch.eye(a.shape[1], dtype=dtype), dtype)
+            else:
+                assert _close(a, b, dtype)
         assert _close(C1, C0, dtype, float(torch.linalg.vector_norm(C0)))
 
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def _augmentation_case(n, r, sigma, inside, seed, dtype, k=None):
+    """A one-mode K-step job whose new directions ``w = (I − UUᴴ) g`` (``n × k``, default
+    ``k = len(sigma)``) have the singular values ``sigma`` (and zeros), with ``g = w + U A``,
+    ``‖UA‖ = inside · ‖w‖``."""
+    g = torch.Generator().manual_seed(seed)
+    p = len(sigma)
+    k = p if k is None else k
+    q = torch.linalg.qr(torch.randn(n, r + p, generator=g, dtype=torch.float64))[0]
+    u, perp = q[:, :r], q[:, r:]
+    v = torch.linalg.qr(torch.randn(k, p, generator=g, dtype=torch.float64))[0]
+    w = perp @ torch.diag(torch.tensor(sigma, dtype=torch.float64)) @ v.T
+    a = torch.randn(r, k, generator=g, dtype=torch.float64)
+    a *= inside * float(torch.linalg.vector_norm(w)) / float(torch.linalg.vector_norm(a))
+    grad = (w + u @ a).to(dtype)
+    core = torch.randn(r, 3, generator=g, dtype=torch.float64).to(dtype)
+    return core, [u.to(dtype), None], [grad, None]
+
+
+def _augment_both_paths(monkeypatch, case):
+    """``Û`` of the case's K-step by the float32 Gram path and by the float64 one, with the
+    transfers of each (``kstep_prepare`` + ``kstep_finish``) and ``w`` as the step formed it."""
+    out = []
+    for flag in (True, False):
+        monkeypatch.setattr(_batched, "_FLOAT32_AUGMENT", flag)
+        core, factors, grads = case
+        job = KStepJob(core, factors, None, 0.1, factor_grads=grads)
+        batch = HostBatch()
+        with _host.counting() as n:
+            kstep_prepare([job], batch)
+            ((U_hats, _, _),) = kstep_finish([job], batch.fetch())
+        out.append((U_hats[0], n(), job.modes[0]))
+    return out
+
+
+# singular values of w (n = 40, r = 5; k columns, default one per value; whether the
+# certificate holds with g = w), against the threshold rtol·‖g‖ = 16 eps32 ‖g‖ ≈ 2e-6 ‖g‖
+# and the float32 Gram error δ ≈ 6e-7 ‖w‖² (k = 6; σ_min ≳ 7.9e-4 ‖w‖ is certain, and
+# σ_min ≳ 1.1e-3 ‖w‖ takes the Cholesky basis w R⁻¹)
+_SPECTRA = {
+    "well conditioned": ([1.0, 0.8, 0.5, 0.3, 0.2, 0.1], None, True),
+    "decaying to 3e-3": ([1.0, 0.1, 0.03, 1e-2, 3e-3], None, True),
+    "decaying to 1e-3": ([1.0, 0.1, 0.03, 1e-2, 3e-3, 1e-3], None, True),
+    "decaying to 6e-4": ([1.0, 0.1, 0.03, 1e-2, 3e-3, 6e-4], None, False),
+    "rank-deficient": ([1.0, 0.5, 0.2, 0.0, 0.0], None, False),
+    "rank 2 of 5 columns": ([1.0, 0.5], 5, False),
+    "one at round-off": ([1.0, 0.5, 0.2, 1e-9], None, False),
+    "spread to 1e-6": ([1.0, 1e-2, 1e-4, 1e-6], None, False),
+}
+
+
+@pytest.mark.parametrize("name", list(_SPECTRA))
+@pytest.mark.parametrize("inside", [0.0, 1.0, 30.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float32_augmentation_takes_the_float64_path_decisions(monkeypatch, name, inside, seed):
+    """The K-step's float32 Gram path keeps the float64 path's number of new directions
+    in every case, in one transfer where its certificate holds (all directions kept with
+    room for the float32 Gram error); otherwise the mode is decided by the float64 path
+    with a second transfer. ``inside``: the part of ``g`` in ``span U`` (it raises the
+    threshold ``rtol·‖g‖`` against ``w``)."""
+    sigma, k, certain = _SPECTRA[name]
+    case = _augmentation_case(40, 5, sigma, inside, seed, torch.float32, k=k)
+    (fast, n_fast, entry), (wide, n_wide, _) = _augment_both_paths(monkeypatch, case)
+    assert "chol" in entry  # the float32 Gram path was taken
+    assert n_wide == 1
+    thr = entry["rtol"] * entry["norm_k"]
+    s = torch.linalg.svdvals(entry["w"].double())
+    if inside <= 1.0:
+        assert n_fast == (1 if certain else 2)
+        # the Cholesky basis w R⁻¹ where λ_min > 2δ, a QR of w first just above δ
+        route = {"well conditioned": True, "decaying to 1e-3": False}
+        if name in route:
+            assert entry["certain"] is route[name]
+    if n_fast == 1:
+        # certified: every singular value of w lies above the threshold by the Gram error
+        assert float(s[-1]) > thr
+        assert fast.shape[1] == 5 + entry["w"].shape[1]
+    else:
+        assert n_fast == 2
+    assert fast.shape == wide.shape
+    kept = fast.shape[1] - 5
+    assert torch.equal(fast[:, :5], wide[:, :5])
+    assert _close(fast.T @ fast, torch.eye(fast.shape[1]), torch.float32)
+    if kept:
+        # both paths hold an orthonormal basis of the kept directions of the same float32
+        # w: the spans of w + Δ₁ and w + Δ₂ with ‖Δ_j‖ of about √n · eps32/2 · ‖w‖ (the
+        # Householder QRs of n-row columns; the k-term products and triangular solve err
+        # less). By Wedin they differ by at most (‖Δ₁‖ + ‖Δ₂‖) / gap, gap = σ_kept − σ_next
+        # (all kept: σ_min); the bound below is twice that (measured: at most 0.04 of it)
+        tail = float(s[kept]) if kept < len(s) else 0.0
+        gap = float(s[kept - 1]) - tail
+        norm_w = float(torch.linalg.vector_norm(entry["w"].double()))
+        tol = 2 * math.sqrt(40) * FLOAT32_EPS * norm_w / gap
+        assert _projector_gap(fast, wide) <= tol
+    if n_fast == 2:
+        # refused: the float64 path's own computation
+        assert torch.equal(fast, wide)
+
+
+@pytest.mark.parametrize(("sigma", "certain"), [([1.0, 0.5, 0.2, 0.1], True), ([1.0, 0.0], False)])
+def test_complex64_augmentation_takes_the_float64_path_decisions(monkeypatch, sigma, certain):
+    """complex64 modes take the same path as float32 ones (Hermitian Gram matrices)."""
+    g = torch.Generator().manual_seed(7)
+    re = _augmentation_case(30, 4, sigma, 1.0, 0, torch.float64)
+    im = torch.randn(30, len(sigma), generator=g, dtype=torch.float64)
+    u = re[1][0]
+    # a complex w: the real one plus i·(I − UUᴴ)·(a rank-1 part of the same span)
+    w_re = re[2][0] - u @ (u.T @ re[2][0])
+    w_im = w_re @ (im[: len(sigma)] / 10)
+    grad = (re[2][0] + 1j * w_im).to(torch.complex64)
+    case = (re[0].to(torch.complex64), [u.to(torch.complex64), None], [grad, None])
+    (fast, n_fast, entry), (wide, n_wide, _) = _augment_both_paths(monkeypatch, case)
+    assert "chol" in entry and n_wide == 1 and n_fast == (1 if certain else 2)
+    assert fast.shape == wide.shape
+    eye = torch.eye(fast.shape[1], dtype=torch.complex128)
+    f = fast.to(torch.complex128)
+    defect = torch.linalg.vector_norm(f.conj().T @ f - eye)
+    assert defect <= 50 * FLOAT32_EPS
+    s = torch.linalg.svdvals(entry["w"].to(torch.complex128))
+    kept = fast.shape[1] - 4
+    gap = float(s[kept - 1]) - (float(s[kept]) if kept < len(s) else 0.0)
+    norm_w = float(torch.linalg.vector_norm(entry["w"].to(torch.complex128)))
+    a, b = f, wide.to(torch.complex128)
+    angle = float(torch.linalg.matrix_norm(a @ a.conj().T - b @ b.conj().T, ord=2))
+    assert angle <= 2 * math.sqrt(30) * FLOAT32_EPS * norm_w / gap
+
+
+def test_float32_augmentation_near_the_threshold_falls_back(monkeypatch):
+    """A singular value of w within a part in 1e3 of the threshold: never certain in float32
+    (the Gram error is far above the squared threshold); the float64 path decides."""
+    for factor in (0.999, 1.001):
+        probe = _augmentation_case(40, 5, [1.0, 0.5], 0.0, 0, torch.float32)
+        norm = float(torch.linalg.vector_norm(probe[2][0].double()))
+        level = 16 * FLOAT32_EPS * norm * factor
+        case = _augmentation_case(40, 5, [1.0, 0.5, level], 0.0, 0, torch.float32)
+        (fast, n_fast, _), (wide, _, _) = _augment_both_paths(monkeypatch, case)
+        assert n_fast == 2
+        assert torch.equal(fast, wide)
+
+
+def test_float32_augmentation_beyond_the_room_takes_the_float64_path(monkeypatch):
+    """``k`` above the room ``n − r``: the leading directions are chosen, which the float32
+    path never does (the float64 path from the start, one transfer)."""
+    case = _augmentation_case(12, 8, [1.0, 0.5, 0.3, 0.2], 0.5, 0, torch.float32, k=6)
+    (fast, n_fast, entry), (wide, _, _) = _augment_both_paths(monkeypatch, case)
+    assert "chol" not in entry and n_fast == 1
+    assert fast.shape[1] == 12 and torch.equal(fast, wide)
+
+
+def test_float32_augmentation_keeps_the_tdlrt_trajectory(monkeypatch):
+    """A float32 TDLRT run through the K-step's float32 Gram path takes the ranks of the
+    same run through the float64 path, step by step, with the same transfers per step
+    (every mode certain) and the weights to float32 round-off."""
+    runs, refused = {}, []
+    gram_left = _batched.gram_left
+
+    def counted(mats):
+        refused.append(len(mats))
+        return gram_left(mats)
+
+    monkeypatch.setattr(_batched, "gram_left", counted)
+    for flag in (True, False):
+        monkeypatch.setattr(_batched, "_FLOAT32_AUGMENT", flag)
+        model, tdlrt = make(4, dtype=torch.float32)
+        ranks, counts, weights = [], [], []
+        refused.clear()
+        run_steps(model, tdlrt, batches(torch.float32), 6, counts=counts)
+        ranks.append(tdlrt.ranks())
+        weights = _weights(model)
+        runs[flag] = (ranks, counts, weights, list(refused))
+    (r1, c1, w1, g1), (r0, c0, w0, g0) = runs[True], runs[False]
+    assert r1 == r0 and c1 == c0
+    # the float64 path factored the augmented modes of all layers at every step; the float32
+    # one only the last layer's output mode (4 rows, rank 3: k = 3 above the room 1)
+    assert g1 == [1] * 6 and len(g0) == 6 and all(n > 1 for n in g0)
+    for a, b in zip(w1, w0):
+        # 6 steps of a map with Lipschitz constant O(1): a few hundred eps32 of the scale
+        assert torch.linalg.vector_norm((a - b).double()) <= 1e3 * FLOAT32_EPS * (
+            1 + torch.linalg.vector_norm(b.double())
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_double_precision_augmentation_is_unchanged(monkeypatch, dtype):
+    """float64 (complex128) modes never take the float32 Gram path: bit-identical bases."""
+    case = _augmentation_case(40, 5, [1.0, 0.5, 0.2, 1e-3], 1.0, 0, torch.float64)
+    case = tuple([None if t is None else t.to(dtype) for t in part] for part in case[1:])
+    core = torch.randn(5, 3, dtype=torch.float64).to(dtype)
+    (fast, n_fast, entry), (wide, n_wide, _) = _augment_both_paths(monkeypatch, (core, *case))
+    assert "chol" not in entry and n_fast == n_wide == 1
+    assert torch.equal(fast, wide)
 
 
 def _vector_condition(s, r):

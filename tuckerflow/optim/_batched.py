@@ -44,11 +44,14 @@ from ..tucker import TuckerTensor
 
 __all__ = [
     "GuardData",
+    "augment_gram",
+    "augment_is_certain",
     "batched",
     "flip_signs",
     "gram_left",
     "left_singular",
     "orth",
+    "right_solve",
     "svd",
     "truncate_cores",
 ]
@@ -163,6 +166,40 @@ def _eigh_of_gram(g, dtype, real):
 def gram_left(mats):
     """:func:`tuckerflow.linalg._gram_left` (float64 Gram matrix and ``eigh``), batched."""
     return batched(_gram_stack, mats)
+
+
+def _augment_gram_stack(w):
+    """Per ``n × k`` matrix ``w`` of the stack, in its own dtype: the Cholesky factor ``R`` of
+    ``wᴴw`` and the row ``(λ_min(wᴴw), tr(wᴴw), info)`` (``info ≠ 0``: no Cholesky factor)."""
+    g = w.conj().transpose(-2, -1) @ w
+    lam = torch.linalg.eigvalsh(g)
+    r, info = torch.linalg.cholesky_ex(g, upper=True)
+    trace = torch.diagonal(g, dim1=-2, dim2=-1).real.sum(-1)
+    return r, torch.stack([lam[..., 0], trace, info.to(lam.dtype)], dim=-1)
+
+
+def augment_gram(mats):
+    """:func:`_augment_gram_stack` of every ``w`` (float32 or complex64), batched per shape:
+    ``[(R, (λ_min, ‖w‖_F², info)), …]``; :func:`augment_is_certain` decides from the row."""
+    return batched(_augment_gram_stack, mats)
+
+
+def right_solve(mats, factors):
+    """``[w R⁻¹ …]`` for upper triangular ``R``, one batched solve per shape."""
+    out = [None] * len(mats)
+    groups = {}
+    for k, w in enumerate(mats):
+        groups.setdefault((tuple(w.shape), w.dtype, w.device), []).append(k)
+    for ks in groups.values():
+        res = torch.linalg.solve_triangular(
+            torch.stack([factors[k] for k in ks]),
+            torch.stack([mats[k] for k in ks]),
+            upper=True,
+            left=False,
+        )
+        for j, k in enumerate(ks):
+            out[k] = res[j]
+    return out
 
 
 def _qr_left_stack(a):
@@ -593,6 +630,47 @@ _EPS32 = float(np.finfo(np.float32).eps)
 
 # the float32 Gram path with its certificate (False: always the float64 path, for tests)
 _FLOAT32_GRAM = True
+
+
+# the K-step's float32 Gram path with its certificate (False: always the float64 path, for
+# tests)
+_FLOAT32_AUGMENT = True
+
+
+def augment_is_certain(row, n, k, threshold):
+    """How the augmentation of ``kstep_prepare`` may add the ``k`` new directions of an
+    ``n × k`` matrix ``w`` (``k ≤ n − r``, the room), from the float32 row
+    ``(λ_min, ‖w‖_F², info)`` of :func:`augment_gram`; ``threshold = rtol · ‖g‖``.
+
+    Returns None when the float64 path's decision is not certain; otherwise it keeps all
+    ``k`` directions (``m = k``, their span is ``span(w)``), and the result says whether
+    ``w R⁻¹`` (``R`` the float32 Cholesky factor of ``wᴴw``) is well conditioned (True) or
+    ``w`` is to be orthonormalised by a QR first (False).
+
+    The float32 Gram matrix ``wᴴw`` differs from the exact one by ``E``, estimated as in
+    :class:`_Certificate` (``k`` rows of length ``n``, the float32 ``eigvalsh`` within it as
+    ``k < n``): ``‖E‖₂ ≤ δ = FAST_GRAM_MARGIN · √(n/k) · eps32 · ‖w‖_F²``, so that
+    ``σ_min(w)² ≥ λ_min − δ`` (Weyl). The float64 path's squared singular values err by
+    about ``δ₆₄ = (√n + k) · eps64 · ‖w‖_F²`` (float64 Gram matrix and ``eigh``, see
+    :data:`tuckerflow.dlra.AUGMENT_GRAM_SAFETY`), and it compares them rounded to float32
+    (relative ``eps32/2``). Certain when
+
+        ``λ_min − δ > (1 + 4 eps32) · threshold² + FAST_GRAM_MARGIN · δ₆₄``:
+
+    then every float64 singular value exceeds the threshold. With ``λ_min > 2δ`` and the
+    Cholesky factor, ``‖R⁻ᴴ E R⁻¹‖₂ ≤ δ / λ_min ≤ 1/2``: the columns of ``w R⁻¹`` are
+    orthonormal to within a factor ``√3``. A drop of some directions, a choice among them
+    (``k`` above the room) or a rank-deficient ``w`` are never certain here (the float32
+    Gram error ``δ`` lies far above the squared threshold ``(16 eps32 ‖g‖)²``).
+    """
+    lam_min, norm2, info = (float(x) for x in row)
+    if not (math.isfinite(lam_min) and math.isfinite(norm2)) or norm2 <= 0.0:
+        return None
+    delta = FAST_GRAM_MARGIN * math.sqrt(n / k) * _EPS32 * norm2
+    delta64 = (math.sqrt(n) + k) * _EPS64 * norm2
+    if not lam_min - delta > (1.0 + 4.0 * _EPS32) * threshold**2 + FAST_GRAM_MARGIN * delta64:
+        return None
+    return info == 0.0 and lam_min > 2.0 * delta
 
 
 class _Certificate:

@@ -19,6 +19,12 @@ from .transport import basis_change, embedding, mode_products
 __all__ = ["kstep_bases", "partial_contraction"]
 
 
+def _single():
+    import torch
+
+    return (torch.float32, torch.complex64)
+
+
 def partial_contraction(G, factors, skip):
     """``G ×_{j≠skip} U_jᴴ`` (modes with a None factor are left alone)."""
     mats = [None if (u is None or j == skip) else u.conj().T for j, u in enumerate(factors)]
@@ -218,6 +224,14 @@ def kstep_prepare(jobs, batch, ok=None):
     :func:`kstep_finish` forms the bases. ``ok`` (a device boolean) replaces the matrices
     handed to the iterative SVD/``eigh`` by zeros when the step's inputs were not finite
     (the step is refused after the transfer; some LAPACK drivers never return on an Inf).
+
+    Single-precision modes of the Gram path with ``k ≤ n − r`` new directions form ``wᴴw``
+    in their own dtype and transfer its smallest eigenvalue, trace and Cholesky flag
+    instead of its spectrum (:func:`tuckerflow.optim._batched.augment_gram`): where
+    :func:`~tuckerflow.optim._batched.augment_is_certain` shows that the float64 path keeps
+    all ``k`` directions, :func:`kstep_finish` adds ``orth((I − UUᴴ) w R⁻¹)`` (``R`` the
+    Cholesky factor; ``orth((I − UUᴴ) orth(w))`` where ``w R⁻¹`` is not known to be well
+    conditioned), no eigenvectors; the others are decided by the float64 path.
     """
     import math
 
@@ -240,6 +254,7 @@ def kstep_prepare(jobs, batch, ok=None):
     qrs = _batched.batched(lambda a: torch.linalg.qr(a), qr_in)
     qr_of = {key: res for key, res in zip(qr_at, qrs)}
     fixed_in, fixed_at, svd_in, svd_at, gram_in, gram_at = [], [], [], [], [], []
+    fast_in, fast_at = [], []
     for j, job in enumerate(jobs):
         for i, u in enumerate(job.factors):
             if u is None:
@@ -277,6 +292,11 @@ def kstep_prepare(jobs, batch, ok=None):
             safe = w if ok is None else torch.where(ok, w, torch.zeros_like(w))
             if k < n and rtol**2 > AUGMENT_GRAM_SAFETY * (math.sqrt(n) + k) * _EPS64:
                 entry["gram"] = True
+                if k <= n - r_ and _batched._FLOAT32_AUGMENT and u.dtype in _single():
+                    # the float32 Gram path, certified in kstep_finish (keeping all k)
+                    fast_in.append(safe)
+                    fast_at.append(entry)
+                    continue
                 gram_in.append(safe.conj().T)
                 gram_at.append(entry)
             else:
@@ -291,38 +311,83 @@ def kstep_prepare(jobs, batch, ok=None):
     for entry, (u_, s, _) in zip(svd_at, _batched.svd(svd_in)):
         entry["vecs"], entry["s"] = u_, s
         entry["s_at"] = batch.add(s)
+    for entry, (chol, row) in zip(fast_at, _batched.augment_gram(fast_in)):
+        entry["chol"] = chol
+        entry["row_at"] = batch.add(row)
     return jobs
 
 
 def kstep_finish(jobs, host):
-    """Host half: the new bases of every job from the transferred values (no transfer).
+    """Host half: the new bases of every job from the transferred values.
 
-    Returns ``[(U_hats, C_hat, M_hats), …]`` as :func:`kstep_bases` does.
+    No transfer, unless a mode of the float32 Gram path is not certain
+    (:func:`tuckerflow.optim._batched.augment_is_certain`): those modes are decided again by
+    the float64 path, with one more transfer shared by all of them. Returns
+    ``[(U_hats, C_hat, M_hats), …]`` as :func:`kstep_bases` does.
     """
     import numpy as np
 
+    from .._host import to_host
     from . import _batched
 
     orth_in, orth_at = [], []
+    solve_at, qr_at, again = [], [], []
+
+    def augment(entry, s_host):
+        u = entry["u"]
+        m = min(int(np.count_nonzero(s_host > entry["rtol"] * entry["norm_k"])), entry["room"])
+        if m == 0:
+            entry["U"] = u
+            return
+        if entry["gram"]:
+            new = (entry["w"] @ entry["vecs"][:, :m]) / entry["s"][None, :m]
+        else:
+            new = entry["vecs"][:, :m]
+        orth_in.append(new - u @ (u.conj().T @ new))
+        orth_at.append(entry)
+
     for job in jobs:
         for entry in job.modes.values():
             if entry["kind"] != "augment":
                 continue
-            u = entry["u"]
-            norm_k = float(host[entry["norm"]][0])
-            s_host = host[entry["s_at"]]
-            m = 0
-            if norm_k != 0.0:
-                m = min(int(np.count_nonzero(s_host > entry["rtol"] * norm_k)), entry["room"])
-            if m == 0:
-                entry["U"] = u
-                continue
-            if entry["gram"]:
-                new = (entry["w"] @ entry["vecs"][:, :m]) / entry["s"][None, :m]
+            norm_k = entry["norm_k"] = float(host[entry["norm"]][0])
+            if norm_k == 0.0:
+                entry["U"] = entry["u"]
+            elif "chol" not in entry:
+                augment(entry, host[entry["s_at"]])
             else:
-                new = entry["vecs"][:, :m]
-            orth_in.append(new - u @ (u.conj().T @ new))
-            orth_at.append(entry)
+                how = entry["certain"] = _batched.augment_is_certain(
+                    host[entry["row_at"]], *entry["w"].shape, entry["rtol"] * norm_k
+                )
+                # all k directions kept, span(w) = span(w R⁻¹) = span(orth(w)): from w R⁻¹
+                # where that is well conditioned, else by a QR of w; None: not certain
+                if how is None:
+                    again.append(entry)
+                elif how:
+                    solve_at.append(entry)
+                else:
+                    qr_at.append(entry)
+    if again:
+        # not certain (near the threshold, or rank-deficient): the float64 path, one more
+        # transfer for all such modes
+        parts = []
+        for entry, (v, s) in zip(again, _batched.gram_left([e["w"].conj().T for e in again])):
+            entry["vecs"], entry["s"] = v, s
+            parts.append(s)
+        s_all = to_host(_cat_flat(parts))
+        start = 0
+        for entry, s in zip(again, parts):
+            augment(entry, s_all[start : start + s.numel()])
+            start += s.numel()
+    # the certain modes: a basis of span(w) with columns orthonormal up to a factor √3 (or
+    # exactly), projected once more; its QR then puts the new directions orthogonal to U to
+    # round-off, as for w V S⁻¹ above
+    solved = _batched.right_solve([e["w"] for e in solve_at], [e["chol"] for e in solve_at])
+    first = _batched.orth([e["w"] for e in qr_at])
+    for entry, new in zip(solve_at + qr_at, solved + first):
+        u = entry["u"]
+        orth_in.append(new - u @ (u.conj().T @ new))
+        orth_at.append(entry)
     for entry, q in zip(orth_at, _batched.orth(orth_in)):
         entry["U"] = _cat(entry["u"], q)
     out = []
@@ -358,3 +423,9 @@ def _cat(u, new):
     import torch
 
     return torch.cat([u, new], dim=1)
+
+
+def _cat_flat(parts):
+    import torch
+
+    return torch.cat([t.reshape(-1).to(torch.float64) for t in parts])
