@@ -289,6 +289,7 @@ def run_seed(
     model="lenet5",
     data="mnist5k",
     baseline_lr=None,
+    scheduler=None,
 ):
     """All runs of one initialization seed (TDLRT first: the baselines reuse its ranks).
 
@@ -329,6 +330,8 @@ def run_seed(
     records = []
     reference = None
     common = base_settings(settings, model=model, data=data, factorize=factorize)
+    if scheduler is not None:
+        common["scheduler"] = scheduler
     for tau in sorted(set(taus) | {reference_tau}):
         label = f"TDLRT τ={tau}"
         record = done(label)
@@ -989,6 +992,11 @@ def main(argv=None):
         type=float,
         help="learning rate of the fixed-rank baselines (default: the settings' own)",
     )
+    parser.add_argument(
+        "--scheduler",
+        help="learning-rate schedule of every run (tuckerflow train --scheduler; default: "
+        "the settings' own)",
+    )
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="studies: arms")
     parser.add_argument(
         "--data", nargs="+", help="studies: data sets; otherwise one data set (mnist5k)"
@@ -1046,6 +1054,7 @@ def main(argv=None):
                     args.model,
                     data,
                     args.baseline_lr,
+                    args.scheduler,
                 )
                 for seed in range(args.first_seed, args.first_seed + args.seeds)
             ]
@@ -1055,6 +1064,7 @@ def main(argv=None):
         meta = {"epochs": args.epochs, "seeds": args.seeds, "wall_s": time.perf_counter() - tick}
         meta["workers"] = args.workers
         meta["baseline_lr"] = args.baseline_lr
+        meta["scheduler"] = args.scheduler
     else:
         meta = {"epochs": args.epochs, "seeds": args.seeds, "plot_only": True}
         if os.path.exists(results):
