@@ -35,8 +35,9 @@ from ..ranks import (
     largest_valid_rank,
     lower_ranks_certainly,
     lower_ranks_greedily,
+    prepare_tails,
     rank_spec,
-    select_rank,
+    select_prepared,
     sequential_budget,
 )
 from ..recompression import TruncationInfo, _choose_rank, _make_valid
@@ -271,12 +272,26 @@ class _Request:
         "block",
         "fast",
         "host",
+        "prepared",
     )
 
     def __init__(self):
         self.pairs = {}
         self.fast = False
         self.host = None
+        self.prepared = (None, {})
+
+
+def _prepared(q, host, i):
+    """:func:`tuckerflow.ranks.prepare_tails` of mode ``i``'s singular values in ``host``,
+    once per transfer (the selections of :func:`_finish`, of its certificate and of a
+    retruncation read the same values)."""
+    if q.prepared[0] is not host:
+        q.prepared = (host, {})
+    cache = q.prepared[1]
+    if i not in cache:
+        cache[i] = prepare_tails(host[q.slots[("s", i)]])
+    return cache[i]
 
 
 def _prepare(c_hat, U_hats, rtol, min_rank, max_rank):
@@ -707,8 +722,9 @@ class _Certificate:
     these bounds; then the float64 path takes the same one.
     """
 
-    def __init__(self, q, singular_values, norm_w, theta, margins):
+    def __init__(self, q, singular_values, norm_w, theta, margins, prepared):
         self.q, self.theta, self.margins = q, theta, margins
+        self.prepared = prepared  # per mode, prepare_tails of singular_values[i]
         self.norm2 = norm_w**2
         size = math.prod(q.cshape)
         self.delta, self.tail_delta = {}, {}
@@ -736,21 +752,19 @@ class _Certificate:
             for k, i in enumerate(q.free):
                 budget2 = sequential_budget(theta, used2, len(q.free) - k)
                 delta = sign * self.tail_delta[i]
-                r, tail2 = select_rank(
-                    self.s[i],
+                prep = self.prepared[i]
+                r, tail2 = select_prepared(
+                    prep,
                     max(budget2 - delta, 0.0),
-                    min_rank=spec.min_rank[i],
-                    max_rank=spec.max_rank[i],
-                    margin2=self.margins[i],
+                    spec.min_rank[i],
+                    spec.max_rank[i],
+                    self.margins[i],
                 )
                 if r != ranks[i]:
                     return False
                 used2 += tail2 + delta
-                f = select_rank(
-                    self.s[i],
-                    max(theta**2 - delta, 0.0),
-                    min_rank=spec.min_rank[i],
-                    max_rank=spec.max_rank[i],
+                f = select_prepared(
+                    prep, max(theta**2 - delta, 0.0), spec.min_rank[i], spec.max_rank[i]
                 )[0]
                 if f != floors[i]:
                     return False
@@ -804,13 +818,20 @@ def _finish(q, host, certify=False):
         theta = min(theta, 2.0 * norm_w)
     used2 = 0.0
     ranks = list(q.cshape)
-    margins = {}
+    margins, prepared = {}, {}
     for k, i in enumerate(modes):
         budget2 = sequential_budget(theta, used2, len(modes) - k)
         s_host = host[sl[("s", i)]]
         used = q.policy[i]
         margins[i] = 10.0 * ranks[i] * _EPS64 * norm_w**2 if used == "gram" else 0.0
-        r, tail2 = _choose_rank(s_host, spec, i, budget2, margins[i])
+        if spec.fixed is None and spec.by_tolerance:
+            # _choose_rank's select_rank, on the prepared tails of s_host
+            prepared[i] = _prepared(q, host, i)
+            r, tail2 = select_prepared(
+                prepared[i], budget2, spec.min_rank[i], spec.max_rank[i], margins[i]
+            )
+        else:
+            r, tail2 = _choose_rank(s_host, spec, i, budget2, margins[i])
         ranks[i] = r
         used2 += tail2
         info.singular_values[i], info.tails[i], info.methods[i] = s_host, tail2, used
@@ -824,19 +845,16 @@ def _finish(q, host, certify=False):
     if theta is not None:
         floors = list(ranks)
         for i in modes:
-            floors[i] = select_rank(
-                info.singular_values[i],
-                theta**2,
-                min_rank=spec.min_rank[i],
-                max_rank=spec.max_rank[i],
-            )[0]
+            floors[i] = select_prepared(prepared[i], theta**2, spec.min_rank[i], spec.max_rank[i])[
+                0
+            ]
         # the greedy lowering of tuckerflow.recompression._exact_hosvd_ranks on the full table
         lo = [max(floors[i], 1) for i in range(d)]
         margin2 = 4.0 * sl["e_numel"] * _EPS64 * total_h
         budget2 = theta**2 - margin2
         floor = [lo[i] if i in modes else ranks[i] for i in range(d)]
         if certify:
-            cert = _Certificate(q, info.singular_values, norm_w, theta, margins)
+            cert = _Certificate(q, info.singular_values, norm_w, theta, margins, prepared)
             if not cert.per_mode(ranks, floors):
                 return None
             new, certain = _lower_ranks_certainly(new, floor, error2, budget2, cert.table_error)
