@@ -330,7 +330,7 @@ def box_size(c_hat, U_hats):
     return math.prod(shape[i] for i, u in enumerate(U_hats) if u is not None)
 
 
-def truncate_cores(items, rtol, references=None, blocks=None):
+def truncate_cores(items, rtol, references=None, blocks=None, form=True):
     """HOSVD truncation of many augmented cores with one host transfer.
 
     Parameters
@@ -349,6 +349,10 @@ def truncate_cores(items, rtol, references=None, blocks=None):
         Per item, a leading block of the reference outside which it is zero (the core
         before an augmentation that kept the old bases, of which the reference is the
         zero-padding): the guard's rotation of the reference is then formed from the block.
+    form : bool, optional
+        False: items with a reference return an :class:`Unformed` truncation in place of the
+        Tucker tensor (``rank``, ``core`` and ``form()``), so that a guard that raises the
+        rank floor (:meth:`GuardData.retruncate`) does not form the kept bases twice.
 
     Returns
     -------
@@ -376,7 +380,7 @@ def truncate_cores(items, rtol, references=None, blocks=None):
         A core or factor holds NaN or Inf (nothing of the layers was changed by this call).
     """
     with tl.backend_context("pytorch", local_threadsafe=True):
-        return _truncate_cores(items, rtol, references, blocks)
+        return _truncate_cores(items, rtol, references, blocks, form)
 
 
 _WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
@@ -386,20 +390,23 @@ def _wide(dtype):
     return torch.complex128 if dtype.is_complex else torch.float64
 
 
-def _truncate_cores(items, rtol, references=None, blocks=None):
+def _truncate_cores(items, rtol, references=None, blocks=None, form=True):
     reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
     for q, ref, block in zip(reqs, references or [None] * len(reqs), blocks or [None] * len(reqs)):
         q.reference, q.block = ref, (None if ref is None else block)
         q.fast = _fast_gram(q)
     _device_pass(reqs)
-    results = [_finish(q, q.host, certify=q.fast) for q in reqs]
+    # form=False leaves the kept bases of the guarded items unformed (the guard may discard
+    # them); the others are formed
+    lazy = [not form and q.reference is not None for q in reqs]
+    results = [_finish(q, q.host, q.fast, not z) for q, z in zip(reqs, lazy)]
     redo = [k for k, r in enumerate(results) if r is None]
     if redo:
         # the float32 decision was not certified: these cores again in float64 (a second
         # transfer, only for near-ties of a rank decision)
         _device_pass([_wide_again(reqs[k]) for k in redo])
         for k in redo:
-            results[k] = _finish(reqs[k], reqs[k].host)
+            results[k] = _finish(reqs[k], reqs[k].host, form=not lazy[k])
     out = []
     for q, (tt, P_list, info) in zip(reqs, results):
         out.append((tt, P_list, info, None if q.reference is None else GuardData(q, q.host, tt)))
@@ -831,8 +838,10 @@ class _Certificate:
 _lower_ranks_certainly = lower_ranks_certainly
 
 
-def _finish(q, host, certify=False):
+def _finish(q, host, certify=False, form=True):
     """The host half of one truncation: the rules of ``recompress(method="hosvd")``.
+
+    ``form=False``: the first result is an :class:`Unformed` truncation.
 
     ``certify``: the Gram matrices were formed and decomposed in float32; returns None
     when a rank decision lies within that path's round-off of flipping (see
@@ -921,10 +930,38 @@ def _finish(q, host, certify=False):
     info.tails = [math.sqrt(t2) * unit for t2 in info.tails]
     info.singular_values = [None if s is None else s * unit for s in info.singular_values]
     core = scale_pow2(core, exponent)
+    if not form:
+        return Unformed(core, q.U_hats, P_list), P_list, info
+    return _formed(core, q.U_hats, P_list), P_list, info
+
+
+def _formed(core, U_hats, P_list):
+    """The truncation as a Tucker tensor: the kept bases ``Û_i P_i`` (identities where
+    ``Û_i`` is None)."""
     factors = []
-    for i, u in enumerate(q.U_hats):
+    for i, u in enumerate(U_hats):
         if u is None:
-            factors.append(torch.eye(q.cshape[i], dtype=core.dtype, device=core.device))
+            factors.append(torch.eye(core.shape[i], dtype=core.dtype, device=core.device))
         else:
             factors.append(u @ P_list[i])
-    return TuckerTensor(core, factors), P_list, info
+    return TuckerTensor(core, factors)
+
+
+class Unformed:
+    """A truncation whose kept bases ``Û_i P_i`` are not formed yet (``truncate_cores(…,
+    form=False)``): its ``rank`` and ``core``, and :meth:`form` for the Tucker tensor (the
+    same numbers as the formed result). A guard that raises the rank floor discards it
+    without the products."""
+
+    __slots__ = ("core", "_U_hats", "_P_list")
+
+    def __init__(self, core, U_hats, P_list):
+        self.core, self._U_hats, self._P_list = core, U_hats, P_list
+
+    @property
+    def rank(self):
+        return tuple(int(n) for n in self.core.shape)
+
+    def form(self):
+        with tl.backend_context("pytorch", local_threadsafe=True):
+            return _formed(self.core, self._U_hats, self._P_list)
