@@ -273,3 +273,33 @@ def test_every_read_of_a_guarded_step_goes_through_the_helper(reference, options
             tdlrt.step()
         assert seen == []
     assert tdlrt.guarded_truncations >= 1
+
+
+@pytest.mark.parametrize(("shape", "rank", "scale", "fixed"), CASES)
+def test_unformed_truncation_forms_the_same_tucker_tensor(shape, rank, scale, fixed):
+    """``truncate_cores(…, form=False)`` leaves the guarded items' kept bases unformed: the
+    same ranks, core, bases, info and guard data, and ``form()`` is the formed result bit
+    for bit, in the same one transfer."""
+    c_hat, U, y0 = _case(shape, rank, scale, seed=sum(shape), fixed=fixed)
+    items = [(c_hat, U, 1, None), (c_hat, U, 1, None)]
+    ((a, Pa, ia, da), (a2, _, _, none)) = _batched.truncate_cores(items, 0.3, [y0, None])
+    with _host.counting() as n:
+        ((b, Pb, ib, db), (b2, _, _, _)) = _batched.truncate_cores(
+            items, 0.3, [y0, None], form=False
+        )
+    assert n() == 1 and none is None
+    assert isinstance(b, _batched.Unformed) and not isinstance(b2, _batched.Unformed)
+    assert b.rank == a.rank and torch.equal(b.core, a.core)
+    assert ia.error_bound == ib.error_bound and ia.tails == ib.tails
+    assert (da.norm_reference, da.norm_change, da.discarded) == (
+        db.norm_reference,
+        db.norm_change,
+        db.discarded,
+    )
+    formed = b.form()
+    for x, y in zip(formed.factors, a.factors):
+        assert torch.equal(x, y)
+    for x, y in zip(b2.factors, a2.factors):
+        assert torch.equal(x, y)
+    for p, q in zip(Pa, Pb):
+        assert (p is None and q is None) or torch.equal(p, q)

@@ -1100,3 +1100,52 @@ def test_device_side_skipping_needs_a_fused_optimizer_and_skip_mode():
     counts = []
     run_steps(model, tdlrt, batches(), 3, counts=counts)
     assert [n for k, n in counts if k == "core"] == [1, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_lower_gram_panels_are_the_full_product(dtype):
+    """The panels of the single-precision Gram product fill the lower triangle of ``a aᴴ``
+    (to round-off; the upper one may be left zero: ``eigh`` reads the lower one) and give
+    the eigenpairs of one product."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(150, 700, generator=g, dtype=dtype)
+    bounds = _batched._gram_panels(150, dtype, dtype, a.device)
+    assert bounds is not None and len(bounds) > 2
+    out = torch.zeros(150, 150, dtype=dtype)
+    _batched._lower_gram(a, bounds, out)
+    full = a @ a.conj().T
+    scale = float(full.abs().amax())
+    assert float((torch.tril(out) - torch.tril(full)).abs().amax()) <= 1e-5 * scale
+    lam_p, _ = torch.linalg.eigh(out)
+    lam_f, _ = torch.linalg.eigh(full)
+    assert torch.allclose(lam_p, lam_f, rtol=0, atol=1e-5 * scale)
+    # not for float64 (its bits stay those of one product), small matrices or float64 work
+    assert _batched._gram_panels(150, torch.float64, torch.float64, a.device) is None
+    assert _batched._gram_panels(150, torch.float32, torch.float64, a.device) is None
+    assert _batched._gram_panels(_batched.GRAM_PANEL_MIN - 1, dtype, dtype, a.device) is None
+
+
+def test_gram_panels_keep_the_truncation(monkeypatch):
+    """Cores large enough for the panelled Gram product truncate as with one product: the
+    same ranks, cores and bases to round-off, the same number of transfers."""
+    shapes = [((160, 150, 3, 3), (30, 28, 3, 3), (0, 1))]
+    ((core, U),) = _cores(shapes, 0)
+    items = [(core.float(), [None if u is None else u.float() for u in U], 1, None)]
+    out, used = [], []
+    lower = _batched._lower_gram
+    monkeypatch.setattr(_batched, "_lower_gram", lambda *a: (used.append(1), lower(*a))[1])
+    for lowest in (_batched.GRAM_PANEL_MIN, 10**9):
+        monkeypatch.setattr(_batched, "GRAM_PANEL_MIN", lowest)
+        with _host.counting() as n:
+            got = _batched.truncate_cores(items, 0.1)
+        out.append((got, n()))
+    assert len(used) == 2  # both modes panelled, then neither
+    ((t0, P0, i0, _),), n0 = out[0]
+    ((t1, P1, i1, _),), n1 = out[1]
+    assert n0 == n1 and t0.rank == t1.rank
+    for p, q in zip(P0, P1):
+        if p is not None:
+            assert torch.allclose(p, q, atol=1e-4)
+    with tl.backend_context("pytorch"):
+        x0, x1 = t0.to_tensor(), t1.to_tensor()
+    assert torch.allclose(x0, x1, atol=1e-4 * float(core.abs().max()))

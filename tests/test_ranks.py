@@ -180,3 +180,19 @@ def test_rank_spec_validates_once():
         rank_spec((5, 4, 3), rtol="0.1")
     for combo in itertools.product([None, 3], [None, 2]):
         rank_spec((5, 4, 3), None, 0.1, None, *combo)
+
+
+def test_prepared_tails_select_as_select_rank():
+    """``select_prepared`` on ``prepare_tails(s)`` is ``select_rank(s, …)``, bit for bit,
+    for any budget, margin and bounds (and for all-zero and empty ``s``)."""
+    from tuckerflow.ranks import prepare_tails, select_prepared
+
+    rng = np.random.default_rng(0)
+    for s in [np.sort(rng.random(12))[::-1] * 1e3, np.zeros(4), np.zeros(0), np.array([1e200])]:
+        prep = prepare_tails(s)
+        for budget2 in [0.0, 1e-3, 0.5, 1e4, 1e6, math.inf]:
+            for margin2, lo, hi in [(0.0, 1, None), (1e-2, 2, 7), (0.0, 3, 3)]:
+                want = select_rank(s, budget2, min_rank=lo, max_rank=hi, margin2=margin2)
+                assert select_prepared(prep, budget2, lo, hi, margin2) == want
+    with pytest.raises(ValueError, match="non-finite"):
+        prepare_tails([1.0, np.inf])

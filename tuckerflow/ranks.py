@@ -37,8 +37,11 @@ __all__ = [
     "largest_valid_rank",
     "lower_ranks_certainly",
     "lower_ranks_greedily",
+    "PreparedTails",
     "per_mode",
+    "prepare_tails",
     "rank_spec",
+    "select_prepared",
     "select_rank",
     "sequential_budget",
     "validate_rank",
@@ -297,26 +300,54 @@ def select_rank(
     >>> select_rank([3.0, 2.0, 0.1, 0.05], 0.02)
     (2, 0.0125)
     """
-    s = np.asarray(s, dtype=np.float64).reshape(-1)
     budget2 = float(budget2)
     margin2 = float(margin2)
+    return select_prepared(prepare_tails(s), budget2, min_rank, max_rank, margin2)
+
+
+class PreparedTails:
+    """What :func:`select_rank` computes of ``s`` alone (its scale and the suffix sums of
+    its squares), to be reused by several selections on the same singular values
+    (:func:`prepare_tails`, :func:`select_prepared`)."""
+
+    __slots__ = ("size", "top", "tail2")
+
+    def __init__(self, size: int, top: float, tail2: np.ndarray) -> None:
+        self.size, self.top, self.tail2 = size, top, tail2
+
+
+def prepare_tails(s: Any) -> PreparedTails:
+    """The part of :func:`select_rank` that depends on ``s`` only (checked finite here)."""
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(s)):
         raise ValueError("s contains non-finite values (NaN or Inf)")
+    p = s.size
+    top = float(np.max(np.abs(s))) if p else 0.0
+    tail2 = _tails2(s / top) if top > 0.0 else np.zeros(p + 1)
+    return PreparedTails(p, top, tail2)
+
+
+def select_prepared(
+    prep: PreparedTails,
+    budget2: float,
+    min_rank: int = 1,
+    max_rank: int | None = None,
+    margin2: float = 0.0,
+) -> tuple[int, float]:
+    """:func:`select_rank` on the singular values ``prep`` was made of (the same numbers)."""
+    budget2 = float(budget2)
+    margin2 = float(margin2)
     if math.isnan(budget2) or budget2 < 0:
         raise ValueError(f"budget2 must be a number >= 0, got {budget2!r}")
     if not math.isfinite(margin2) or margin2 < 0:
         raise ValueError(f"margin2 must be a finite number >= 0, got {margin2!r}")
     min_rank = _as_int(min_rank, "min_rank")
     max_rank = None if max_rank is None else _as_int(max_rank, "max_rank")
-    p = s.size
-    top = float(np.max(np.abs(s))) if p else 0.0
+    p, top, tail2 = prep.size, prep.top, prep.tail2
     if top > 0.0:
-        unit = s / top
-        tail2 = _tails2(unit)
         # (x / top) / top: Python's ``top**2`` raises OverflowError above 1e154
         ok = np.nonzero(tail2 + margin2 / top / top <= budget2 / top / top)[0]
     else:
-        tail2 = np.zeros(p + 1)
         ok = np.nonzero(tail2 + margin2 <= budget2)[0]
     rho = int(ok[0]) if ok.size else p
     hi = p if max_rank is None else min(int(max_rank), p)

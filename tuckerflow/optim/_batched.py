@@ -35,8 +35,9 @@ from ..ranks import (
     largest_valid_rank,
     lower_ranks_certainly,
     lower_ranks_greedily,
+    prepare_tails,
     rank_spec,
-    select_rank,
+    select_prepared,
     sequential_budget,
 )
 from ..recompression import TruncationInfo, _choose_rank, _make_valid
@@ -271,12 +272,26 @@ class _Request:
         "block",
         "fast",
         "host",
+        "prepared",
     )
 
     def __init__(self):
         self.pairs = {}
         self.fast = False
         self.host = None
+        self.prepared = (None, {})
+
+
+def _prepared(q, host, i):
+    """:func:`tuckerflow.ranks.prepare_tails` of mode ``i``'s singular values in ``host``,
+    once per transfer (the selections of :func:`_finish`, of its certificate and of a
+    retruncation read the same values)."""
+    if q.prepared[0] is not host:
+        q.prepared = (host, {})
+    cache = q.prepared[1]
+    if i not in cache:
+        cache[i] = prepare_tails(host[q.slots[("s", i)]])
+    return cache[i]
 
 
 def _prepare(c_hat, U_hats, rtol, min_rank, max_rank):
@@ -315,7 +330,7 @@ def box_size(c_hat, U_hats):
     return math.prod(shape[i] for i, u in enumerate(U_hats) if u is not None)
 
 
-def truncate_cores(items, rtol, references=None, blocks=None):
+def truncate_cores(items, rtol, references=None, blocks=None, form=True):
     """HOSVD truncation of many augmented cores with one host transfer.
 
     Parameters
@@ -334,6 +349,10 @@ def truncate_cores(items, rtol, references=None, blocks=None):
         Per item, a leading block of the reference outside which it is zero (the core
         before an augmentation that kept the old bases, of which the reference is the
         zero-padding): the guard's rotation of the reference is then formed from the block.
+    form : bool, optional
+        False: items with a reference return an :class:`Unformed` truncation in place of the
+        Tucker tensor (``rank``, ``core`` and ``form()``), so that a guard that raises the
+        rank floor (:meth:`GuardData.retruncate`) does not form the kept bases twice.
 
     Returns
     -------
@@ -361,7 +380,7 @@ def truncate_cores(items, rtol, references=None, blocks=None):
         A core or factor holds NaN or Inf (nothing of the layers was changed by this call).
     """
     with tl.backend_context("pytorch", local_threadsafe=True):
-        return _truncate_cores(items, rtol, references, blocks)
+        return _truncate_cores(items, rtol, references, blocks, form)
 
 
 _WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
@@ -371,20 +390,23 @@ def _wide(dtype):
     return torch.complex128 if dtype.is_complex else torch.float64
 
 
-def _truncate_cores(items, rtol, references=None, blocks=None):
+def _truncate_cores(items, rtol, references=None, blocks=None, form=True):
     reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
     for q, ref, block in zip(reqs, references or [None] * len(reqs), blocks or [None] * len(reqs)):
         q.reference, q.block = ref, (None if ref is None else block)
         q.fast = _fast_gram(q)
     _device_pass(reqs)
-    results = [_finish(q, q.host, certify=q.fast) for q in reqs]
+    # form=False leaves the kept bases of the guarded items unformed (the guard may discard
+    # them); the others are formed
+    lazy = [not form and q.reference is not None for q in reqs]
+    results = [_finish(q, q.host, q.fast, not z) for q, z in zip(reqs, lazy)]
     redo = [k for k, r in enumerate(results) if r is None]
     if redo:
         # the float32 decision was not certified: these cores again in float64 (a second
         # transfer, only for near-ties of a rank decision)
         _device_pass([_wide_again(reqs[k]) for k in redo])
         for k in redo:
-            results[k] = _finish(reqs[k], reqs[k].host)
+            results[k] = _finish(reqs[k], reqs[k].host, form=not lazy[k])
     out = []
     for q, (tt, P_list, info) in zip(reqs, results):
         out.append((tt, P_list, info, None if q.reference is None else GuardData(q, q.host, tt)))
@@ -446,7 +468,9 @@ def _device_pass(reqs):
         # certified), each unfolding written by at most one copy (the mode permutation and
         # the conversion together; none for a leading mode in the core's dtype), then one
         # batched eigh
-        stack = torch.empty((len(members), m, m), dtype=wide, device=device)
+        panels = _gram_panels(m, dtype, wide, device)
+        alloc = torch.empty if panels is None else torch.zeros
+        stack = alloc((len(members), m, m), dtype=wide, device=device)
         for k, (q, i) in enumerate(members):
             if i == 0 and wide == dtype:
                 a = q.work.reshape(m, n)
@@ -454,7 +478,10 @@ def _device_pass(reqs):
                 rest = [q.cshape[j] for j in range(len(q.cshape)) if j != i]
                 a = torch.empty((m, n), dtype=wide, device=device)
                 a.view(m, *rest).copy_(torch.movedim(q.work, i, 0))
-            torch.matmul(a, a.conj().T, out=stack[k])
+            if panels is None:
+                torch.matmul(a, a.conj().T, out=stack[k])
+            else:
+                _lower_gram(a, panels, stack[k])
         real = torch.empty((), dtype=dtype).real.dtype
         us, ss = _eigh_of_gram(stack, dtype, real)
         for k, (q, i) in enumerate(members):
@@ -485,6 +512,41 @@ def _device_pass(reqs):
     host = to_host(torch.cat(parts)) if parts else np.zeros(0)
     for q in reqs:
         q.host = host
+
+
+#: Rows per panel of the lower-triangle Gram product (:func:`_lower_gram`), and the
+#: smallest Gram matrix it is used for (below, one product of the whole matrix is faster).
+GRAM_PANEL_ROWS = 48
+GRAM_PANEL_MIN = 128
+
+
+def _gram_panels(m, dtype, wide, device):
+    """Row bounds of the panels of :func:`_lower_gram` for an ``m × m`` Gram matrix, or
+    None where the Gram matrix is formed by one product.
+
+    Only on the CPU and for the single-precision Gram path (``wide == dtype``, float32 or
+    complex64): there the panels' lower triangle is the full product's (each entry is the
+    same dot product; measured equal bit for bit with MKL/OpenBLAS in float32, and within
+    round-off by construction), and the float64 path's bits stay those of one product.
+    """
+    if (
+        device.type != "cpu"
+        or wide != dtype
+        or dtype not in (torch.float32, torch.complex64)
+        or m < GRAM_PANEL_MIN
+    ):
+        return None
+    k = m // GRAM_PANEL_ROWS
+    return [(j * m) // k for j in range(k + 1)]
+
+
+def _lower_gram(a, bounds, out):
+    """The lower triangle of ``a aᴴ`` into ``out`` (zeros above the panels' diagonal
+    blocks): row panel ``j`` is ``a[b_j:b_{j+1}] a[:b_{j+1}]ᴴ``, about ``(k+1)/2k`` of the
+    full product's work for ``k`` panels. ``eigh`` reads the lower triangle only (its
+    default ``UPLO="L"``)."""
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        torch.matmul(a[lo:hi], a[:hi].conj().T, out=out[lo:hi, :hi])
 
 
 def _guard_slots(q, slot):
@@ -707,8 +769,9 @@ class _Certificate:
     these bounds; then the float64 path takes the same one.
     """
 
-    def __init__(self, q, singular_values, norm_w, theta, margins):
+    def __init__(self, q, singular_values, norm_w, theta, margins, prepared):
         self.q, self.theta, self.margins = q, theta, margins
+        self.prepared = prepared  # per mode, prepare_tails of singular_values[i]
         self.norm2 = norm_w**2
         size = math.prod(q.cshape)
         self.delta, self.tail_delta = {}, {}
@@ -736,21 +799,19 @@ class _Certificate:
             for k, i in enumerate(q.free):
                 budget2 = sequential_budget(theta, used2, len(q.free) - k)
                 delta = sign * self.tail_delta[i]
-                r, tail2 = select_rank(
-                    self.s[i],
+                prep = self.prepared[i]
+                r, tail2 = select_prepared(
+                    prep,
                     max(budget2 - delta, 0.0),
-                    min_rank=spec.min_rank[i],
-                    max_rank=spec.max_rank[i],
-                    margin2=self.margins[i],
+                    spec.min_rank[i],
+                    spec.max_rank[i],
+                    self.margins[i],
                 )
                 if r != ranks[i]:
                     return False
                 used2 += tail2 + delta
-                f = select_rank(
-                    self.s[i],
-                    max(theta**2 - delta, 0.0),
-                    min_rank=spec.min_rank[i],
-                    max_rank=spec.max_rank[i],
+                f = select_prepared(
+                    prep, max(theta**2 - delta, 0.0), spec.min_rank[i], spec.max_rank[i]
                 )[0]
                 if f != floors[i]:
                     return False
@@ -777,8 +838,10 @@ class _Certificate:
 _lower_ranks_certainly = lower_ranks_certainly
 
 
-def _finish(q, host, certify=False):
+def _finish(q, host, certify=False, form=True):
     """The host half of one truncation: the rules of ``recompress(method="hosvd")``.
+
+    ``form=False``: the first result is an :class:`Unformed` truncation.
 
     ``certify``: the Gram matrices were formed and decomposed in float32; returns None
     when a rank decision lies within that path's round-off of flipping (see
@@ -804,13 +867,20 @@ def _finish(q, host, certify=False):
         theta = min(theta, 2.0 * norm_w)
     used2 = 0.0
     ranks = list(q.cshape)
-    margins = {}
+    margins, prepared = {}, {}
     for k, i in enumerate(modes):
         budget2 = sequential_budget(theta, used2, len(modes) - k)
         s_host = host[sl[("s", i)]]
         used = q.policy[i]
         margins[i] = 10.0 * ranks[i] * _EPS64 * norm_w**2 if used == "gram" else 0.0
-        r, tail2 = _choose_rank(s_host, spec, i, budget2, margins[i])
+        if spec.fixed is None and spec.by_tolerance:
+            # _choose_rank's select_rank, on the prepared tails of s_host
+            prepared[i] = _prepared(q, host, i)
+            r, tail2 = select_prepared(
+                prepared[i], budget2, spec.min_rank[i], spec.max_rank[i], margins[i]
+            )
+        else:
+            r, tail2 = _choose_rank(s_host, spec, i, budget2, margins[i])
         ranks[i] = r
         used2 += tail2
         info.singular_values[i], info.tails[i], info.methods[i] = s_host, tail2, used
@@ -824,19 +894,16 @@ def _finish(q, host, certify=False):
     if theta is not None:
         floors = list(ranks)
         for i in modes:
-            floors[i] = select_rank(
-                info.singular_values[i],
-                theta**2,
-                min_rank=spec.min_rank[i],
-                max_rank=spec.max_rank[i],
-            )[0]
+            floors[i] = select_prepared(prepared[i], theta**2, spec.min_rank[i], spec.max_rank[i])[
+                0
+            ]
         # the greedy lowering of tuckerflow.recompression._exact_hosvd_ranks on the full table
         lo = [max(floors[i], 1) for i in range(d)]
         margin2 = 4.0 * sl["e_numel"] * _EPS64 * total_h
         budget2 = theta**2 - margin2
         floor = [lo[i] if i in modes else ranks[i] for i in range(d)]
         if certify:
-            cert = _Certificate(q, info.singular_values, norm_w, theta, margins)
+            cert = _Certificate(q, info.singular_values, norm_w, theta, margins, prepared)
             if not cert.per_mode(ranks, floors):
                 return None
             new, certain = _lower_ranks_certainly(new, floor, error2, budget2, cert.table_error)
@@ -863,10 +930,38 @@ def _finish(q, host, certify=False):
     info.tails = [math.sqrt(t2) * unit for t2 in info.tails]
     info.singular_values = [None if s is None else s * unit for s in info.singular_values]
     core = scale_pow2(core, exponent)
+    if not form:
+        return Unformed(core, q.U_hats, P_list), P_list, info
+    return _formed(core, q.U_hats, P_list), P_list, info
+
+
+def _formed(core, U_hats, P_list):
+    """The truncation as a Tucker tensor: the kept bases ``Û_i P_i`` (identities where
+    ``Û_i`` is None)."""
     factors = []
-    for i, u in enumerate(q.U_hats):
+    for i, u in enumerate(U_hats):
         if u is None:
-            factors.append(torch.eye(q.cshape[i], dtype=core.dtype, device=core.device))
+            factors.append(torch.eye(core.shape[i], dtype=core.dtype, device=core.device))
         else:
             factors.append(u @ P_list[i])
-    return TuckerTensor(core, factors), P_list, info
+    return TuckerTensor(core, factors)
+
+
+class Unformed:
+    """A truncation whose kept bases ``Û_i P_i`` are not formed yet (``truncate_cores(…,
+    form=False)``): its ``rank`` and ``core``, and :meth:`form` for the Tucker tensor (the
+    same numbers as the formed result). A guard that raises the rank floor discards it
+    without the products."""
+
+    __slots__ = ("core", "_U_hats", "_P_list")
+
+    def __init__(self, core, U_hats, P_list):
+        self.core, self._U_hats, self._P_list = core, U_hats, P_list
+
+    @property
+    def rank(self):
+        return tuple(int(n) for n in self.core.shape)
+
+    def form(self):
+        with tl.backend_context("pytorch", local_threadsafe=True):
+            return _formed(self.core, self._U_hats, self._P_list)

@@ -1556,13 +1556,16 @@ class TDLRT(torch.optim.Optimizer):
             items = [(c, u, self._lo[n], self._hi[n]) for n, c, u in batched]
             refs = [references.get(n) if guarded else None for n, _, _ in batched]
             blks = [(blocks or {}).get(n) for n, _, _ in batched]
-            outs = _batched.truncate_cores(items, rtol, refs, blks) if items else []
+            # the guarded layers' kept bases are formed once the guard has decided
+            outs = _batched.truncate_cores(items, rtol, refs, blks, form=False) if items else []
             for (name, c_hat, U_hats), ref, (new, P_list, info, data) in zip(batched, refs, outs):
                 if data is not None:
                     floor = self._batched_guard(name, c_hat, U_hats, ref, new, P_list, data)
                     if floor is not None:
                         self.guarded_truncations += 1
                         new, P_list, info = data.retruncate(floor)
+                if isinstance(new, _batched.Unformed):
+                    new = new.form()
                 results[name] = (c_hat, U_hats, new, P_list, info)
         for name, (U_hats, _, _) in plans.items():
             if name in results:
