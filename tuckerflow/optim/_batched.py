@@ -894,9 +894,9 @@ def _finish(q, host, certify=False, form=True):
     if theta is not None:
         floors = list(ranks)
         for i in modes:
-            floors[i] = select_prepared(prepared[i], theta**2, spec.min_rank[i], spec.max_rank[i])[
-                0
-            ]
+            floors[i], _ = select_prepared(
+                prepared[i], theta**2, spec.min_rank[i], spec.max_rank[i]
+            )
         # the greedy lowering of tuckerflow.recompression._exact_hosvd_ranks on the full table
         lo = [max(floors[i], 1) for i in range(d)]
         margin2 = 4.0 * sl["e_numel"] * _EPS64 * total_h

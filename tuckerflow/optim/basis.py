@@ -327,7 +327,6 @@ def kstep_finish(jobs, host):
     """
     import numpy as np
 
-    from .._host import to_host
     from . import _batched
 
     orth_in, orth_at = [], []
@@ -370,15 +369,13 @@ def kstep_finish(jobs, host):
     if again:
         # not certain (near the threshold, or rank-deficient): the float64 path, one more
         # transfer for all such modes
-        parts = []
+        retry = HostBatch()
         for entry, (v, s) in zip(again, _batched.gram_left([e["w"].conj().T for e in again])):
             entry["vecs"], entry["s"] = v, s
-            parts.append(s)
-        s_all = to_host(_cat_flat(parts))
-        start = 0
-        for entry, s in zip(again, parts):
-            augment(entry, s_all[start : start + s.numel()])
-            start += s.numel()
+            entry["s_at"] = retry.add(s)
+        retry.fetch()
+        for entry in again:
+            augment(entry, retry.host[entry["s_at"]])
     # the certain modes: a basis of span(w) with columns orthonormal up to a factor √3 (or
     # exactly), projected once more; its QR then puts the new directions orthogonal to U to
     # round-off, as for w V S⁻¹ above
@@ -423,9 +420,3 @@ def _cat(u, new):
     import torch
 
     return torch.cat([u, new], dim=1)
-
-
-def _cat_flat(parts):
-    import torch
-
-    return torch.cat([t.reshape(-1).to(torch.float64) for t in parts])
