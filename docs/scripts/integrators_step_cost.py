@@ -1,11 +1,12 @@
 """CPU time of one ``ra-bug`` step at ``n = 256``, ``r = 16``, ``d = 3``.
 
 Run from the repository root (or with ``PYTHONPATH`` pointing at another tree to compare
-two versions in the same session):
-``OMP_NUM_THREADS=1 python docs/scripts/integrators_step_cost.py [numpy|pytorch]``.
+two versions back to back):
+``OMP_NUM_THREADS=1 python docs/scripts/integrators_step_cost.py [numpy|pytorch] [n r]``
+(``n = 24``, ``r = 4``: the step's fixed cost, the arithmetic being negligible).
 Prints the minimum and the median over 20 steps (after 3 warm-up steps) in milliseconds and
 the rank: the operator and the settings of ``python -m tuckerflow.bench integrators``
-(``--parts steps``), RK4 substeps, ``h = 0.1``, ``max_rank = 16``.
+(``--parts steps``), RK4 substeps, ``h = 0.1``, ``max_rank = r``.
 """
 
 from __future__ import annotations
@@ -42,4 +43,5 @@ def main(backend="numpy", n=256, r=16, steps=20):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    args = sys.argv[1:]
+    main(*args[:1], *(int(v) for v in args[1:3]))
