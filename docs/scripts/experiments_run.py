@@ -28,6 +28,8 @@ file per run in ``OUT/runs`` (reused when present), and write ``OUT/STUDY.json``
     python docs/scripts/experiments_run.py --study ablation --out runs/study --seeds 3 --epochs 5
     python docs/scripts/experiments_run.py --study goal1 --out runs/study --seeds 10 --epochs 5
     python docs/scripts/experiments_run.py --study init --out runs/study --seeds 2 --epochs 5
+    python docs/scripts/experiments_run.py --study saddle --out runs/study --seeds 5 --epochs 5 \
+        --taus 0.001 0.01 0.05 0.2
 """
 
 from __future__ import annotations
@@ -718,12 +720,19 @@ def run_study_job(job, folder, epochs):
         with open(path) as handle:
             return json.load(handle)
     options = {k: v for k, v in {**ARMS.get(arm, {}), **options}.items() if k != "_tag"}
+    # the dense network's weights scaled as TDLRT's cores are by init_scale (goal 3)
+    weight_scale = options.pop("_weight_scale", None)
+    transform = None
+    if weight_scale is not None:
+        from experiments_init_dense import scaled
+
+        transform = scaled(weight_scale)
     base = {"quiet": True, "device": "cpu", "threads": 1, "epochs": epochs}
     if tau is not None:
         options["tau"] = tau
     config = TrainConfig(**base, data=data, seed=seed, **options)
     try:
-        summary = train(config)
+        summary = train(config, transform=transform)
     except TrainingDiverged as err:  # a result too: recorded, left out of the means
         record = {"label": arm, "method": config.method, "seed": seed, "tau": tau}
         record.update({"data": data, "diverged": str(err), "test_accuracy": None, "ranks": {}})
@@ -904,6 +913,112 @@ def run_init_study(
     return records
 
 
+#: Initial scales of the saddle study (those at which TDLRT trained later than dense).
+SADDLE_SCALES = (0.01, 0.1)
+
+
+def _escape_epoch(curve, level=0.5):
+    """First epoch whose validation accuracy exceeds ``level`` (None: not within the run)."""
+    return next((k for k, a in enumerate(curve) if a > level), None)
+
+
+def run_saddle_study(out, seeds, epochs, workers, *, taus, data_sets=("mnist5k",)):
+    """Goal 3's saddle: from small initial scales, when TDLRT (CLI defaults) leaves chance
+    level against τ, next to the dense network from the same scale (its weights scaled as
+    the cores are)."""
+    folder = os.path.join(out, "runs")
+    os.makedirs(folder, exist_ok=True)
+    jobs = []
+    for data in data_sets:
+        for scale in SADDLE_SCALES:
+            for seed in range(seeds):
+                tag = f"-scale{scale}"
+                jobs.append((data, "dense", None, seed, {"_weight_scale": scale, "_tag": tag}))
+                for tau in taus:
+                    jobs.append(
+                        (
+                            data,
+                            "TDLRT",
+                            tau,
+                            seed,
+                            {"method": "tdlrt", "init_scale": scale, "_tag": tag},
+                        )
+                    )
+    tick = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_study_job, job, folder, epochs) for job in jobs]
+        records = [f.result() for f in futures]
+    for job, record in zip(jobs, records):
+        record["init_scale"] = float(job[4]["_tag"][len("-scale") :])
+    meta = {
+        "study": "saddle",
+        "seeds": seeds,
+        "epochs": epochs,
+        "taus": list(taus),
+        "jobs": len(jobs),
+        "data": list(data_sets),
+        "wall_s": time.perf_counter() - tick,
+    }
+    text = saddle_table(records)
+    with open(os.path.join(out, "saddle.json"), "w") as handle:
+        json.dump({"meta": meta, "runs": records}, handle, indent=1)
+    with open(os.path.join(out, "saddle.md"), "w") as handle:
+        handle.write(text + "\n")
+    print(text)
+    print(json.dumps(meta))
+    return records
+
+
+def _shown(epoch):
+    return "–" if epoch is None else str(epoch)
+
+
+def saddle_table(records):
+    """Per data set, scale and method: test accuracy, the epoch that leaves chance level."""
+    import numpy as np
+
+    lines = [
+        "| data | init scale | method | τ | runs | test accuracy (%) mean ± std | "
+        "first epoch above 50 % validation, per seed | final ranks (median of seeds) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(r["data"], r["init_scale"], r["label"], r.get("tau") or 0.0) for r in records},
+        key=lambda k: (k[0], k[1], k[2] != "dense", k[3]),
+    )
+    for data, scale, label, tau in keys:
+        sel = [
+            r
+            for r in records
+            if (r["data"], r["init_scale"], r["label"], r.get("tau") or 0.0)
+            == (data, scale, label, tau)
+        ]
+        sel.sort(key=lambda r: r["seed"])
+        ok = [r for r in sel if not r.get("diverged")]
+        acc = 100 * np.array([r["test_accuracy"] for r in ok])
+        spread = f"{acc.mean():.2f} ± {_std(acc):.2f}" if len(acc) else "–"
+        escapes = ", ".join(
+            "div." if r.get("diverged") else _shown(_escape_epoch(r["val_curve"])) for r in sel
+        )
+        ranks = "–"
+        if label != "dense" and ok:
+            layers = [n for n in ok[0]["tucker_layers"]]
+            ranks = "; ".join(
+                f"{n} "
+                + "×".join(
+                    str(int(np.median([r["ranks"][n][k] for r in ok])))
+                    for k in range(len(ok[0]["ranks"][n]))
+                )
+                for n in layers
+            )
+        shown_tau = "–" if label == "dense" else f"{tau:g}"
+        lines.append(
+            f"| {data} | {scale:g} | {label} | {shown_tau} | {len(sel)} | {spread} | {escapes} "
+            f"| {ranks} |"
+        )
+    return "\n".join(lines)
+
+
 def run_study(study, out, seeds, epochs, workers, *, cached_only=False, **selection):
     folder = os.path.join(out, "runs")
     os.makedirs(folder, exist_ok=True)
@@ -976,7 +1091,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--study",
-        choices=[*sorted(STUDIES), "init"],
+        choices=[*sorted(STUDIES), "init", "saddle"],
         help="run a study grid with the CLI defaults instead (see STUDIES)",
     )
     parser.add_argument(
@@ -1013,6 +1128,16 @@ def main(argv=None):
             args.workers,
             tau=args.reference_tau,
             settings=[args.factorize],
+            data_sets=args.data or ["mnist5k"],
+        )
+        return
+    if args.study == "saddle":
+        run_saddle_study(
+            args.out,
+            args.seeds,
+            args.epochs,
+            args.workers,
+            taus=args.taus,
             data_sets=args.data or ["mnist5k"],
         )
         return
