@@ -274,6 +274,9 @@ PUBLIC_NAMES = [
     "build_model",
     "compression_report",
     "evaluate",
+    "execute",
+    "prepare",
+    "Run",
     "layer_ranks",
     "lenet5",
     "load_checkpoint",
@@ -286,6 +289,57 @@ PUBLIC_NAMES = [
     "train",
     "vgg_small",
 ]
+
+
+def test_a_fault_while_training_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """A ValueError or TypeError raised after the run was prepared is not the user's input:
+    it propagates (a traceback), where the same types before the first step are usage errors."""
+    import tuckerflow.train.loop as loop
+
+    def broken(run, epoch):
+        raise ValueError("a fault inside a training step")
+
+    monkeypatch.setattr(loop, "_train_epoch", broken)
+    argv = ["train", "--data", "digits", "--epochs", "1", "--quiet", "--threads", "1"]
+    with pytest.raises(ValueError, match="a fault inside a training step"):
+        main([*argv, "--out", str(tmp_path / "run")])
+    assert capsys.readouterr().err == ""
+    # the same exception type from the preparation is a one-line usage error
+    _assert_one_line_error(
+        capsys, main([*argv, "--epochs", "0", "--out", str(tmp_path / "r2")]), "epochs=0"
+    )
+
+
+def test_an_unwritable_output_while_training_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    import tuckerflow.train.loop as loop
+
+    def refuse(state, path):
+        raise PermissionError(f"{path}: permission denied")
+
+    monkeypatch.setattr(loop, "save_checkpoint", refuse)
+    argv = ["train", "--data", "digits", "--epochs", "1", "--quiet", "--threads", "1"]
+    status = main([*argv, "--out", str(tmp_path / "run")])
+    _assert_one_line_error(capsys, status, "permission denied")
+
+
+def test_prepare_then_execute_is_train(tmp_path):
+    import torch
+
+    from tuckerflow.train import TrainConfig, execute, prepare, train
+    from tuckerflow.train.loop import threads_of
+
+    options = dict(data="digits", epochs=1, quiet=True, threads=1, device="cpu")
+    before = torch.get_num_threads()
+    a = train(TrainConfig(**options, out=str(tmp_path / "a")))
+    assert torch.get_num_threads() == before
+    config = TrainConfig(**options, out=str(tmp_path / "b"))
+    with threads_of(config):
+        run = prepare(config)
+        assert not (tmp_path / "b" / "checkpoint.pt").exists()
+        b = execute(run)
+    assert torch.get_num_threads() == before
+    assert a["test_accuracy"] == b["test_accuracy"] and a["ranks"] == b["ranks"]
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
 
 
 def test_public_names_of_the_training_job_stay_importable():

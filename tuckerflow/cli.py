@@ -22,17 +22,19 @@ from tuckerflow.train.dependencies import MissingDependencyError, check_dependen
 
 __all__ = ["build_parser", "main"]
 
-#: Exceptions that are the user's to fix: one line on stderr, exit status 2.
-_USER_ERRORS = (
-    ValueError,
-    TypeError,
+#: Where a file or folder cannot be read or written: the user's to fix, also while training.
+_FILE_ERRORS = (
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,
     IsADirectoryError,
     PermissionError,
-    MissingDependencyError,
 )
+
+#: Exceptions that are the user's to fix: one line on stderr, exit status 2. ValueError and
+#: TypeError are only before the first training step (bad options, data or checkpoint); one
+#: raised while training is a fault and keeps its traceback.
+_USER_ERRORS = (ValueError, TypeError, MissingDependencyError, *_FILE_ERRORS)
 
 _EPILOG = (
     "A run writes OUT/checkpoint.pt after every epoch. --resume continues it exactly; the "
@@ -119,12 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix} {_one_line(err)}", file=sys.stderr)
         return 2
     # imported after the checks: --help and usage errors do not pay for importing torch
-    from tuckerflow.train.loop import TrainingDiverged, train
+    from tuckerflow.train.loop import TrainingDiverged, execute, prepare, threads_of
     from tuckerflow.train.report import format_summary_table
 
     try:
-        summary = train(config)
-    except _USER_ERRORS as err:
+        with threads_of(config):
+            try:
+                run = prepare(config)
+            except _USER_ERRORS as err:
+                print(f"{prefix} {_one_line(err)}", file=sys.stderr)
+                return 2
+            summary = execute(run)
+    except _FILE_ERRORS as err:
         print(f"{prefix} {_one_line(err)}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:

@@ -48,7 +48,16 @@ from tuckerflow.train.models import build_model, layer_parameter_counts
 from tuckerflow.train.plot import plot_history
 from tuckerflow.train.report import compression_report, layer_ranks, tucker_layers
 
-__all__ = ["SUMMARY_NAME", "FIGURE_NAME", "TrainConfig", "TrainingDiverged", "evaluate", "train"]
+__all__ = [
+    "SUMMARY_NAME",
+    "FIGURE_NAME",
+    "TrainConfig",
+    "TrainingDiverged",
+    "evaluate",
+    "execute",
+    "prepare",
+    "train",
+]
 
 SUMMARY_NAME = "summary.json"
 FIGURE_NAME = "training.png"
@@ -101,7 +110,8 @@ def train(config: TrainConfig, *, transform: Callable[[Any], Any] | None = None)
     ------
     ValueError, TypeError
         For invalid options, data, an output folder under a file, or a checkpoint that is
-        damaged, from another version, or from a run with other defining options.
+        damaged, from another version, or from a run with other defining options; all
+        raised by :func:`prepare`, before the first training step.
     FileNotFoundError, FileExistsError
         For a missing data file or checkpoint, or an existing checkpoint without ``resume``
         or ``overwrite``.
@@ -124,18 +134,25 @@ def train(config: TrainConfig, *, transform: Callable[[Any], Any] | None = None)
        of factorized layers in tensor Tucker format", NeurIPS 2024, arXiv:2305.19059.
     """
     config.validate()
+    with threads_of(config):
+        return execute(prepare(config, transform=transform))
+
+
+@contextlib.contextmanager
+def threads_of(config: TrainConfig):
+    """PyTorch's CPU threads set to ``config.threads`` (when given) inside, restored after."""
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, transform)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
 @dataclass
-class _Run:
-    """A run in flight: its parts and where it stands."""
+class Run:
+    """A run in flight, from :func:`prepare` to :func:`execute`: its parts and where it stands."""
 
     config: TrainConfig
     device: torch.device
@@ -160,7 +177,15 @@ class _Run:
         return None if out is None else os.path.join(out, CHECKPOINT_NAME)
 
 
-def _train(config, transform):
+def prepare(config: TrainConfig, *, transform: Callable[[Any], Any] | None = None) -> Run:
+    """Everything of :func:`train` before the first training step: the checks of options,
+    packages, output folder, checkpoint and data, the data loaded, the network and the
+    optimizers built (and restored from the checkpoint when resuming).
+
+    Every error the user has to fix is raised here (the exceptions of :func:`train` but
+    ``TrainingDiverged``); only then is the output folder created. :func:`execute` trains.
+    """
+    config.validate()
     check_dependencies(config)
     if transform is not None and config.method != "dense":
         raise ValueError(f"transform needs method='dense', got method={config.method!r}")
@@ -190,6 +215,17 @@ def _train(config, transform):
     if config.out is not None:
         os.makedirs(config.out, exist_ok=True)
         remove_stale_temporaries(config.out)
+    return run
+
+
+def execute(run: Run) -> dict[str, Any]:
+    """Train a run that :func:`prepare` built: the remaining epochs (a checkpoint after each),
+    then the test evaluation, ``summary.json`` and ``training.png``; returns the summary.
+
+    Raises ``TrainingDiverged`` for a NaN/Inf loss or gradient, ``OSError`` where the output
+    cannot be written; any other exception here is not the user's input (a fault).
+    """
+    config = run.config
     for epoch in range(run.epochs_done + 1, config.epochs + 1):
         _train_epoch(run, epoch)
         if config.out is not None:
@@ -262,7 +298,7 @@ def _build_run(config, transform, device, splits, digest):
     tdlrt = make_tdlrt(config, model, optimizer)
     steps_per_epoch = math.ceil(len(splits.y_train) / config.batch_size)
     names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-    return _Run(
+    return Run(
         config=config,
         device=device,
         splits=splits,
