@@ -359,6 +359,63 @@ class _TuckerConvNd(TuckerLayer):
                 )
         return out
 
+    def _partial_weight_grads(self, contributions):
+        """``{0: Σ G ×_1 U_1ᴴ, 1: Σ G ×_0 U_0ᴴ}`` from the recorded intermediates, or None.
+
+        The K-step's partial contractions of the weight gradient where only the two channel
+        modes are factorized (no groups) and every contribution holds ``U_1ᵀx`` and
+        ``U_0ᵀ(∂L/∂y)`` of its factorized forward (for the current factors): each is one
+        weight gradient of the convolution with ``r`` instead of ``n`` channels on one side,
+        the recorded tensors reused as they are. None where a contribution lacks them.
+        """
+        if (
+            self.groups != 1
+            or not contributions
+            or self.factor(0) is None
+            or self.factor(1) is None
+            or any(self.factor(i) is not None for i in range(2, 2 + self._ndim))
+        ):
+            return None
+        ref = self.core
+        r0, r1 = ref.shape[0], ref.shape[1]
+        for c in contributions:
+            if c.x is None or c.x_mid is None or c.grad_mid is None or c.grad is None:
+                return None
+            if c.x_mid.dtype != ref.dtype or c.grad_mid.dtype != ref.dtype:
+                return None
+            if c.x_mid.shape[1] != r1 or c.grad_mid.shape[1] != r0:
+                return None
+        out0 = out1 = None
+        k = tuple(self.kernel_size)
+        with torch.no_grad():
+            for c in contributions:
+                xm, pad = self._pad(c.x_mid)
+                g0 = self._conv_weight(
+                    xm, (self.out_channels, r1, *k), c.grad.to(ref.dtype), self.stride, pad,
+                    self.dilation,
+                )  # fmt: skip
+                xq, pad = self._pad(c.x.to(ref.dtype))
+                g1 = self._conv_weight(
+                    xq, (r0, self.in_channels, *k), c.grad_mid, self.stride, pad, self.dilation
+                )
+                out0 = g0 if out0 is None else out0 + g0
+                out1 = g1 if out1 is None else out1 + g1
+        return {0: out0, 1: out1}
+
+    def _weight_grad_norm_factor(self):
+        """``c`` with ``‖G‖_F ≤ c ‖x‖_F ‖∂L/∂y‖_F`` for the weight gradient ``G`` of one pass, or
+        None (see :meth:`~tuckerflow.nn.recording.GradientRecord.weight_gradient_bound`).
+
+        Each entry of ``G`` is an inner product of an output channel of ``∂L/∂y`` with
+        distinct entries of an input channel of the zero-padded ``x`` (any stride and
+        dilation), so it is at most their norms' product (Cauchy–Schwarz); the square summed
+        over the channels and the ``K`` kernel offsets is at most ``K ‖x‖² ‖∂L/∂y‖²``:
+        ``c = √K``. Other padding modes repeat entries of ``x``: None.
+        """
+        if self.padding_mode != "zeros":
+            return None
+        return math.sqrt(math.prod(self.kernel_size))
+
     def _projected_weight_grad(self, x, grad_out, U_hats):
         g = self.groups
         u_out, u_in = U_hats[0], U_hats[1]

@@ -150,6 +150,11 @@ class TuckerLinear(TuckerLayer):
             return F.linear(h, core, self.bias)
         return F.linear(F.linear(h, core), u0, self.bias)
 
+    def _weight_grad_norm_factor(self):
+        """``‖gᵀx‖_F ≤ ‖g‖_F ‖x‖_F`` (Cauchy–Schwarz): the factor 1 (see
+        :meth:`~tuckerflow.nn.recording.GradientRecord.weight_gradient_bound`)."""
+        return 1.0
+
     def _projected_weight_grad(self, x, grad_out, U_hats):
         x = x.reshape(-1, self.in_features)
         g = grad_out.reshape(-1, self.out_features)

@@ -237,6 +237,70 @@ class GradientRecord:
         groups = self.groups if groups is None else groups
         return [c for g in groups for c in g.contributions]
 
+    def partial_weight_gradients(self, factors, groups=None):
+        """``{i: Σ G ×_{j≠i} U_jᴴ}`` for every mode ``i`` with a factor in ``factors`` (one
+        entry per mode, None: not projected), summed over the contributions of ``groups``;
+        None when the groups hold no contribution. New tensors in the core's dtype.
+
+        The layer's recorded intermediates give them directly where it can
+        (``_partial_weight_grads``: the factors of the recorded forward); otherwise each is a
+        :meth:`weight_gradient` with the other modes projected.
+        """
+        layer = self._layer()
+        contributions = self.contributions(groups)
+        if not contributions:
+            return None
+        direct = getattr(layer, "_partial_weight_grads", None)
+        if direct is not None and all(
+            (u is None) == (layer.factor(i) is None) for i, u in enumerate(factors)
+        ):
+            with torch.no_grad(), torch.autocast(layer.core.device.type, enabled=False):
+                parts = direct(contributions)
+            if parts is not None:
+                return parts
+        parts = {}
+        for i, u in enumerate(factors):
+            if u is None:
+                continue
+            proj = list(factors)
+            proj[i] = None
+            part = self.weight_gradient(proj, groups)
+            if part is None:
+                return None
+            parts[i] = part
+        return parts
+
+    def weight_gradient_bound(self, groups=None):
+        """A float64 device scalar at least ``‖Σ G_j‖_F`` over the contributions of
+        ``groups`` (default: all), from the norms of the recorded tensors, never forming
+        ``G``; None where the layer states no bound (``_weight_grad_norm_factor``) or the
+        groups hold no contribution.
+
+        A contribution of input ``x`` and output gradient ``g`` adds ``c ‖x‖_F ‖g‖_F``
+        (``c`` the layer's factor), one with a dense weight gradient its norm. NaN or Inf in
+        a recorded tensor makes the bound NaN or Inf.
+        """
+        layer = self._layer()
+        factor_of = getattr(layer, "_weight_grad_norm_factor", None)
+        factor = None if factor_of is None else factor_of()
+        contributions = self.contributions(groups)
+        if factor is None or not contributions:
+            return None
+        total = None
+        with torch.no_grad():
+            for c in contributions:
+                if c.weight_grad is not None:
+                    t = torch.linalg.vector_norm(c.weight_grad, dtype=torch.float64)
+                elif c.x is not None and c.grad is not None:
+                    t = factor * (
+                        torch.linalg.vector_norm(c.x, dtype=torch.float64)
+                        * torch.linalg.vector_norm(c.grad, dtype=torch.float64)
+                    )
+                else:
+                    return None
+                total = t if total is None else total + t
+        return total
+
     def weight_gradient(self, U_hats, groups=None, leading=()):
         """``G ×_i U_hats[i]ᴴ`` summed over the contributions of ``groups`` (default: all).
 

@@ -263,7 +263,10 @@ def kstep_prepare(jobs, batch, ok=None):
                 g = job.factor_grads[i]
             else:
                 q, r = qr_of[(j, i)]
-                g = unfold(partial_contraction(job.G, job.factors, i), i) @ q
+                if hasattr(job.G, "contraction"):  # formed from the records (TDLRT)
+                    g = unfold(job.G.contraction(i), i) @ q
+                else:
+                    g = unfold(partial_contraction(job.G, job.factors, i), i) @ q
             entry = {"u": u}
             job.modes[i] = entry
             if i in job.fixed:

@@ -208,6 +208,41 @@ def _has_flat_history(optimizer):
     return isinstance(optimizer, torch.optim.LBFGS)
 
 
+class _PartialGradient:
+    """What the K-step reads of a layer's weight gradient ``G``, formed without ``G``.
+
+    ``parts[i] = c · G ×_{j≠i} U_jᴴ`` for each factorized mode ``i`` (the K-step's
+    ``partial_contraction``), each a projected weight gradient of the recorded passes (for
+    a convolution ``∂L/∂y`` against ``U_1ᵀx`` and ``U_0ᵀ∂L/∂y`` against ``x``: about ``r/n``
+    of a dense weight gradient each); ``bound``: a float64 device scalar ``≥ ‖c·G‖_F``.
+    NaN or Inf in ``G`` reaches every part (an inner product with a non-finite term is
+    non-finite), so the parts' finite check is ``G``'s.
+    """
+
+    __slots__ = ("parts", "bound")
+
+    def __init__(self, parts, bound):
+        self.parts, self.bound = parts, bound
+
+    @property
+    def dtype(self):
+        return next(iter(self.parts.values())).dtype
+
+    def contraction(self, mode):
+        return self.parts[mode]
+
+
+def _abs_max(g):
+    """``max |g|`` in float64 of a weight gradient or of all parts of a partial one."""
+    if isinstance(g, _PartialGradient):
+        return torch.stack([p.abs().amax().to(torch.float64) for p in g.parts.values()]).amax()
+    return g.abs().amax().to(torch.float64)
+
+
+def _norm_bound(g, none):
+    return g.bound.to(torch.float64) if isinstance(g, _PartialGradient) else none
+
+
 class TDLRT(torch.optim.Optimizer):
     """Rank-adaptive training of Tucker layers around any ``torch.optim`` optimizer.
 
@@ -264,15 +299,19 @@ class TDLRT(torch.optim.Optimizer):
         ``"hosvd"`` chooses every rank from the unfoldings of ``Ĉ`` (the published rule, and
         the one the layers share in one batched transfer), ``"st_hosvd"`` sequentially.
     kstep : {"weight", "factors"}
-        What the K-step reads. ``"weight"`` forms each layer's weight gradient ``G`` from the
-        recorded passes and projects it, ``g_i = Mat_i(G ×_{j≠i} U_jᴴ) Q_i`` (the published
-        step). ``"factors"`` reads the factor gradients ``∇_{U_i}L = g_i S_iᴴ`` that autograd
-        computes anyway and never forms ``G``; it spans the same new directions wherever
-        ``Mat_i(C)`` has full row rank (see :func:`~tuckerflow.optim.basis.kstep_bases`).
-        Forming ``G`` costs about one dense weight gradient per layer: with bases updated at
-        every step on one CPU thread (VGG16 / ResNet18 at 90 %, batch 32), ``"weight"``
-        costs 4.6× / 2.8× the fixed-rank Tucker step, ``"factors"`` 2.5× / 1.9× (the
-        training benchmark, ``--tdlrt-kstep``). Amortized (``update_every > 1``) the
+        What the K-step reads. ``"weight"``: the projected weight gradient
+        ``g_i = Mat_i(G ×_{j≠i} U_jᴴ) Q_i`` (the published step), its partial contractions
+        ``G ×_{j≠i} U_jᴴ`` formed from the recorded passes without the dense ``G`` (for a
+        convolution, ``∂L/∂y`` against the recorded ``U_1ᵀx`` and ``U_0ᵀ∂L/∂y`` against
+        ``x``; layers whose records give no bound of ``‖G‖``, and the per-layer path of
+        multi-process runs, form ``G``). ``"factors"`` reads the factor gradients
+        ``∇_{U_i}L = g_i S_iᴴ`` that autograd computes anyway; it spans the same new
+        directions wherever ``Mat_i(C)`` has full row rank (see
+        :func:`~tuckerflow.optim.basis.kstep_bases`), and its Galerkin gradient needs a
+        finite check of its own (one more host transfer per basis update). With bases
+        updated at every step on one CPU thread (VGG16 / ResNet18 at 90 %, batch 32),
+        ``"weight"`` costs 3.4× / 2.7× the fixed-rank Tucker step, ``"factors"`` 2.5× / 1.9×
+        (the training benchmark, ``--tdlrt-kstep``); amortized (``update_every > 1``) the
         difference is paid once per interval.
     defer_truncation : bool
         With ``update_every > 1``: directions that a basis update adds are judged by the
@@ -1135,9 +1174,11 @@ class TDLRT(torch.optim.Optimizer):
         self.last_edits = resolutions
         return resolutions
 
-    def _weight_gradients(self, resolutions):
+    def _weight_gradients(self, resolutions, partial=False):
         """``c · Σ G_j`` over the recorded passes ``core.grad`` holds (kstep="weight"),
-        averaged over the processes."""
+        averaged over the processes; ``partial`` (the batched path, one process): the
+        K-step's partial contractions where the record gives them (as
+        :meth:`_scaled_weight_gradients`)."""
         out = {}
         if self.kstep != "weight":
             return out
@@ -1145,6 +1186,12 @@ class TDLRT(torch.optim.Optimizer):
             res = resolutions.get(name)
             if res is None or not res.groups:
                 continue
+            if partial:
+                scale = torch.tensor(res.scale, dtype=torch.float64, device=self._device())
+                part = self._partial_gradient(layer, res.groups, scale)
+                if part is not None:
+                    out[name] = part
+                    continue
             d = len(layer.weight_shape)
             G = layer.gradient_record.weight_gradient([None] * d, res.groups)
             if G is None:
@@ -1254,8 +1301,12 @@ class TDLRT(torch.optim.Optimizer):
         names = list(weight_grads)
         ok = torch.isfinite(par_max)
         if names:
-            g_max = torch.stack([weight_grads[n].abs().amax().to(torch.float64) for n in names])
+            g_max = torch.stack([_abs_max(weight_grads[n]) for n in names])
             at["G"] = batch.add(g_max)
+            unbounded = g_max.new_tensor(math.inf)
+            at["bounds"] = batch.add(
+                torch.stack([_norm_bound(weight_grads[n], unbounded) for n in names])
+            )
             at["scales"] = batch.add(torch.stack([guess[n][1] for n in names]))
             ok = ok & torch.isfinite(g_max).all()
         if vis_max is not None:
@@ -1291,49 +1342,71 @@ class TDLRT(torch.optim.Optimizer):
         plans = dict(zip(jobs, kstep_finish(list(jobs.values()), host)))
         self._embedded = {name: tuple(job.embedded) for name, job in jobs.items()}
         g_host = host[at["G"]] if names else ()
-        return resolutions, weight_grads, plans, self._galerkin_bounded(weight_grads, g_host, plans)
+        bounds = host[at["bounds"]] if names else ()
+        bounded = self._galerkin_bounded(weight_grads, g_host, plans, bounds)
+        return resolutions, weight_grads, plans, bounded
 
     def _k_steps_resolved(self, kind, resolutions):
         """The K-steps again from the resolved passes and edit factors (one transfer)."""
-        weight_grads = self._weight_gradients(resolutions)
+        weight_grads = self._weight_gradients(resolutions, partial=True)
         names = list(weight_grads)
         batch = HostBatch()
         ok = torch.ones((), dtype=torch.bool, device=self._device())
         if names:
-            g_max = torch.stack([weight_grads[n].abs().amax().to(torch.float64) for n in names])
+            g_max = torch.stack([_abs_max(weight_grads[n]) for n in names])
             g_at = batch.add(g_max)
+            unbounded = g_max.new_tensor(math.inf)
+            b_at = batch.add(torch.stack([_norm_bound(weight_grads[n], unbounded) for n in names]))
             ok = torch.isfinite(g_max).all()
         jobs = self._k_step_jobs(kind, weight_grads)
         kstep_prepare(list(jobs.values()), batch, ok)
         host = batch.fetch()
         g_host = host[g_at] if names else ()
+        bounds = host[b_at] if names else ()
         if not np.isfinite(g_host).all():
             return self._reject("the recorded weight gradient")
         plans = dict(zip(jobs, kstep_finish(list(jobs.values()), host)))
         self._embedded = {name: tuple(job.embedded) for name, job in jobs.items()}
-        return resolutions, weight_grads, plans, self._galerkin_bounded(weight_grads, g_host, plans)
+        bounded = self._galerkin_bounded(weight_grads, g_host, plans, bounds)
+        return resolutions, weight_grads, plans, bounded
 
-    def _galerkin_bounded(self, weight_grads, g_host, plans):
+    def _galerkin_bounded(self, weight_grads, g_host, plans, bounds=None):
         """Whether ``G ×_i Û_iᴴ`` is finite by construction (no check needed).
 
         ``‖G ×_i Û_iᴴ‖ ≤ ‖G‖ ≤ √N max|G|`` for orthonormal ``Û_i``, and every partial sum of
         the mode products is bounded by the same norm: finite when that lies far below the
         overflow threshold. Only the one-pass step from the weight gradient forms it so.
+        Where the K-step read the partial contractions (:class:`_PartialGradient`), the
+        Galerkin gradient is formed from the records, each entry an inner product of
+        projected recorded tensors: ``bounds`` (``‖G‖ ≤ c Σ ‖x‖‖∂L/∂y‖``, from the transfer)
+        bounds it and its partial sums in the same way.
         """
         if self.mode != "one-pass" or self.kstep != "weight" or not weight_grads:
             return False
         if not set(plans) <= set(weight_grads):
             return False
-        return all(
-            4.0 * math.sqrt(G.numel()) * float(m) < torch.finfo(G.dtype).max
-            for G, m in zip(weight_grads.values(), g_host)
-        )
+        if bounds is None:
+            bounds = [math.inf] * len(weight_grads)
+        for G, m, b in zip(weight_grads.values(), g_host, bounds):
+            if isinstance(G, _PartialGradient):
+                top = torch.finfo(G.dtype).max
+                if not (math.isfinite(float(b)) and 4.0 * float(b) < top):
+                    return False
+            elif not 4.0 * math.sqrt(G.numel()) * float(m) < torch.finfo(G.dtype).max:
+                return False
+        return True
 
     def _scaled_weight_gradients(self, guess):
-        """``c · Σ G_j`` over the given passes, ``c`` a device scalar (no transfer)."""
+        """``c · Σ G_j`` over the given passes, ``c`` a device scalar (no transfer); for the
+        library's records the K-step's partial contractions instead (:class:`_PartialGradient`,
+        no ``G`` formed)."""
         out = {}
         for name, (groups, scale) in guess.items():
             layer = self._layers[name]
+            partial = self._partial_gradient(layer, groups, scale)
+            if partial is not None:
+                out[name] = partial
+                continue
             d = len(layer.weight_shape)
             G = layer.gradient_record.weight_gradient([None] * d, groups)
             if G is None:
@@ -1341,6 +1414,29 @@ class TDLRT(torch.optim.Optimizer):
             G = G.detach().to(work_dtype(layer.core.dtype))
             out[name] = G * scale.to(G.dtype)
         return out
+
+    def _partial_gradient(self, layer, groups, scale):
+        """``c · G ×_{j≠i} U_jᴴ`` for every factorized mode ``i`` and a bound of ``‖c·G‖``,
+        each a small projected weight gradient of the recorded passes; None where the record
+        is not the library's or states no bound (the K-step then reads ``c·G``)."""
+        record = layer.gradient_record
+        if not hasattr(record, "partial_weight_gradients") or not layer.factorized_modes:
+            return None
+        bound = record.weight_gradient_bound(groups)
+        if bound is None:
+            return None
+        work = work_dtype(layer.core.dtype)
+        factors = [None] * len(layer.weight_shape)
+        for mode_ in layer.factorized_modes:
+            factors[mode_] = layer.factor(mode_).detach().to(work)
+        raw = record.partial_weight_gradients(factors, groups)
+        if raw is None or set(raw) != set(layer.factorized_modes):
+            return None
+        parts = {}
+        for mode_, part in raw.items():
+            part = part.detach().to(work)
+            parts[mode_] = part * scale.to(part.dtype)
+        return _PartialGradient(parts, bound * scale.abs().to(bound.dtype))
 
     def _apply_augmentation(self, plans):
         """Write ``(Ĉ, Û)`` into the layers and carry the core's state; return an undo record."""
@@ -1400,7 +1496,7 @@ class TDLRT(torch.optim.Optimizer):
             if self.mode == "two-pass":
                 g = layer.core.grad
                 out[name] = None if g is None else self._average(g.detach().to(work).clone())
-            elif name in weight_grads:
+            elif name in weight_grads and not isinstance(weight_grads[name], _PartialGradient):
                 # c·G of this batch (averaged over the processes): c·G ×_i Û_iᴴ directly
                 G = weight_grads[name]
                 out[name] = mode_products(G, [None if u is None else u.conj().T for u in U_hats])
