@@ -37,6 +37,19 @@ def _tuple(value, n, name, minimum=1):
     return tuple(check_size(v, f"{name}[{i}]", minimum=minimum) for i, v in enumerate(value))
 
 
+def _mids_recorded(contributions, dtype, r0, r1):
+    """Whether every contribution holds ``x``, ``∂L/∂y`` and the intermediates ``U_1ᵀx`` and
+    ``U_0ᵀ(∂L/∂y)`` of a factorized forward with ``(r0, r1)`` channel ranks, in ``dtype``."""
+    for c in contributions:
+        if c.x is None or c.grad is None or c.x_mid is None or c.grad_mid is None:
+            return False
+        if c.x_mid.dtype != dtype or c.grad_mid.dtype != dtype:
+            return False
+        if c.x_mid.shape[1] != r1 or c.grad_mid.shape[1] != r0:
+            return False
+    return True
+
+
 class _TuckerConvNd(TuckerLayer):
     """Common implementation of :class:`TuckerConv1d`, :class:`TuckerConv2d`, ``…3d``."""
 
@@ -329,13 +342,8 @@ class _TuckerConvNd(TuckerLayer):
         p0, p1 = u_out.shape[1], u_in.shape[1]
         if p0 < r0 or p1 < r1 or tuple(core_grad.shape[2:]) != tuple(self.kernel_size):
             return None
-        for c in contributions:
-            if c.x is None or c.x_mid is None or c.grad_mid is None:
-                return None
-            if c.x_mid.dtype != ref.dtype or c.grad_mid.dtype != ref.dtype:
-                return None
-            if c.x_mid.shape[1] != r1 or c.grad_mid.shape[1] != r0:
-                return None
+        if not _mids_recorded(contributions, ref.dtype, r0, r1):
+            return None
         ones = (1,) * self._ndim
         new_out, new_in = u_out[:, r0:], u_in[:, r1:]
         out = torch.zeros((p0, p1, *self.kernel_size), dtype=ref.dtype, device=ref.device)
@@ -378,13 +386,8 @@ class _TuckerConvNd(TuckerLayer):
             return None
         ref = self.core
         r0, r1 = ref.shape[0], ref.shape[1]
-        for c in contributions:
-            if c.x is None or c.x_mid is None or c.grad_mid is None or c.grad is None:
-                return None
-            if c.x_mid.dtype != ref.dtype or c.grad_mid.dtype != ref.dtype:
-                return None
-            if c.x_mid.shape[1] != r1 or c.grad_mid.shape[1] != r0:
-                return None
+        if not _mids_recorded(contributions, ref.dtype, r0, r1):
+            return None
         out0 = out1 = None
         k = tuple(self.kernel_size)
         with torch.no_grad():

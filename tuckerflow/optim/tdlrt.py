@@ -232,11 +232,9 @@ class _PartialGradient:
         return self.parts[mode]
 
 
-def _abs_max(g):
+def _grad_max_abs(g):
     """``max |g|`` in float64 of a weight gradient or of all parts of a partial one."""
-    if isinstance(g, _PartialGradient):
-        return torch.stack([p.abs().amax().to(torch.float64) for p in g.parts.values()]).amax()
-    return g.abs().amax().to(torch.float64)
+    return _max_abs(list(g.parts.values()) if isinstance(g, _PartialGradient) else [g])
 
 
 def _norm_bound(g, none):
@@ -1301,7 +1299,7 @@ class TDLRT(torch.optim.Optimizer):
         names = list(weight_grads)
         ok = torch.isfinite(par_max)
         if names:
-            g_max = torch.stack([_abs_max(weight_grads[n]) for n in names])
+            g_max = torch.stack([_grad_max_abs(weight_grads[n]) for n in names])
             at["G"] = batch.add(g_max)
             unbounded = g_max.new_tensor(math.inf)
             at["bounds"] = batch.add(
@@ -1353,7 +1351,7 @@ class TDLRT(torch.optim.Optimizer):
         batch = HostBatch()
         ok = torch.ones((), dtype=torch.bool, device=self._device())
         if names:
-            g_max = torch.stack([_abs_max(weight_grads[n]) for n in names])
+            g_max = torch.stack([_grad_max_abs(weight_grads[n]) for n in names])
             g_at = batch.add(g_max)
             unbounded = g_max.new_tensor(math.inf)
             b_at = batch.add(torch.stack([_norm_bound(weight_grads[n], unbounded) for n in names]))
