@@ -271,14 +271,18 @@ class GradientRecord:
         return parts
 
     def weight_gradient_bound(self, groups=None):
-        """A float64 device scalar at least ``‖Σ G_j‖_F`` over the contributions of
+        """A float64 device scalar bounding ``‖Σ G_j‖_F`` over the contributions of
         ``groups`` (default: all), from the norms of the recorded tensors, never forming
         ``G``; None where the layer states no bound (``_weight_grad_norm_factor``) or the
         groups hold no contribution.
 
         A contribution of input ``x`` and output gradient ``g`` adds ``c ‖x‖_F ‖g‖_F``
-        (``c`` the layer's factor), one with a dense weight gradient its norm. NaN or Inf in
-        a recorded tensor makes the bound NaN or Inf.
+        (``c`` the layer's factor), one with a dense weight gradient its norm. The norms are
+        taken in the recorded tensors' precision (at least float32; a float64 copy of every
+        activation would cost more than the K-step it serves): they are then exact to a
+        relative ``√n·eps32``, far inside the factor 4 by which TDLRT's overflow check stays
+        below the largest float, and a norm beyond float32's range is Inf (no bound). NaN
+        or Inf in a recorded tensor makes the bound NaN or Inf.
         """
         layer = self._layer()
         factor_of = getattr(layer, "_weight_grad_norm_factor", None)
@@ -286,16 +290,18 @@ class GradientRecord:
         contributions = self.contributions(groups)
         if factor is None or not contributions:
             return None
+
+        def norm(t):
+            wide = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+            return torch.linalg.vector_norm(t, dtype=wide).to(torch.float64)
+
         total = None
         with torch.no_grad():
             for c in contributions:
                 if c.weight_grad is not None:
-                    t = torch.linalg.vector_norm(c.weight_grad, dtype=torch.float64)
+                    t = norm(c.weight_grad)
                 elif c.x is not None and c.grad is not None:
-                    t = factor * (
-                        torch.linalg.vector_norm(c.x, dtype=torch.float64)
-                        * torch.linalg.vector_norm(c.grad, dtype=torch.float64)
-                    )
+                    t = factor * (norm(c.x) * norm(c.grad))
                 else:
                     return None
                 total = t if total is None else total + t
