@@ -308,7 +308,7 @@ class TDLRT(torch.optim.Optimizer):
         :func:`~tuckerflow.optim.basis.kstep_bases`), and its Galerkin gradient needs a
         finite check of its own (one more host transfer per basis update). With bases
         updated at every step on one CPU thread (VGG16 / ResNet18 at 90 %, batch 32),
-        ``"weight"`` costs 3.4× / 2.7× the fixed-rank Tucker step, ``"factors"`` 2.5× / 1.9×
+        ``"weight"`` costs 3.3× / 2.6× the fixed-rank Tucker step (4.6× / 2.8× with ``G``), ``"factors"`` 2.5× / 1.9×
         (the training benchmark, ``--tdlrt-kstep``); amortized (``update_every > 1``) the
         difference is paid once per interval.
     defer_truncation : bool
