@@ -214,7 +214,8 @@ class _PartialGradient:
     ``parts[i] = c · G ×_{j≠i} U_jᴴ`` for each factorized mode ``i`` (the K-step's
     ``partial_contraction``), each a projected weight gradient of the recorded passes (for
     a convolution ``∂L/∂y`` against ``U_1ᵀx`` and ``U_0ᵀ∂L/∂y`` against ``x``: about ``r/n``
-    of a dense weight gradient each); ``bound``: a float64 device scalar ``≥ ‖c·G‖_F``.
+    of a dense weight gradient each); ``bound``: a float64 device scalar bounding ``‖c·G‖_F``
+    (:meth:`~tuckerflow.nn.recording.GradientRecord.weight_gradient_bound`).
     NaN or Inf in ``G`` reaches every part (an inner product with a non-finite term is
     non-finite), so the parts' finite check is ``G``'s.
     """
@@ -308,9 +309,9 @@ class TDLRT(torch.optim.Optimizer):
         :func:`~tuckerflow.optim.basis.kstep_bases`), and its Galerkin gradient needs a
         finite check of its own (one more host transfer per basis update). With bases
         updated at every step on one CPU thread (VGG16 / ResNet18 at 90 %, batch 32),
-        ``"weight"`` costs 3.3× / 2.6× the fixed-rank Tucker step (4.6× / 2.8× with ``G``), ``"factors"`` 2.5× / 1.9×
-        (the training benchmark, ``--tdlrt-kstep``); amortized (``update_every > 1``) the
-        difference is paid once per interval.
+        ``"weight"`` costs 3.3× / 2.6× the fixed-rank Tucker step (4.6× / 2.8× with ``G``
+        formed), ``"factors"`` 2.5× / 1.9× (the training benchmark, ``--tdlrt-kstep``);
+        amortized (``update_every > 1``) the difference is paid once per interval.
     defer_truncation : bool
         With ``update_every > 1``: directions that a basis update adds are judged by the
         tolerance only at the end of the update interval, after the cores have taken
