@@ -884,6 +884,16 @@ def init_table(records):
     return "\n".join(lines)
 
 
+def _write_study(out, name, meta, records, text):
+    """``OUT/NAME.json`` (meta and runs) and ``OUT/NAME.md`` (the table); both printed."""
+    with open(os.path.join(out, f"{name}.json"), "w") as handle:
+        json.dump({"meta": meta, "runs": records}, handle, indent=1)
+    with open(os.path.join(out, f"{name}.md"), "w") as handle:
+        handle.write(text + "\n")
+    print(text)
+    print(json.dumps(meta))
+
+
 def run_init_study(
     out, seeds, epochs, workers, *, tau=0.2, settings=("all-but-last",), data_sets=("mnist5k",)
 ):
@@ -904,12 +914,7 @@ def run_init_study(
     meta["data"] = list(data_sets)
     meta["wall_s"] = time.perf_counter() - tick
     text = init_table(records)
-    with open(os.path.join(out, "init.json"), "w") as handle:
-        json.dump({"meta": meta, "runs": records}, handle, indent=1)
-    with open(os.path.join(out, "init.md"), "w") as handle:
-        handle.write(text + "\n")
-    print(text)
-    print(json.dumps(meta))
+    _write_study(out, "init", meta, records, text)
     return records
 
 
@@ -960,12 +965,7 @@ def run_saddle_study(out, seeds, epochs, workers, *, taus, data_sets=("mnist5k",
         "wall_s": time.perf_counter() - tick,
     }
     text = saddle_table(records)
-    with open(os.path.join(out, "saddle.json"), "w") as handle:
-        json.dump({"meta": meta, "runs": records}, handle, indent=1)
-    with open(os.path.join(out, "saddle.md"), "w") as handle:
-        handle.write(text + "\n")
-    print(text)
-    print(json.dumps(meta))
+    _write_study(out, "saddle", meta, records, text)
     return records
 
 
@@ -1037,12 +1037,7 @@ def run_study(study, out, seeds, epochs, workers, *, cached_only=False, **select
     meta = {"study": study, "seeds": seeds, "epochs": epochs, "wall_s": wall, "jobs": len(jobs)}
     if cached_only:
         meta["cached_only"] = True
-    with open(os.path.join(out, f"{study}.json"), "w") as handle:
-        json.dump({"meta": meta, "runs": records}, handle, indent=1)
-    with open(os.path.join(out, f"{study}.md"), "w") as handle:
-        handle.write(text + "\n")
-    print(text)
-    print(json.dumps(meta))
+    _write_study(out, study, meta, records, text)
     return records
 
 
