@@ -682,6 +682,13 @@ ARMS = {
         "limit_truncation_rate": True,
         "freeze_after": None,
     },
+    # the CLI defaults with TDLRT's small-weight tolerance (goal 3's saddle)
+    "defaults + freeze + budget + small-weight": {
+        "method": "tdlrt",
+        "freeze_after": "auto",
+        "truncation_budget": True,
+        "small_weight_tolerance": True,
+    },
     # TDLRT's constructor defaults since the removal budget became one (no freeze)
     "defaults + budget": {"method": "tdlrt", "truncation_budget": True, "freeze_after": None},
     # the CLI defaults since the removal budget became a default
@@ -709,11 +716,18 @@ def _study_key(data, arm, tau, seed, extra=""):
     return _slug(f"{data}-{arm}{tau_part}{extra}-seed{seed}")
 
 
+#: Options added to every TDLRT run of the init and saddle studies
+#: (``--small-weight-tolerance``); set in the main process before the workers start.
+TDLRT_EXTRA = {}
+
+
 def run_study_job(job, folder, epochs):
     """One run of a study; returns its record (read from ``folder`` when done already)."""
     from tuckerflow.train import TrainConfig, TrainingDiverged, train
 
     data, arm, tau, seed, options = job
+    if options.get("method") == "tdlrt" and TDLRT_EXTRA:
+        options = {**options, **TDLRT_EXTRA, "_tag": options.get("_tag", "") + "-swt"}
     key = _study_key(data, arm, tau, seed, options.get("_tag", ""))
     path = os.path.join(folder, key + ".json")
     if os.path.exists(path):
@@ -911,6 +925,7 @@ def run_init_study(
         futures = [pool.submit(run_init_pair, job, folder, epochs) for job in jobs]
         records = [r for f in futures for r in f.result()]
     meta = {"study": "init", "seeds": seeds, "epochs": epochs, "tau": tau, "jobs": len(jobs)}
+    meta["tdlrt_extra"] = dict(TDLRT_EXTRA)
     meta["data"] = list(data_sets)
     meta["wall_s"] = time.perf_counter() - tick
     text = init_table(records)
@@ -963,6 +978,7 @@ def run_saddle_study(out, seeds, epochs, workers, *, taus, data_sets=("mnist5k",
         "jobs": len(jobs),
         "data": list(data_sets),
         "wall_s": time.perf_counter() - tick,
+        "tdlrt_extra": dict(TDLRT_EXTRA),
     }
     text = saddle_table(records)
     _write_study(out, "saddle", meta, records, text)
@@ -1109,9 +1125,16 @@ def main(argv=None):
     )
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="studies: arms")
     parser.add_argument(
+        "--small-weight-tolerance",
+        action="store_true",
+        help="init and saddle studies: TDLRT runs with --small-weight-tolerance",
+    )
+    parser.add_argument(
         "--data", nargs="+", help="studies: data sets; otherwise one data set (mnist5k)"
     )
     args = parser.parse_args(argv)
+    if args.small_weight_tolerance:
+        TDLRT_EXTRA["small_weight_tolerance"] = True
     if args.check:
         check_transforms()
         return

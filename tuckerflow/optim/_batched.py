@@ -338,7 +338,7 @@ def truncate_cores(items, rtol, references=None, blocks=None, form=True):
     items : list of ``(C_hat, U_hats, min_rank, max_rank)``
         As :func:`tuckerflow.dlra.truncate_core` takes them (torch tensors; every core has
         at least one truncated mode and ``box_size(C_hat, U_hats) ≤ GREEDY_BOX_LIMIT``).
-    rtol : float or None
+    rtol : float, None, or a sequence of them (one per item)
         Relative tolerance ``ϑ = rtol · ‖Ĉ‖_F``; None: no tolerance, the ranks are the caps
         (as ``truncate_core(…, rtol=None)``).
     references : list of (tensor or None), optional
@@ -391,7 +391,10 @@ def _wide(dtype):
 
 
 def _truncate_cores(items, rtol, references=None, blocks=None, form=True):
-    reqs = [_prepare(c, u, rtol, lo, hi) for c, u, lo, hi in items]
+    rtols = list(rtol) if isinstance(rtol, (list, tuple)) else [rtol] * len(items)
+    if len(rtols) != len(items):
+        raise ValueError(f"rtol has {len(rtols)} entries for {len(items)} items")
+    reqs = [_prepare(c, u, t, lo, hi) for (c, u, lo, hi), t in zip(items, rtols)]
     for q, ref, block in zip(reqs, references or [None] * len(reqs), blocks or [None] * len(reqs)):
         q.reference, q.block = ref, (None if ref is None else block)
         q.fast = _fast_gram(q)

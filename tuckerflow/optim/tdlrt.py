@@ -54,7 +54,13 @@ from .protocol import check_layer
 from .state import check_tdlrt_state_dict
 from .transport import mode_products, transport_state
 
-__all__ = ["GradientEditError", "NonFiniteGradientError", "TDLRT", "ddp_ignore_tucker_parameters"]
+__all__ = [
+    "GradientEditError",
+    "NonFiniteGradientError",
+    "TDLRT",
+    "ddp_ignore_tucker_parameters",
+    "default_scale",
+]
 
 _MODES = ("one-pass", "two-pass")
 _ON_NONFINITE = ("raise", "skip")
@@ -103,6 +109,59 @@ def _check_tau(tau):
     if not (0.0 < value < 1.0):
         raise ValueError(f"tau={tau!r} must lie in the open interval (0, 1)")
     return value
+
+
+def default_scale(layer):
+    """Frobenius norm of PyTorch's default initialization of the layer's dense weight.
+
+    ``kaiming_uniform_(a=√5)`` draws the entries of a ``Linear``/``Conv`` weight with
+    variance ``1 / (3 · fan_in)``, so ``E‖W‖²_F = ∏ n_i / (3 · fan_in)`` (``n_i`` the weight's
+    mode sizes); the Tucker layers' random initialization has the same expected norm.
+    """
+    fan_in = getattr(layer, "fan_in", None)
+    if not isinstance(fan_in, numbers.Integral) or fan_in < 1:
+        raise ValueError(
+            f"reference_scale='default' needs layers with a positive integer fan_in, "
+            f"{type(layer).__name__} has fan_in={fan_in!r}; give a dict of scales instead"
+        )
+    return math.sqrt(math.prod(layer.weight_shape) / (3.0 * fan_in))
+
+
+def _reference_scales(value, layers):
+    """``{layer name: s}`` of ``reference_scale`` (None: the rule is off)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        if value != "default":
+            raise ValueError(
+                f"reference_scale={value!r} is not None, 'default' or a dict of scales"
+            )
+        return {name: default_scale(layer) for name, layer in layers.items()}
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"reference_scale must be None, 'default' or a dict {{layer name: scale}}, "
+            f"got {type(value).__name__}"
+        )
+    unknown = sorted(set(value) - set(layers))
+    if unknown:
+        raise ValueError(
+            f"reference_scale names {unknown}, which are not Tucker layers of the model "
+            f"({sorted(layers)})"
+        )
+    out = {}
+    for name, scale in value.items():
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"reference_scale[{name!r}] must be a real number, got {scale!r}")
+        if not (math.isfinite(float(scale)) and float(scale) > 0):
+            raise ValueError(f"reference_scale[{name!r}]={scale!r} must be finite and > 0")
+        out[name] = float(scale)
+    return out
+
+
+#: Exponent ``p`` of the small-weight tolerance ``τ_l = τ · min(1, ‖Ĉ‖ / s)^p`` of
+#: ``reference_scale`` (the saddle ablation of the experiments page: ``p = 2`` leaves the
+#: small-weight saddle in the epoch the dense network does, ``p = 1`` later).
+REFERENCE_SCALE_POWER = 2
 
 
 def _rank_bound(value, lname, layer, what, default_full):
@@ -346,6 +405,21 @@ class TDLRT(torch.optim.Optimizer):
         next ones (see Notes). None (the default): on where the guard is on and
         ``limit_truncation_rate`` off (which allows only the movement of the same update and
         excludes it), off otherwise; True with either of them is refused.
+    reference_scale : None, "default" or dict ``{layer name: float > 0}``
+        The small-weight tolerance (not part of the published method; off by default). A
+        layer with a reference scale ``s`` is truncated with ``τ_l = τ · min(1, ‖Ĉ‖_F / s)²``
+        in place of ``τ`` (in the truncation, the guard and the removal budget): a layer far
+        below its natural size is at the small-weight saddle, where the share of a direction
+        in the core says nothing about its future (the directions training amplifies start
+        below the random initial content), so the relative rule would remove them while
+        they grow; at or above ``s`` nothing changes. ``"default"``: ``s`` is the norm of
+        PyTorch's default initialization of the layer's dense weight
+        (:func:`default_scale`, ``√(∏ n_i / (3 fan_in))``), the scale of the layers'
+        random initialization; meant for training from a random start. For pretrained or
+        zero-started weights (adapters) give the scales as a dict, or leave it off (an
+        adapter's update starts at zero and would not be truncated until it reached the
+        scale). Costs one host transfer per truncation (the norms of all cores).
+        :attr:`last_tolerance` holds each layer's last ``τ_l``.
 
     Raises
     ------
@@ -482,6 +556,7 @@ class TDLRT(torch.optim.Optimizer):
         truncation_guard=True,
         limit_truncation_rate=False,
         truncation_budget=None,
+        reference_scale=None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
@@ -567,6 +642,10 @@ class TDLRT(torch.optim.Optimizer):
                         f"{what} names {unknown}, which are not Tucker layers of the model "
                         f"({sorted(self._layers)})"
                     )
+        #: ``{layer name: s}`` of ``reference_scale`` (empty: the rule is off).
+        self.reference_scales = _reference_scales(reference_scale, self._layers)
+        #: ``{layer name: τ_l}``, the relative tolerance of each layer's last truncation.
+        self.last_tolerance = {}
         self._lo, self._hi = {}, {}
         for name, layer in self._layers.items():
             lo = _rank_bound(min_rank, name, layer, "min_rank", default_full=False)
@@ -1584,7 +1663,7 @@ class TDLRT(torch.optim.Optimizer):
         when needed. ``name``: the layer whose removal budget ``truncation_budget`` reads
         and charges.
         """
-        bound = self.tau * norm_reference
+        bound = self.last_tolerance.get(name, self.tau) * norm_reference
         if self.limit_truncation_rate:
             bound = min(bound, norm_change)
         budget = None
@@ -1639,6 +1718,25 @@ class TDLRT(torch.optim.Optimizer):
             name=name,
         )
 
+    def _small_weight_tolerances(self, plans):
+        """``{layer name: τ_l}`` of the layers of ``plans`` that have a reference scale:
+        ``τ_l = τ · min(1, ‖Ĉ‖_F / s)^p`` (``p`` = :data:`REFERENCE_SCALE_POWER`), the
+        norms of all such cores in one host transfer."""
+        names = [n for n in plans if n in self.reference_scales]
+        if not names:
+            return {}
+        cores = [self._layers[n].core.detach() for n in names]
+        device = cores[0].device
+        norms = torch.stack(
+            [torch.linalg.vector_norm(c.to(work_dtype(c.dtype))).to(device) for c in cores]
+        )
+        host = to_host(norms.to(torch.float64))
+        out = {}
+        for name, norm in zip(names, host):
+            share = min(1.0, float(norm) / self.reference_scales[name])
+            out[name] = self.tau * share**REFERENCE_SCALE_POWER
+        return out
+
     def _truncate(self, plans, references, carry=None, blocks=None):
         """Truncate the layers of ``plans`` (core: the layer's, bases: the plan's ``Û``).
 
@@ -1656,6 +1754,10 @@ class TDLRT(torch.optim.Optimizer):
         results = {}
         rtol = None if references is None else self.tau
         guarded = rtol is not None and self.truncation_guard
+        tols = {name: rtol for name in plans}
+        if rtol is not None:
+            tols.update(self._small_weight_tolerances(plans))
+            self.last_tolerance.update(tols)
         batched = []
         if self._batched_step() and self.truncation == "hosvd":
             for name, (U_hats, _, _) in plans.items():
@@ -1666,8 +1768,9 @@ class TDLRT(torch.optim.Optimizer):
             items = [(c, u, self._lo[n], self._hi[n]) for n, c, u in batched]
             refs = [references.get(n) if guarded else None for n, _, _ in batched]
             blks = [(blocks or {}).get(n) for n, _, _ in batched]
+            rtols = [tols[n] for n, _, _ in batched]
             # the guarded layers' kept bases are formed once the guard has decided
-            outs = _batched.truncate_cores(items, rtol, refs, blks, form=False) if items else []
+            outs = _batched.truncate_cores(items, rtols, refs, blks, form=False) if items else []
             for (name, c_hat, U_hats), ref, (new, P_list, info, data) in zip(batched, refs, outs):
                 if data is not None:
                     floor = self._batched_guard(name, c_hat, U_hats, ref, new, P_list, data)
@@ -1688,7 +1791,7 @@ class TDLRT(torch.optim.Optimizer):
                 new, P_list, info = truncate_core(
                     c_hat,
                     U_hats,
-                    rtol=rtol,
+                    rtol=tols[name],
                     min_rank=self._lo[name],
                     max_rank=self._hi[name],
                     method=self.truncation,
@@ -1701,7 +1804,7 @@ class TDLRT(torch.optim.Optimizer):
                         new, P_list, info = truncate_core(
                             c_hat,
                             U_hats,
-                            rtol=rtol,
+                            rtol=tols[name],
                             min_rank=floor,
                             max_rank=self._hi[name],
                             method=self.truncation,
@@ -1725,7 +1828,7 @@ class TDLRT(torch.optim.Optimizer):
                             new2, P2, info2 = truncate_core(
                                 c_hat,
                                 U_hats,
-                                rtol=rtol,
+                                rtol=tols[n],
                                 min_rank=want,
                                 max_rank=want,
                                 method=self.truncation,

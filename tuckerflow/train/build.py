@@ -124,6 +124,7 @@ def make_tdlrt(
         truncation_guard=config.truncation_guard,
         limit_truncation_rate=config.limit_truncation_rate,
         truncation_budget=config.truncation_budget,
+        reference_scale="default" if config.small_weight_tolerance else None,
     )
 
 

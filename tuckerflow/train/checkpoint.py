@@ -226,6 +226,11 @@ def _json(value):
     return json.loads(json.dumps(value))
 
 
+#: Options added after checkpoints were first written: the value a checkpoint without the
+#: entry ran with (its behaviour before the option existed).
+_ADDED_OPTIONS = {"small_weight_tolerance": False}
+
+
 def _same(name, saved, current):
     if name == "rank":  # 8 (a cap per mode) and 8.0 (invalid) or 1 and 1.0 differ in meaning
         return type(saved) is type(current) and saved == current
@@ -271,7 +276,7 @@ def check_resume_options(
     identity, options = [], []
     for name, value in current.items():
         rule = _resume_rule(name)
-        before = saved.get(name)
+        before = saved.get(name, _ADDED_OPTIONS.get(name))
         if rule == "free" or name == "data" or _same(name, before, value):
             continue
         entry = f"{name}: checkpoint {before!r} vs this run {value!r}"

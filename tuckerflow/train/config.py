@@ -165,6 +165,9 @@ class TrainConfig:
         rate limit.
     truncation_budget : bool or None
         TDLRT's removal budget; None (default): on with the guard unless the rate limit is.
+    small_weight_tolerance : bool
+        TDLRT's small-weight tolerance (``reference_scale="default"``): a layer below the norm
+        of its default initialization is truncated with ``τ · (‖Ĉ‖ / s)²``.
     init_scale : float
         Multiplier of the initial Tucker cores (``tdlrt`` and ``tucker-fixed``; 1: PyTorch's
         default variance of the dense weight).
@@ -322,6 +325,16 @@ class TrainConfig:
             action=argparse.BooleanOptionalAction,
         ),
     )
+    small_weight_tolerance: bool = field(
+        default=False,
+        metadata=_option(
+            "Tucker layers",
+            "TDLRT: a layer smaller than the norm s of its default initialization is "
+            "truncated with tau * (norm / s)^2 instead of tau (leaves the small-weight "
+            "saddle of a small --init-scale as the dense network does)",
+            action=argparse.BooleanOptionalAction,
+        ),
+    )
     init_scale: float = field(
         default=1.0,
         metadata=_option(
@@ -463,6 +476,10 @@ class TrainConfig:
         if self.truncation_budget and self.limit_truncation_rate:
             raise ValueError(
                 "truncation_budget=True and limit_truncation_rate=True exclude each other"
+            )
+        if not isinstance(self.small_weight_tolerance, bool):
+            raise ValueError(
+                f"small_weight_tolerance={self.small_weight_tolerance!r} must be True or False"
             )
         if not (
             _is_real(self.init_scale) and math.isfinite(self.init_scale) and self.init_scale > 0
