@@ -24,7 +24,7 @@ from .distributed import ddp_ignore_tucker_parameters
 from .edits import GradientEditError
 from .layers import is_tucker_layer, resize_like, tucker_layers
 from .protocol import TuckerLayerProtocol
-from .tdlrt import TDLRT, NonFiniteGradientError
+from .tdlrt import TDLRT, NonFiniteGradientError, default_scale
 from .transport import (
     NONNEGATIVE_STATE_KEYS,
     transport_linear,
@@ -41,6 +41,7 @@ __all__ = [
     "TuckerAveragedModel",
     "TuckerLayerProtocol",
     "ddp_ignore_tucker_parameters",
+    "default_scale",
     "is_tucker_layer",
     "kstep_bases",
     "resize_like",
