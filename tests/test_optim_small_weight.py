@@ -83,7 +83,8 @@ def test_the_tolerance_of_a_small_layer_is_tau_times_its_squared_share(dtype):
         assert 0 < got[name] < 0.3 * 0.5  # well below τ at a fifth of the scale
 
 
-def test_the_small_layer_step_is_the_plain_step_at_its_own_tolerance():
+@pytest.mark.parametrize("truncation", ["hosvd", "st_hosvd"])  # batched and per-layer paths
+def test_the_small_layer_step_is_the_plain_step_at_its_own_tolerance(truncation):
     # same start, one Tucker layer: the option's step equals that of a TDLRT without it
     # whose τ is the layer's τ_l (truncation, guard and removal budget alike)
     torch.manual_seed(0)
@@ -93,8 +94,9 @@ def test_the_small_layer_step_is_the_plain_step_at_its_own_tolerance():
     with torch.no_grad():
         model[1].core.mul_(0.3)
     twin = copy.deepcopy(model)
+    untouched = copy.deepcopy(model)
     data = batches()
-    tdlrt = _tdlrt(model, reference_scale="default")
+    tdlrt = _tdlrt(model, reference_scale="default", truncation=truncation)
     run_steps(model, tdlrt, data, 1)
     (tau_l,) = tdlrt.last_tolerance.values()
     assert 0 < tau_l < 0.3 * 0.3
@@ -103,12 +105,16 @@ def test_the_small_layer_step_is_the_plain_step_at_its_own_tolerance():
         torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9),
         tau=tau_l,
         update_every=1,
+        truncation=truncation,
     )
     run_steps(twin, plain, data, 1)
     assert model[1].ranks == twin[1].ranks
     a, b = _state(model), _state(twin)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert tdlrt.removal_budget == plain.removal_budget
+    # and the tolerance matters here: the plain rule at τ keeps fewer directions
+    run_steps(untouched, _tdlrt(untouched, truncation=truncation), data, 1)
+    assert math.prod(untouched[1].ranks) < math.prod(model[1].ranks)
 
 
 def test_float32_takes_the_rank_decisions_of_float64_from_the_same_start():

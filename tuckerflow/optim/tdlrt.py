@@ -414,8 +414,8 @@ class TDLRT(torch.optim.Optimizer):
         below the random initial content), so the relative rule would remove them while
         they grow; at or above ``s`` nothing changes. ``"default"``: ``s`` is the norm of
         PyTorch's default initialization of the layer's dense weight
-        (:func:`~tuckerflow.optim.default_scale`, ``√(∏ n_i / (3 fan_in))``), the scale of the layers'
-        random initialization; meant for training from a random start. For pretrained or
+        (:func:`~tuckerflow.optim.default_scale`, ``√(∏ n_i / (3 fan_in))``), the scale of
+        the layers' random initialization; meant for training from a random start. For pretrained or
         zero-started weights (adapters) give the scales as a dict, or leave it off (an
         adapter's update starts at zero and would not be truncated until it reached the
         scale). Costs one host transfer per truncation (the norms of all cores).
