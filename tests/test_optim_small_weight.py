@@ -129,8 +129,10 @@ def test_float32_takes_the_rank_decisions_of_float64_from_the_same_start():
     run_steps(plain.model, plain, data, 3)
     for name in t64._layers:
         assert t32._layers[name].ranks == t64._layers[name].ranks
-        # three steps of float32 round-off in ‖Ĉ‖ (a relative 1e-5 is ~100 eps32)
-        assert t32.last_tolerance[name] == pytest.approx(t64.last_tolerance[name], rel=1e-4)
+        # τ_l ∝ ‖Ĉ‖²: three float32 steps from the same start differ from float64 by
+        # round-off (2–6 eps32 measured here); 128 eps32 leaves a margin for other BLAS
+        eps32 = torch.finfo(torch.float32).eps
+        assert t32.last_tolerance[name] == pytest.approx(t64.last_tolerance[name], rel=128 * eps32)
         assert t64.last_tolerance[name] < 0.3
     # the option keeps more than the plain rule where the layers are small
     kept = sum(math.prod(layer.ranks) for layer in t64._layers.values())

@@ -127,6 +127,15 @@ def default_scale(layer):
     return math.sqrt(math.prod(layer.weight_shape) / (3.0 * fan_in))
 
 
+def _check_layer_names(value, layers, what):
+    """Refuse a per-layer dict ``value`` (option ``what``) naming modules that are not layers."""
+    unknown = sorted(set(value) - set(layers))
+    if unknown:
+        raise ValueError(
+            f"{what} names {unknown}, which are not Tucker layers of the model ({sorted(layers)})"
+        )
+
+
 def _reference_scales(value, layers):
     """``{layer name: s}`` of ``reference_scale`` (None: the rule is off)."""
     if value is None:
@@ -142,12 +151,7 @@ def _reference_scales(value, layers):
             f"reference_scale must be None, 'default' or a dict {{layer name: scale}}, "
             f"got {type(value).__name__}"
         )
-    unknown = sorted(set(value) - set(layers))
-    if unknown:
-        raise ValueError(
-            f"reference_scale names {unknown}, which are not Tucker layers of the model "
-            f"({sorted(layers)})"
-        )
+    _check_layer_names(value, layers, "reference_scale")
     out = {}
     for name, scale in value.items():
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
@@ -636,12 +640,7 @@ class TDLRT(torch.optim.Optimizer):
             check_layer(layer, name)
         for what, value in (("min_rank", min_rank), ("max_rank", max_rank)):
             if isinstance(value, dict):
-                unknown = sorted(set(value) - set(self._layers))
-                if unknown:
-                    raise ValueError(
-                        f"{what} names {unknown}, which are not Tucker layers of the model "
-                        f"({sorted(self._layers)})"
-                    )
+                _check_layer_names(value, self._layers, what)
         #: ``{layer name: s}`` of ``reference_scale`` (empty: the rule is off).
         self.reference_scales = _reference_scales(reference_scale, self._layers)
         #: ``{layer name: τ_l}``, the relative tolerance of each layer's last truncation.
