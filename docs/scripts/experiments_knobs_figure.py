@@ -2,9 +2,9 @@
 
 Reads the run summaries of ``docs/results/goal1_rerun/`` (LeNet5 on mnist5k, 5 epochs, 10
 seeds per point; the gap of each run is taken against the dense run of its seed, from
-``goal1.json``), prints one table row per configuration and writes
-``docs/figures/experiments_knobs_second_cpu.png``: the mean gap (with its standard error)
-against the mean whole-model compression, one marker per knob.
+``goal1.json``: dense without weight decay), prints one table row per configuration and
+writes ``docs/figures/experiments_knobs_second_cpu.png``: the mean gap (with its standard
+error) against the mean whole-model compression, one marker per knob.
 
 Usage (from the repository root)::
 
@@ -68,6 +68,21 @@ def _points():
         points.append(
             ("freeze after (τ 0.2)", f"freeze {after}", _summaries("freeze", f"fa{after}"))
         )
+    for tau, decay in (
+        (0.1, "1e-3"),
+        (0.1, "5e-3"),
+        (0.1, "1e-2"),
+        (0.25, "1e-3"),
+        (0.25, "5e-3"),
+        (0.3, "1e-3"),
+        (0.3, "5e-3"),
+        (0.4, "5e-3"),
+    ):
+        prefix = f"wd{decay}" if tau == 0.1 else f"t{tau}_wd{decay}"
+        points.append(("weight decay", f"τ {tau}, wd {decay}", _summaries("weight_decay", prefix)))
+    points.append(
+        ("weight decay", "rank 64, τ 0.1, wd 5e-3", _summaries("weight_decay", "r64_wd5e-3"))
+    )
     return points
 
 
@@ -94,7 +109,7 @@ def main():
         print(f"| {knob} | {label} | {n} | {rate:.1f} | {gap:.2f} | {sem:.2f} | {worst:.1f} |")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = iter("osD^vPX*")
+    markers = iter("osD^vPX*h")
     for knob in dict.fromkeys(row[0] for row in rows):
         chosen = [row for row in rows if row[0] == knob and row[1] != "lr 0.1"]
         if not chosen:
