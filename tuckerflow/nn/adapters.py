@@ -470,8 +470,10 @@ def add_adapters(
     rank : int, float, sequence or mapping
         Initial rank of each update, as in the Tucker layer constructors (an int caps each
         factorized mode, a float is a fraction of each mode size), or ``{path: rank}``
-        (without ``filter``, its keys select the modules). TDLRT adapts it during training;
-        a small start (1 or 2) is the usual choice.
+        (without ``filter``, its keys select the modules). TDLRT adapts it during training,
+        but the truncation is relative to the whole core, so directions that enter late are
+        cut again: in a short fine-tuning run start above the rank the task needs (8 in the
+        fine-tuning experiments, from which TDLRT truncates) rather than at 1.
     keep_full : optional
         Modes of the updates kept full, as in the Tucker layer constructors.
     modules_to_save : iterable of str, optional
