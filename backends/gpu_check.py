@@ -138,6 +138,36 @@ def parts(py, out, torch_gpu, cupy_gpu):
     return table
 
 
+#: (module, distribution, requirements file) that the parts import besides torch / CuPy
+NEEDED = (
+    ("tensorly", "tensorly", "backends/numpy.txt"),
+    ("tltorch", "tensorly-torch", "backends/test.txt"),
+    ("pytest", "pytest", "backends/test.txt"),
+    ("hypothesis", "hypothesis", "backends/test.txt"),
+)
+
+
+def _missing(python, env):
+    """The distributions of :data:`NEEDED` that ``python`` cannot import, with their files."""
+    probe = (
+        "import importlib.util, sys; "
+        "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+    )
+    names = [module for module, _, _ in NEEDED]
+    done = subprocess.run(
+        [python, "-c", probe, *names], env=env, capture_output=True, text=True, check=False
+    )
+    absent = set(done.stdout.split()) if done.returncode == 0 else set(names)
+    return [(dist, req) for module, dist, req in NEEDED if module in absent]
+
+
+def _pythonpath(environ):
+    """The checkout first, then whatever the caller's ``PYTHONPATH`` already holds (packages
+    installed into a target folder rather than into the interpreter stay importable)."""
+    kept = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([str(ROOT)] + [p for p in kept if p != str(ROOT)])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="backends/gpu_check.py", description=__doc__)
     parser.add_argument("--out", default="bench-results")
@@ -157,6 +187,17 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2 if args.require else 0
+    env = dict(os.environ, HYPOTHESIS_PROFILE="ci", PYTHONPATH=_pythonpath(os.environ))
+    missing = _missing(args.python, env)
+    if missing:
+        files = sorted({req for _, req in missing})
+        print(
+            f"gpu-check: {args.python} cannot import {', '.join(d for d, _ in missing)}; "
+            f"install them first (pip install -r {' -r '.join(files)}, keeping the machine's "
+            "CUDA build of torch); nothing was run",
+            file=sys.stderr,
+        )
+        return 2
     out = Path(args.out)
     logs = out / "gpu-check"
     logs.mkdir(parents=True, exist_ok=True)
@@ -169,7 +210,6 @@ def main(argv=None) -> int:
             return 2
         table = [p for p in table if p[0] in args.parts]
     start = time.monotonic()
-    env = dict(os.environ, HYPOTHESIS_PROFILE="ci", PYTHONPATH=str(ROOT))
     results, failed = [], False
     total_share = sum(share for _, _, share in table)
     for name, cmd, share in table:

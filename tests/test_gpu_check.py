@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,3 +65,29 @@ def test_bad_budget_and_unknown_part(monkeypatch, tmp_path, capsys):
     assert gpu_check.main(["--out", str(tmp_path), "--parts", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--budget" in err[0] and "nope" in err[1]
+
+
+def test_the_parts_see_the_checkout_and_keep_the_callers_path(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_check, "_torch_cuda", lambda: "Fake GPU")
+    monkeypatch.setattr(gpu_check, "_cupy_device", lambda: None)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/opt/site", str(gpu_check.ROOT)]))
+    py = sys.executable
+    show = [py, "-c", "import os; print(os.environ['PYTHONPATH'])"]
+    monkeypatch.setattr(gpu_check, "parts", lambda *a: [("path", show, 1.0)])
+    assert gpu_check.main(["--out", str(tmp_path), "--budget", "30"]) == 0
+    seen = (tmp_path / "gpu-check" / "path.log").read_text().strip()
+    assert seen.split(os.pathsep) == [str(gpu_check.ROOT), "/opt/site"]
+
+
+def test_a_missing_package_is_one_line_naming_it_and_nothing_runs(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(gpu_check, "_torch_cuda", lambda: "Fake GPU")
+    monkeypatch.setattr(gpu_check, "_cupy_device", lambda: None)
+    needed = (*gpu_check.NEEDED, ("no_such_module_xyz", "no-such-dist", "backends/test.txt"))
+    monkeypatch.setattr(gpu_check, "NEEDED", needed)
+    ran = []
+    monkeypatch.setattr(gpu_check, "parts", lambda *a: ran.append(a) or [])
+    assert gpu_check.main(["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no-such-dist" in err and "backends/test.txt" in err
+    assert "tensorly," not in err  # what is installed is not named
+    assert ran == [] and not (tmp_path / "out").exists()
