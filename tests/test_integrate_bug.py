@@ -4,15 +4,18 @@ the rank-adaptive BUG's normal directions."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import tensorly as tl
 
 import tuckerflow as tf
+import tuckerflow.integrate.base as base
 from tuckerflow.integrate import (
     FixedRankBUG,
     KrylovExponential,
+    NormalComponentWarning,
     RankAdaptiveBUG,
     explicit_euler,
     rk4,
@@ -86,12 +89,73 @@ def test_first_order_bug_is_blind_to_a_fully_orthogonal_component():
         errs.append(np.linalg.norm(sol.y[-1].to_tensor() - exact))
     # the error is the missed coupling itself: it does not shrink with h
     assert errs[1] >= 0.9 * errs[0] and errs[0] > 1e-2
-    # the adaptive error estimate contains the normal component: a step of 0.1 is rejected
+    # the rank-adaptive error estimate contains the normal component: a step of 0.1 is
+    # rejected
     solver = RankAdaptiveBUG(op, 0.0, y0, 0.5, first_step=0.1, substep="exp", augment_normal=False)
     solver.step()
     assert solver.nrejected >= 1 and solver.t < 0.1
+    assert solver.last_error <= 1.0 and solver.last_normal_error <= solver.last_error
     # with the normal directions added (the adaptive default) the rank grows and the error
     # follows the tolerance
     sol = tf.solve_ivp(op, (0, 0.5), y0, method="ra-bug", rtol=1e-3, atol=1e-12, substep="exp")
     assert sol.success and max(sol.ranks[-1]) > 1
     assert np.linalg.norm(sol.y[-1].to_tensor() - exact) <= 3e-3 * np.linalg.norm(exact)
+    # it is controlled: within each step's tolerance
+    assert len(sol.normal_errors) == sol.nsteps and np.max(sol.normal_errors) <= 1.0
+
+
+@pytest.mark.parametrize("method", ["bug", "psi"])
+def test_fixed_rank_adaptive_controls_the_inside_part_and_reports_the_normal_one(
+    monkeypatch, method
+):
+    """For a fixed-rank method the normal component of the defect is the rank's model error:
+    the step size follows the part inside the bases (as many steps as with the normal part
+    zeroed, not the 100 of the whole estimate at the same final error), and the normal part
+    is reported (each step's ratio, one warning), not accepted silently."""
+    op, y0, exact = _odd_coupling_problem()
+    kw = dict(method=method, rtol=1e-3, atol=1e-12, substep="exp")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sol = tf.solve_ivp(op, (0, 0.5), y0, **kw)
+    assert sol.success and sol.ranks[-1] == (1, 1, 1)
+    assert [w.category for w in caught] == [NormalComponentWarning]
+    message = str(caught[0].message)
+    assert f"method {method!r} at rank (1, 1, 1)" in message and "normal_errors" in message
+    ratios = sol.normal_errors
+    assert len(ratios) == sol.nsteps and np.all(np.isfinite(ratios))
+    # the missed coupling is 10 times the tolerance and more per step
+    assert np.max(ratios) > 10
+    err = np.linalg.norm(sol.y[-1].to_tensor() - exact)
+
+    parts = base.error_parts
+    monkeypatch.setattr(base, "error_parts", lambda data: (parts(data)[0], 0.0))
+    inside = tf.solve_ivp(op, (0, 0.5), y0, **kw)
+    assert sol.nsteps == inside.nsteps and sol.nrejected == inside.nrejected
+    assert np.all(inside.normal_errors == 0.0)
+    # the whole estimate under control (the rank-adaptive rule): 15 times the steps for the
+    # same error, the model error of rank 1 (the coupling is never seen)
+    monkeypatch.setattr(base, "error_parts", lambda data: (math.hypot(*parts(data)), 0.0))
+    full = tf.solve_ivp(op, (0, 0.5), y0, **kw)
+    assert full.nsteps >= 10 * sol.nsteps
+    err_full = np.linalg.norm(full.y[-1].to_tensor() - exact)
+    assert abs(err - err_full) <= 1e-2 * err_full and err > 1e-2 * np.linalg.norm(exact)
+
+
+def test_normal_component_is_not_reported_with_fixed_steps_nor_where_there_is_none():
+    op, y0, _ = _odd_coupling_problem()
+    sol = tf.solve_ivp(op, (0, 0.5), y0, method="bug", step=0.1, substep="exp")
+    assert sol.normal_errors is None
+    # the ground state of the separable oscillator (rank 1): F = −iEY lies in its bases,
+    # the part outside is round-off
+    n = 10
+    x = np.linspace(-4, 4, n)
+    dx = x[1] - x[0]
+    osc = schrodinger((n,) * 3, dx, [x**2 / 2] * 3)
+    h1 = np.diag(1 / dx**2 + x**2 / 2) - 0.5 / dx**2 * (np.eye(n, k=1) + np.eye(n, k=-1))
+    u = np.linalg.eigh(h1)[1][:, :1].astype(complex)
+    ground = tf.TuckerTensor(np.ones((1, 1, 1), dtype=complex), [u] * 3)
+    rtol = 1e-6
+    sol = tf.solve_ivp(osc, (0, 0.5), ground, method="bug", rtol=rtol, atol=1e-12)
+    assert sol.success and len(sol.normal_errors) == sol.nsteps
+    eps = np.finfo(np.float64).eps
+    assert np.max(sol.normal_errors) <= 100 * eps / rtol, np.max(sol.normal_errors)

@@ -24,7 +24,7 @@ rank-adaptive methods), :mod:`.steps` (K-, Galerkin and augmented steps), :mod:`
 
 from __future__ import annotations
 
-from .base import OptionWarning, RightHandSideError, TuckerOdeSolver
+from .base import NormalComponentWarning, OptionWarning, RightHandSideError, TuckerOdeSolver
 from .bug import FixedRankBUG, RankAdaptiveBUG
 from .dense_output import StepInterpolant, TuckerOdeSolution
 from .ivp import METHODS, OdeResult, solve_ivp
@@ -40,6 +40,7 @@ __all__ = [
     "FixedRankBUG",
     "KrylovExponential",
     "MidpointBUG",
+    "NormalComponentWarning",
     "OdeResult",
     "OptionWarning",
     "ParallelBUG",

@@ -10,7 +10,10 @@ good state and sets ``status = "failed"``.
 
 Adaptive steps (``step=None``) use the error estimate of :mod:`.error` and a standard
 controller whose constants are the module attributes :data:`SAFETY`, :data:`MIN_FACTOR`
-and :data:`MAX_FACTOR` (SciPy's values).
+and :data:`MAX_FACTOR` (SciPy's values). The rank-adaptive methods control the whole
+estimate; the fixed-rank methods control its part inside the step's bases and report the
+normal component (the model error of their rank), with a :class:`NormalComponentWarning`
+when it exceeds the tolerance.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from ..ambient import ContractionError, ambient_shape
 from ..truncation import validate_rank
 from ..tucker import TuckerTensor, as_tucker, orthonormalize
 from .dense_output import StepInterpolant, step_data
-from .error import error_norm, initial_step
+from .error import error_parts, initial_step
 from .substep import resolve_substep
 
 __all__ = [
     "MAX_FACTOR",
     "MIN_FACTOR",
+    "NormalComponentWarning",
     "OptionWarning",
     "RTOL_FLOOR",
     "SAFETY",
@@ -65,6 +69,18 @@ class OptionWarning(UserWarning):
 
     SciPy's ``solve_ivp`` warns likewise about arguments that do not apply to the chosen
     solver; turn it into an error with ``warnings.simplefilter("error", OptionWarning)``.
+    """
+
+
+class NormalComponentWarning(UserWarning):
+    """A fixed-rank method accepted a step whose normal component exceeds the tolerance.
+
+    The normal component of a step is the part of ``F`` outside the step's bases
+    (:mod:`tuckerflow.integrate.error`). For a fixed-rank method it is the model error of
+    the rank, which no step size reduces, so the step-size control leaves it out; this
+    warning says that the integration does not meet ``rtol``/``atol`` because of it. Each
+    step's ratio is in ``solve_ivp(...).normal_errors``. A rank-adaptive method (e.g.
+    ``"ra-bug"``) or a larger rank removes it.
     """
 
 
@@ -128,6 +144,10 @@ class CheckedRightHandSide:
                 t, f"fun(t, Y) returned shape {shape}, expected Y.shape={self.shape}"
             )
         return F
+
+
+def _ratio(err, tol):
+    return err / tol if tol > 0 else (0.0 if err == 0 else math.inf)
 
 
 def check_shape(out, expected, t, what):
@@ -237,8 +257,14 @@ class TuckerOdeSolver:
     status : {"running", "finished", "failed"}
     message : str or None
     nfev, nsteps, nrejected : counters (evaluations of ``fun``, accepted, rejected steps)
-    last_error : the error estimate of the last accepted step relative to the tolerance
-        (adaptive mode; ``≤ 1``)
+    last_error : the controlled error estimate of the last accepted step relative to the
+        tolerance (adaptive mode; ``≤ 1``): the whole estimate for the rank-adaptive methods,
+        its part inside the step's bases for the fixed-rank ones
+    last_normal_error, max_normal_error : the normal component of the last accepted step's
+        estimate relative to the tolerance, and its largest value so far (adaptive mode;
+        None before the first step). For a fixed-rank method a value above 1 means the
+        rank's model error exceeds the tolerance; the first such step issues a
+        :class:`NormalComponentWarning`
 
     Notes
     -----
@@ -318,6 +344,9 @@ class TuckerOdeSolver:
         self.nsteps = 0
         self.nrejected = 0
         self.last_error = None
+        self.last_normal_error = None
+        self.max_normal_error = None
+        self._warned_normal = False
         self._h_abs = None
         self._f = None  # F(t, y) when already evaluated (first same as last)
         self._step = None  # data of the last accepted step (dense output)
@@ -478,22 +507,49 @@ class TuckerOdeSolver:
             y_new, bases = self._advance(t, y, h)
             f1 = self.fun(t_new, y_new)
             data = step_data(t, y, t_new, y_new, bases, f0, f1)
-            err = error_norm(data)
+            inside, normal = error_parts(data)
+            # fixed rank: the normal component is the rank's model error, which a smaller
+            # step does not reduce; it is reported, not controlled
+            err = math.hypot(inside, normal) if self.rank_adaptive else inside
             tol = self.tolerance(norm0, to_float(tl.norm(y_new.core)))
-            ratio = err / tol if tol > 0 else (0.0 if err == 0 else math.inf)
-            if not math.isfinite(ratio):
+            ratio = _ratio(err, tol)
+            if not math.isfinite(ratio) or not math.isfinite(normal):
                 check_finite_step([data.g0, data.g1], t, t_new)
+                if not math.isfinite(normal):
+                    raise RightHandSideError(
+                        t,
+                        "fun(t, Y) returned non-finite values (NaN or Inf)",
+                        where=f"in the step from t={t!r} to t={t_new!r}",
+                    )
             if ratio <= 1.0:
                 factor = MAX_FACTOR if ratio == 0 else min(MAX_FACTOR, SAFETY * ratio**exponent)
                 if rejected:
                     factor = min(1.0, factor)
                 self._h_abs = h_abs * max(factor, MIN_FACTOR)
                 self.last_error = ratio
+                self._report_normal(_ratio(normal, tol), t_new)
                 self._accept_data(data, f1)
                 return True, None
             self.nrejected += 1
             rejected = True
             h_abs *= max(MIN_FACTOR, SAFETY * ratio**exponent)
+
+    def _report_normal(self, ratio, t):
+        self.last_normal_error = ratio
+        if self.max_normal_error is None or ratio > self.max_normal_error:
+            self.max_normal_error = ratio
+        if ratio > 1.0 and not self.rank_adaptive and not self._warned_normal:
+            self._warned_normal = True
+            warnings.warn(
+                f"method {self.name!r} at rank {self.rank}: the part of fun(t, Y) outside the "
+                f"step's bases is {ratio:.3g} times the error tolerance of the step ending at "
+                f"t={t!r}. It is the model error of the fixed rank, which no step size "
+                "reduces: the step is accepted and the results do not meet rtol/atol; "
+                "solve_ivp(...).normal_errors holds the ratio of every step. A rank-adaptive "
+                "method (e.g. 'ra-bug') or a larger rank removes it",
+                NormalComponentWarning,
+                stacklevel=_user_stacklevel(),
+            )
 
     def _accept(self, t, y, t_new, y_new, bases, f0, f1):
         self._accept_data(step_data(t, y, t_new, y_new, bases, f0, f1), f1)

@@ -34,6 +34,11 @@ class FixedRankBUG(TuckerOdeSolver):
     [1]_. Exact for tensors of constant rank ``r`` when ``F(t, Y) = Ȧ(t)``; robust to small
     singular values (no inverse of the core anywhere).
 
+    In adaptive mode the step size follows the part of the error estimate inside the
+    step's bases; the part of ``F`` outside them, the model error of the rank, is reported
+    (``normal_errors`` of :func:`~tuckerflow.integrate.solve_ivp`, a
+    :class:`~tuckerflow.integrate.NormalComponentWarning` when it exceeds the tolerance).
+
     References
     ----------
     .. [1] Ceruti & Lubich, BIT 2022 (arXiv:2010.02022).
@@ -69,8 +74,9 @@ class RankAdaptiveBUG(RankAdaptiveSolver):
     contracts ``F`` with the old bases of the other modes, which annihilates such a
     component, so the augmented bases do not contain it and the Galerkin step ignores it
     (e.g. an odd product potential ``V(x)V(y)V(z)`` acting on an even rank-1 state: the
-    rank stays 1 and the error does not shrink with ``h``). The adaptive mode's error
-    estimate contains this normal component and rejects such steps; the midpoint BUG,
+    rank stays 1 and the error does not shrink with ``h``). The error estimate of the
+    adaptive mode contains this normal component and rejects such steps, and by default
+    (``augment_normal``) the step takes its directions into the bases; the midpoint BUG,
     whose second augmentation evaluates ``F`` at the half step, sees it.
 
     References

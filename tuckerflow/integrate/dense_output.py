@@ -12,8 +12,9 @@ with ``C0, C1`` the coordinates of ``Y0, Y1`` in ``W`` and ``G0 = F(t0, Y0) ×_j
 Tucker tensor of rank at most ``dim W_j`` per mode, recompressed to the step's truncation
 tolerance), matches both end values exactly and the projected slopes, and its distance to
 the exact solution is ``O(h^{p+1}) + O(h ‖(I − P_W) F‖)`` per step: the local error of a
-method of order ``p ≤ 2`` plus the part of ``F`` the step did not see, which is exactly what
-the adaptive error estimate (:mod:`.error`) bounds.
+method of order ``p ≤ 2`` plus the part of ``F`` the step did not see, the normal component
+of the adaptive error estimate (:mod:`.error`), which the rank-adaptive methods bound and
+the fixed-rank ones report.
 """
 
 from __future__ import annotations

@@ -16,10 +16,17 @@ controller exponent is ``1/(q + 1)`` with ``q = min(order, 2)``.
 * the part in ``W``, ``(C1 − C0) − (h/2)(G0 + G1)`` with ``G = F ×_j W_jᴴ``: a small core;
 * the part outside ``W``, ``−(h/2)(I − P_W)(F0 + F1)``: the *normal component* of the
   step, the part of ``F`` that no Galerkin step in ``W`` can see. It is computed without
-  forming ``F`` (:func:`tuckerflow.ambient.complement_norm`). This is what makes the
-  estimate detect a right-hand side orthogonal to the current bases in every mode at once
-  (e.g. an odd product potential acting on an even state), which a first-order BUG step
-  misses entirely while its K-steps see nothing.
+  forming ``F`` (:func:`tuckerflow.ambient.complement_norm`). It detects a right-hand side
+  orthogonal to the current bases in every mode at once (e.g. an odd product potential
+  acting on an even state), which a first-order BUG step misses entirely while its K-steps
+  see nothing.
+
+:func:`error_parts` returns both norms. What the step-size control does with them depends
+on the method (:class:`~tuckerflow.integrate.base.TuckerOdeSolver`): the rank-adaptive
+methods control ``‖E‖ = hypot(inside, normal)``, since a step that sees more of ``F`` can
+make the rank grow; for the fixed-rank methods the normal component is the model error of
+the chosen rank, which no step size reduces (per unit time it is ``‖(I − P_W) F‖`` whatever
+``h``), so they control the inside part and report the normal one.
 
 Because ``Y1`` is the truncated state, the truncation error of the step is part of ``E``.
 
@@ -40,16 +47,22 @@ import tensorly as tl
 from .._backend import to_float
 from ..ambient import ambient_norm, complement_norm
 
-__all__ = ["error_norm", "initial_step"]
+__all__ = ["error_norm", "error_parts", "initial_step"]
+
+
+def error_parts(data):
+    """``(inside, normal)``: the norms of the two orthogonal parts of the step's defect
+    ``Y1 − Y0 − (h/2)(F0 + F1)``, in the step's space ``W`` and outside it (module notes)."""
+    h = data.t1 - data.t0
+    inside = (data.c1 - data.c0) - (h / 2) * (data.g0 + data.g1)
+    inside = to_float(tl.norm(inside))
+    normal = abs(h) / 2 * complement_norm([data.f0, data.f1], data.bases, weights=[1.0, 1.0])
+    return inside, normal
 
 
 def error_norm(data):
     """``‖Y1 − Y0 − (h/2)(F0 + F1)‖_F`` of a step (see the module notes)."""
-    h = data.t1 - data.t0
-    inside = (data.c1 - data.c0) - (h / 2) * (data.g0 + data.g1)
-    inside = to_float(tl.norm(inside))
-    outside = abs(h) / 2 * complement_norm([data.f0, data.f1], data.bases, weights=[1.0, 1.0])
-    return math.hypot(inside, outside)
+    return math.hypot(*error_parts(data))
 
 
 def initial_step(f0, norm0, solver, exponent):

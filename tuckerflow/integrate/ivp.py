@@ -58,6 +58,14 @@ class OdeResult(dict):
         Times reached by the accepted steps (``t0`` first).
     ranks : list of tuple
         Multilinear rank after each accepted step (``y0``'s first), aligned with ``t_steps``.
+    normal_errors : numpy array or None
+        Adaptive mode: for each accepted step (aligned with ``t_steps[1:]``) the normal
+        component of its error estimate, the part of ``fun`` outside the step's bases,
+        relative to the step's tolerance. The rank-adaptive methods keep it within the
+        tolerance; for the fixed-rank methods it is the model error of the rank, which the
+        step-size control leaves out, and a value above 1 (also announced by a
+        :class:`~tuckerflow.integrate.NormalComponentWarning`) means that the rank cannot
+        meet ``rtol``/``atol``. None with fixed steps (no estimate is computed).
     status : int
         ``0`` reached ``t_bound``; ``1`` stopped by a terminal event (or the callback);
         ``-1`` failed.
@@ -196,10 +204,10 @@ def solve_ivp(
     -------
     OdeResult
         ``t``, ``y``, ``sol``, ``t_events``, ``y_events``, ``nfev``, ``nsteps``,
-        ``nrejected``, ``t_steps``, ``ranks``, ``status``, ``message``, ``success``. When
-        ``fun`` returns a wrong shape or NaN/Inf, or the step size falls below the time
-        resolution, the integration stops with ``success=False``, a message naming the
-        time, and the last good state at the end of ``y``. After a terminal event
+        ``nrejected``, ``t_steps``, ``ranks``, ``normal_errors``, ``status``, ``message``,
+        ``success``. When ``fun`` returns a wrong shape or NaN/Inf, or the step size falls
+        below the time resolution, the integration stops with ``success=False``, a message
+        naming the time, and the last good state at the end of ``y``. After a terminal event
         ``status == 1`` and ``t[-1]``, ``y[-1]`` are the event time and state (also when
         ``t_eval`` is given, where SciPy omits them).
 
@@ -215,10 +223,13 @@ def solve_ivp(
     (:mod:`tuckerflow.ambient`), so structured operators never densify.
 
     The adaptive mode estimates the local error of each step by its defect against the
-    trapezoidal rule, ``Y1 − Y0 − (h/2)(F(t0, Y0) + F(t1, Y1))``, including the part of
-    ``F`` outside the step's bases (:mod:`tuckerflow.integrate.error`), and controls the
-    step size like SciPy's explicit Runge–Kutta methods (constants in
-    :mod:`tuckerflow.integrate.base`).
+    trapezoidal rule, ``Y1 − Y0 − (h/2)(F(t0, Y0) + F(t1, Y1))``
+    (:mod:`tuckerflow.integrate.error`), and controls the step size like SciPy's explicit
+    Runge–Kutta methods (constants in :mod:`tuckerflow.integrate.base`). The rank-adaptive
+    methods control the whole defect, including its normal component (the part of ``F``
+    outside the step's bases); the fixed-rank methods control the part inside the bases,
+    since the normal component is the model error of their rank, which no step size
+    reduces, and report it in ``normal_errors``.
 
     References
     ----------
@@ -319,6 +330,7 @@ def solve_ivp(
             ts.append(pending.pop(0))
             ys.append(solver.y)
     t_steps, ranks = [t0], [solver.rank]
+    normal_errors = None if fixed else []
     interpolants = [] if dense_output else None
     t_events = y_events = None
     if events is not None:
@@ -338,6 +350,8 @@ def solve_ivp(
         y = solver.y
         t_steps.append(t)
         ranks.append(solver.rank)
+        if normal_errors is not None:
+            normal_errors.append(solver.last_normal_error)
         interp = None
         if dense_output or events is not None or (t_eval is not None and not fixed):
             interp = solver.dense_output()
@@ -398,6 +412,9 @@ def solve_ivp(
         nrejected=solver.nrejected,
         t_steps=np.asarray(t_steps, dtype=np.float64),
         ranks=ranks,
+        normal_errors=(
+            None if normal_errors is None else np.asarray(normal_errors, dtype=np.float64)
+        ),
         status=status,
         message=message,
         success=status >= 0,
