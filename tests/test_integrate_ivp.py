@@ -319,6 +319,11 @@ class TestBadInput:
             tf.solve_ivp(tucker_rhs, (0, 1), y0, args=(0.5,), events=[lambda t, Y, b: 1.0, 3])
         with pytest.raises(TypeError, match="events must be a callable"):
             tf.solve_ivp(tucker_rhs, (0, 1), y0, args=(0.5,), events=3)
+        # a string is a sequence, but not of events: refused as a whole, not as events[0]='a'
+        for bad in ("abc", b"abc"):
+            refused = rf"events must be a callable .* got the {type(bad).__name__} {bad!r}"
+            with pytest.raises(TypeError, match=refused):
+                tf.solve_ivp(tucker_rhs, (0, 1), y0, args=(0.5,), events=bad)
 
         def ev(t, Y, b):
             return 1.0

@@ -21,6 +21,11 @@ _EPS = float(np.finfo(np.float64).eps)
 
 def prepare_events(events):
     """Validate ``events``; return ``(events, max_events, direction)`` as arrays."""
+    if isinstance(events, (str, bytes)):
+        raise TypeError(
+            f"events must be a callable event(t, Y) or a sequence of them, got the "
+            f"{type(events).__name__} {events!r}"
+        )
     if callable(events):
         events = (events,)
     try:
