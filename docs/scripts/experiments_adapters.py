@@ -391,7 +391,10 @@ def goals(rows, margin=0.5):
     t, lo, ada = out["tdlrt_trainable"], out["lora_trainable"], out["adalora_trainable"]
     out["fewer_than_lora"] = bool(t and lo and t[1] < lo[1])
     tc, ac = out["tdlrt_conv_adapter"], out["adalora_conv_adapter"]
-    out["fewer_conv_than_adalora"] = bool(tc and (ac is None or tc[1] < ac[1]))
+    # None where AdaLoRA never reaches the target: no AdaLoRA point to compare with
+    out["fewer_conv_than_adalora"] = None if ac is None else bool(tc and tc[1] < ac[1])
+    lc = out["lora_conv_adapter"]
+    out["fewer_conv_than_lora"] = bool(tc and lc and tc[1] < lc[1])
     out["adalora_reaches_target"] = ada is not None
     # the same comparison at AdaLoRA's own level (within margin of AdaLoRA's best)
     ada_rows = [r for r in rows if r["method"] == "adalora"]
