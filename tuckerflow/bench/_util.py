@@ -27,6 +27,18 @@ def timeit(fn, *, repeat=5, warmup=1, sync=None):
     return {"median": statistics.median(times), "p10": q[0], "p90": q[-1], "n": len(times)}
 
 
+def _cpu_model():
+    """The CPU's name (``platform.processor()`` is empty on Linux): ``/proc/cpuinfo``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment():
     """Versions and machine facts recorded with every result."""
     import numpy
@@ -47,6 +59,9 @@ def environment():
         env["cpus"] = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         pass
+    model = _cpu_model()
+    if model:
+        env["cpu_model"] = model
     import sys
 
     if "torch" in sys.modules:
