@@ -241,3 +241,29 @@ def test_bad_input(backend):
         truncate_core(c, [None, None, None], max_rank=0)
     with pytest.raises(ValueError, match="method='svd' is not one of"):
         truncate_core(c, [None, None, None], method="svd")
+
+
+def test_bad_input_is_refused_with_the_argument_named(backend):
+    gen = np.random.default_rng(0)
+    c = backend.tensor(gen.standard_normal((2, 2, 2)))
+    u0 = backend.tensor(np.linalg.qr(gen.standard_normal((5, 2)))[0])
+    k = backend.tensor(gen.standard_normal((5, 2)))
+    # rtol**2 raised OverflowError from about 1e154; such an rtol drops every new direction
+    out = augment_basis(u0, k, rtol=1e300)
+    np.testing.assert_array_equal(backend.numpy(out), backend.numpy(u0))
+    assert tl.shape(augment_basis(u0, k, rtol=np.float32(1e-6))) == (5, 4)
+    for bad in ("0.1", True, 1j):
+        with pytest.raises(TypeError, match="rtol must be a real number"):
+            augment_basis(u0, k, rtol=bad)
+    # augmented_core(C, "abc", "abc") raised IndexError on the characters
+    with pytest.raises(TypeError, match="U0s must be a sequence of matrices or None"):
+        augmented_core(c, "abc", "abc")
+    with pytest.raises(TypeError, match=r"U0s\[1\] is a builtins.str"):
+        augmented_core(c, [u0, "b", u0], [u0, u0, u0])
+    with pytest.raises(ValueError, match=r"U_hats\[0\] must be a matrix, got shape \(2, 2, 2\)"):
+        augmented_core(c, [u0, u0, u0], [c, u0, u0])
+    with pytest.raises(ValueError, match=r"U_hats\[2\] must be a matrix"):
+        truncate_core(c, [u0, u0, c])
+    # the same rtol overflowed in truncate_core's Gram-path test: all is discarded
+    y, p_list, _ = truncate_core(c, [u0, u0, u0], rtol=1e300)
+    assert y.rank == (1, 1, 1) and [tl.shape(p) for p in p_list] == [(2, 1)] * 3

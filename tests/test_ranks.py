@@ -196,3 +196,108 @@ def test_prepared_tails_select_as_select_rank():
                 assert select_prepared(prep, budget2, lo, hi, margin2) == want
     with pytest.raises(ValueError, match="non-finite"):
         prepare_tails([1.0, np.inf])
+
+
+def test_default_order_and_the_kernel_take_only_a_spec_that_fits():
+    from tuckerflow.ranks import RankSpec, check_spec, default_order
+
+    spec = rank_spec((8, 3, 4), rank=(2, 3, 2))
+    # the largest reduction n_i / r_i first: 4 (mode 0), 2 (mode 2), 1 (mode 1)
+    assert default_order((8, 3, 4), spec) == [0, 2, 1]
+    assert check_spec(spec, (8, 3, 4)) is spec
+    # default_order(shape, None) and recompress(X, [nan]) raised AttributeError
+    with pytest.raises(TypeError, match="spec must be a RankSpec"):
+        default_order((4, 3, 2), None)
+    cases = [
+        (RankSpec(None, None, None), ValueError, r"spec.min_rank has 0 entries .* 3 modes"),
+        (RankSpec(None, math.nan, None, [1] * 3, [4, 3, 2]), ValueError, r"spec.rtol must be"),
+        (RankSpec((2, 2, 2), 0.1, None, [1] * 3, [2] * 3), ValueError, "both fixed ranks"),
+        (RankSpec((5, 2, 2), None, None, [1] * 3, [4] * 3), ValueError, r"fixed\[0\]=5 must"),
+        (RankSpec((math.nan, 2, 2), None, None, [1] * 3, [2] * 3), TypeError, r"fixed\[0\]"),
+        (RankSpec(None, 0.1, None, [0, 1, 1], [2] * 3), ValueError, r"min_rank\[0\]=0 must"),
+        (RankSpec(None, 0.1, None, [1] * 3, [2.5, 3, 2]), TypeError, r"max_rank\[0\] must"),
+    ]
+    for bad, error, message in cases:
+        with pytest.raises(error, match=message):
+            default_order((4, 3, 2), bad)
+
+
+def test_shapes_are_sequences_of_non_negative_integers():
+    # rank_spec((nan, 2), ...) returned a spec whose cap was NaN
+    for bad in [(math.nan, 2), (2.7, 3), "43", 4, None]:
+        with pytest.raises(TypeError, match="shape"):
+            rank_spec(bad, rtol=0.1)
+        with pytest.raises(TypeError, match="shape"):
+            tf.validate_rank(bad, 1)
+    with pytest.raises(ValueError, match=r"shape\[0\]=-1 must be at least 0"):
+        rank_spec((-1, 2), rtol=0.1)
+    assert rank_spec(np.array([4, 3]), rtol=0.1).max_rank == [4, 3]
+    with pytest.raises(ValueError, match=r"d=-1 \(the number of modes\) must be at least 0"):
+        per_mode(2, -1, "rank")  # was [] (a list of -1 entries)
+
+
+def test_sequential_budget_refuses_what_has_no_budget():
+    assert sequential_budget(2.0, 1.0, 3) == 1.0
+    # theta**2 raised OverflowError above 1e154; the budget of such a tolerance is unbounded
+    assert sequential_budget(1e300, 0.0, 2) == math.inf
+    assert sequential_budget(0.5, 0.3, 1) == 0.0  # spent beyond the total: nothing left
+    assert sequential_budget(1.0, -0.5, 3) == 0.5  # a used2 bracketed below zero is allowed
+    cases = [
+        ((math.nan, math.nan, math.nan), ValueError, "theta must be a finite number"),
+        ((0.1, math.inf, 1), ValueError, "used2 must be a finite number"),
+        ((0.1, math.nan, 1), ValueError, "used2 must be a finite number"),
+        ((0.1, "0.1", 1), TypeError, "used2 must be a real number"),
+        ((0.0, 0.0, 0), ValueError, "remaining_modes=0 must be at least 1"),  # ZeroDivisionError
+        ((0.1, 0.0, 2.0), TypeError, "remaining_modes must be an integer"),
+        ((0.1, 0.0, True), TypeError, "remaining_modes must be an integer"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            sequential_budget(*args)
+
+
+def test_greedy_lowering_refuses_bad_ranks_budgets_and_errors():
+    from tuckerflow.ranks import lower_ranks_certainly
+
+    def err(r):
+        return 1.0 / sum(r)
+
+    assert lower_ranks_greedily((3, 3), (1, 1), err, 0.25) == (1, 3)  # ties: the lowest mode
+    cases = [
+        (((math.inf, 1), (1, 1), err, 0.2), TypeError, r"start\[0\] must be an integer"),
+        (((2.0, 2), (1, 1), err, 0.2), TypeError, r"start\[0\] must be an integer"),
+        (((2, 2), (1,), err, 0.2), ValueError, "floor has 1 entries"),
+        (((2, 2), (0, 1), err, 0.2), ValueError, r"floor\[0\]=0 must be at least 1"),
+        (((2, 2), (1, 1), err, math.nan), ValueError, "budget2 must be a number"),
+        (((2, 2), (1, 1), None, 0.2), TypeError, "error2 must be a function"),
+        (((2, 2), (1, 1), lambda r: math.nan, 0.2), ValueError, r"error2\(2, 2\) must be"),
+        (((2, 2), (1, 1), lambda r: -1.0, 0.2), ValueError, r"error2\(2, 2\)=-1.0 must be"),
+        (((2, 2), (1, 1), lambda r: "e", 0.2), TypeError, r"error2\(2, 2\) must be a real"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            lower_ranks_greedily(*args)
+    # a NaN bound made every decision look uncertain instead of being refused
+    with pytest.raises(ValueError, match=r"error_bound\(3, 3\) must be a number"):
+        lower_ranks_certainly((3, 3), (1, 1), err, 0.25, lambda r: math.nan)
+    assert lower_ranks_certainly((3, 3), (1, 1), err, 0.25, lambda r: math.inf) == ((1, 3), False)
+
+
+def test_prepared_tails_hold_what_prepare_tails_makes():
+    from tuckerflow.ranks import PreparedTails, prepare_tails, select_prepared
+
+    prep = prepare_tails([3.0, 1.0])
+    assert (prep.size, prep.top) == (2, 3.0)
+    np.testing.assert_allclose(prep.tail2, [10 / 9, 1 / 9, 0.0])
+    with pytest.raises(TypeError, match="prep must be a PreparedTails"):
+        select_prepared(math.nan, 1.0)  # AttributeError before
+    cases = [
+        ((2, math.nan, np.zeros(3)), ValueError, "top must be a finite number"),
+        ((2, -1.0, np.zeros(3)), ValueError, r"top=-1.0 \(the largest singular value\)"),
+        ((2.0, 1.0, np.zeros(3)), TypeError, "size must be an integer"),
+        ((2, 1.0, np.zeros(2)), ValueError, r"tail2 must be a NumPy array of shape \(3,\)"),
+        ((1, 1.0, np.array([np.nan, 0.0])), ValueError, "tail2 contains non-finite"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            PreparedTails(*args)

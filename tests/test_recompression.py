@@ -214,6 +214,34 @@ def test_kernel_arguments(backend):
     assert info.tolerance == pytest.approx(0.1 * np.linalg.norm(backend.numpy(x)))
 
 
+def test_kernel_refuses_a_spec_modes_and_paths_that_do_not_fit(backend):
+    from tuckerflow.ranks import RankSpec, rank_spec
+    from tuckerflow.recompression import recompress
+
+    x = backend.tensor(_decaying((5, 4, 3), 1))
+    spec = rank_spec((5, 4, 3), rank=(2, 2, 2))
+    core, _, _ = recompress(x, spec, svd_method=["svd", "qr", "gram"])
+    assert tl.shape(core) == (2, 2, 2)
+    cases = [
+        # recompress(X, [nan]) raised AttributeError, svd_method=[] IndexError
+        (dict(spec=[math.nan]), TypeError, "spec must be a RankSpec"),
+        (dict(spec=RankSpec(None, 0.1, None)), ValueError, "spec.min_rank has 0 entries"),
+        (dict(spec=rank_spec((5, 4), rtol=0.1)), ValueError, "spec.min_rank has 2 entries"),
+        (dict(spec=RankSpec((6, 2, 2), None, None, [1] * 3, [9] * 3)), ValueError, "fixed"),
+        (dict(svd_method=[]), ValueError, "svd_method has 0 entries but core has 3 modes"),
+        (dict(svd_method=b"qr"), TypeError, "svd_method must be a str or a sequence"),
+        (dict(modes=[0, 0]), ValueError, r"modes=\[0, 0\] repeats a mode"),
+        (dict(modes=[3]), ValueError, r"modes\[0\]=3 is not a mode of a tensor with 3 modes"),
+        (dict(modes=[1.0]), TypeError, r"modes\[0\] must be an integer"),  # was int(1.0)
+        (dict(modes=slice(1)), TypeError, "modes must be a sequence of mode indices"),
+        (dict(order=[0, 1, math.inf]), TypeError, r"order\[2\] must be an integer"),
+    ]
+    for kwargs, error, message in cases:
+        kwargs = {"spec": spec, **kwargs}
+        with pytest.raises(error, match=message):
+            recompress(x, kwargs.pop("spec"), **kwargs)
+
+
 def test_absolute_tolerance_far_above_a_tiny_tensor(backend):
     # atol in the caller's units over a tensor of scale 1e-300: ϑ/scale would overflow ϑ²
     x = backend.tensor(_decaying((4, 3, 2), 0) * 1e-300)

@@ -32,7 +32,8 @@ from tensorly.tenalg import multi_mode_dot as _tl_multi_mode_dot
 
 from ._backend import check_tensor, conj_t, to_float
 from ._host import to_host
-from .linalg import left_singular, mode_products
+from .linalg import _mode_products, left_singular
+from .linalg import mode_products as mode_products  # importable from here, as before
 from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
@@ -90,7 +91,7 @@ def unfolded_products(x, matrices, mode):
     """``Mat_mode(x ×_{j≠mode} M_j)`` (``matrices[mode]`` ignored), TensorLy's unfolding."""
     mats = list(matrices)
     mats[mode] = None
-    x = mode_products(x, mats)
+    x = _mode_products(x, mats)
     return tl.reshape(tl.moveaxis(x, mode, 0), (tl.shape(x)[mode], -1))
 
 
@@ -202,12 +203,12 @@ def contract_unchecked(z, matrices):
     if tl.is_tensor(z):
         if all(m is None for m in matrices):
             return z
-        return mode_products(z, matrices)
+        return _mode_products(z, matrices)
     if is_tucker(z):
         core, factors = z
         mats = [u if m is None else tl.dot(m, u) for m, u in zip(matrices, factors)]
         if all(tl.shape(a)[0] <= tl.shape(a)[1] for a in mats):
-            return mode_products(core, mats)
+            return _mode_products(core, mats)
         # shrinking modes first, expanding ones (e.g. a mode left alone) last: the
         # intermediate tensors stay as small as possible
         order = sorted(range(len(mats)), key=lambda j: tl.shape(mats[j])[0] / tl.shape(mats[j])[1])

@@ -30,8 +30,8 @@ import numpy as np
 import tensorly as tl
 
 from ._backend import check_finite, check_tensor, conj_t, eps
-from .linalg import GRAM_SAFETY, _left_singular, _orth, _svd, left_singular, mode_products, svd
-from .ranks import largest_valid_rank, per_mode, rank_spec
+from .linalg import GRAM_SAFETY, _left_singular, _mode_products, _orth, _svd, left_singular, svd
+from .ranks import check_tolerance, largest_valid_rank, per_mode, rank_spec
 from .recompression import TruncationInfo, _to_host, recompress
 from .tucker import TuckerTensor
 from .typing import RankBound, Tensor
@@ -187,10 +187,7 @@ def augment_basis(U0: Tensor, K: Tensor, *, rtol: float | None = None) -> Tensor
     n, r = tl.shape(U0)
     if tl.shape(K)[0] != n:
         raise ValueError(f"K.shape[0]={tl.shape(K)[0]} differs from U0.shape[0]={n}")
-    if rtol is None:
-        rtol = AUGMENT_RTOL_FACTOR * eps(U0)
-    elif not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol >= 0):
-        raise ValueError(f"rtol must be a finite number >= 0, got {rtol!r}")
+    rtol = AUGMENT_RTOL_FACTOR * eps(U0) if rtol is None else check_tolerance(rtol, "rtol")
     return _augment_basis(U0, K, rtol)
 
 
@@ -215,7 +212,8 @@ def _augment_basis(U0, K, rtol=None, *, finite=False):
     # in float64, the sums err by about √n·eps64·‖w‖², the small eigh by k·eps64·‖w‖²), whose
     # eigen-decomposition is then as good as an SVD of w and cheaper; otherwise the thin SVD
     k = tl.shape(w)[1]
-    gram = k < n and rtol**2 > AUGMENT_GRAM_SAFETY * (math.sqrt(n) + k) * _EPS64
+    # rtol * rtol: Python's rtol**2 raises OverflowError above 1e154 (an rtol that drops all)
+    gram = k < n and rtol * rtol > AUGMENT_GRAM_SAFETY * (math.sqrt(n) + k) * _EPS64
     if gram:
         wh = conj_t(w)
         v, s = _left_singular(wh, method="gram") if finite else left_singular(wh, method="gram")
@@ -278,7 +276,7 @@ def augmented_core(
     """
     check_tensor(C0, "C0")
     d = tl.ndim(C0)
-    U0s, U_hats = list(U0s), list(U_hats)
+    U0s, U_hats = _factor_list(U0s, "U0s"), _factor_list(U_hats, "U_hats")
     if len(U0s) != d or len(U_hats) != d:
         raise ValueError(
             f"C0 has {d} modes but {len(U0s)} old and {len(U_hats)} new factors were given"
@@ -300,7 +298,21 @@ def augmented_core(
         mats[j] = tl.dot(conj_t(uh), u0)
     # one product per mode in the core's own layout: the result is contiguous, as the
     # many products the integrators' Galerkin step then applies to it want
-    return mode_products(C0, mats)
+    return _mode_products(C0, mats)
+
+
+def _factor_list(value, name):
+    """``value`` as a list of matrices of the active backend or None (identity)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name} must be a sequence of matrices or None, got {value!r}")
+    out = list(value)
+    for j, u in enumerate(out):
+        if u is None:
+            continue
+        check_tensor(u, f"{name}[{j}]")
+        if tl.ndim(u) != 2:
+            raise ValueError(f"{name}[{j}] must be a matrix, got shape {tuple(tl.shape(u))}")
+    return out
 
 
 def _clamped(value, cshape, default, name):
@@ -397,9 +409,7 @@ def _truncate_core(
     from checked arrays (the integrators' augmented bases)."""
     check_tensor(C_hat, "C_hat")
     d = tl.ndim(C_hat)
-    if isinstance(U_hats, (str, bytes)) or not hasattr(U_hats, "__len__"):
-        raise TypeError(f"U_hats must be a sequence of d matrices or None, got {U_hats!r}")
-    U_hats = list(U_hats)
+    U_hats = _factor_list(U_hats, "U_hats")
     if len(U_hats) != d:
         raise ValueError(f"C_hat has {d} modes but {len(U_hats)} factors were given")
     if method not in ("hosvd", "st_hosvd"):
@@ -408,8 +418,7 @@ def _truncate_core(
     for i, u in enumerate(U_hats):
         if u is None:
             continue
-        check_tensor(u, f"U_hats[{i}]")
-        if tl.ndim(u) != 2 or tl.shape(u)[1] != cshape[i]:
+        if tl.shape(u)[1] != cshape[i]:
             raise ValueError(
                 f"U_hats[{i}].shape={tuple(tl.shape(u))} must have C_hat.shape[{i}]="
                 f"{cshape[i]} columns"
@@ -441,7 +450,7 @@ def _truncate_core(
         spec.atol is None
         and spec.rtol is not None
         and bool(free)
-        and _gram_is_invisible(spec.rtol**2 / len(free), max(cshape[i] for i in free))
+        and _gram_is_invisible(spec.rtol * spec.rtol / len(free), max(cshape[i] for i in free))
     )
     if method == "hosvd":
         policy = ["gram" if gram_ok and cshape[i] ** 2 < size else "qr" for i in range(d)]

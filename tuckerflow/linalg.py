@@ -54,8 +54,25 @@ def flip_signs(u: Tensor, vh: Tensor | None = None) -> tuple[Tensor, Tensor | No
 
     The phase removed from column ``j`` of ``u`` is put on row ``j`` of ``vh`` so that
     ``u @ diag(s) @ vh`` is unchanged. Ties go to the first row, so the result is
-    deterministic. A handful of kernels and no host synchronisation.
+    deterministic. ``u`` is a finite matrix and ``vh``, if given, a finite matrix with one row
+    per column of ``u`` (``ValueError`` otherwise; each finiteness check is one host read,
+    the rest a handful of kernels).
     """
+    _check_matrix(u, "u")
+    if vh is not None:
+        check_tensor(vh, "vh")
+        if tl.ndim(vh) != 2 or tl.shape(vh)[0] != tl.shape(u)[1]:
+            raise ValueError(
+                f"vh.shape={tuple(tl.shape(vh))} must be a matrix with u.shape[1]="
+                f"{tl.shape(u)[1]} rows"
+            )
+        check_finite(vh, "vh")
+    return _flip_signs(u, vh)
+
+
+def _flip_signs(u, vh=None):
+    """:func:`flip_signs` without validation (no host synchronisation), for the
+    factorisations of this module, whose inputs are checked."""
     if not is_complex(u):
         # the phase of a real column is its sign: the same result in a few kernels
         # (argmax returns the first maximum on every backend, the tie rule above)
@@ -89,7 +106,7 @@ def _check_matrix(a, name):
 
 def _svd(a, full_matrices=False):
     u, s, vh = tl.svd(a, full_matrices=full_matrices)
-    u, vh = flip_signs(u, vh)
+    u, vh = _flip_signs(u, vh)
     return u, s, vh
 
 
@@ -127,7 +144,7 @@ def _gram_left(a):
     v = tl.flip(v, axis=1)
     lam = tl.where(lam < 0, tl.zeros(tl.shape(lam), **context(lam)), lam)
     s = tl.sqrt(lam)
-    u, _ = flip_signs(v)
+    u, _ = _flip_signs(v)
     if work is a:  # accumulated in the input's own dtype: nothing to cast back
         return u, s
     return astype(u, dtype_name(a)), astype(s, real_dtype_name(a))
@@ -158,7 +175,7 @@ def _randomized_left(a, k, *, oversample=10, power_iter=2, rng=None):
         q = _orth(tl.dot(a, q))
     b = tl.dot(conj_t(q), a)
     ub, s = _qr_left(b) if tl.shape(b)[0] < tl.shape(b)[1] else _svd(b)[:2]
-    u, _ = flip_signs(tl.dot(q, ub))
+    u, _ = _flip_signs(tl.dot(q, ub))
     return u, s
 
 
@@ -232,8 +249,12 @@ def _left_singular(a, *, method="auto", rank_hint=None, rng=None):
     raise ValueError(f"method={method!r} is not one of {SVD_METHODS}")
 
 
-def mode_products(x, matrices):
+def mode_products(x: Tensor, matrices) -> Tensor:
     """``x ×_0 M_0 ×_1 M_1 ⋯`` (None leaves a mode alone), one matrix product per mode.
+
+    ``matrices`` holds at most one entry per mode of ``x`` (modes past its end are left
+    alone), each None or a matrix with ``x.shape[j]`` columns (``TypeError``/``ValueError``
+    otherwise). Values are not checked: NaN propagates as in any product.
 
     Each product works on ``x`` in its own memory layout: mode ``j`` of a tensor of shape
     ``(a, n_j, b)`` (``a``, ``b`` the products of the sizes before and after it) is
@@ -241,6 +262,28 @@ def mode_products(x, matrices):
     result keeps the layout. No transposed copy is ever made, and no later product reads a
     strided view (which costs several times a contiguous one in BLAS).
     """
+    check_tensor(x, "x")
+    if isinstance(matrices, (str, bytes)) or not hasattr(matrices, "__len__"):
+        raise TypeError(f"matrices must be a sequence of matrices or None, got {matrices!r}")
+    matrices = list(matrices)
+    shape = tuple(tl.shape(x))
+    if len(matrices) > len(shape):
+        raise ValueError(f"{len(matrices)} matrices were given for a tensor of {len(shape)} modes")
+    for j, m in enumerate(matrices):
+        if m is None:
+            continue
+        check_tensor(m, f"matrices[{j}]")
+        if tl.ndim(m) != 2 or tl.shape(m)[1] != shape[j]:
+            raise ValueError(
+                f"matrices[{j}].shape={tuple(tl.shape(m))} must be a matrix with "
+                f"x.shape[{j}]={shape[j]} columns"
+            )
+    return _mode_products(x, matrices)
+
+
+def _mode_products(x, matrices):
+    """:func:`mode_products` without validation, for callers whose matrices fit ``x`` by
+    construction (the integrators' cores, the truncations, the operators)."""
     # the array protocol common to the supported backends (``.shape``, ``.reshape``, ``.T``
     # and ``@`` on NumPy, CuPy and PyTorch arrays): the products of the integrators' small
     # cores are short, and TensorLy's dispatch would cost about as much as the arithmetic

@@ -27,10 +27,10 @@ from ._host import to_host
 from .ambient import (
     ambient_shape,
     contract_unchecked,
-    mode_products,
     unfolded_contract,
     unfolded_products,
 )
+from .linalg import _mode_products
 from .tucker import TuckerTensor, as_tucker
 
 __all__ = [
@@ -465,7 +465,7 @@ class AppliedKroneckerSum:
         ]
         out = None
         for c, blocks in zip(self.coefficients, self.blocks):
-            term = mode_products(
+            term = _mode_products(
                 self.core, _scaled_first([reduced[j][b] for j, b in enumerate(blocks)], c)
             )
             if all(reduced[j][b] is None for j, b in enumerate(blocks)):
@@ -608,11 +608,11 @@ class _GalerkinPlan:
         # the chains of several products first: fewer core-sized arrays alive at once
         out = None
         for mats in general:
-            out = _accumulate(out, mode_products(core, mats))
+            out = _accumulate(out, _mode_products(core, mats))
         for j, m in per_mode:
             mats = [None] * d
             mats[j] = m
-            out = _accumulate(out, mode_products(core, mats))
+            out = _accumulate(out, _mode_products(core, mats))
         if scale is not None:
             out = _accumulate(out, core * scale)
         return out

@@ -32,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "RankSpec",
+    "check_spec",
     "check_tolerance",
     "default_order",
     "largest_valid_rank",
@@ -55,12 +56,45 @@ def _as_int(v, where: str) -> int:
     return int(v)
 
 
+def _as_sequence(value: Any, name: str, what: str) -> list[Any]:
+    """``value`` as a list if it is a sequence (not a string); TypeError otherwise."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    return list(value)
+
+
+def _check_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
+    """``shape`` as a tuple of ints ``≥ 0``: a sequence of integers (Python or NumPy)."""
+    out = tuple(
+        _as_int(n, f"{name}[{i}]")
+        for i, n in enumerate(_as_sequence(shape, name, "a sequence of ints"))
+    )
+    for i, n in enumerate(out):
+        if n < 0:
+            raise ValueError(f"{name}[{i}]={n} must be at least 0")
+    return out
+
+
+def _check_real(value: Any, name: str, *, allow_inf: bool = False) -> float:
+    """``value`` as a float: a real number (not bool), not NaN, finite unless ``allow_inf``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if math.isnan(v) or (not allow_inf and math.isinf(v)):
+        kind = "a number (not NaN)" if allow_inf else "a finite number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return v
+
+
 def per_mode(value: Any, d: int, name: str, *, allow_none: bool = False) -> list[Any]:
     """``value`` (an int, or one int per mode) as a list of ``d`` ints.
 
     With ``allow_none=True`` a ``None`` entry is kept (it means "no bound" to the caller).
     Floats, NaN, strings and booleans are refused with a ``TypeError``: nothing is rounded.
     """
+    d = _as_int(d, "d")
+    if d < 0:
+        raise ValueError(f"d={d} (the number of modes) must be at least 0")
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return [int(value)] * d
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
@@ -95,7 +129,7 @@ def validate_rank(shape: Sequence[int], rank: Any, name: str = "rank") -> tuple[
     >>> validate_rank((4, 3, 2), 2)
     (2, 2, 2)
     """
-    shape = tuple(_as_int(n, f"shape[{i}]") for i, n in enumerate(shape))
+    shape = _check_shape(shape)
     d = len(shape)
     r = per_mode(rank, d, name)
     for i, (ri, ni) in enumerate(zip(r, shape)):
@@ -217,6 +251,7 @@ def rank_spec(
     ``min_rank`` (int or one int per mode, ``1 ≤ min_rank ≤ max_rank``, ``min_rank ≤ shape``)
     bound the ranks a tolerance chooses. Caps above ``shape`` are clamped to it.
     """
+    shape = _check_shape(shape)
     d = len(shape)
     rtol = check_tolerance(rtol, "rtol")
     atol = check_tolerance(atol, "atol")
@@ -249,12 +284,51 @@ def rank_spec(
     return RankSpec(fixed, rtol, atol, lo, hi)
 
 
+def check_spec(spec: Any, shape: Sequence[int], name: str = "spec") -> RankSpec:
+    """Check that ``spec`` is a :class:`RankSpec` that a tensor of ``shape`` can be truncated
+    by, and return it.
+
+    Its tolerances pass :func:`check_tolerance`; a fixed rank (exclusive with a tolerance) has
+    one integer ``1 ≤ r_i ≤ n_i`` per mode; ``min_rank`` and ``max_rank`` hold one integer
+    ``≥ 1`` per mode (a cap above ``n_i`` stands for ``n_i``). :func:`rank_spec` makes such
+    requests; this check is for one built by hand.
+
+    Raises
+    ------
+    TypeError
+        If ``spec`` is no :class:`RankSpec` or an entry is not an integer.
+    ValueError
+        Naming the first violated relation, e.g. ``spec.max_rank has 2 entries but the tensor
+        has 3 modes``.
+    """
+    if not isinstance(spec, RankSpec):
+        raise TypeError(f"{name} must be a RankSpec (see rank_spec), got {spec!r}")
+    shape = _check_shape(shape)
+    d = len(shape)
+    check_tolerance(spec.rtol, f"{name}.rtol")
+    check_tolerance(spec.atol, f"{name}.atol")
+    if spec.fixed is not None:
+        if spec.by_tolerance:
+            raise ValueError(f"{name} gives both fixed ranks and a tolerance (rtol/atol)")
+        fixed = per_mode(spec.fixed, d, f"{name}.fixed")
+        for i, (r, n) in enumerate(zip(fixed, shape)):
+            if not 1 <= r <= n:
+                raise ValueError(f"{name}.fixed[{i}]={r} must lie in [1, shape[{i}]={n}]")
+    for label in ("min_rank", "max_rank"):
+        for i, v in enumerate(per_mode(getattr(spec, label), d, f"{name}.{label}")):
+            if v < 1:
+                raise ValueError(f"{name}.{label}[{i}]={v} must be at least 1")
+    return spec
+
+
 def default_order(shape: Sequence[int], spec: RankSpec) -> list[int]:
     """ST-HOSVD's default processing order: the largest reduction ``n_i / r_i`` first.
 
     Ties go to the larger mode, then the lower index; later (costlier-per-entry) SVDs then
-    act on the smallest tensors.
+    act on the smallest tensors. ``spec`` must fit ``shape`` (:func:`check_spec`).
     """
+    shape = _check_shape(shape)
+    check_spec(spec, shape)
     target = spec.fixed if spec.fixed is not None else spec.max_rank
     return sorted(range(len(shape)), key=lambda i: (-shape[i] / target[i], -shape[i], i))
 
@@ -313,6 +387,17 @@ class PreparedTails:
     __slots__ = ("size", "top", "tail2")
 
     def __init__(self, size: int, top: float, tail2: np.ndarray) -> None:
+        size = _as_int(size, "size")
+        if size < 0:
+            raise ValueError(f"size={size} must be at least 0")
+        top = _check_real(top, "top")
+        if top < 0:
+            raise ValueError(f"top={top!r} (the largest singular value) must be at least 0")
+        if not isinstance(tail2, np.ndarray) or tail2.shape != (size + 1,):
+            got = getattr(tail2, "shape", type(tail2).__name__)
+            raise ValueError(f"tail2 must be a NumPy array of shape ({size + 1},), got {got}")
+        if not np.all(np.isfinite(tail2)):
+            raise ValueError("tail2 contains non-finite values (NaN or Inf)")
         self.size, self.top, self.tail2 = size, top, tail2
 
 
@@ -335,6 +420,8 @@ def select_prepared(
     margin2: float = 0.0,
 ) -> tuple[int, float]:
     """:func:`select_rank` on the singular values ``prep`` was made of (the same numbers)."""
+    if not isinstance(prep, PreparedTails):
+        raise TypeError(f"prep must be a PreparedTails (see prepare_tails), got {prep!r}")
     budget2 = float(budget2)
     margin2 = float(margin2)
     if math.isnan(budget2) or budget2 < 0:
@@ -358,12 +445,22 @@ def select_prepared(
 def sequential_budget(theta: float | None, used2: float, remaining_modes: int) -> float:
     """Squared budget of the next mode when ``used2`` is spent and ``remaining_modes`` remain.
 
-    ``(ϑ² − used2) / remaining_modes`` (``inf`` without a tolerance). Spending it mode by mode
-    never discards more than ``ϑ/√m`` in the worst case and keeps ``Σ_i tail_i² ≤ ϑ²``.
+    ``(ϑ² − used2) / remaining_modes`` (``inf`` without a tolerance, or when ``ϑ²`` exceeds
+    the float range). Spending it mode by mode never discards more than ``ϑ/√m`` in the worst
+    case and keeps ``Σ_i tail_i² ≤ ϑ²``.
+
+    ``theta`` is None or a finite number ``≥ 0``, ``used2`` a finite number (callers that
+    bracket round-off may pass one below 0), ``remaining_modes`` an integer ``≥ 1``.
     """
+    theta = check_tolerance(theta, "theta")
+    used2 = _check_real(used2, "used2")
+    remaining_modes = _as_int(remaining_modes, "remaining_modes")
+    if remaining_modes < 1:
+        raise ValueError(f"remaining_modes={remaining_modes} must be at least 1")
     if theta is None:
         return math.inf
-    return max(theta**2 - used2, 0.0) / remaining_modes
+    # theta * theta: Python's theta**2 raises OverflowError above 1e154
+    return max(theta * theta - used2, 0.0) / remaining_modes
 
 
 def lower_ranks_greedily(
@@ -401,8 +498,23 @@ def lower_ranks_certainly(
 
     Used where ``error2`` is computed in a lower precision: a ``certain`` result is the
     one the exact errors give.
+
+    ``start`` and ``floor`` hold one integer ``≥ 1`` per mode; ``budget2`` is a number (not
+    NaN); ``error2`` and ``error_bound`` must return numbers ``≥ 0`` (``inf`` allowed), and a
+    NaN or negative one is a ``ValueError``.
     """
-    r = [int(v) for v in start]
+    for label, fn in (("error2", error2), ("error_bound", error_bound)):
+        if not callable(fn):
+            raise TypeError(f"{label} must be a function of the ranks, got {fn!r}")
+    r = per_mode(start, len(_as_sequence(start, "start", "a sequence of ints")), "start")
+    floor = per_mode(floor, len(r), "floor")
+    for label, ranks in (("start", r), ("floor", floor)):
+        for i, v in enumerate(ranks):
+            if v < 1:
+                raise ValueError(f"{label}[{i}]={v} must be at least 1")
+    budget2 = _check_real(budget2, "budget2", allow_inf=True)
+    error2 = _checked_error(error2, "error2")
+    error_bound = _checked_error(error_bound, "error_bound")
     e0 = error2(tuple(r))
     certain = abs(e0 - budget2) > error_bound(tuple(r))
     if e0 > budget2:
@@ -425,3 +537,15 @@ def lower_ranks_certainly(
         if best is None:
             return tuple(r), certain
         r[best[1]] -= 1
+
+
+def _checked_error(fn: Callable[[tuple[int, ...]], float], name: str):
+    """``fn`` whose values are checked: real numbers ``≥ 0`` (``inf`` allowed), not NaN."""
+
+    def checked(ranks: tuple[int, ...]) -> float:
+        value = _check_real(fn(ranks), f"{name}{ranks}", allow_inf=True)
+        if value < 0:
+            raise ValueError(f"{name}{ranks}={value!r} must be at least 0 (a squared error)")
+        return value
+
+    return checked

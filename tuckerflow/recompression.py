@@ -39,8 +39,16 @@ from tensorly.tenalg import mode_dot, multi_mode_dot
 
 from ._backend import astype, check_finite, check_tensor, conj_t, real_dtype_name, scale_pow2
 from ._host import to_host
-from .linalg import GRAM_SAFETY, SVD_METHODS, _left_singular, _svd, mode_products
-from .ranks import RankSpec, lower_ranks_greedily, select_rank, sequential_budget
+from .linalg import GRAM_SAFETY, SVD_METHODS, _left_singular, _mode_products, _svd
+from .ranks import (
+    RankSpec,
+    _as_int,
+    _as_sequence,
+    check_spec,
+    lower_ranks_greedily,
+    select_rank,
+    sequential_budget,
+)
 
 __all__ = ["TRUNCATION_METHODS", "TruncationInfo", "recompress"]
 
@@ -175,7 +183,7 @@ def _exact_hosvd_ranks(work, bases, ranks, floors, modes, theta2):
     while math.prod(hi[i] - lo[i] + 1 for i in modes) > GREEDY_BOX_LIMIT:
         widest = max(modes, key=lambda i: hi[i] - lo[i])
         lo[widest] += (hi[widest] - lo[widest] + 1) // 2
-    g = mode_products(work, [conj_t(b) if i in modes else None for i, b in enumerate(bases)])
+    g = _mode_products(work, [conj_t(b) if i in modes else None for i, b in enumerate(bases)])
     e = tl.abs(g)
     if real_dtype_name(e) != "float64":
         e = astype(e, "float64")
@@ -254,6 +262,20 @@ def _complement2(e, ranks, modes) -> float:
     return float(np.sum(_to_host(tl.concatenate(parts))))
 
 
+def _mode_list(value: Any, d: int, name: str, *, distinct: bool = True) -> list[int]:
+    """``value`` as a list of mode indices in ``[0, d)`` (distinct ones if ``distinct``)."""
+    modes = [
+        _as_int(m, f"{name}[{k}]")
+        for k, m in enumerate(_as_sequence(value, name, "a sequence of mode indices"))
+    ]
+    for k, m in enumerate(modes):
+        if not 0 <= m < d:
+            raise ValueError(f"{name}[{k}]={m} is not a mode of a tensor with {d} modes")
+    if distinct and len(set(modes)) != len(modes):
+        raise ValueError(f"{name}={modes} repeats a mode")
+    return modes
+
+
 def recompress(
     core: Any,
     spec: RankSpec,
@@ -272,13 +294,14 @@ def recompress(
     core : tensor
         Array of the active backend (real or complex float), finite (checked).
     spec : RankSpec
-        Validated rank request (:func:`tuckerflow.ranks.rank_spec`), with caps already
-        clamped to ``core``'s shape. A tolerance ``atol`` is in the units of ``core``.
+        Rank request for ``core``'s shape (:func:`tuckerflow.ranks.rank_spec` makes one;
+        checked by :func:`tuckerflow.ranks.check_spec`); caps above ``core``'s shape stand
+        for its shape. A tolerance ``atol`` is in the units of ``core``.
     method : {"st_hosvd", "hosvd"}
     order : sequence of int, optional
         Processing order of the modes for ST-HOSVD (default: ``modes`` in increasing order).
     modes : sequence of int, optional
-        Modes that may be truncated (default: all); the others are left alone.
+        Distinct modes that may be truncated (default: all); the others are left alone.
     svd_method : str or one str per mode
         Factorisation path of each unfolding, one of ``tuckerflow.linalg.SVD_METHODS``.
     rng : None, int or numpy.random.Generator
@@ -300,11 +323,17 @@ def recompress(
     if method not in TRUNCATION_METHODS:
         raise ValueError(f"method={method!r} is not one of {TRUNCATION_METHODS}")
     d = tl.ndim(core)
-    modes = list(range(d)) if modes is None else [int(m) for m in modes]
-    order = list(modes) if order is None else [int(m) for m in order]
+    check_spec(spec, tuple(tl.shape(core)))
+    modes = list(range(d)) if modes is None else _mode_list(modes, d, "modes")
+    order = list(modes) if order is None else _mode_list(order, d, "order", distinct=False)
     if sorted(order) != sorted(modes):
         raise ValueError(f"order={order} must be a permutation of the modes {modes}")
-    policy = [svd_method] * d if isinstance(svd_method, str) else list(svd_method)
+    if isinstance(svd_method, str):
+        policy = [svd_method] * d
+    else:
+        policy = _as_sequence(svd_method, "svd_method", f"a str or a sequence of {d} str")
+        if len(policy) != d:
+            raise ValueError(f"svd_method has {len(policy)} entries but {name} has {d} modes")
     for p in policy:
         if p not in SVD_METHODS:
             raise ValueError(f"method={p!r} is not one of {SVD_METHODS}")
