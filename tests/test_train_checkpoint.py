@@ -290,3 +290,23 @@ def test_tdlrt_resume_across_rank_changes_matches_a_straight_run(tmp_path):
     resumed = train(TrainConfig(**options, epochs=2, out=str(tmp_path / "b"), resume=True))
     assert resumed["ranks"] == straight["ranks"]
     assert resumed["test_loss"] == pytest.approx(straight["test_loss"], rel=1e-5)
+
+
+def test_fingerfingerprintarguments_are_checked_not_rounded():
+    from tuckerflow.train import lenet5, model_fingerprint
+
+    net = lenet5(1, 8, 3)
+    fingerprint = model_fingerprint(TrainConfig(), net, (1, np.int64(8), 8), 3)
+    assert fingerprint["input_shape"] == [1, 8, 8] and fingerprint["num_classes"] == 3
+    # model_fingerprint(None, ...) raised AttributeError; input_shape (1, 8.5, 8) was [1, 8, 8]
+    cases = [
+        ((None, net, (1, 8, 8), 3), TypeError, "config must be a TrainConfig"),
+        ((TrainConfig(), "net", (1, 8, 8), 3), TypeError, "dense_model must be a torch.nn"),
+        ((TrainConfig(), net, (1, 8.5, 8), 3), TypeError, r"input_shape\[1\]=8.5 must be an"),
+        ((TrainConfig(), net, None, 3), TypeError, "input_shape=None must be a sequence"),
+        ((TrainConfig(), net, (1, 8, 8), 0.5), TypeError, "num_classes=0.5 must be an integer"),
+        ((TrainConfig(), net, (1, 8, 8), 1), ValueError, "num_classes=1 must be at least 2"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            model_fingerprint(*args)

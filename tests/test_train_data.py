@@ -255,3 +255,86 @@ def test_data_digest_follows_the_content():
     changed = x.copy()
     changed[1, 0, 1, 1] = 1e-30
     assert data_digest(x, y) != data_digest(changed, y)
+
+
+def test_labels_are_a_non_empty_vector_of_non_negative_integers():
+    # check_labels of no labels raised IndexError, of -inf OverflowError
+    cases = [
+        (np.array([], dtype=int), ValueError, "mine: there are no labels"),
+        (-np.inf, ValueError, r"mine: labels have shape \(\); expected \(N,\)"),
+        (np.zeros((2, 2), dtype=int), ValueError, r"labels have shape \(2, 2\)"),
+        (np.array([0.0, 1.0]), TypeError, "labels have dtype float64; expected integer"),
+        (np.array([True, False]), TypeError, "labels have dtype bool"),
+        (np.array([0, -1, 1]), ValueError, "mine: labels must be at least 0, got -1"),
+    ]
+    for y, error, message in cases:
+        with pytest.raises(error, match=message):
+            check_labels(y, "mine")
+    assert check_labels([1, 0, 1]) == 2
+
+
+def test_split_refuses_images_and_fractions_it_cannot_split():
+    x = np.zeros((4, 1, 2, 2), dtype=np.float32)
+    y = np.arange(4) % 2
+    nan_x = x.copy()
+    nan_x[0, 0, 0, 0] = np.nan
+    cases = [
+        # split_dataset([], []) raised IndexError
+        (([], []), {}, TypeError, "data: x must be a NumPy array of images"),
+        ((x[:0], y[:0]), {}, ValueError, "data: there are no labels"),
+        ((x[:, 0], y), {}, ValueError, r"data: x has shape \(4, 2, 2\); expected images"),
+        ((nan_x, y), {}, ValueError, "data: x holds 1 non-finite values"),
+        ((x, y.astype(float)), {}, TypeError, "labels have dtype float64"),
+        ((x, y), {"val_fraction": "0.1"}, TypeError, "val_fraction='0.1' must be a real"),
+        ((x, y), {"test_fraction": None}, TypeError, "test_fraction=None must be a real"),
+        ((x, y), {"test_fraction": np.nan}, ValueError, r"test_fraction=nan must lie in"),
+    ]
+    for args, kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            split_dataset(*args, **kwargs)
+    assert split_dataset(x, y.tolist(), test_fraction=0.0, val_fraction=0.0).sizes()["train"] == 4
+
+
+def test_standardize_refuses_what_it_would_turn_into_nan():
+    x = np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2)
+    nan_x = x.copy()
+    nan_x[1, 0, 1, 1] = np.nan
+    cases = [
+        # standardize(None) raised AttributeError; NaN images came back all NaN
+        ((None,), TypeError, "x_train must be a NumPy array of images"),
+        ((nan_x,), ValueError, "x_train holds 1 non-finite values"),
+        ((x, nan_x), ValueError, r"others\[0\] holds 1 non-finite values"),
+        ((x[:0],), ValueError, "x_train holds no images"),  # the mean of nothing is NaN
+        ((x[:, :, :0],), ValueError, r"x_train has shape \(2, 1, 0, 2\); images cannot be"),
+        ((x.astype(np.float64) * 1e300,), ValueError, "beyond the float32 range"),
+        ((x > 0,), TypeError, "x_train has dtype bool"),
+        ((x, np.zeros((1, 3, 2, 2))), ValueError, r"others\[0\] has 3 channels but x_train"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            standardize(*args)
+    a, b = standardize(x, x[:0])  # an empty held-out part is fine
+    assert a.shape == x.shape and b.shape == (0, 1, 2, 2)
+
+
+def test_dataset_labels_are_integers_not_rounded():
+    image = np.zeros((3, 3), dtype=np.float32)
+    x, y = arrays_from_dataset([(image, np.int64(1)), (image, 0.0)])
+    assert y.tolist() == [1, 0] and y.dtype == np.int64  # an integral float is that class
+    # a float label 2.7 became class 2
+    with pytest.raises(ValueError, match="dataset: key 'y' must hold integer class labels"):
+        arrays_from_dataset([(image, 0), (image, 2.7)])
+    with pytest.raises(TypeError, match="key 'y' has dtype bool"):
+        arrays_from_dataset([(image, True)])
+    with pytest.raises(TypeError, match=r"the label of example 0 is '1'; expected an integer"):
+        arrays_from_dataset([(image, "1")])
+    with pytest.raises(TypeError, match=r"example 1 is a int; expected an \(image, label\) pair"):
+        arrays_from_dataset([(image, 0), 3])
+    with pytest.raises(TypeError, match="example 0 is a str"):
+        arrays_from_dataset("abc")
+
+
+def test_data_digest_refuses_object_arrays():
+    # the bytes of an object array are addresses: equal content gave different digests
+    with pytest.raises(TypeError, match="x must be a numeric array, got dtype object"):
+        data_digest(np.array([None, 1], dtype=object), np.array([0, 1]))

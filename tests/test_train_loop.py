@@ -148,3 +148,33 @@ def test_frozen_ranks_stay_fixed_after_freeze_after_epochs():
     assert ranks[2] == ranks[1]  # epoch 2 runs at frozen ranks
     with pytest.raises(ValueError, match="freeze_after=-1 must be non-negative"):
         train(TrainConfig(**options, freeze_after=-1))
+
+
+def test_evaluate_checks_its_arguments():
+    from tuckerflow.train import evaluate
+
+    net = torch.nn.Linear(4, 3, dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss, accuracy = evaluate(net, x, y, batch_size=4)
+    with torch.no_grad():
+        logits = net(x)
+    want = float(torch.nn.functional.cross_entropy(logits, y))
+    assert loss == pytest.approx(want, rel=1e-12)
+    assert accuracy == float((logits.argmax(1) == y).double().mean())
+    # batch_size=-1 returned (0.0, 0.0) (no batch ran), labels beyond the outputs raised an
+    # IndexError inside cross_entropy, model=None an AttributeError
+    cases = [
+        ((net, x, y), {"batch_size": -1}, ValueError, "batch_size=-1 must be at least 1"),
+        ((net, x, y), {"batch_size": 2.7}, TypeError, "batch_size=2.7 must be an integer"),
+        ((None, x, y), {}, TypeError, "model must be a torch.nn.Module"),
+        ((net, x.numpy(), y), {}, TypeError, "evaluate: x must be a torch.Tensor"),
+        ((net, x, y[:5]), {}, ValueError, r"x has shape \(6, 4\) but y holds 5 labels"),
+        ((net, x, y.double()), {}, ValueError, "y must hold integer class labels"),
+        ((net, x, y + 1), {}, ValueError, r"labels in \[1, 3\] but the model scores 3 classes"),
+        ((net, x[:0], y[:0]), {}, ValueError, "the set holds no examples"),
+    ]
+    for args, kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            evaluate(*args, **kwargs)
+    assert net.training  # the mode the model had before the refused calls

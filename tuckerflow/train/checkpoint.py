@@ -22,7 +22,7 @@ import torch
 
 from tuckerflow import __version__
 from tuckerflow.train.atomic import atomic_save
-from tuckerflow.train.config import TrainConfig, resolve_freeze_after
+from tuckerflow.train.config import TrainConfig, check_integer, resolve_freeze_after
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -107,8 +107,17 @@ def model_fingerprint(
     """Identity of a run's network: architecture, method and data geometry.
 
     Two runs with the same fingerprint build the same network; whether the other options may
-    change on resume is decided by :func:`check_resume_options`.
+    change on resume is decided by :func:`check_resume_options`. ``input_shape`` holds
+    positive integers and ``num_classes`` is an integer ``≥ 2`` (nothing is rounded).
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(dense_model, torch.nn.Module):
+        raise TypeError(f"dense_model must be a torch.nn.Module, got {type(dense_model).__name__}")
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"input_shape={input_shape!r} must be a sequence of positive ints")
+    input_shape = [check_integer(v, f"input_shape[{i}]", 1) for i, v in enumerate(input_shape)]
+    num_classes = check_integer(num_classes, "num_classes", 2)
     return {
         "model": config.model,
         "method": config.method,

@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "AUTOCAST",
@@ -531,6 +534,17 @@ class TrainConfig:
 
 def _is_real(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_integer(value: Any, name: str, minimum: int | None = None) -> int:
+    """``value`` as an int: an integer (Python or NumPy, not bool; ``TypeError`` otherwise,
+    nothing is rounded) of at least ``minimum`` (``ValueError`` otherwise)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an integer, not {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
 
 
 def _check_int(name, value, minimum, expected):

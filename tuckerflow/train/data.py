@@ -8,6 +8,7 @@ the seed, so two runs with the same seed see exactly the same examples.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import zipfile
 import zlib
@@ -99,6 +100,43 @@ DATASETS = {"mnist5k": _mnist5k, "digits": _digits}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _check_pixels(x, what):
+    """Raise unless ``x`` holds real numbers (not bool), finite and within the float32 range
+    the images are stored in; ``what`` names ``x`` in the messages."""
+    is_float = np.issubdtype(x.dtype, np.floating)
+    if not (is_float or np.issubdtype(x.dtype, np.integer)) or x.dtype == np.bool_:
+        raise TypeError(f"{what} has dtype {x.dtype}; expected a real numeric dtype")
+    if x.size == 0:
+        return
+    if is_float:
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise ValueError(f"{what} holds {bad} non-finite values (NaN or inf)")
+    largest = float(np.max(np.abs(x)))
+    if largest > _FLOAT32_MAX:
+        raise ValueError(
+            f"{what} holds values of magnitude up to {largest:.3g}, beyond the "
+            f"float32 range ({_FLOAT32_MAX:.3g}) the images are stored in"
+        )
+
+
+def _check_image_batch(x, what, *, allow_empty):
+    """Raise unless ``x`` is a NumPy array of images ``(N, C, H, W)`` (see
+    :func:`_check_pixels`), with ``N ≥ 1`` unless ``allow_empty``."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{what} must be a NumPy array of images (N, C, H, W), got {type(x).__name__}"
+        )
+    if x.ndim != 4:
+        raise ValueError(f"{what} has shape {x.shape}; expected images (N, C, H, W)")
+    if x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{what} holds no images")
+    if x.shape[0] > 0 and x.size == 0:
+        raise ValueError(f"{what} has shape {x.shape}; images cannot be empty")
+    _check_pixels(x, what)
+
+
 def _check_images_and_labels(x, y, source):
     """Validate and convert ``x``/``y``; ``source`` names where they came from in messages."""
     x = np.asarray(x)
@@ -120,20 +158,7 @@ def _check_images_and_labels(x, y, source):
         raise ValueError(f"{source}: the data set is empty")
     if x.size == 0:
         raise ValueError(f"{source}: key 'x' has shape {x.shape}; images cannot be empty")
-    is_float = np.issubdtype(x.dtype, np.floating)
-    if not (is_float or np.issubdtype(x.dtype, np.integer)) or x.dtype == np.bool_:
-        raise TypeError(f"{source}: key 'x' has dtype {x.dtype}; expected a real numeric dtype")
-    if is_float:
-        finite = np.isfinite(x)
-        if not finite.all():
-            bad = int(finite.size - np.count_nonzero(finite))
-            raise ValueError(f"{source}: key 'x' holds {bad} non-finite values (NaN or inf)")
-    largest = float(np.max(np.abs(x)))
-    if largest > _FLOAT32_MAX:
-        raise ValueError(
-            f"{source}: key 'x' holds values of magnitude up to {largest:.3g}, beyond the "
-            f"float32 range ({_FLOAT32_MAX:.3g}) the images are stored in"
-        )
+    _check_pixels(x, f"{source}: key 'x'")
     x = x.astype(np.float32)
     if np.issubdtype(y.dtype, np.floating):
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
@@ -158,7 +183,10 @@ def check_labels(y: np.ndarray, source: str = "data") -> int:
     Raises
     ------
     ValueError
-        Naming the classes without examples (the first few), or a single class.
+        Naming the classes without examples (the first few), or a single class; for labels
+        that are not of shape ``(N,)`` with ``N ≥ 1``, or negative.
+    TypeError
+        If the labels are not integers (bool is not).
 
     Examples
     --------
@@ -169,6 +197,15 @@ def check_labels(y: np.ndarray, source: str = "data") -> int:
     ...
     ValueError: data: labels must be the classes 0..K-1, each with an example; ... (2, 3, 4)
     """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{source}: labels have shape {y.shape}; expected (N,)")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"{source}: labels have dtype {y.dtype}; expected integer class labels")
+    if y.size == 0:
+        raise ValueError(f"{source}: there are no labels (the data set is empty)")
+    if y.min() < 0:
+        raise ValueError(f"{source}: labels must be at least 0, got {int(y.min())}")
     present = np.unique(y)
     num_classes = int(present[-1]) + 1
     if len(present) < num_classes:
@@ -195,8 +232,11 @@ def data_digest(x: np.ndarray, y: np.ndarray) -> str:
     not); a checkpoint records it so that resume can refuse other data.
     """
     digest = hashlib.sha256()
-    for array in (x, y):
+    for name, array in (("x", x), ("y", y)):
         array = np.ascontiguousarray(array)
+        if array.dtype.hasobject:
+            # the bytes of an object array are addresses, not content
+            raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
         digest.update(f"{array.dtype.str}{array.shape};".encode())
         digest.update(array.data.cast("B"))
     return digest.hexdigest()
@@ -292,7 +332,13 @@ def arrays_from_dataset(dataset: Any, *, source: str = "dataset") -> tuple[np.nd
     """
     images, labels = [], []
     for index in range(len(dataset)):
-        image, label = dataset[index]
+        item = dataset[index]
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
+            raise TypeError(
+                f"{source}: example {index} is a {type(item).__name__}; expected an "
+                "(image, label) pair"
+            )
+        image, label = item
         is_tensor = hasattr(image, "detach")
         array = np.asarray(image.detach().cpu().numpy() if is_tensor else image)
         scale = 255.0 if array.dtype == np.uint8 else 1.0
@@ -302,13 +348,30 @@ def arrays_from_dataset(dataset: Any, *, source: str = "dataset") -> tuple[np.nd
         elif array.ndim == 3 and not is_tensor:
             array = np.moveaxis(array, -1, 0)
         images.append(array)
-        labels.append(int(label))
+        labels.append(_label(label, index, source))
     if not images:
         raise ValueError(f"{source}: the data set is empty")
     shapes = {a.shape for a in images}
     if len(shapes) > 1:
         raise ValueError(f"{source}: images of different shapes {sorted(shapes)[:3]}")
     return _check_images_and_labels(np.stack(images), np.array(labels), source)
+
+
+def _label(label, index, source):
+    """The label of one example as a number (a one-element tensor gives its value); whether
+    it is a class label is checked with the others (no float is rounded)."""
+    if hasattr(label, "detach") and hasattr(label, "numel"):
+        if label.numel() != 1:
+            raise TypeError(
+                f"{source}: the label of example {index} is a tensor of shape "
+                f"{tuple(label.shape)}; expected one class label"
+            )
+        return label.item()
+    if isinstance(label, (numbers.Number, np.generic)):
+        return label
+    raise TypeError(
+        f"{source}: the label of example {index} is {label!r}; expected an integer class label"
+    )
 
 
 def _torchvision(spec):
@@ -373,6 +436,9 @@ def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, .
 
     The statistics come from the training part only, so nothing about the held-out parts leaks
     into training. Returns the scaled ``x_train`` followed by the scaled ``others``, in float32.
+    Every array holds images ``(N, C, H, W)`` of real numbers within the float32 range, with
+    the channels of ``x_train`` (``x_train`` at least one image); anything else is a
+    ``ValueError`` or ``TypeError`` naming it.
 
     Notes
     -----
@@ -388,6 +454,18 @@ def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, .
     >>> standardize(x)[0].ravel().tolist()
     [1.0, -1.0]
     """
+    _check_image_batch(x_train, "x_train", allow_empty=False)
+    for k, other in enumerate(others):
+        _check_image_batch(other, f"others[{k}]", allow_empty=True)
+        if other.shape[1] != x_train.shape[1]:
+            raise ValueError(
+                f"others[{k}] has {other.shape[1]} channels but x_train has {x_train.shape[1]}"
+            )
+    return _standardize(x_train, *others)
+
+
+def _standardize(x_train, *others):
+    """:func:`standardize` of checked arrays."""
     axes = (0, 2, 3)
     mean = x_train.mean(axis=axes, keepdims=True, dtype=np.float64)
     std = x_train.std(axis=axes, keepdims=True, dtype=np.float64)
@@ -425,9 +503,11 @@ def split_dataset(
     Raises
     ------
     ValueError
-        If a fraction lies outside ``[0, 1)`` or their sum reaches 1, the labels are not the
-        classes ``0 … K-1`` each with an example (:func:`check_labels`), no training example
-        is left, or (``require_all_parts``) a part or a class's training examples are empty.
+        If a fraction lies outside ``[0, 1)`` or their sum reaches 1, ``x`` is not an array of
+        images ``(N, C, H, W)`` of finite real numbers within the float32 range (``TypeError``
+        for another type or dtype), the lengths differ, the labels are not the classes
+        ``0 … K-1`` each with an example (:func:`check_labels`), no training example is left,
+        or (``require_all_parts``) a part or a class's training examples are empty.
 
     Notes
     -----
@@ -443,12 +523,16 @@ def split_dataset(
     {'train': 6, 'val': 2, 'test': 2}
     """
     for label, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{label}={value!r} must be a real number in [0, 1)")
+        if not 0.0 <= float(value) < 1.0:
             raise ValueError(f"{label}={value} must lie in [0, 1)")
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(
             f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training data"
         )
+    _check_image_batch(x, f"{name}: x", allow_empty=True)
+    y = np.asarray(y)
     if len(x) != len(y):
         raise ValueError(f"len(x)={len(x)} differs from len(y)={len(y)}")
     num_classes = check_labels(y, name)
@@ -467,7 +551,7 @@ def split_dataset(
         raise ValueError(f"{name}: no training examples left after the split")
     if require_all_parts:
         _require_all_parts(index, y, name, val_fraction, test_fraction)
-    x_train, x_val, x_test = standardize(x[index["train"]], x[index["val"]], x[index["test"]])
+    x_train, x_val, x_test = _standardize(x[index["train"]], x[index["val"]], x[index["test"]])
     return DataSplits(
         x_train=x_train,
         y_train=y[index["train"]],

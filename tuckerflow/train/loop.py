@@ -40,13 +40,13 @@ from tuckerflow.train.checkpoint import (
     model_fingerprint,
     save_checkpoint,
 )
-from tuckerflow.train.config import TrainConfig, resolve_freeze_after
+from tuckerflow.train.config import TrainConfig, check_integer, resolve_freeze_after
 from tuckerflow.train.data import DataSplits, data_digest, load_dataset, split_dataset
 from tuckerflow.train.dependencies import check_dependencies
 from tuckerflow.train.divergence import TrainingDiverged, checked_step, diverged
 from tuckerflow.train.models import build_model, layer_parameter_counts
 from tuckerflow.train.plot import plot_history
-from tuckerflow.train.report import compression_report, layer_ranks, tucker_layers
+from tuckerflow.train.report import check_module, compression_report, layer_ranks, tucker_layers
 
 __all__ = [
     "SUMMARY_NAME",
@@ -69,21 +69,55 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on tensors ``x``, ``y``.
 
-    Raises ValueError for an empty set (whose accuracy is undefined, not 0).
+    ``y`` holds one integer class label per example of ``x``, each below the number of
+    outputs of ``model``; ``batch_size`` is an integer ``≥ 1``. Raises ValueError for an
+    empty set (whose accuracy is undefined, not 0), and ValueError/TypeError naming the
+    argument for anything else above.
     """
+    check_module(model)
+    for name, value in (("x", x), ("y", y)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"evaluate: {name} must be a torch.Tensor, got {type(value).__name__}")
+    batch_size = check_integer(batch_size, "batch_size", 1)
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(
+            f"evaluate: y must hold integer class labels of shape (N,), got {y.dtype} of "
+            f"shape {tuple(y.shape)}"
+        )
+    if x.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"evaluate: x has shape {tuple(x.shape)} but y holds {len(y)} labels")
     if len(y) == 0:
         raise ValueError("evaluate: the set holds no examples")
     was_training = model.training
     model.eval()
     total_loss = 0.0
     correct = 0
-    for start in range(0, len(y), batch_size):
-        logits = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        total_loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
-    model.train(was_training)
+    try:
+        for start in range(0, len(y), batch_size):
+            logits = model(x[start : start + batch_size])
+            target = y[start : start + batch_size]
+            if start == 0:
+                _check_outputs(logits, y)
+            total_loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == target).sum())
+    finally:
+        # the model's mode is restored whether the evaluation finished or raised
+        model.train(was_training)
     return total_loss / len(y), correct / len(y)
+
+
+def _check_outputs(logits, y):
+    """The model's outputs are one row of class scores per example, a score per label."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"evaluate: the model must return class scores (N, K), got {shape}")
+    classes = logits.shape[1]
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        raise ValueError(
+            f"evaluate: y holds labels in [{low}, {high}] but the model scores {classes} classes "
+            f"(labels 0..{classes - 1})"
+        )
 
 
 def train(config: TrainConfig, *, transform: Callable[[Any], Any] | None = None) -> dict[str, Any]:

@@ -6,11 +6,14 @@ one name works for 8×8 digits as well as for 32×32 colour images.
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from tuckerflow.train.config import check_integer
 
 __all__ = [
     "MODELS",
@@ -25,14 +28,18 @@ __all__ = [
 
 
 def _check_geometry(in_channels, image_size, num_classes):
-    if int(in_channels) < 1:
-        raise ValueError(f"in_channels={in_channels} must be at least 1")
-    if int(num_classes) < 2:
-        raise ValueError(f"num_classes={num_classes} must be at least 2")
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size={image_size} must be a positive int or a pair (H, W)")
-    return int(in_channels), size, int(num_classes)
+    """Integers (not rounded): ``in_channels ≥ 1``, ``num_classes ≥ 2``, ``image_size`` a
+    positive int or a pair ``(H, W)`` of them."""
+    in_channels = check_integer(in_channels, "in_channels", 1)
+    num_classes = check_integer(num_classes, "num_classes", 2)
+    if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    if isinstance(image_size, (str, bytes)) or not isinstance(image_size, Sequence):
+        raise TypeError(f"image_size={image_size!r} must be a positive int or a pair (H, W)")
+    if len(image_size) != 2:
+        raise ValueError(f"image_size={tuple(image_size)} must be a positive int or a pair (H, W)")
+    size = tuple(check_integer(v, f"image_size[{i}]", 1) for i, v in enumerate(image_size))
+    return in_channels, size, num_classes
 
 
 class LeNet5(nn.Module):
@@ -114,6 +121,11 @@ def vgg_small(
     torch.Size([2, 5])
     """
     in_channels, size, num_classes = _check_geometry(in_channels, image_size, num_classes)
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+        raise TypeError(f"widths={widths!r} must be a sequence of positive ints")
+    if not widths:
+        raise ValueError("widths=() gives no block; one width per block is needed")
+    widths = [check_integer(w, f"widths[{i}]", 1) for i, w in enumerate(widths)]
     layers = []
     channels = in_channels
     side = min(size)
@@ -199,9 +211,8 @@ def resnet18(
     torch.Size([2, 10])
     """
     in_channels, _, num_classes = _check_geometry(in_channels, image_size, num_classes)
-    if int(width) < 1:
-        raise ValueError(f"width={width} must be at least 1")
-    return ResNet((2, 2, 2, 2), in_channels, num_classes, width=int(width))
+    width = check_integer(width, "width", 1)
+    return ResNet((2, 2, 2, 2), in_channels, num_classes, width=width)
 
 
 #: Model name -> builder ``f(in_channels, image_size, num_classes)``.
@@ -217,12 +228,19 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int) -> nn.M
     >>> sum(p.numel() for p in model.parameters()) > 0
     True
     """
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"model={name!r} is not one of {sorted(MODELS)}")
+    channels, height, width = _image_shape(input_shape)
+    return MODELS[name](channels, (height, width), num_classes)
+
+
+def _image_shape(input_shape):
+    """``input_shape`` as ``(C, H, W)``: three positive integers (not rounded)."""
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"input_shape={input_shape!r} must be (C, H, W), three positive ints")
     if len(input_shape) != 3:
         raise ValueError(f"input_shape={tuple(input_shape)} must be (C, H, W)")
-    channels, height, width = (int(v) for v in input_shape)
-    return MODELS[name](channels, (height, width), num_classes)
+    return tuple(check_integer(v, f"input_shape[{i}]", 1) for i, v in enumerate(input_shape))
 
 
 def layer_parameter_counts(model: nn.Module) -> dict[str, tuple[str, int]]:
