@@ -112,3 +112,45 @@ def test_integrators_and_operators_are_fuzzed_without_exclusions():
     assert {t.name for t in targets} == names
     report = fuzz.fuzz(400, timeout=20.0, targets=targets)
     assert report.ok, report.summary()
+
+
+def test_the_core_modules_and_the_training_library_are_fuzzed():
+    core = (
+        "tuckerflow.dlra.",
+        "tuckerflow.ranks.",
+        "tuckerflow.recompression.",
+        "tuckerflow.linalg.",
+    )
+    assert not any(n.startswith(core) for n in fuzz.EXCLUDED)
+    fuzzed = {t.name for t in fuzz.public_callables(torch=False)}
+    names = {
+        "tuckerflow.dlra.augment_basis",
+        "tuckerflow.dlra.augmented_core",
+        "tuckerflow.ranks.default_order",
+        "tuckerflow.ranks.sequential_budget",
+        "tuckerflow.ranks.lower_ranks_certainly",
+        "tuckerflow.recompression.recompress",
+        "tuckerflow.linalg.flip_signs",
+        "tuckerflow.linalg.mode_products",
+    }
+    assert names <= fuzzed
+    targets = [t for t in fuzz.public_callables(torch=False) if t.name.startswith(core)]
+    assert len(targets) >= 20
+    report = fuzz.fuzz(6 * len(targets), timeout=20.0, targets=targets)
+    assert report.ok, report.summary()
+    assert len(report.per_target) == len(targets)
+    # tuckerflow.train: everything but the callables that train, write files or run the
+    # caller's network on its own
+    pytest.importorskip("torch")
+    train = {t.name for t in fuzz.public_callables() if t.name.startswith("tuckerflow.train.")}
+    assert {"tuckerflow.train.split_dataset", "tuckerflow.train.standardize"} <= train
+    left_out = {n for n in fuzz.EXCLUDED if n.startswith("tuckerflow.train.")}
+    assert left_out == {
+        "tuckerflow.train.train",
+        "tuckerflow.train.prepare",
+        "tuckerflow.train.execute",
+        "tuckerflow.train.atomic_save",
+        "tuckerflow.train.plot_history",
+        "tuckerflow.train.evaluate",
+    }
+    assert not train & left_out
