@@ -135,6 +135,18 @@ def test_training_flag_and_root_module():
         (nn.Linear(4, 4), {"rtol": 0.1, "init": "random"}, ValueError, "init='weight'"),
         (nn.Linear(4, 4), {"rank": 2, "init": "svd"}, ValueError, "init='svd'"),
         (nn.Linear(4, 4), {"rtol": 1.5}, ValueError, "rtol=1.5"),
+        (
+            nn.Sequential(nn.Linear(4, 3)),
+            {"rtol": 0.1, "max_rank": 0},
+            ValueError,
+            r"module '0': max_rank\[0\]=0 must be at least 1",
+        ),
+        (
+            nn.Sequential(nn.Linear(4, 3)),
+            {"rank": 2, "max_rank": (2, 0)},
+            ValueError,
+            r"module '0': max_rank\[1\]=0 must be at least 1",
+        ),
     ],
 )
 def test_errors_name_the_module_and_leave_the_model_unchanged(model, kwargs, error, match):
