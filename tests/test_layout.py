@@ -17,7 +17,6 @@ PACKAGE = ROOT / "tuckerflow"
 TESTS = ROOT / "tests"
 
 CROSS_CUTTING = {
-    "test_doctests.py": "docstring examples of several modules run as one test each",
     "test_fuzz.py": "the bad-input fuzz of the whole public API",
     "test_gpu_check.py": "backends/gpu_check.py, the `make gpu-check` driver outside the package",
     "test_import.py": "what `import tuckerflow` loads",
