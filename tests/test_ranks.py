@@ -301,3 +301,45 @@ def test_prepared_tails_hold_what_prepare_tails_makes():
     for args, error, message in cases:
         with pytest.raises(error, match=message):
             PreparedTails(*args)
+
+
+def test_invalid_mode_names_the_first_mode_that_breaks_the_rule():
+    from tuckerflow.ranks import invalid_mode
+
+    assert invalid_mode((9, 2, 3)) == (0, 6)
+    assert invalid_mode((2, 9, 3)) == (1, 6)
+    assert invalid_mode((6, 2, 3)) is None
+    assert invalid_mode((5,)) is None  # one mode: any rank
+    # only the modes asked about are checked (a mode kept full is a size, not a rank)
+    assert invalid_mode((9, 2, 3), modes=[1, 2]) is None
+    assert invalid_mode((9, 2, 3), modes=[2, 0]) == (0, 6)
+    with pytest.raises(TypeError, match="rank"):
+        invalid_mode((2.7, 3))
+    with pytest.raises(ValueError, match="modes entry 3"):
+        invalid_mode((2, 2, 2), modes=[3])
+    with pytest.raises(TypeError, match="modes"):
+        invalid_mode((2, 2, 2), modes="01")
+
+
+def test_largest_valid_rank_lowers_only_the_given_modes():
+    from tuckerflow.ranks import invalid_mode, largest_valid_rank
+
+    assert largest_valid_rank((9, 2, 3)) == (6, 2, 3)
+    assert largest_valid_rank((9, 2, 3), modes=[0]) == (6, 2, 3)
+    # mode 0 kept full: nothing may be lowered there, mode 2 cannot fix it alone
+    r = largest_valid_rank((1, 4, 3), modes=[1, 2])
+    assert r == (1, 3, 3) and invalid_mode(r, modes=[1, 2]) is None
+    assert largest_valid_rank((9, 2, 3), modes=[1, 2]) == (9, 2, 3)
+    assert invalid_mode((9, 2, 3)) == (0, 6)
+
+
+def test_per_mode_minimum_applies_to_ints_and_sequences():
+    from tuckerflow.ranks import per_mode
+
+    assert per_mode(2, 3, "r", minimum=1) == [2, 2, 2]
+    assert per_mode([None, 1], 2, "r", allow_none=True, minimum=1) == [None, 1]
+    with pytest.raises(ValueError, match=r"r\[0\]=0 must be at least 1"):
+        per_mode(0, 2, "r", minimum=1)
+    with pytest.raises(ValueError, match=r"r\[1\]=0 must be at least 1"):
+        per_mode([1, 0], 2, "r", minimum=1)
+    assert per_mode(0, 2, "r") == [0, 0]  # without a minimum nothing is refused

@@ -8,9 +8,10 @@ these rules before they change anything, and refuse a malformed one with a
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Sequence
+
+from .ranks import invalid_mode
 
 __all__ = ["StateDictEntryError", "check_tucker_shapes"]
 
@@ -88,14 +89,12 @@ def check_tucker_shapes(
             raise StateDictEntryError(
                 core_entry, f"{core_entry} has shape {r}: rank {ri} of mode {i} is not in 1..{n}"
             )
-    if d > 1:
-        for i in factorized_modes:
-            ri = r[i]
-            other = math.prod(r[:i] + r[i + 1 :])
-            if ri > other:
-                raise StateDictEntryError(
-                    core_entry,
-                    f"{core_entry} has shape {r}: rank {ri} of mode {i} exceeds the product "
-                    f"of the other ranks ({other}); no tensor has this multilinear rank",
-                )
+    bad = invalid_mode(r, factorized_modes)
+    if bad is not None:
+        i, other = bad
+        raise StateDictEntryError(
+            core_entry,
+            f"{core_entry} has shape {r}: rank {r[i]} of mode {i} exceeds the product "
+            f"of the other ranks ({other}); no tensor has this multilinear rank",
+        )
     return r

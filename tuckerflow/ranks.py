@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "check_spec",
     "check_tolerance",
     "default_order",
+    "invalid_mode",
     "largest_valid_rank",
     "lower_ranks_certainly",
     "lower_ranks_greedily",
@@ -86,28 +87,36 @@ def _check_real(value: Any, name: str, *, allow_inf: bool = False) -> float:
     return v
 
 
-def per_mode(value: Any, d: int, name: str, *, allow_none: bool = False) -> list[Any]:
+def per_mode(
+    value: Any, d: int, name: str, *, allow_none: bool = False, minimum: int | None = None
+) -> list[Any]:
     """``value`` (an int, or one int per mode) as a list of ``d`` ints.
 
     With ``allow_none=True`` a ``None`` entry is kept (it means "no bound" to the caller).
     Floats, NaN, strings and booleans are refused with a ``TypeError``: nothing is rounded.
+    With ``minimum``, an entry below it is refused with a ``ValueError`` naming it.
     """
     d = _as_int(d, "d")
     if d < 0:
         raise ValueError(f"d={d} (the number of modes) must be at least 0")
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return [int(value)] * d
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise TypeError(f"{name} must be an int or a sequence of {d} ints, got {value!r}")
-    vals = list(value)
-    if len(vals) != d:
-        raise ValueError(f"{name} has {len(vals)} entries but the tensor has {d} modes")
     out: list[int | None] = []
-    for i, v in enumerate(vals):
-        if v is None and allow_none:
-            out.append(None)
-        else:
-            out.append(_as_int(v, f"{name}[{i}]"))
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        out = [int(value)] * d
+    elif isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be an int or a sequence of {d} ints, got {value!r}")
+    else:
+        vals = list(value)
+        if len(vals) != d:
+            raise ValueError(f"{name} has {len(vals)} entries but the tensor has {d} modes")
+        for i, v in enumerate(vals):
+            if v is None and allow_none:
+                out.append(None)
+            else:
+                out.append(_as_int(v, f"{name}[{i}]"))
+    if minimum is not None:
+        for i, v in enumerate(out):
+            if v is not None and v < minimum:
+                raise ValueError(f"{name}[{i}]={v} must be at least {minimum}")
     return out
 
 
@@ -137,23 +146,63 @@ def validate_rank(shape: Sequence[int], rank: Any, name: str = "rank") -> tuple[
             raise ValueError(f"{name}[{i}]={ri} must be at least 1")
         if ri > ni:
             raise ValueError(f"{name}[{i}]={ri} exceeds shape[{i}]={ni}")
-    if d > 1:
-        for i, ri in enumerate(r):
-            other = math.prod(r[:i] + r[i + 1 :])
-            if ri > other:
-                raise ValueError(
-                    f"{name}[{i}]={ri} exceeds the product of the other ranks ({other}); "
-                    "no tensor has this multilinear rank"
-                )
+    bad = invalid_mode(r)
+    if bad is not None:
+        i, other = bad
+        raise ValueError(
+            f"{name}[{i}]={r[i]} exceeds the product of the other ranks ({other}); "
+            "no tensor has this multilinear rank"
+        )
     return tuple(r)
 
 
-def largest_valid_rank(rank: Sequence[int]) -> tuple[int, ...]:
+def _modes_of(modes: Any, d: int) -> list[int]:
+    """``modes`` (None: all ``d``) as a list of mode indices, each checked to be in ``0..d-1``."""
+    if modes is None:
+        return list(range(d))
+    if isinstance(modes, (str, bytes)) or not isinstance(modes, Iterable):
+        raise TypeError(f"modes must be None or a sequence of mode indices, got {modes!r}")
+    out = [_as_int(i, "modes entry") for i in modes]
+    for i in out:
+        if not 0 <= i < d:
+            raise ValueError(f"modes entry {i} is not a mode of a rank of {d} entries")
+    return out
+
+
+def invalid_mode(rank: Sequence[int], modes: Iterable[int] | None = None) -> tuple[int, int] | None:
+    """The first mode ``i`` (of ``modes``, default all) with ``r_i > ∏_{j≠i} r_j``, and that
+    product, or None where no tensor of ``rank``'s shape is ruled out by the rule.
+
+    A tensor of one mode has any rank; callers raise their own error from the pair.
+
+    Examples
+    --------
+    >>> invalid_mode((9, 2, 3))
+    (0, 6)
+    >>> invalid_mode((6, 2, 3)) is None
+    True
+    """
+    if isinstance(rank, (str, bytes)) or not isinstance(rank, (Sequence, np.ndarray)):
+        raise TypeError(f"rank must be a sequence of ints, got {rank!r}")
+    r = [_as_int(v, f"rank[{i}]") for i, v in enumerate(rank)]
+    checked = _modes_of(modes, len(r))
+    if len(r) < 2:
+        return None
+    for i in checked:
+        other = math.prod(r[:i] + r[i + 1 :])
+        if r[i] > other:
+            return i, other
+    return None
+
+
+def largest_valid_rank(rank: Sequence[int], modes: Iterable[int] | None = None) -> tuple[int, ...]:
     """Largest multilinear rank ``≤ rank`` (entrywise) that satisfies ``r_i ≤ ∏_{j≠i} r_j``.
 
     Entries must be integers ``≥ 1``. Entries are lowered to the product of the others until
     none exceeds it; each pass only lowers entries and every entry stays ``≥ 1``, so the loop
-    ends (after at most ``Σ r_i`` passes).
+    ends (after at most ``Σ r_i`` passes). With ``modes``, only those entries are lowered (the
+    others are sizes kept full; the result may then still break the rule in another mode,
+    which :func:`invalid_mode` tells).
 
     Examples
     --------
@@ -166,10 +215,11 @@ def largest_valid_rank(rank: Sequence[int]) -> tuple[int, ...]:
     for i, v in enumerate(r):
         if v < 1:
             raise ValueError(f"rank[{i}]={v} must be at least 1")
+    lowered = _modes_of(modes, len(r))
     changed = True
     while changed and len(r) > 1:
         changed = False
-        for i in range(len(r)):
+        for i in lowered:
             other = math.prod(r[:i] + r[i + 1 :])
             if r[i] > other:
                 r[i] = other

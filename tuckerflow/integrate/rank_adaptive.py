@@ -15,6 +15,7 @@ import tensorly as tl
 from .._backend import to_float
 from ..ambient import complement_directions
 from ..dlra import _truncate_core
+from ..ranks import per_mode
 from .base import TRUNCATION_FRACTION, TuckerOdeSolver
 
 __all__ = ["RankAdaptiveSolver", "TRUNCATIONS"]
@@ -24,25 +25,7 @@ TRUNCATIONS = ("hosvd", "st_hosvd")
 
 
 def _per_mode_bound(value, d, name):
-    if value is None:
-        return None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        vals = [int(value)] * d
-    else:
-        try:
-            vals = list(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int or one int per mode, got {value!r}") from None
-        if len(vals) != d:
-            raise ValueError(f"{name} has {len(vals)} entries but the tensor has {d} modes")
-        for i, v in enumerate(vals):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name}[{i}]={v!r} must be an int")
-        vals = [int(v) for v in vals]
-    for i, v in enumerate(vals):
-        if v < 1:
-            raise ValueError(f"{name}[{i}]={v} must be at least 1")
-    return tuple(vals)
+    return None if value is None else tuple(per_mode(value, d, name, minimum=1))
 
 
 def _tolerance(value, name):

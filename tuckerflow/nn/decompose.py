@@ -16,13 +16,7 @@ __all__ = ["tucker_from_weight"]
 
 
 def _per_mode(value, d, name):
-    if value is None:
-        return None
-    vals = per_mode(value, d, name, allow_none=True)
-    for i, v in enumerate(vals):
-        if v is not None and v < 1:
-            raise ValueError(f"{name}[{i}]={v} must be at least 1")
-    return vals
+    return None if value is None else per_mode(value, d, name, allow_none=True, minimum=1)
 
 
 def _check_weight(weight, full_modes):

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._state import StateDictEntryError, check_tucker_shapes
+from ..ranks import invalid_mode, largest_valid_rank
 from .recording import GradientRecord
 
 __all__ = ["TuckerLayer", "FORWARD_MODES"]
@@ -124,20 +125,6 @@ def resolve_full_modes(weight_shape, keep_full, *, default):
     return tuple(sorted(modes))
 
 
-def _reduce_to_valid(ranks, factorized):
-    """Lower factorized ranks until ``r_i ≤ ∏_{j≠i} r_j`` holds for each factorized mode."""
-    r = list(ranks)
-    changed = True
-    while changed and len(r) > 1:
-        changed = False
-        for i in factorized:
-            other = math.prod(r[:i] + r[i + 1 :])
-            if r[i] > other:
-                r[i] = other
-                changed = True
-    return tuple(r)
-
-
 def resolve_rank(weight_shape, rank, full_modes, name="rank"):
     """Core shape for ``rank`` (int cap, float fraction in (0, 1], or one entry per mode).
 
@@ -157,12 +144,12 @@ def resolve_rank(weight_shape, rank, full_modes, name="rank"):
         if not 0.0 < float(rank) <= 1.0:
             raise ValueError(f"{name}={rank!r} as a fraction must lie in (0, 1]")
         r = [n if i in full_modes else max(1, round(rank * n)) for i, n in enumerate(shape)]
-        return _reduce_to_valid(r, factorized)
+        return largest_valid_rank(r, factorized)
     if isinstance(rank, numbers.Integral):
         if rank < 1:
             raise ValueError(f"{name}={rank} must be at least 1")
         r = [n if i in full_modes else min(int(rank), n) for i, n in enumerate(shape)]
-        return _reduce_to_valid(r, factorized)
+        return largest_valid_rank(r, factorized)
     if isinstance(rank, (str, bytes)) or not isinstance(rank, Sequence):
         raise TypeError(f"{name} must be an int, a float or a sequence, got {rank!r}")
     if len(rank) != d:
@@ -190,13 +177,13 @@ def resolve_rank(weight_shape, rank, full_modes, name="rank"):
         if ri > n:
             raise ValueError(f"{name}[{i}]={ri} exceeds weight_shape[{i}]={n}")
         r.append(ri)
-    for i in factorized:
-        other = math.prod(r[:i] + r[i + 1 :])
-        if d > 1 and r[i] > other:
-            raise ValueError(
-                f"{name}[{i}]={r[i]} exceeds the product of the other ranks ({other}); "
-                "no tensor has this multilinear rank"
-            )
+    bad = invalid_mode(r, factorized)
+    if bad is not None:
+        i, other = bad
+        raise ValueError(
+            f"{name}[{i}]={r[i]} exceeds the product of the other ranks ({other}); "
+            "no tensor has this multilinear rank"
+        )
     return tuple(r)
 
 
