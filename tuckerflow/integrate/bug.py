@@ -13,7 +13,7 @@ from __future__ import annotations
 import tensorly as tl
 
 from ..dlra import _augment_basis, augmented_core
-from ..linalg import mode_products, orth
+from ..linalg import _mode_products, orth
 from ..tucker import TuckerTensor
 from .base import TuckerOdeSolver
 from .rank_adaptive import TRUNCATIONS, RankAdaptiveSolver
@@ -52,7 +52,7 @@ class FixedRankBUG(TuckerOdeSolver):
         ks, _ = k_steps(self.fun, self.substep, t, h, core, factors)
         new = [orth(k) for k in ks]
         mats = [tl.dot(ct(u1), u0) for u1, u0 in zip(new, factors)]
-        core1 = galerkin_step(self.fun, self.substep, t, h, mode_products(core, mats), new)
+        core1 = galerkin_step(self.fun, self.substep, t, h, _mode_products(core, mats), new)
         return TuckerTensor(core1, new), None
 
 
