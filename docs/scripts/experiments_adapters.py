@@ -13,6 +13,11 @@ and every hidden linear layer; the new head is trained in full by every method):
   :class:`tuckerflow.optim.TDLRT` with truncation tolerance ``τ``;
 - ``tdlrt r0=8 τ``: the same from initial rank 8 (ranks then adapt down or up).
 
+With ``--task digits`` the network is pretrained on all ten mnist5k digits instead and
+fine-tuned, with a new ten-class head, on the 1797 scikit-learn 8×8 digits upsampled to
+28×28 (bilinear) and standardized with the mnist5k pixel statistics: another source of
+images of the same classes.
+
 Every method uses Adam (batch 64, no weight decay, no schedule) and takes its learning rate from
 a small grid, chosen on the validation images by the mean accuracy of the selection seeds; the
 other seeds then run at that rate. Accuracies are on held-out test images after the last epoch.
@@ -22,10 +27,12 @@ Usage (from the repository root)::
     python docs/scripts/experiments_adapters.py --model lenet5 --out runs/adapters_lenet5
     python docs/scripts/experiments_adapters.py --model lenet5 --out runs/adapters_lenet5 \
         --report-only
+    python docs/scripts/experiments_adapters.py --model lenet5 --task digits \
+        --out runs/adapters_lenet5_digits
 
 Writes ``OUT/results.json`` (one record per run, rewritten after every run; copied to
-``docs/results/experiments_adapters_<model>.json``), ``OUT/table.md`` and the figure
-``docs/figures/experiments_adapters_<model>.png``. Runs already in ``results.json`` are not
+``docs/results/experiments_adapters_<model>[_digits].json``), ``OUT/table.md`` and the figure
+``docs/figures/experiments_adapters_<model>[_digits].png``. Runs already in ``results.json`` are not
 repeated.
 """
 
@@ -55,6 +62,15 @@ LORA_RANKS = (1, 2, 4, 8, 16)
 ADALORA_RANKS = (2, 4, 8)
 TAUS = (0.05, 0.1, 0.2, 0.3)
 TAUS_FROM_8 = (0.1, 0.2, 0.3)
+#: the transfer tasks: pretraining classes, fine-tuning classes, the name's suffix, the title
+TASKS = {
+    "5-9": {"pre_classes": 5, "classes": 5, "suffix": "",
+            "title": "pretrained on 0–4, fine-tuned on 5–9", "ylabel": "digits 5–9"},
+    "digits": {"pre_classes": 10, "classes": 10, "suffix": "_digits",
+               "title": "pretrained on mnist5k, fine-tuned on the 8×8 digits",
+               "ylabel": "the 8×8 digits"},
+}  # fmt: skip
+TASK = "5-9"  # set by --task
 
 
 # ------------------------------------------------------------------------------------ data
@@ -65,12 +81,15 @@ def task():
 
     One stratified split of mnist5k (50 % train, 20 % validation, 30 % test, seed 0). ``pre``
     is the training part's digits 0–4; the fine-tuning parts hold the digits 5–9, relabelled
-    0–4.
+    0–4. With ``TASK == "digits"``: ``pre`` is the whole training part of mnist5k, and the
+    fine-tuning parts are the same split of the 8×8 digits, upsampled to 28×28.
     """
     from tuckerflow.train import load_dataset, split_dataset
 
     x, y = load_dataset("mnist5k")
     s = split_dataset(x, y, **SPLIT, name="mnist5k")
+    if TASK == "digits":
+        return _digits_task(s)
 
     def part(xs, ys, new):
         keep = ys >= 5 if new else ys < 5
@@ -82,6 +101,29 @@ def task():
         "train": part(s.x_train, s.y_train, True),
         "val": part(s.x_val, s.y_val, True),
         "test": part(s.x_test, s.y_test, True),
+    }
+
+
+def _digits_task(s):
+    """mnist5k's training part for pretraining, the 8×8 digits (upsampled) for fine-tuning."""
+    from tuckerflow.train import load_dataset, split_dataset
+
+    xd, yd = load_dataset("digits")
+    big = F.interpolate(torch.from_numpy(xd), size=(28, 28), mode="bilinear", align_corners=False)
+    # the pixel statistics of the mnist5k images the network was pretrained on
+    x_pre = torch.from_numpy(s.x_train)
+    big = (big - big.mean()) / big.std() * x_pre.std() + x_pre.mean()
+    d = split_dataset(big.numpy(), yd, **SPLIT, name="digits")
+
+    def both(xs, ys):
+        return torch.from_numpy(xs), torch.from_numpy(ys)
+
+    return {
+        "pre": both(s.x_train, s.y_train),
+        "pre_val": both(s.x_val, s.y_val),
+        "train": both(d.x_train, d.y_train),
+        "val": both(d.x_val, d.y_val),
+        "test": both(d.x_test, d.y_test),
     }
 
 
@@ -101,7 +143,7 @@ def accuracy(model, x, y):
 def build(name):
     from tuckerflow.train import build_model
 
-    return build_model(name, (1, 28, 28), 5)
+    return build_model(name, (1, 28, 28), TASKS[TASK]["pre_classes"])
 
 
 def head_path(name):
@@ -121,12 +163,13 @@ def new_head(model, name):
     parent, _, child = head.rpartition(".")
     owner = model.get_submodule(parent) if parent else model
     old = getattr(owner, child)
-    setattr(owner, child, nn.Linear(old.in_features, 5))
+    setattr(owner, child, nn.Linear(old.in_features, TASKS[TASK]["classes"]))
 
 
 def pretrained(name, folder):
-    """The dense network trained on digits 0–4 (seed 0), cached in ``folder``."""
-    path = os.path.join(folder, f"pretrained_{name}.pt")
+    """The dense network trained on digits 0–4 (all ten with ``--task digits``; seed 0),
+    cached in ``folder``."""
+    path = os.path.join(folder, f"pretrained_{name}{TASKS[TASK]['suffix']}.pt")
     model = build(name)
     if os.path.exists(path):
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -143,7 +186,9 @@ def pretrained(name, folder):
             F.cross_entropy(model(x[b]), y[b]).backward()
             opt.step()
     info = {
-        "val_accuracy_0_4": accuracy(model, *data["pre_val"]),
+        ("val_accuracy_0_4" if TASK == "5-9" else "val_accuracy_pretraining"): accuracy(
+            model, *data["pre_val"]
+        ),
         "wall_s": time.perf_counter() - start,
         **PRETRAIN[name],
     }
@@ -484,8 +529,8 @@ def plot(rows, name, path, before=()):
             )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters after fine-tuning (head included)")
-    ax.set_ylabel("test accuracy on digits 5–9 (%)")
-    ax.set_title(f"{name}: pretrained on 0–4, fine-tuned on 5–9")
+    ax.set_ylabel(f"test accuracy on {TASKS[TASK]['ylabel']} (%)")
+    ax.set_title(f"{name}: {TASKS[TASK]['title']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -505,7 +550,12 @@ def main(argv=None):
     parser.add_argument("--selection-seeds", type=int, default=2, help="seeds of the lr choice")
     parser.add_argument("--methods", nargs="*", default=None, help="labels to run (default all)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--task", choices=tuple(TASKS), default="5-9", help="the transfer (default: 5-9)"
+    )
     args = parser.parse_args(argv)
+    global TASK
+    TASK = args.task
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     results = os.path.join(args.out, "results.json")
@@ -524,6 +574,7 @@ def main(argv=None):
         payload["meta"].update(
             {
                 "model": args.model,
+                "task": args.task,
                 "epochs": args.epochs,
                 "batch": BATCH,
                 "lr_grid": list(LR_GRID),
@@ -537,7 +588,8 @@ def main(argv=None):
             json.dump(payload, handle, indent=1)
         os.replace(tmp, results)
         os.makedirs(RESULTS, exist_ok=True)  # the copy kept with the documentation
-        with open(os.path.join(RESULTS, f"experiments_adapters_{args.model}.json"), "w") as handle:
+        stem = f"experiments_adapters_{args.model}{TASKS[TASK]['suffix']}"
+        with open(os.path.join(RESULTS, f"{stem}.json"), "w") as handle:
             json.dump(payload, handle, indent=1)
 
     def have(lab, lr, seed):
@@ -592,7 +644,8 @@ def main(argv=None):
     os.makedirs(FIGURES, exist_ok=True)
     old = payload.get("before_deferred_truncation", [])
     before = summary(old, chosen(old, selection)) if old else []
-    plot(rows, args.model, os.path.join(FIGURES, f"experiments_adapters_{args.model}.png"), before)
+    stem = f"experiments_adapters_{args.model}{TASKS[TASK]['suffix']}"
+    plot(rows, args.model, os.path.join(FIGURES, f"{stem}.png"), before)
     print(text)
     print(json.dumps(g, indent=1))
     return 0
