@@ -33,6 +33,8 @@ OPTIMIZERS = {
     "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=1e-2),
 }
 DTYPES = [torch.float32, torch.float64]
+#: the AMP idioms run on every device present (CUDA where a GPU is, CPU always)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def eps(dtype):
@@ -579,27 +581,43 @@ def test_lbfgs_step_between_basis_updates_is_plain_lbfgs_with_the_factors_fixed(
 # ------------------------------------------------------------------------------- AMP
 
 
-def test_bf16_autocast_trains_float32_parameters():
-    model = net(torch.float32)
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
-    tdlrt = TDLRT(model, opt, tau=0.05)
-    x, y = batch(torch.float32)
-    losses = []
-    for _ in range(4):
-        tdlrt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = loss_of(model, x, y)
-        loss.backward()
-        tdlrt.step()
-        losses.append(float(loss.detach()))
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_trains_float32_parameters(device):
+    def run(autocast):
+        model = net(torch.float32).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.2)
+        tdlrt = TDLRT(model, opt, tau=0.05)
+        x, y = (t.to(device) for t in batch(torch.float32))
+        losses = []
+        for _ in range(4):
+            tdlrt.zero_grad()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                loss = loss_of(model, x, y)
+            loss.backward()
+            tdlrt.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            final = float(loss_of(model, x, y))
+        ranks = [tuple(m.ranks) for m in model if isinstance(m, tnn.TuckerLayer)]
+        return model, losses, final, ranks
+
+    model, losses, final, ranks = run(True)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert losses[-1] < losses[0]
+    # against float32 from the same start: bf16 gradients carry a relative error of about
+    # u_bf16 = 2⁻⁸ per step; over 4 steps the loss may move by a few u_bf16 (margin 2), and a
+    # rank decision at the truncation level by one direction per mode
+    _, _, final32, ranks32 = run(False)
+    assert abs(final - final32) <= 8 * 2.0**-8 * final32
+    for r, r32 in zip(ranks, ranks32):
+        assert all(abs(a - b) <= 1 for a, b in zip(r, r32)), (ranks, ranks32)
 
 
 def _scaled_steps(model, opt, tdlrt, scaler, steps, x, y, clip=None):
+    device = x.device.type
     for _ in range(steps):
         tdlrt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.float16):
+        with torch.autocast(device, dtype=torch.float16):
             loss = loss_of(model, x, y)
         scaler.scale(loss).backward()
         scaler.unscale_(tdlrt)
@@ -609,13 +627,14 @@ def _scaled_steps(model, opt, tdlrt, scaler, steps, x, y, clip=None):
         scaler.update()
 
 
-def test_fp16_autocast_with_grad_scaler_steps_as_the_unscaled_loss():
-    base = net(torch.float32)
-    x, y = batch(torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_autocast_with_grad_scaler_steps_as_the_unscaled_loss(device):
+    base = net(torch.float32).to(device)
+    x, y = (t.to(device) for t in batch(torch.float32))
     model = copy.deepcopy(base)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     tdlrt = TDLRT(model, opt, tau=0.05)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**12)
     _scaled_steps(model, opt, tdlrt, scaler, 2, x, y, clip=1.0)
     assert tdlrt.steps == 2
     for r in tdlrt.last_edits.values():
@@ -625,7 +644,7 @@ def test_fp16_autocast_with_grad_scaler_steps_as_the_unscaled_loss():
     ref_tdlrt = TDLRT(ref, ref_opt, tau=0.05)
     for _ in range(2):
         ref_tdlrt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.float16):
+        with torch.autocast(device, dtype=torch.float16):
             loss = loss_of(ref, x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
@@ -634,12 +653,13 @@ def test_fp16_autocast_with_grad_scaler_steps_as_the_unscaled_loss():
     assert_close_params(params(model), params(ref), 20 * eps(torch.float16))
 
 
-def test_grad_scaler_skips_an_overflowing_step_and_leaves_everything_unchanged():
-    model = net(torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_grad_scaler_skips_an_overflowing_step_and_leaves_everything_unchanged(device):
+    model = net(torch.float32).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     tdlrt = TDLRT(model, opt, tau=0.05)
-    x, y = batch(torch.float32)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    x, y = (t.to(device) for t in batch(torch.float32))
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**4)
     _scaled_steps(model, opt, tdlrt, scaler, 1, x, y)
     before = snapshot(model, opt)
     scaler.update(2.0**60)  # overflows fp16: inf gradients
