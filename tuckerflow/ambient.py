@@ -28,7 +28,6 @@ from typing import Protocol, runtime_checkable
 import tensorly as tl
 from tensorly import tucker_tensor as _tl_tucker
 from tensorly.tenalg import mode_dot as _tl_mode_dot
-from tensorly.tenalg import multi_mode_dot as _tl_multi_mode_dot
 
 from ._backend import check_tensor, conj_t, to_float
 from ._host import to_host
@@ -317,7 +316,9 @@ def complement_norm(z, bases, *, weights=None):
     ``Σ_k D_k ×_j W_{k,j}`` (Tucker tensors, and the values of
     :class:`tuckerflow.operators.KroneckerSum`, which share their factor images) every
     distinct factor splits as ``W = B A + Q R`` (``A = Bᴴ W``, ``Q R`` the QR of the rest of
-    all distinct factors of mode ``j`` side by side), and term ``j`` is the norm of the small
+    all distinct factors of mode ``j`` side by side; where they are at least as many as the
+    complement of ``B`` has dimensions, ``Q`` is all of it, from a complete QR of ``B``, so no
+    small tensor is larger than ``n_j`` in any mode), and term ``j`` is the norm of the small
     tensor ``Σ_k D_k ×_{m<j} A_{k,m} ×_j R_{k,j} ×_{m>j} [A_{k,m}; R_{k,m}]``: the cost
     does not involve ``∏ n_j``. Dense tensors, and objects with neither form, are handled
     densely.
@@ -395,7 +396,7 @@ def _tucker_complement_norm(parts, bases):
                 else tl.concatenate([inside[m][k], rest[m][k]], axis=0)
                 for m in range(d)
             ]
-            x = _tl_multi_mode_dot(core, mats)
+            x = _mode_products(core, mats)
             term = x if term is None else term + x
         total2 += to_float(tl.norm(term)) ** 2
     return math.sqrt(total2)
@@ -423,7 +424,15 @@ def _split_factors(parts, bases):
         corr = tl.dot(bh, n)  # one re-orthogonalisation pass
         a = a + corr
         n = n - tl.dot(b, corr)
-        q, r = tl.qr(n)
+        rows, kept = tl.shape(b)
+        if tl.shape(w)[1] >= rows - kept:
+            # the parts can fill the complement of B_j: take all of it, the last columns of
+            # a complete QR of B_j, so that [A; R] has n_j rows, not r_j + width (exact:
+            # B_j B_jᴴ + Q_j Q_jᴴ = I, no rank decision)
+            q = tl.qr(b, mode="complete")[0][:, kept:]
+            r = tl.dot(conj_t(q), n)
+        else:
+            q, r = tl.qr(n)
         qs.append(q)
         starts = [0]
         for wd in widths:
@@ -475,9 +484,9 @@ def complement_directions(z, bases, threshold):
                 rest[m][k] if m == j else tl.concatenate([inside[m][k], rest[m][k]], axis=0)
                 for m in range(d)
             ]
-            x = _tl_multi_mode_dot(core, mats)
+            x = _mode_products(core, mats)
             term = x if term is None else term + x
-        if tl.shape(term)[0] == 0:
+        if tl.shape(term)[j] == 0:  # B_j spans the whole mode: nothing outside it
             out.append(qs[j][:, :0])
             continue
         # the Gram path: directions far below ‖Z‖ (its round-off) are not wanted here
