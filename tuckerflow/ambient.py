@@ -31,7 +31,7 @@ from tensorly.tenalg import mode_dot as _tl_mode_dot
 
 from ._backend import check_tensor, conj_t, to_float
 from ._host import to_host
-from .linalg import _mode_products, left_singular
+from .linalg import _check_mode_matrices, _mode_products, left_singular
 from .linalg import mode_products as mode_products  # importable from here, as before
 from .tucker import TuckerTensor, as_tucker
 
@@ -127,15 +127,14 @@ def _check_matrices(shape, matrices):
             f"len(matrices)={len(matrices)} differs from Z.ndim={d}; give one entry per mode "
             "(None leaves a mode alone)"
         )
-    for j, m in enumerate(matrices):
-        if m is None:
-            continue
-        check_tensor(m, f"matrices[{j}]")
-        if tl.ndim(m) != 2 or tl.shape(m)[1] != shape[j]:
-            raise ValueError(
-                f"matrices[{j}].shape={tuple(tl.shape(m))} must be (m, {shape[j]}) to contract "
-                f"mode {j} of Z.shape={tuple(shape)}"
-            )
+    _check_mode_matrices(
+        matrices,
+        shape,
+        lambda j, m: (
+            f"matrices[{j}].shape={m} must be (m, {shape[j]}) to contract mode {j} of "
+            f"Z.shape={tuple(shape)}"
+        ),
+    )
     return matrices
 
 

@@ -269,16 +269,25 @@ def mode_products(x: Tensor, matrices) -> Tensor:
     shape = tuple(tl.shape(x))
     if len(matrices) > len(shape):
         raise ValueError(f"{len(matrices)} matrices were given for a tensor of {len(shape)} modes")
+    _check_mode_matrices(
+        matrices,
+        shape,
+        lambda j, m: (
+            f"matrices[{j}].shape={m} must be a matrix with x.shape[{j}]={shape[j]} columns"
+        ),
+    )
+    return _mode_products(x, matrices)
+
+
+def _check_mode_matrices(matrices, shape, message):
+    """Each non-None ``matrices[j]`` a matrix of the backend with ``shape[j]`` columns (the
+    product ``T ×_j M_j`` is defined); else ``ValueError(message(j, matrices[j].shape))``."""
     for j, m in enumerate(matrices):
         if m is None:
             continue
         check_tensor(m, f"matrices[{j}]")
         if tl.ndim(m) != 2 or tl.shape(m)[1] != shape[j]:
-            raise ValueError(
-                f"matrices[{j}].shape={tuple(tl.shape(m))} must be a matrix with "
-                f"x.shape[{j}]={shape[j]} columns"
-            )
-    return _mode_products(x, matrices)
+            raise ValueError(message(j, tuple(tl.shape(m))))
 
 
 def _mode_products(x, matrices):
