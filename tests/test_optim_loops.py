@@ -103,6 +103,17 @@ def assert_same_snapshot(a, b):
     assert_same_value(a[1], b[1])
 
 
+def assert_step_refused(model, opt, tdlrt, error, match):
+    """``tdlrt.step()`` raises ``error`` and leaves model, optimizer, ranks and count as
+    they were, bit for bit."""
+    before = snapshot(model, opt)
+    ranks, steps = tdlrt.ranks(), tdlrt.steps
+    with pytest.raises(error, match=match):
+        tdlrt.step()
+    assert tdlrt.ranks() == ranks and tdlrt.steps == steps
+    assert_same_snapshot(before, snapshot(model, opt))
+
+
 def train(model, opt, tdlrt, steps, *, edit=None, loss_scale=1.0, seed=1):
     for s in range(steps):
         x, y = batch(next(model.parameters()).dtype, seed=seed + s)
@@ -333,12 +344,7 @@ def test_a_non_uniform_edit_is_refused_before_anything_changes(edit, name, dtype
     tdlrt.zero_grad()
     loss_of(model, x, y).backward()
     edit(model)
-    before = snapshot(model, opt)
-    ranks, steps = tdlrt.ranks(), tdlrt.steps
-    with pytest.raises(GradientEditError, match=r"'0\.core'.*mode='two-pass'"):
-        tdlrt.step()
-    assert tdlrt.ranks() == ranks and tdlrt.steps == steps
-    assert_same_snapshot(before, snapshot(model, opt))
+    assert_step_refused(model, opt, tdlrt, GradientEditError, r"'0\.core'.*mode='two-pass'")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -357,12 +363,7 @@ def test_a_non_uniform_gradient_hook_is_refused_before_anything_changes(name, dt
     loss_of(model, x, y).backward()
     handle.remove()
     assert core.grad[(0,) * core.dim()] == 0  # the hook ran
-    before = snapshot(model, opt)
-    ranks, steps = tdlrt.ranks(), tdlrt.steps
-    with pytest.raises(GradientEditError, match=r"'0\.core'.*mode='two-pass'"):
-        tdlrt.step()
-    assert tdlrt.ranks() == ranks and tdlrt.steps == steps
-    assert_same_snapshot(before, snapshot(model, opt))
+    assert_step_refused(model, opt, tdlrt, GradientEditError, r"'0\.core'.*mode='two-pass'")
 
 
 def test_a_gradient_no_backward_explains_is_refused():
@@ -534,12 +535,7 @@ def test_lbfgs_step_without_a_closure_is_refused_before_anything_changes(kind, d
         assert tdlrt.next_step == kind
         if refuse:
             closure()  # a backward pass, as a loop written for SGD would do
-            before = snapshot(model, opt)
-            ranks, steps = tdlrt.ranks(), tdlrt.steps
-            with pytest.raises(ValueError, match="LBFGS re-evaluates the loss"):
-                tdlrt.step()
-            assert tdlrt.ranks() == ranks and tdlrt.steps == steps
-            assert_same_snapshot(before, snapshot(model, opt))
+            assert_step_refused(model, opt, tdlrt, ValueError, "LBFGS re-evaluates the loss")
         tdlrt.step(closure)  # and the next step is the step it would have been
         runs.append(params(model))
     assert_equal_params(*runs)
